@@ -1,0 +1,343 @@
+"""se2: the hardened selective-encryption scheme (the default). Format: docs/FORMAT.md.
+
+Pure: state machines over caller-supplied buffers, no I/O. Randomness is drawn
+only when the caller does not pass it (test vectors pass it).
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import FormatError, FragmentMismatch, IntegrityError, TruncatedError, WrongKey
+from .split import UNIT, SplitBuffers, merge_swap, split_swap
+
+PRF_MAGIC = b"DSPR"
+PUF_MAGIC = b"DSPU"
+VERSION = 1
+SCHEME_ID = 2
+KEY_LEN = 32
+TAG = 16
+DEFAULT_CHUNK_LOG2 = 18  # 256 KiB of content per chunk: fastest here (scratch stays in L2)
+MIN_CHUNK_LOG2, MAX_CHUNK_LOG2 = 10, 24
+MAX_HEAD = 1 << 20
+
+BIND = struct.Struct(">4sBBBB16sQI")  # magic version scheme chunk_log2 flags file_id content_len head_len
+BIND_LEN = BIND.size  # 36
+PRF_HEADER_LEN = BIND_LEN + 8 + 12 + KEY_LEN + TAG  # 104
+PUF_HEADER = struct.Struct(">4sBBBB16sQ")  # magic version scheme chunk_log2 flags file_id content_len
+PUF_HEADER_LEN = PUF_HEADER.size  # 32
+
+
+def _hkdf(ikm: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(ikm)
+
+
+def key_id(master_key: bytes) -> bytes:
+    """8-byte public fingerprint of a master key: tells a wrong key from tampering."""
+    _check_key(master_key)
+    return _hkdf(master_key, b"dispersiond se2 v1 key-id")[:8]
+
+
+def _wrap_key(master_key: bytes) -> bytes:
+    return _hkdf(master_key, b"dispersiond se2 v1 wrap")
+
+
+def _check_key(master_key: bytes) -> None:
+    if not isinstance(master_key, (bytes, bytearray)) or len(master_key) != KEY_LEN:
+        raise ValueError(f"se2 needs a {KEY_LEN}-byte master key")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything the sizes of both fragments follow from."""
+
+    chunk_log2: int
+    content_len: int
+    head_len: int
+
+    @property
+    def units(self) -> int:
+        return self.content_len // UNIT
+
+    @property
+    def units_per_chunk(self) -> int:
+        return (1 << self.chunk_log2) // UNIT
+
+    @property
+    def tail_len(self) -> int:
+        return self.content_len - self.units * UNIT
+
+    def chunk_units(self) -> Iterator[int]:
+        left = self.units
+        while left > 0:
+            n = min(left, self.units_per_chunk)
+            yield n
+            left -= n
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.units // self.units_per_chunk)
+
+    @property
+    def puf_len(self) -> int:
+        return PUF_HEADER_LEN + 28 * self.units + TAG * self.chunks
+
+    @property
+    def prf_len(self) -> int:
+        return (PRF_HEADER_LEN + self.head_len + TAG + 4 * self.units + TAG * self.chunks
+                + self.tail_len + TAG)
+
+
+class _Keys:
+    """Per-file keys, all derived from the file secret s (never from the master key)."""
+
+    def __init__(self, secret: bytes, bind: bytes) -> None:
+        self.bind = bind
+        self.seg = AESGCM(_hkdf(secret, b"dispersiond se2 v1 container"))
+        self.pad = _hkdf(secret, b"dispersiond se2 v1 pad")
+        zero = bytes(16)
+        self.pos = Cipher(algorithms.AES(_hkdf(secret, b"dispersiond se2 v1 positions")),
+                          modes.CTR(zero)).encryptor()
+
+    def pad_key(self, chunk: int, seg_tag: bytes) -> bytes:
+        # The public pad depends on s and on the authenticated digest (GCM tag) of
+        # this chunk's private words: the private part keys the public part.
+        return hmac.digest(self.pad, struct.pack(">Q", chunk) + seg_tag, "sha256")
+
+    @staticmethod
+    def nonce(index: int, last: bool) -> bytes:
+        return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+class _Chunker:
+    """Scratch buffers and the position keystream shared by encoder and decoder."""
+
+    def __init__(self, layout: Layout, keys: _Keys) -> None:
+        self.layout = layout
+        self.keys = keys
+        u = min(layout.units_per_chunk, max(layout.units, 1))
+        self.work = np.empty(u * UNIT, dtype=np.uint8)
+        self.pub = np.empty(u * 28 + 2 * TAG, dtype=np.uint8)
+        self.prv = np.empty(u, dtype=np.uint32)
+        self._zeros = np.zeros(u, dtype=np.uint8)
+        self._ks = np.empty(u + 16, dtype=np.uint8)
+        self.split = SplitBuffers(u)
+        self.chunk = 0
+
+    def positions(self, n: int) -> np.ndarray:
+        self.keys.pos.update_into(self._zeros[:n], self._ks)
+        return self.split.positions(self._ks[:n])
+
+
+class Se2Encoder:
+    """Streaming encoder. Feed content chunk by chunk into `work`, collect both fragments.
+
+    Usage: write `puf_header` and `prf_header`; for each n in `chunk_units()`, fill
+    `work[:32n]` with the next content bytes and write the pieces `encode_chunk(n)`
+    returns; then write `finish(tail)` to the private fragment.
+    """
+
+    def __init__(self, master_key: bytes, content_len: int, head: bytes = b"", *,
+                 file_id: bytes | None = None, secret: bytes | None = None,
+                 wrap_nonce: bytes | None = None,
+                 chunk_log2: int = DEFAULT_CHUNK_LOG2) -> None:
+        _check_key(master_key)
+        if not MIN_CHUNK_LOG2 <= chunk_log2 <= MAX_CHUNK_LOG2:
+            raise ValueError(f"chunk_log2 must be in {MIN_CHUNK_LOG2}..{MAX_CHUNK_LOG2}")
+        if len(head) > MAX_HEAD:
+            raise ValueError(f"format header longer than {MAX_HEAD} bytes")
+        if content_len < 0:
+            raise ValueError("content length must be >= 0")
+        self.file_id = file_id if file_id is not None else os.urandom(16)
+        if len(self.file_id) != 16:
+            raise ValueError("file_id must be 16 bytes")
+        secret = secret if secret is not None else os.urandom(KEY_LEN)
+        wrap_nonce = wrap_nonce if wrap_nonce is not None else os.urandom(12)
+        self.layout = Layout(chunk_log2, content_len, len(head))
+        bind = BIND.pack(PRF_MAGIC, VERSION, SCHEME_ID, chunk_log2, 0, self.file_id,
+                         content_len, len(head))
+        kid = key_id(master_key)
+        wrapped = AESGCM(_wrap_key(master_key)).encrypt(wrap_nonce, secret, bind + kid)
+        self.keys = _Keys(secret, bind)
+        self._c = _Chunker(self.layout, self.keys)
+        self.work = self._c.work
+        self.puf_header = PUF_HEADER.pack(PUF_MAGIC, VERSION, SCHEME_ID, chunk_log2, 0,
+                                          self.file_id, content_len)
+        seg0 = self.keys.seg.encrypt(_Keys.nonce(0, False), head, bind)
+        self.prf_header = bind + kid + wrap_nonce + wrapped + seg0
+
+    def chunk_units(self) -> Iterator[int]:
+        return self.layout.chunk_units()
+
+    def encode_chunk(self, n: int, puf_out: np.ndarray | None = None) -> tuple[memoryview, bytes]:
+        """Encode the n units in `work`; returns (public piece, private segment).
+
+        With `puf_out` (uint8, 28n+16 bytes) the public piece is written there;
+        otherwise it is a view into internal scratch, valid until the next call.
+        `work` is scrambled in the process.
+        """
+        c = self._c
+        idx = c.positions(n)
+        pub = puf_out if puf_out is not None else c.pub
+        prv = c.prv[:n]
+        split_swap(c.work, n, idx, pub, prv)
+        seg_index = c.chunk + 1
+        seg = self.keys.seg.encrypt(_Keys.nonce(seg_index, False), prv.view(np.uint8), self.keys.bind)
+        enc = Cipher(algorithms.AES(self.keys.pad_key(c.chunk, seg[-TAG:])),
+                     modes.GCM(bytes(12))).encryptor()
+        enc.authenticate_additional_data(self.puf_header)
+        # In place; the tag's 16 bytes give OpenSSL the output slack it asks for.
+        enc.update_into(pub[: 28 * n], pub[: 28 * n + TAG])
+        enc.finalize()
+        pub[28 * n: 28 * n + TAG] = np.frombuffer(enc.tag, dtype=np.uint8)
+        c.chunk += 1
+        return memoryview(pub[: 28 * n + TAG]), seg
+
+    def finish(self, tail: bytes) -> bytes:
+        """The final private segment: the content's last (< 32) bytes."""
+        if len(tail) != self.layout.tail_len:
+            raise ValueError(f"tail must be {self.layout.tail_len} bytes")
+        if self._c.chunk != self.layout.chunks:
+            raise ValueError("finish() before every chunk was encoded")
+        return self.keys.seg.encrypt(_Keys.nonce(self.layout.chunks + 1, True), tail,
+                                     self.keys.bind)
+
+
+@dataclass(frozen=True)
+class PrfHeader:
+    bind: bytes
+    key_id: bytes
+    wrap_nonce: bytes
+    wrapped: bytes
+    layout: Layout
+    file_id: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> "PrfHeader":
+        if len(data) < PRF_HEADER_LEN:
+            if data[:4] not in (PRF_MAGIC, PRF_MAGIC[: len(data)]):
+                raise FormatError("not an se2 private container (bad magic)")
+            raise _truncated("private container", len(data), PRF_HEADER_LEN)
+        magic, version, scheme, log2, flags, file_id, content_len, head_len = BIND.unpack(
+            data[:BIND_LEN])
+        if magic != PRF_MAGIC:
+            raise FormatError("not an se2 private container (bad magic)")
+        if version != VERSION or scheme != SCHEME_ID:
+            raise FormatError(f"private container version {version} scheme {scheme} is not "
+                              f"supported by this build (reads version {VERSION})")
+        if not MIN_CHUNK_LOG2 <= log2 <= MAX_CHUNK_LOG2 or flags or head_len > MAX_HEAD:
+            raise IntegrityError("private container header is malformed")
+        o = BIND_LEN
+        return cls(data[:BIND_LEN], data[o:o + 8], data[o + 8:o + 20],
+                   data[o + 20:PRF_HEADER_LEN], Layout(log2, content_len, head_len), file_id)
+
+    def unwrap(self, master_key: bytes) -> bytes:
+        if key_id(master_key) != self.key_id:
+            raise WrongKey("the private container was protected with a different master key "
+                           f"(container key id {self.key_id.hex()}, yours "
+                           f"{key_id(master_key).hex()}): use the key it was made with")
+        try:
+            return AESGCM(_wrap_key(master_key)).decrypt(self.wrap_nonce, self.wrapped,
+                                                         self.bind + self.key_id)
+        except InvalidTag:
+            raise IntegrityError("private container header failed authentication "
+                                 "(altered or corrupt)") from None
+
+
+def _truncated(what: str, got: int, want: int) -> TruncatedError:
+    return TruncatedError(f"{what} is truncated: {got} bytes, expected at least {want}")
+
+
+def rewrap(prf_header: bytes, old_key: bytes, new_key: bytes,
+           wrap_nonce: bytes | None = None) -> bytes:
+    """New first PRF_HEADER_LEN bytes of a container, wrapped under `new_key`.
+
+    Only the wrapped secret changes; segments and public fragments stay as they are.
+    """
+    h = PrfHeader.parse(prf_header[:PRF_HEADER_LEN])
+    secret = h.unwrap(old_key)
+    nonce = wrap_nonce if wrap_nonce is not None else os.urandom(12)
+    kid = key_id(new_key)
+    return h.bind + kid + nonce + AESGCM(_wrap_key(new_key)).encrypt(nonce, secret, h.bind + kid)
+
+
+class Se2Decoder:
+    """Streaming decoder, the mirror of Se2Encoder. Raises before releasing any bad chunk."""
+
+    def __init__(self, master_key: bytes, prf_header: bytes, puf_header: bytes) -> None:
+        _check_key(master_key)
+        self.header = h = PrfHeader.parse(prf_header)
+        secret = h.unwrap(master_key)
+        self.layout = h.layout
+        self.keys = _Keys(secret, h.bind)
+        self._c = _Chunker(h.layout, self.keys)
+        self._check_puf_header(puf_header)
+        self.puf_header = puf_header
+
+    def _check_puf_header(self, puf_header: bytes) -> None:
+        if len(puf_header) < PUF_HEADER_LEN:
+            raise _truncated("public fragment", len(puf_header), PUF_HEADER_LEN)
+        magic, version, scheme, log2, flags, file_id, content_len = PUF_HEADER.unpack(
+            puf_header[:PUF_HEADER_LEN])
+        if magic != PUF_MAGIC:
+            raise FormatError("not an se2 public fragment (bad magic)")
+        if version != VERSION or scheme != SCHEME_ID:
+            raise FormatError(f"public fragment version {version} is not supported")
+        if file_id != self.header.file_id:
+            raise FragmentMismatch(
+                f"public fragment belongs to file {file_id.hex()}, the private container to "
+                f"{self.header.file_id.hex()}: the fragments of two files were mixed up")
+        if (log2, flags, content_len) != (self.layout.chunk_log2, 0, self.layout.content_len):
+            raise IntegrityError("public fragment header does not match the private container")
+
+    def open_head(self, seg0: bytes) -> bytes:
+        return self._open(0, seg0, False, "format header")
+
+    def _open(self, index: int, seg: bytes, last: bool, what: str) -> bytes:
+        try:
+            return self.keys.seg.decrypt(_Keys.nonce(index, last), seg, self.keys.bind)
+        except InvalidTag:
+            raise IntegrityError(f"private container segment {index} ({what}) failed "
+                                 "authentication: the container was altered") from None
+
+    def chunk_units(self) -> Iterator[int]:
+        return self.layout.chunk_units()
+
+    def decode_chunk(self, n: int, puf_piece, prf_seg: bytes, out: np.ndarray) -> None:
+        """Rebuild n units (32n bytes) into `out` from one public piece and one segment."""
+        c = self._c
+        seg_index = c.chunk + 1
+        prv_bytes = self._open(seg_index, prf_seg, False, f"chunk {c.chunk}")
+        prv = np.frombuffer(prv_bytes, dtype=np.uint32)
+        piece = memoryview(puf_piece)
+        dec = Cipher(algorithms.AES(self.keys.pad_key(c.chunk, prf_seg[-TAG:])),
+                     modes.GCM(bytes(12), bytes(piece[28 * n:28 * n + TAG]))).decryptor()
+        dec.authenticate_additional_data(self.puf_header)
+        dec.update_into(piece[: 28 * n], c.pub)
+        try:
+            dec.finalize()
+        except InvalidTag:
+            raise IntegrityError(f"public fragment chunk {c.chunk} failed authentication: "
+                                 "altered, reordered or from another file") from None
+        idx = c.positions(n)
+        merge_swap(c.pub, prv, n, idx, out, c.split.col)
+        c.chunk += 1
+
+    def finish(self, final_seg: bytes) -> bytes:
+        """The content's tail, after checking every chunk was consumed."""
+        if self._c.chunk != self.layout.chunks:
+            raise ValueError("finish() before every chunk was decoded")
+        tail = self._open(self.layout.chunks + 1, final_seg, True, "tail")
+        if len(tail) != self.layout.tail_len:
+            raise IntegrityError("private container tail has the wrong length")
+        return tail
