@@ -1,0 +1,77 @@
+"""Command line: `dispersiond [-c CONFIG] COMMAND ...`.
+
+Each command lives in `dispersiond/commands/<name>.py` with a `register(subparsers)`
+function, so the parser stays small and every command is found in one place.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import DispersiondError
+
+# Order here is the order `--help` lists them in.
+COMMANDS = [
+    "init", "put", "ls", "restore", "verify", "repair", "recover", "rotate_key", "forget",
+    "run", "status", "keygen", "share", "open_share", "audit", "rekey",
+    "se", "bench", "analyze",
+]
+
+EXIT_ERROR = 2
+EXIT_STORE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispersiond",
+        description="Protect health records before they leave the device: selective "
+                    "encryption splits each file into a small private fragment kept on "
+                    "trusted storage and a large public fragment dispersed to untrusted clouds.",
+        epilog="Run 'dispersiond COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"dispersiond {__version__}")
+    parser.add_argument("-c", "--config", metavar="CONFIG",
+                        help="configuration file (default: $DISPERSIOND_CONFIG or "
+                             "./dispersiond.yaml)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="log line format (json for log shippers)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(args.log_format, args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except DispersiondError as exc:
+        print(f"dispersiond: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("dispersiond: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # store errors and the like: one line, no traceback
+        from backends.base import StoreError
+
+        if isinstance(exc, StoreError):
+            print(f"dispersiond: error: {exc}", file=sys.stderr)
+            return EXIT_STORE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`dispersiond bench`: codec throughput (the paper's Fig. 6 analogue) and streaming memory."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+from ..errors import DispersiondError
+from ..units import parse_size
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="measure codec speed against AES baselines (or streaming memory)",
+        description="codec (default): MB/s of AES-128-CBC (the paper's baseline), AES-256-GCM "
+                    "(whole-file envelope encryption), se2 and paper-v1 encode/decode, each the "
+                    "median of --runs runs on one random buffer in one process. stream: encode "
+                    "a file of --size through the streaming API and report peak RSS. pipeline: "
+                    "files through the whole pipeline to a local S3 server.")
+    p.add_argument("what", nargs="?", choices=["codec", "stream", "pipeline"], default="codec")
+    p.add_argument("--size", default=None,
+                   help="buffer or file size (codec: 64MiB, stream: 1GiB, pipeline: see --files)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per algorithm (median)")
+    p.add_argument("--paper-runs", type=int, default=None,
+                   help="runs for paper-v1 (slow by design; default: --runs)")
+    p.add_argument("--scheme", default="se2", help="stream: scheme to encode with")
+    p.add_argument("--files", type=int, default=None, help="pipeline: number of files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
+    p.set_defaults(func=_run)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.runs < 1:
+        raise DispersiondError("--runs must be at least 1")
+    try:
+        size = parse_size(args.size) if args.size else None
+    except ValueError as exc:
+        raise DispersiondError(str(exc)) from None
+    if args.what == "codec":
+        return _codec(args, size or 64 << 20)
+    if args.what == "stream":
+        return _stream(args, size or 1 << 30)
+    from ..pipeline_bench import run_pipeline_bench
+
+    return run_pipeline_bench(args, size)
+
+
+def _codec(args: argparse.Namespace, size: int) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..bench import NAMES, codec_bench
+
+    err = Console(stderr=True)
+    with err.status("benchmarking") as status:
+        res = codec_bench(size, args.runs, args.paper_runs,
+                          progress=lambda n: status.update(f"benchmarking {n}"))
+    if args.plot:
+        from ..plots import bench_plot
+
+        bench_plot(res, args.plot)
+    if args.json:
+        print(json.dumps({k: round(res[k], 1) for k in NAMES}))
+        return 0
+    base = res["aes-128-cbc"]
+    t = Table(title=f"codec throughput, {size / 2**20:.0f} MiB buffer, median of {args.runs} runs",
+              caption=machine())
+    t.add_column("algorithm")
+    t.add_column("MB/s", justify="right")
+    t.add_column("x AES-128-CBC", justify="right")
+    for k in NAMES:
+        t.add_row(k, f"{res[k]:.0f}", f"{res[k] / base:.2f}")
+    Console().print(t)
+    return 0
+
+
+def _stream(args: argparse.Namespace, size: int) -> int:
+    from ..bench import stream_rss
+
+    res = stream_rss(size, args.scheme)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"streaming {args.scheme} encode of {size / 2**20:.0f} MiB: "
+              f"{res['mb_per_s']:.0f} MB/s, peak RSS {res['peak_rss_mib']:.1f} MiB "
+              f"(before the run: {res['rss_before_mib']:.1f} MiB)")
+    return 0
