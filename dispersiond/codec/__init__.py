@@ -51,13 +51,14 @@ def _read(src: BinaryIO, n: int, what: str) -> bytes:
 
 
 def encode_stream(scheme: str, key: bytes, src: BinaryIO, size: int, puf_out: BinaryIO,
-                  prf_out: BinaryIO, *, head_len: int = 0,
-                  file_id: bytes | None = None) -> Encoded:
+                  prf_out: BinaryIO, *, head_len: int = 0, file_id: bytes | None = None,
+                  chunk_log2: int = se2.DEFAULT_CHUNK_LOG2) -> Encoded:
     """Encode exactly `size` bytes of `src`; the first `head_len` go whole into the PRF (se2)."""
     _check_scheme(scheme)
     if scheme == "se2":
         head = _read(src, head_len, "input")
-        enc = se2.Se2Encoder(key, size - head_len, head, file_id=file_id)
+        enc = se2.Se2Encoder(key, size - head_len, head, file_id=file_id,
+                             chunk_log2=chunk_log2)
     else:
         if head_len:
             raise ValueError("paper-v1 keeps no format header; use head_len=0")
@@ -134,7 +135,8 @@ def _check_len(what: str, got: int, want: int) -> None:
 
 
 def encode(scheme: str, key: bytes, data: bytes, *, head_len: int = 0,
-           file_id: bytes | None = None) -> tuple[bytes, bytes]:
+           file_id: bytes | None = None,
+           chunk_log2: int = se2.DEFAULT_CHUNK_LOG2) -> tuple[bytes, bytes]:
     """In-memory encode: returns (public fragment, private fragment)."""
     _check_scheme(scheme)
     if scheme == "paper-v1":
@@ -143,18 +145,23 @@ def encode(scheme: str, key: bytes, data: bytes, *, head_len: int = 0,
         puf, prf = io.BytesIO(), io.BytesIO()
         encode_stream(scheme, key, io.BytesIO(data), len(data), puf, prf)
         return puf.getvalue(), prf.getvalue()
-    lay = se2.Layout(se2.DEFAULT_CHUNK_LOG2, len(data) - head_len, head_len)
+    if not 0 <= head_len <= len(data):
+        raise ValueError("head_len must be between 0 and the input length")
+    lay = se2.Layout(chunk_log2, len(data) - head_len, head_len)
     puf = np.empty(lay.puf_len, dtype=np.uint8)
     prf = np.empty(lay.prf_len, dtype=np.uint8)
-    se2_encode_into(key, data, puf, prf, head_len=head_len, file_id=file_id)
+    se2_encode_into(key, data, puf, prf, head_len=head_len, file_id=file_id,
+                    chunk_log2=chunk_log2)
     return puf.tobytes(), prf.tobytes()
 
 
 def se2_encode_into(key: bytes, data, puf: np.ndarray, prf: np.ndarray, *, head_len: int = 0,
-                    file_id: bytes | None = None) -> se2.Layout:
+                    file_id: bytes | None = None,
+                    chunk_log2: int = se2.DEFAULT_CHUNK_LOG2) -> se2.Layout:
     """se2 encode into preallocated uint8 arrays sized by `se2.Layout` (no allocation per call)."""
     src = np.frombuffer(data, dtype=np.uint8)
-    enc = se2.Se2Encoder(key, len(src) - head_len, bytes(src[:head_len]), file_id=file_id)
+    enc = se2.Se2Encoder(key, len(src) - head_len, bytes(src[:head_len]), file_id=file_id,
+                         chunk_log2=chunk_log2)
     lay = enc.layout
     if len(puf) != lay.puf_len or len(prf) != lay.prf_len:
         raise ValueError("output buffers do not match the layout")
@@ -185,19 +192,28 @@ def decode(scheme: str, key: bytes, puf: bytes, prf: bytes) -> bytes:
         out = io.BytesIO()
         decode_stream(scheme, key, io.BytesIO(puf), len(puf), io.BytesIO(prf), len(prf), out)
         return out.getvalue()
-    h = se2.PrfHeader.parse(prf[: se2.PRF_HEADER_LEN])
-    res = np.empty(h.layout.head_len + h.layout.content_len, dtype=np.uint8)
-    se2_decode_into(key, puf, prf, res)
+    dec = _se2_open(key, puf, prf)  # authenticates the sizes before we allocate by them
+    res = np.empty(dec.layout.head_len + dec.layout.content_len, dtype=np.uint8)
+    _se2_decode_with(dec, puf, prf, res)
     return res.tobytes()
+
+
+def _se2_open(key: bytes, puf, prf) -> se2.Se2Decoder:
+    pv, rv = memoryview(puf), memoryview(prf)
+    dec = se2.Se2Decoder(key, bytes(rv[: se2.PRF_HEADER_LEN]), bytes(pv[: se2.PUF_HEADER_LEN]))
+    _check_len("public fragment", len(pv), dec.layout.puf_len)
+    _check_len("private container", len(rv), dec.layout.prf_len)
+    return dec
 
 
 def se2_decode_into(key: bytes, puf, prf, res: np.ndarray) -> None:
     """se2 decode into a preallocated uint8 array of exactly head_len + content_len bytes."""
+    _se2_decode_with(_se2_open(key, puf, prf), puf, prf, res)
+
+
+def _se2_decode_with(dec: se2.Se2Decoder, puf, prf, res: np.ndarray) -> None:
     pv, rv = memoryview(puf), memoryview(prf)
-    dec = se2.Se2Decoder(key, bytes(rv[: se2.PRF_HEADER_LEN]), bytes(pv[: se2.PUF_HEADER_LEN]))
     lay = dec.layout
-    _check_len("public fragment", len(pv), lay.puf_len)
-    _check_len("private container", len(rv), lay.prf_len)
     if len(res) != lay.head_len + lay.content_len:
         raise ValueError("output buffer does not match the layout")
     p = se2.PRF_HEADER_LEN
