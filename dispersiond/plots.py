@@ -57,7 +57,7 @@ def bench_plot(results: dict[str, float], out_path: str) -> None:
             label += f"\n{v / base:.2f}x"
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
-                    fontsize=8)
+                    fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     ax.set_ylabel("MB/s (10^6 bytes of plaintext per second)")
     title = "Codec throughput"
     if base:
