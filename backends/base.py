@@ -6,10 +6,18 @@ and ciphertext only.
 """
 from __future__ import annotations
 
+import os
+import random
+import re
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -38,6 +46,13 @@ class Unavailable(StoreError):
 
 class Denied(StoreError):
     """Credentials missing or refused (401/403): retrying will not help."""
+
+
+class SourceError(Exception):
+    """The stream handed to `put` failed or ended early: the store is not to blame.
+
+    The original exception, if any, is `__cause__`. Nothing is left under the key.
+    """
 
 
 @dataclass(frozen=True)
@@ -103,3 +118,153 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- helpers shared by the store modules -------------------------------------------
+
+#: Longest presigned link the clouds accept (S3 SigV4 and GCS V4 cap it at 7 days).
+MAX_LINK_LIFETIME = timedelta(days=7)
+
+_SECRET = re.compile(
+    r"((?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+    r"|x-goog-credential|accountkey|sharedaccesssignature|access_token|token)=)[^&;\s'\"]+"
+    r"|(bearer\s+)\S+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """Blank out signatures, keys and tokens that SDK messages may quote from URLs."""
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "REDACTED", text)
+
+
+def check_key(key: str) -> str:
+    """Refuse names that could escape a directory or mean different things per store.
+
+    Names are '/'-separated segments; none may be empty, '.' or '..', and no NUL or
+    backslash may appear, so every store type accepts exactly the same set of names.
+    """
+    if not isinstance(key, str) or not key or len(key.encode()) > 1024:
+        raise ValueError(f"invalid object name {key!r}")
+    if "\0" in key or "\\" in key or any(s in ("", ".", "..") for s in key.split("/")):
+        raise ValueError(f"invalid object name {key!r}")
+    return key
+
+
+def check_range(start: int, length: int | None) -> None:
+    """Ranges are [start, start+length); both non-negative."""
+    if start < 0 or (length is not None and length < 0):
+        raise ValueError(f"invalid range start={start} length={length}")
+
+
+def link_seconds(expires: timedelta) -> int:
+    """Whole seconds of a link's lifetime, within what every cloud accepts."""
+    seconds = int(expires.total_seconds())
+    if not 1 <= seconds <= MAX_LINK_LIFETIME.total_seconds():
+        raise ValueError(f"link lifetime must be 1 s .. 7 days, not {expires}")
+    return seconds
+
+
+def secret_from_env(store: str, variable: str) -> str:
+    """Read a credential from the environment variable the settings name.
+
+    Settings hold only the variable's name, so no secret lands in a config file or log.
+    """
+    value = os.environ.get(variable, "")
+    if not value:
+        raise Denied(store, f"environment variable {variable} is not set")
+    return value
+
+
+def read_exact(src: BinaryIO, n: int) -> bytes:
+    """Exactly `n` bytes from `src`, however short its reads; SourceError if it ends or fails.
+
+    Some SDKs treat a short read as end of file and upload a truncated object; reading
+    here, and only here, keeps that from ever happening.
+    """
+    pieces: list[bytes] = []
+    got = 0
+    while got < n:
+        try:
+            piece = src.read(n - got)
+        except Exception as exc:
+            raise SourceError(f"source failed after {got} of {n} bytes: {exc!r}") from exc
+        if not piece:
+            raise SourceError(f"source ended after {got} of {n} bytes")
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+def iter_parts(src: BinaryIO, size: int, part_size: int) -> Iterator[bytes]:
+    """`size` bytes of `src` as consecutive parts of at most `part_size` bytes (bounded memory)."""
+    for offset in range(0, size, part_size):
+        yield read_exact(src, min(part_size, size - offset))
+
+
+def classify_status(status: int | None) -> type[StoreError]:
+    """The error family an HTTP status belongs to (precondition failures are decided by the caller)."""
+    if status == 404:
+        return NotFound
+    if status in (401, 403):
+        return Denied
+    if status is not None and (status in (408, 429) or status >= 500):
+        return Unavailable
+    return StoreError
+
+
+@contextmanager
+def translating(
+    store: str,
+    what: str,
+    classify: Callable[[BaseException], type[StoreError] | None],
+) -> Iterator[None]:
+    """Turn SDK exceptions into the store error family, with the store's name and no secrets.
+
+    `classify` returns the family for an SDK exception, or None for exceptions that are not
+    the SDK's (our own ValueError, a failing source), which pass through unchanged. The SDK
+    exception is not chained: its text may quote URLs with signatures, and logs print chains.
+    """
+    try:
+        yield
+    except (StoreError, SourceError):
+        raise
+    except Exception as exc:
+        family = classify(exc)
+        if family is None:
+            raise
+        detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        raise family(store, f"{what}: {detail}") from None
+
+
+def retrying(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 5,
+    base_delay: float = 0.2,
+    max_delay: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call `fn` until it stops raising Unavailable, at most `attempts` times.
+
+    Waits between attempts grow exponentially with full jitter (uniform in
+    [0, min(max_delay, base_delay * 2**n)]), so many devices recovering from the same
+    outage do not hammer a store in lockstep. Other errors are raised at once: a missing
+    object or refused credential will not change by waiting. The SDKs retry briefly on
+    their own; this is the slower, outer loop for callers whose work can be redone
+    (a put must be handed a fresh stream, so wrap the whole step, not the put alone).
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Unavailable:
+            if attempt == attempts - 1:
+                raise
+            sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+    raise AssertionError("unreachable")
