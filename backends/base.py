@@ -88,7 +88,12 @@ class Store(ABC):
 
     @abstractmethod
     def get(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """Yield the object's bytes (or the range [start, start+length)) in chunks."""
+        """Yield the object's bytes (or the range [start, start+length)) in chunks.
+
+        A missing object raises NotFound from the call itself, before any iteration; a
+        range past the end yields what there is (possibly nothing). A transfer cut off
+        part way raises Unavailable: an iterator never ends early in silence.
+        """
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo:

@@ -73,6 +73,12 @@ class Source(io.RawIOBase):
         return piece
 
 
+def every_verb(store: Store, key: str) -> list[Callable[[], object]]:
+    """One call of each verb on `key` (list with no prefix), for tests that expect one error from all."""
+    return [lambda: store.stat(key), lambda: store.get(key), lambda: list(store.list()),
+            lambda: store.put_bytes(key + "-new", b"y"), lambda: store.delete(key)]
+
+
 def absent(store: Store, key: str) -> bool:
     with pytest.raises(NotFound):
         store.stat(key)
@@ -235,8 +241,7 @@ def test_local_directory_gone_is_unavailable(make_store: Callable[..., Store], t
     store = make_store("local")
     store.put_bytes("k", b"x")
     Path(store.root).rename(tmp_path / "unmounted")
-    for call in (lambda: store.stat("k"), lambda: store.get("k"), lambda: list(store.list()),
-                 lambda: store.put_bytes("j", b"y"), lambda: store.delete("k")):
+    for call in every_verb(store, "k"):
         with pytest.raises(Unavailable, match=store.name):
             call()
 
@@ -272,8 +277,7 @@ def test_server_killed_mid_transfer_then_dead(kind: str, spawn_server: Callable[
                  Unavailable) < OUTAGE_BOUND
 
     # Every verb against the dead server.
-    for call in (lambda: store.stat("big"), lambda: store.get("big"), lambda: list(store.list()),
-                 lambda: store.delete("big"), lambda: store.put_bytes("small", b"x")):
+    for call in every_verb(store, "big"):
         elapsed = timed(call, Unavailable)
         assert elapsed < OUTAGE_BOUND, elapsed
 
@@ -382,8 +386,7 @@ def test_s3_wrong_credentials_are_denied(spawn_server: Callable[..., Emulator],
     assert good.get_bytes("k") == b"x"
 
     bad = open_store("s3", "bad", **{**settings, "secret_access_key_env": "BAD_SECRET"})
-    for call in (lambda: bad.stat("k"), lambda: bad.get("k"), lambda: list(bad.list()),
-                 lambda: bad.put_bytes("j", b"y"), lambda: bad.delete("k")):
+    for call in every_verb(bad, "k"):
         with pytest.raises(Denied, match="'bad'") as caught:
             call()
         assert "not-the-secret" not in str(caught.value) and key["SecretAccessKey"] not in str(caught.value)
@@ -401,8 +404,7 @@ def test_azure_wrong_key_is_denied_and_connection_strings_work(azure_server: Emu
     good.put_bytes("k", b"x")
     assert good.get_bytes("k") == b"x" and fetch(good.presign("k", timedelta(minutes=1))) == b"x"
     bad = open_store("azure", "bad", container=bucket, connection_string_env="BAD_CS")
-    for call in (lambda: bad.stat("k"), lambda: bad.get("k"), lambda: list(bad.list()),
-                 lambda: bad.put_bytes("j", b"y"), lambda: bad.delete("k")):
+    for call in every_verb(bad, "k"):
         with pytest.raises(Denied, match="'bad'") as caught:
             call()
         assert wrong not in str(caught.value) and AZURITE_KEY not in str(caught.value)
