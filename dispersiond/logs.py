@@ -46,7 +46,8 @@ def setup_logging(fmt: str = "text", verbose: int = 0) -> None:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("dispersiond")
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING - 10 * min(verbose + 1, 2))
+    # Commands are quiet unless asked (-v: info, -vv: debug); the daemon logs at info.
+    root.setLevel(logging.WARNING - 10 * min(verbose, 2))
     root.propagate = False
 
 

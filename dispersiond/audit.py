@@ -1,0 +1,90 @@
+"""A hash-chained, keyed audit log of shares, refusals, restores, forgets and rotations.
+
+Entry i carries `prev` (the hash of entry i-1, or 64 zeros) and
+`hash = HMAC-SHA256(K_audit, prev || canonical JSON of (seq, ts, event, file_id, detail))`,
+with K_audit derived from the master key. Editing, deleting or reordering any
+entry breaks the chain; forging a new chain needs the key. The newest (seq, hash)
+is also kept in meta and in every manifest backup, so cutting entries off the end
+is caught too.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+from .keys import subkey
+from .state import StateDB, dumps
+
+GENESIS = "0" * 64
+
+
+def _mac(key: bytes, prev: str, seq: int, ts: float, event: str, file_id: str | None,
+         detail: str) -> str:
+    body = dumps({"seq": seq, "ts": ts, "event": event, "file_id": file_id,
+                  "detail": json.loads(detail)})
+    return hmac.new(key, (prev + body).encode(), "sha256").hexdigest()
+
+
+def append(db: StateDB, master_key: bytes, event: str, file_id: str | None = None,
+           **detail) -> int:
+    """Add one entry; returns its sequence number."""
+    key = subkey(master_key, "audit")
+    text = dumps(detail)
+    with db.tx() as conn:
+        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        ts = round(time.time(), 6)
+        h = _mac(key, prev, seq, ts, event, file_id, text)
+        conn.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (seq, ts, event, file_id, text, prev, h))
+        conn.execute("INSERT INTO meta VALUES ('audit_head', ?) ON CONFLICT(key) DO UPDATE SET "
+                     "value=excluded.value", (f"{seq}:{h}",))
+    return seq
+
+
+@dataclass
+class Entry:
+    seq: int
+    ts: float
+    event: str
+    file_id: str | None
+    detail: dict
+    hash: str
+
+
+def entries(db: StateDB) -> list[Entry]:
+    return [Entry(r["seq"], r["ts"], r["event"], r["file_id"], json.loads(r["detail"]), r["hash"])
+            for r in db.query("SELECT * FROM audit ORDER BY seq")]
+
+
+def verify(db: StateDB, master_key: bytes, anchor: str | None = None) -> list[str]:
+    """Problems found in the chain (empty when intact). `anchor` is a known 'seq:hash' head."""
+    key = subkey(master_key, "audit")
+    problems = []
+    prev, expect_seq = GENESIS, 1
+    rows = db.query("SELECT * FROM audit ORDER BY seq")
+    for r in rows:
+        if r["seq"] != expect_seq:
+            problems.append(f"entry {expect_seq} is missing (next is {r['seq']})")
+        if r["prev"] != prev:
+            problems.append(f"entry {r['seq']}: does not follow the entry before it "
+                            "(deleted or reordered entries)")
+        try:
+            good = _mac(key, r["prev"], r["seq"], r["ts"], r["event"], r["file_id"], r["detail"])
+        except (ValueError, TypeError):
+            good = ""
+        if not hmac.compare_digest(good, r["hash"]):
+            problems.append(f"entry {r['seq']}: content was altered (hash mismatch)")
+        prev, expect_seq = r["hash"], r["seq"] + 1
+    head = db.get_meta("audit_head")
+    for label, mark in (("recorded head", head), ("manifest backup head", anchor)):
+        if not mark:
+            continue
+        seq, h = mark.split(":")
+        match = [r for r in rows if r["seq"] == int(seq)]
+        if not match or match[0]["hash"] != h:
+            problems.append(f"the {label} (entry {seq}) is no longer in the log: entries were "
+                            "removed or rewritten")
+    return problems

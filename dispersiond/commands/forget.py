@@ -1,0 +1,37 @@
+"""`dispersiond forget ID`: crypto-erasure of one file."""
+from __future__ import annotations
+
+import argparse
+
+from ..vault import open_vault
+from ..maintenance import forget
+from ._common import add_config, add_json, config, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("forget", help="erase a file for good (crypto-erasure)",
+                       description="Delete every copy of the file's private container and its "
+                                   "manifest entry, and its public objects unless "
+                                   "--keep-public. Afterwards nobody can restore it; without "
+                                   "the container the public bytes are noise.")
+    add_config(p)
+    p.add_argument("ref", metavar="ID|NAME")
+    p.add_argument("--keep-public", action="store_true",
+                   help="leave the (now undecipherable) public objects in place")
+    add_json(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config(args)
+    with open_vault(cfg, exclusive=True) as v:
+        res = forget(v, args.ref, keep_public=args.keep_public)
+    if args.json:
+        emit_json(res)
+    else:
+        print(f"forgot {res['file_id']}; deleted:")
+        for d in res["deleted"]:
+            print(f"  {d['role']:7} on {d['store']}: {d['object']}" + (f" ({d['note']})" if d.get("note") else ""))
+        for d in res["deferred"]:
+            print(f"  {d['role']:7} on {d['store']}: NOT YET ({d['error']}); retried later")
+    return 0

@@ -1,0 +1,65 @@
+"""`dispersiond ls`: protected files, their sizes, where they live and their health."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from ..units import human_size
+from ..vault import open_vault
+from ._common import add_config, add_json, config, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ls", help="list protected files, where they live and their health")
+    add_config(p)
+    add_json(p)
+    p.add_argument("--all", action="store_true", help="include files still in the pipeline")
+    p.set_defaults(func=_run)
+
+
+def health(objs, f) -> str:
+    pub = [o for o in objs if o.role == "public"]
+    prv = [o for o in objs if o.role == "private"]
+    good_pub = sum(o.state == "uploaded" for o in pub)
+    good_prv = sum(o.state == "uploaded" for o in prv)
+    need = f.k if f.public_mode == "erasure" else 1
+    if good_pub < need or not good_prv:
+        return "at-risk" if f.state in ("committed", "done") else "pending"
+    if good_pub < len(pub) or good_prv < len(prv):
+        return "degraded"
+    return "ok"
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config(args)
+    rows = []
+    with open_vault(cfg) as v:
+        where = "1" if args.all else "state IN ('committed', 'done')"
+        for f in v.db.files(where):
+            objs = v.db.objects(f.file_id)
+            rows.append({
+                "file_id": f.file_id, "name": f.name, "size": f.size, "state": f.state,
+                "created": dt.datetime.fromtimestamp(f.created, dt.timezone.utc).isoformat(),
+                "public": {"mode": f.public_mode, "k": f.k, "n": f.n,
+                           "stores": sorted({o.store for o in objs if o.role == "public"})},
+                "private": sorted({o.store for o in objs if o.role == "private"}),
+                "health": health(objs, f),
+            })
+    if args.json:
+        emit_json(rows)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None)
+    for col in ("id", "size", "state", "health", "public", "private", "name"):
+        t.add_column(col, justify="right" if col == "size" else "left")
+    for r in rows:
+        p = r["public"]
+        where = (f"{p['k']}-of-{p['n']} " if p["mode"] == "erasure" else f"x{len(p['stores'])} ")
+        t.add_row(r["file_id"][:12], human_size(r["size"]), r["state"], r["health"],
+                  where + ",".join(p["stores"]), ",".join(r["private"]), r["name"])
+    Console().print(t)
+    if not rows:
+        print("no protected files yet ('dispersiond put FILE' or drop files into the inbox)")
+    return 0

@@ -1,0 +1,68 @@
+"""`dispersiond put FILE...`: protect and disperse now."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DispersiondError
+from ..maintenance import backup_manifest, finalize
+from ..protect import protect_file, resume
+from ..vault import open_vault
+from ._common import add_config, add_json, config, emit_json, transfer_progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("put", help="protect files now and print their ids",
+                       description="Selectively encrypt each FILE, upload the public fragment "
+                                   "to the public stores and the private container to the "
+                                   "private stores, and record it in the manifest. The files "
+                                   "themselves are left where they are.")
+    add_config(p)
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--resume", action="store_true",
+                   help="finish files whose uploads failed earlier")
+    add_json(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config(args)
+    paths = [Path(f) for f in args.files]
+    for p in paths:
+        if not p.is_file():
+            raise DispersiondError(f"{p}: not a readable file")
+    if not paths and not args.resume:
+        raise DispersiondError("name at least one FILE (or --resume)")
+    out, errors = [], []
+    with open_vault(cfg, exclusive=True) as v:
+        todo = []
+        if args.resume:
+            todo += [("resume", f.file_id, None) for f in v.db.files("state IN ('claimed', "
+                                                                     "'encoded', 'committed')")]
+        todo += [("put", None, p) for p in paths]
+        for kind, fid, path in todo:
+            total = path.stat().st_size if path else None
+            with transfer_progress(path.name if path else fid[:12], total, not args.json) as adv:
+                try:
+                    if path:
+                        fid = protect_file(v, path, progress=adv)
+                    else:
+                        resume(v, fid, adv)
+                except DispersiondError as exc:
+                    errors.append(str(exc))
+                    continue
+            out.append({"file_id": fid, "name": path.name if path else v.db.file(fid).name,
+                        "state": v.db.file(fid).state})
+        if out:
+            backup_manifest(v)
+            for item in out:
+                finalize(v, item["file_id"])
+                item["state"] = v.db.file(item["file_id"]).state
+    if args.json:
+        emit_json({"files": out, "errors": errors})
+    else:
+        for item in out:
+            print(f"{item['file_id']}  {item['state']:9}  {item['name']}")
+    if errors:
+        raise DispersiondError("\n".join(errors))
+    return 0

@@ -1,0 +1,47 @@
+"""Format headers (the paper's D_head) that go whole into the private container.
+
+Only DICOM is split by default: its 128-byte preamble, "DICM" and the group 0002
+file meta elements. Parsed by hand (a few bytes of explicit-VR little endian) so
+the core needs no DICOM library; anything unexpected means "no header".
+"""
+from __future__ import annotations
+
+import struct
+
+from .codec.se2 import MAX_HEAD
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+PROBE = 64 * 1024  # bytes to read from the start of a file to find its header
+
+
+def dicom_head_len(data: bytes) -> int:
+    """Length of the DICOM preamble + file meta group, or 0 if `data` is not DICOM Part 10."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return 0
+    pos = 132
+    while pos + 8 <= len(data):
+        group, _elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            return pos if pos <= MAX_HEAD else 0
+        vr = data[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                return 0
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            pos += 12 + length
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            pos += 8 + length
+        if length == 0xFFFFFFFF:
+            return 0
+    return pos if pos == len(data) and pos <= MAX_HEAD else 0
+
+
+def head_len(first_bytes: bytes, size: int, dicom: bool = True) -> int:
+    """How many leading bytes of a file are its format header (0 if none)."""
+    if dicom:
+        n = dicom_head_len(first_bytes)
+        if 0 < n <= size:
+            return n
+    return 0

@@ -1,0 +1,437 @@
+"""Keeping protected files healthy: manifest backups, verify, repair, recover,
+key rotation and crypto-erasure (forget)."""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backends import AlreadyExists, NotFound, StoreError
+
+from . import manifest
+from .codec import se2
+from .errors import DispersiondError, IntegrityError
+from .fsutil import atomic_output
+from .keys import KEY_LEN, write_key_file
+from .logs import event, log
+from .placement import HashingWriter, new_object_name, rebuild_shards
+from .restore import _try_fetch, fetch_object, private_container
+from .state import ObjectRow
+from .vault import Progress, Vault
+
+
+# --------------------------------------------------------------- manifest backups
+
+def backup_manifest(v: Vault, force: bool = False) -> int:
+    """Seal the manifest and put it on every private store; returns how many stores took it.
+
+    Older backups beyond the newest few are deleted. Files included are marked
+    backed up (the daemon deletes an original only after that).
+    """
+    if not force and v.db.get_meta("manifest_dirty", "1") == "0":
+        return 0
+    seq = int(v.db.get_meta("manifest_seq", "0")) + 1
+    included = [f.file_id for f in v.db.files("state IN ('committed', 'done')")]
+    blob = manifest.seal(v.key, manifest.snapshot(v.db, seq))
+    ok = 0
+    for store in v.cfg.private.stores:
+        name = f"{manifest.PREFIX}{new_object_name()}"
+        try:
+            v.store(store).put(name, io.BytesIO(blob), len(blob))
+        except StoreError as exc:
+            v.db.store_error(store, str(exc))
+            log.warning("manifest backup to store %s failed: %s", store, exc)
+            continue
+        ok += 1
+        v.db.store_ok(store)
+        with v.db.tx() as conn:
+            conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                         "value=value || ',' || excluded.value",
+                         (f"manifest_backups:{store}", f"{seq}={name}"))
+        _prune_backups(v, store)
+    if ok:
+        with v.db.tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_seq', ?)", (str(seq),))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '0')")
+            conn.executemany("UPDATE files SET backed_up=1 WHERE file_id=?",
+                             [(fid,) for fid in included])
+        event(logging.INFO, "manifest backed up", seq=seq, stores=ok, files=len(included))
+    return ok
+
+
+def _backups(v: Vault, store: str) -> list[tuple[int, str]]:
+    raw = v.db.get_meta(f"manifest_backups:{store}", "") or ""
+    out = []
+    for item in filter(None, raw.split(",")):
+        seq, name = item.split("=", 1)
+        out.append((int(seq), name))
+    return sorted(out)
+
+
+def _prune_backups(v: Vault, store: str, keep: int = manifest.KEEP_BACKUPS) -> None:
+    items = _backups(v, store)
+    old, kept = items[:-keep] if keep else items, items[-keep:] if keep else []
+    for _, name in old:
+        v.discard(store, name)
+    v.db.set_meta(f"manifest_backups:{store}", ",".join(f"{s}={n}" for s, n in kept))
+    v.empty_trash()
+
+
+def drop_all_backups_but_newest(v: Vault) -> None:
+    """After forget or rotation: older backups still name the file or use the old key."""
+    for store in v.cfg.private.stores:
+        _prune_backups(v, store, keep=1)
+
+
+def finalize(v: Vault, fid: str) -> bool:
+    """committed -> done once every object is confirmed and a manifest backup holds it."""
+    f = v.db.file(fid)
+    if f.state != "committed" or not f.backed_up or v.db.objects(fid, "state!='uploaded'"):
+        return False
+    v.db.update_file(fid, state="done")
+    return True
+
+
+# --------------------------------------------------------------- verify
+
+@dataclass
+class Finding:
+    file_id: str
+    store: str
+    object: str
+    role: str
+    shard: int | None
+    problem: str  # missing | corrupt | wrong-size | checksum-mismatch | unreachable
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class VerifyReport:
+    files: int = 0
+    objects: int = 0
+    ok: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    unrestorable: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "objects": self.objects, "ok": self.ok,
+                "problems": [f.as_dict() for f in self.findings],
+                "unrestorable": self.unrestorable}
+
+
+def verify(v: Vault, deep: bool = False, progress: Progress | None = None,
+           files: list[str] | None = None) -> VerifyReport:
+    """Shallow: stat every object (size, the store's own SHA-256 where it has one).
+    Deep: download every object and check its SHA-256."""
+    rep = VerifyReport()
+    rows = v.db.files("state IN ('committed', 'done')")
+    if files is not None:
+        rows = [f for f in rows if f.file_id in files]
+    for f in rows:
+        rep.files += 1
+        good_pub = good_prv = 0
+        for obj in v.db.objects(f.file_id, "state!='pending'"):
+            rep.objects += 1
+            problem = _check(v, obj, deep, progress)
+            if problem is None:
+                rep.ok += 1
+                good_pub += obj.role == "public"
+                good_prv += obj.role == "private"
+                if obj.state != "uploaded":
+                    v.db.set_object_state(obj.id, "uploaded")
+                continue
+            rep.findings.append(Finding(f.file_id, obj.store, obj.name, obj.role, obj.shard,
+                                        problem))
+            if problem in ("missing", "corrupt", "wrong-size", "checksum-mismatch"):
+                v.db.set_object_state(obj.id, "corrupt" if problem != "missing" else "missing")
+        need = f.k if f.public_mode == "erasure" else 1
+        local = v.prf_path(f.file_id).exists()
+        if good_pub < need or not (good_prv or local):
+            rep.unrestorable.append(f.file_id)
+    return rep
+
+
+def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> str | None:
+    try:
+        if deep:
+            fetch_object(v, obj, _Null(), progress)
+            return None
+        info = v.store(obj.store).stat(obj.name)
+    except NotFound:
+        return "missing"
+    except IntegrityError:
+        return "corrupt"
+    except StoreError as exc:
+        v.db.store_error(obj.store, str(exc))
+        return "unreachable"
+    v.db.store_ok(obj.store)
+    if info.size != obj.object_size:
+        return "wrong-size"
+    theirs = info.checksums.get("sha256")
+    if theirs and theirs != obj.sha256:
+        return "checksum-mismatch"
+    return None
+
+
+class _Null(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return len(memoryview(b))
+
+
+# --------------------------------------------------------------- repair
+
+@dataclass
+class RepairReport:
+    repaired: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"repaired": self.repaired, "failed": self.failed}
+
+
+def repair(v: Vault, deep: bool = False, progress: Progress | None = None) -> RepairReport:
+    """Verify, then rebuild every missing or corrupt copy from the survivors."""
+    verify(v, deep=deep, progress=progress)
+    rep = RepairReport()
+    bad_files = {r[0] for r in v.db.query(
+        "SELECT DISTINCT file_id FROM objects WHERE state IN ('missing', 'corrupt', 'pending')")}
+    for fid in sorted(bad_files):
+        f = v.db.file(fid)
+        if f is None or f.state not in ("committed", "done"):
+            continue
+        with tempfile.TemporaryDirectory(prefix=".repair-", dir=v.root / "work") as tmpd:
+            tmp = Path(tmpd)
+            for obj in v.db.objects(fid, "state IN ('missing', 'corrupt', 'pending')"):
+                try:
+                    _rebuild(v, f, obj, tmp, progress)
+                    rep.repaired.append({"file_id": fid, "store": obj.store, "role": obj.role,
+                                         "shard": obj.shard})
+                except (StoreError, DispersiondError, OSError) as exc:
+                    rep.failed.append({"file_id": fid, "store": obj.store, "role": obj.role,
+                                       "shard": obj.shard, "error": str(exc)})
+    v.empty_trash()
+    if rep.repaired:
+        v.db.set_meta("manifest_dirty", "1")
+        backup_manifest(v)
+    return rep
+
+
+def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> None:
+    """Write a fresh copy of `obj` under a new name on the same store, retire the old one."""
+    staged = v.staged_path(f.file_id, obj.role, obj.shard)
+    src: Path
+    if obj.state == "pending" and staged.exists():
+        src = staged  # never uploaded: the stage is still there
+    elif obj.role == "private":
+        src = private_container(v, f, tmp, progress)
+    elif f.public_mode != "erasure":
+        src = _good_replica(v, f, tmp, progress)
+    else:
+        src = _rebuilt_shard(v, f, obj, tmp, progress)
+    with open(src, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        h = HashingWriter(_Null())
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.write(block)
+        fh.seek(0)
+        name = new_object_name()
+        try:
+            v.store(obj.store).put(name, fh, size)
+        except AlreadyExists:  # 128-bit random names: only a bug gets here
+            raise IntegrityError(f"store {obj.store!r}: fresh object name already taken") from None
+    with v.db.tx() as conn:
+        conn.execute("UPDATE objects SET name=?, sha256=?, object_size=?, state='uploaded', "
+                     "checked=strftime('%s','now') WHERE id=?", (name, h.hexdigest(), size, obj.id))
+        conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
+                     (obj.store, obj.name))
+    event(logging.INFO, "copy rebuilt", file_id=f.file_id, store=obj.store, role=obj.role)
+
+
+def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
+    errors: list[str] = []
+    for other in v.db.objects(f.file_id, "role='public' AND state='uploaded'"):
+        path = tmp / f"replica-{other.id}"
+        if _try_fetch(v, other, path, errors, progress):
+            return path
+    raise DispersiondError(f"file {f.file_id}: no intact replica to copy from ({'; '.join(errors)})")
+
+
+def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> Path:
+    errors: list[str] = []
+    good: dict[int, Path] = {}
+    for other in v.db.objects(f.file_id, "role='public' AND state='uploaded'"):
+        if other.shard == obj.shard or len(good) == f.k:
+            continue
+        path = tmp / f"shard-{other.shard}"
+        if _try_fetch(v, other, path, errors, progress):
+            good[other.shard] = path
+    if len(good) < f.k:
+        raise DispersiondError(f"file {f.file_id}: only {len(good)} intact shards, {f.k} needed "
+                               f"to rebuild shard {obj.shard} ({'; '.join(errors)})")
+    out = tmp / f"rebuilt-{obj.shard}"
+    readers = {i: open(p, "rb") for i, p in good.items()}
+    try:
+        with open(out, "wb") as fo:
+            w = HashingWriter(fo)
+            rebuild_shards(f.puf_len, f.k, f.n, f.block, readers, [obj.shard], {obj.shard: w})
+            w.pad_random(obj.object_size)
+    finally:
+        for r in readers.values():
+            r.close()
+    return out
+
+
+# --------------------------------------------------------------- recover
+
+def recover(v: Vault, progress: Progress | None = None) -> dict:
+    """Rebuild a blank state from the newest manifest backup on the private stores."""
+    if v.db.files():
+        raise DispersiondError(f"the state database in {v.root} already holds files; recover "
+                               "only into an empty state directory")
+    best, errors = None, []
+    for store in v.cfg.private.stores:
+        try:
+            names = [n for n in v.store(store).list(manifest.PREFIX)]
+        except StoreError as exc:
+            errors.append(f"{store}: {exc}")
+            continue
+        for name in names:
+            try:
+                doc = manifest.open_sealed(v.key, v.store(store).get_bytes(name))
+            except (StoreError, DispersiondError) as exc:
+                errors.append(f"{store}/{name}: {exc}")
+                continue
+            if best is None or doc["seq"] > best[0]["seq"]:
+                best = (doc, store, name)
+    if best is None:
+        raise DispersiondError("no readable manifest backup on any private store"
+                               + (f" ({'; '.join(errors)})" if errors else ""))
+    doc, store, name = best
+    count = manifest.load_into(v.db, doc)
+    v.db.set_meta(f"manifest_backups:{store}", f"{doc['seq']}={name}")
+    fetched = 0
+    with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
+        for f in v.db.files():
+            src = private_container(v, f, Path(tmpd), progress)
+            if src != v.prf_path(f.file_id):
+                os.replace(src, v.prf_path(f.file_id))
+                fetched += 1
+    v.db.set_meta("manifest_dirty", "0")
+    v.db.query("UPDATE files SET backed_up=1")
+    v.audit("recover", None, files=count, manifest_seq=doc["seq"])
+    return {"files": count, "manifest_seq": doc["seq"], "from_store": store,
+            "private_containers_fetched": fetched, "unreadable_backups": errors}
+
+
+# --------------------------------------------------------------- rotate-key
+
+def rotate_key(v: Vault, progress: Progress | None = None) -> dict:
+    """New master key: re-wrap every private container (local and backups) and re-seal the
+    manifest backups. Public objects are not touched. Resumable after a crash."""
+    if v.cfg.key.file is None:
+        raise DispersiondError("rotate-key works with a key file (key.file); a passphrase "
+                               "key is rotated by choosing a new passphrase, which this "
+                               "version does not support yet")
+    key_path = v.cfg.path(v.cfg.key.file)
+    new_path = key_path.with_name(key_path.name + ".new")
+    new_key = new_path.read_bytes() if new_path.exists() else write_key_file(new_path)
+    if len(new_key) != KEY_LEN:
+        raise DispersiondError(f"{new_path} is damaged; delete it and run rotate-key again")
+    old_key, new_id = v.key, se2.key_id(new_key).hex()
+    public_before = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
+    rewrapped = uploaded = 0
+    for f in v.db.files("state IN ('encoded', 'committed', 'done')"):
+        local = v.prf_path(f.file_id)
+        with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
+            if not local.exists():
+                os.replace(private_container(v, f, Path(tmpd), progress), local)
+        data = local.read_bytes()
+        if data[36:44] != bytes.fromhex(new_id):
+            head = se2.rewrap(data[: se2.PRF_HEADER_LEN], old_key, new_key)
+            data = head + data[se2.PRF_HEADER_LEN:]
+            with atomic_output(local) as out:
+                out.write(data)
+            rewrapped += 1
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        v.db.update_file(f.file_id, key_id=new_id, prf_sha256=digest)
+        for obj in v.db.objects(f.file_id, "role='private'"):
+            if obj.sha256 == digest and obj.state == "uploaded":
+                continue  # this backup already carries the new wrap
+            name = new_object_name()
+            v.store(obj.store).put(name, io.BytesIO(data), len(data))
+            with v.db.tx() as conn:
+                conn.execute("UPDATE objects SET name=?, sha256=?, state='uploaded' WHERE id=?",
+                             (name, digest, obj.id))
+                conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
+                             (obj.store, obj.name))
+            uploaded += 1
+    v.key = new_key
+    v.db.set_meta("manifest_dirty", "1")
+    if not backup_manifest(v, force=True):
+        raise DispersiondError("no private store took the re-sealed manifest; the rotation "
+                               "is not finished: run rotate-key again when a store answers")
+    drop_all_backups_but_newest(v)
+    os.replace(new_path, key_path)
+    deleted, waiting = v.empty_trash()
+    public_after = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
+    v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped)
+    return {"new_key_id": new_id, "containers_rewrapped": rewrapped,
+            "private_backups_rewritten": uploaded, "old_objects_deleted": deleted,
+            "deletions_pending": waiting,
+            "public_objects_rewritten": len(public_after - public_before)}
+
+
+# --------------------------------------------------------------- forget
+
+def forget(v: Vault, ref: str, keep_public: bool = False) -> dict:
+    """Crypto-erasure: delete every copy of the private container, the manifest entry,
+    and (unless keep_public) the public objects. Without the container the public
+    bytes are noise to everyone, the user included."""
+    f = v.resolve(ref)
+    deleted: list[dict] = []
+    failed: list[dict] = []
+    for obj in v.db.objects(f.file_id):
+        if obj.role == "public" and keep_public:
+            continue
+        try:
+            v.store(obj.store).delete(obj.name)
+            deleted.append({"store": obj.store, "role": obj.role, "object": obj.name})
+        except NotFound:
+            deleted.append({"store": obj.store, "role": obj.role, "object": obj.name,
+                            "note": "already gone"})
+        except StoreError as exc:
+            failed.append({"store": obj.store, "role": obj.role, "object": obj.name,
+                           "error": str(exc)})
+    if any(x["role"] == "private" for x in failed):
+        raise DispersiondError(
+            "could not delete every private container copy: "
+            + "; ".join(f"{x['store']}: {x['error']}" for x in failed if x["role"] == "private")
+            + ". Nothing was forgotten locally; run forget again when the store answers")
+    local = v.prf_path(f.file_id)
+    if local.exists():
+        local.unlink()
+        deleted.append({"store": "(this device)", "role": "private", "object": str(local)})
+    import shutil
+
+    shutil.rmtree(v.work_dir(f.file_id), ignore_errors=True)
+    with v.db.tx() as conn:
+        for x in failed:  # public copies on a store that is down: delete later
+            conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
+                         (x["store"], x["object"]))
+        conn.execute("DELETE FROM objects WHERE file_id=?", (f.file_id,))
+        conn.execute("DELETE FROM files WHERE file_id=?", (f.file_id,))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
+    v.audit("forget", f.file_id, keep_public=keep_public)
+    backup_manifest(v, force=True)
+    drop_all_backups_but_newest(v)
+    return {"file_id": f.file_id, "deleted": deleted, "deferred": failed}

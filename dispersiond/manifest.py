@@ -1,0 +1,91 @@
+"""The manifest: per file, where every object lives and the digests to check it by.
+
+It lives in the state database; an encrypted copy (format in docs/FORMAT.md §5)
+goes to every private store so that a blank device with only the config and the
+key can rebuild its state (`dispersiond recover`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .codec import se2
+from .errors import IntegrityError, WrongKey
+from .keys import subkey
+from .state import FileRow, StateDB, dumps
+
+MAGIC = b"DSPM"
+VERSION = 1
+PREFIX = "manifest/"
+KEEP_BACKUPS = 3
+
+FILE_FIELDS = ("file_id", "name", "size", "sha256", "mtime", "scheme", "head_len", "chunk_log2",
+               "puf_len", "prf_len", "prf_sha256", "key_id", "public_mode", "k", "n", "block",
+               "created")
+OBJECT_FIELDS = ("role", "shard", "store", "name", "offset", "length", "object_size", "sha256")
+
+
+def entry(db: StateDB, f: FileRow) -> dict:
+    """One file's manifest entry (what restore needs, nothing more)."""
+    e = {k: getattr(f, k) for k in FILE_FIELDS}
+    e["objects"] = [{k: getattr(o, k) for k in OBJECT_FIELDS} for o in db.objects(f.file_id)]
+    return e
+
+
+def snapshot(db: StateDB, seq: int) -> dict:
+    files = db.files("state IN ('committed', 'done')")
+    audit = [dict(r) for r in db.query("SELECT * FROM audit ORDER BY seq")]
+    return {"format": VERSION, "seq": seq, "created": time.time(),
+            "audit_head": db.get_meta("audit_head"), "audit": audit,
+            "files": [entry(db, f) for f in files]}
+
+
+def seal(master_key: bytes, doc: dict) -> bytes:
+    header = MAGIC + bytes([VERSION]) + se2.key_id(master_key)
+    nonce = os.urandom(12)
+    body = zlib.compress(dumps(doc).encode(), 6)
+    return header + nonce + AESGCM(subkey(master_key, "manifest")).encrypt(nonce, body, header)
+
+
+def open_sealed(master_key: bytes, blob: bytes) -> dict:
+    if blob[:4] != MAGIC or len(blob) < 13 + 12 + 16:
+        raise IntegrityError("not a dispersiond manifest backup")
+    if blob[4] != VERSION:
+        raise IntegrityError(f"manifest backup version {blob[4]} is not supported")
+    header = blob[:13]
+    if header[5:13] != se2.key_id(master_key):
+        raise WrongKey(f"manifest backup was sealed with key {header[5:13].hex()}, not yours "
+                       f"({se2.key_id(master_key).hex()})")
+    try:
+        body = AESGCM(subkey(master_key, "manifest")).decrypt(blob[13:25], blob[25:], header)
+    except InvalidTag:
+        raise IntegrityError("manifest backup failed authentication (altered)") from None
+    return json.loads(zlib.decompress(body))
+
+
+def load_into(db: StateDB, doc: dict) -> int:
+    """Rebuild file, object and audit rows from a backup; returns the number of files."""
+    with db.tx() as conn:
+        for e in doc["files"]:
+            fields = {k: e[k] for k in FILE_FIELDS}
+            conn.execute(f"INSERT OR REPLACE INTO files ({', '.join(fields)}, state, updated) "
+                         f"VALUES ({', '.join('?' for _ in fields)}, 'done', ?)",
+                         (*fields.values(), time.time()))
+            conn.execute("DELETE FROM objects WHERE file_id=?", (e["file_id"],))
+            for o in e["objects"]:
+                conn.execute(f"INSERT INTO objects (file_id, {', '.join(OBJECT_FIELDS)}, state) "
+                             f"VALUES (?, {', '.join('?' for _ in OBJECT_FIELDS)}, 'uploaded')",
+                             (e["file_id"], *(o[k] for k in OBJECT_FIELDS)))
+        for a in doc.get("audit", []):
+            conn.execute("INSERT OR IGNORE INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (a["seq"], a["ts"], a["event"], a["file_id"], a["detail"], a["prev"],
+                          a["hash"]))
+        if doc.get("audit_head"):
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (doc["audit_head"],))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_seq', ?)", (str(doc["seq"]),))
+    return len(doc["files"])

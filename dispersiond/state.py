@@ -1,0 +1,275 @@
+"""The local state database (SQLite, WAL): files, where their objects live, audit log.
+
+Every pipeline step is a transaction here, so a crash or SIGKILL at any instant
+leaves a state from which the next start resumes: each file row says which step
+it reached, each object row whether its upload was confirmed.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    file_id     TEXT PRIMARY KEY,           -- 32 hex digits, random
+    name        TEXT NOT NULL,              -- original file name: never logged, never uploaded in clear
+    size        INTEGER NOT NULL,
+    sha256      TEXT,                       -- of the original bytes
+    mtime       REAL,
+    scheme      TEXT NOT NULL,
+    head_len    INTEGER NOT NULL DEFAULT 0,
+    chunk_log2  INTEGER,
+    puf_len     INTEGER,
+    prf_len     INTEGER,
+    prf_sha256  TEXT,
+    key_id      TEXT,
+    public_mode TEXT,                       -- replicate | erasure
+    k           INTEGER,
+    n           INTEGER,
+    block       INTEGER,                    -- erasure block size
+    state       TEXT NOT NULL,              -- see STATES
+    source      TEXT,                       -- claimed original (daemon) or given path (put)
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try    REAL,
+    error       TEXT,
+    backed_up   INTEGER NOT NULL DEFAULT 0  -- a manifest backup with this file has landed
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE TABLE IF NOT EXISTS objects (
+    id          INTEGER PRIMARY KEY,
+    file_id     TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
+    role        TEXT NOT NULL,              -- public | private
+    shard       INTEGER,                    -- erasure shard number; NULL otherwise
+    store       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    offset      INTEGER NOT NULL DEFAULT 0, -- where the fragment starts inside the object
+    length      INTEGER NOT NULL,           -- fragment bytes inside the object
+    object_size INTEGER NOT NULL,           -- stored bytes, padding included
+    sha256      TEXT NOT NULL,              -- of the stored object
+    state       TEXT NOT NULL,              -- pending | uploaded | missing | corrupt
+    checked     REAL,
+    UNIQUE (store, name)
+);
+CREATE INDEX IF NOT EXISTS objects_file ON objects(file_id);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY,
+    ts      REAL NOT NULL,
+    event   TEXT NOT NULL,
+    file_id TEXT,
+    detail  TEXT NOT NULL,
+    prev    TEXT NOT NULL,
+    hash    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trash (          -- objects to delete when their store answers
+    store TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS store_status (
+    store      TEXT PRIMARY KEY,
+    last_ok    REAL,
+    last_error TEXT,
+    error_at   REAL
+);
+"""
+
+# claimed: original taken, nothing written; encoded: fragments on local disk, objects
+# planned; committed: restorable (manifest written), some uploads may still be pending;
+# done: every object confirmed, after-policy applied; failed: quarantined.
+STATES = ("claimed", "encoded", "committed", "done", "failed")
+
+
+@dataclass
+class FileRow:
+    file_id: str
+    name: str
+    size: int
+    sha256: str | None
+    mtime: float | None
+    scheme: str
+    head_len: int
+    chunk_log2: int | None
+    puf_len: int | None
+    prf_len: int | None
+    prf_sha256: str | None
+    key_id: str | None
+    public_mode: str | None
+    k: int | None
+    n: int | None
+    block: int | None
+    state: str
+    source: str | None
+    created: float
+    updated: float
+    attempts: int
+    next_try: float | None
+    error: str | None
+    backed_up: int
+
+
+@dataclass
+class ObjectRow:
+    id: int
+    file_id: str
+    role: str
+    shard: int | None
+    store: str
+    name: str
+    offset: int
+    length: int
+    object_size: int
+    sha256: str
+    state: str
+    checked: float | None
+
+
+class StateDB:
+    """A thread-safe handle on the state database (one connection, one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                from .errors import DispersiondError
+
+                raise DispersiondError(f"state database {path} was written by a newer "
+                                       "dispersiond; upgrade before using it")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction: all of it lands, or none of it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- meta
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        rows = self.query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                       "value=excluded.value", (key, value))
+
+    # --- files
+    def add_file(self, **fields: Any) -> None:
+        now = time.time()
+        fields.setdefault("created", now)
+        fields.setdefault("updated", now)
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        with self.tx() as db:
+            db.execute(f"INSERT INTO files ({cols}) VALUES ({marks})", tuple(fields.values()))
+
+    def update_file(self, file_id: str, db: sqlite3.Connection | None = None,
+                    **fields: Any) -> None:
+        fields["updated"] = time.time()
+        sets = ", ".join(f"{k}=?" for k in fields)
+        sql = f"UPDATE files SET {sets} WHERE file_id=?"
+        if db is not None:
+            db.execute(sql, (*fields.values(), file_id))
+            return
+        with self.tx() as conn:
+            conn.execute(sql, (*fields.values(), file_id))
+
+    def file(self, file_id: str) -> FileRow | None:
+        rows = self.query("SELECT * FROM files WHERE file_id=?", (file_id,))
+        return FileRow(**dict(rows[0])) if rows else None
+
+    def files(self, where: str = "1", args: tuple = ()) -> list[FileRow]:
+        return [FileRow(**dict(r)) for r in
+                self.query(f"SELECT * FROM files WHERE {where} ORDER BY created, file_id", args)]
+
+    def find(self, ref: str) -> list[FileRow]:
+        """Files matching an id, an id prefix (>= 6 hex digits) or an original name."""
+        ref = ref.strip()
+        by_id = self.files("file_id=?", (ref.lower(),))
+        if by_id:
+            return by_id
+        out = []
+        if len(ref) >= 6 and all(c in "0123456789abcdefABCDEF" for c in ref):
+            out = self.files("file_id LIKE ?", (ref.lower() + "%",))
+        return out or self.files("name=?", (ref,))
+
+    def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM files GROUP BY state")}
+
+    # --- objects
+    def add_objects(self, db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            cols = ", ".join(r)
+            db.execute(f"INSERT INTO objects ({cols}) VALUES ({', '.join('?' for _ in r)})",
+                       tuple(r.values()))
+
+    def objects(self, file_id: str | None = None, where: str = "1",
+                args: tuple = ()) -> list[ObjectRow]:
+        if file_id is not None:
+            where, args = f"file_id=? AND ({where})", (file_id, *args)
+        return [ObjectRow(**dict(r)) for r in
+                self.query(f"SELECT * FROM objects WHERE {where} ORDER BY role, shard, id", args)]
+
+    def set_object_state(self, object_id: int, state: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE objects SET state=?, checked=? WHERE id=?",
+                       (state, time.time(), object_id))
+
+    # --- stores
+    def store_ok(self, store: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO store_status (store, last_ok) VALUES (?, ?) ON CONFLICT(store) "
+                       "DO UPDATE SET last_ok=excluded.last_ok", (store, time.time()))
+
+    def store_error(self, store: str, error: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO store_status (store, last_error, error_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT(store) DO UPDATE SET last_error=excluded.last_error, "
+                       "error_at=excluded.error_at", (store, error, time.time()))
+
+    def store_status(self) -> list[dict]:
+        return [dict(r) for r in self.query("SELECT * FROM store_status ORDER BY store")]
+
+    def integrity_check(self) -> str:
+        return self.query("PRAGMA integrity_check")[0][0]
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces): what hashes and backups are made of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

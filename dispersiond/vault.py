@@ -1,0 +1,142 @@
+"""The engine every command and the daemon share: config, master key, state, stores.
+
+Layout of the state directory:
+  state.db              SQLite (WAL): files, objects, audit log, trash
+  prf/<file_id>.prf     the device's own copy of each private container
+  work/<file_id>/       staged public objects until every upload is confirmed
+  claimed/<file_id>     originals the daemon took from the inbox
+  lock                  held by whoever changes state (the daemon, put, forget, ...)
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from backends import NotFound, Store, StoreError
+
+from . import audit
+from .config import Config
+from .errors import DispersiondError
+from .keys import load_master_key
+from .logs import log
+from .state import FileRow, StateDB
+from .stores import Stores
+
+Progress = Callable[[int], None]
+
+
+class Busy(DispersiondError):
+    """Another dispersiond process holds the state directory."""
+
+
+class Vault:
+    def __init__(self, cfg: Config, master_key: bytes | None = None) -> None:
+        self.cfg = cfg
+        self.root = cfg.state_path
+        for sub in ("prf", "work", "claimed"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        self.key = master_key if master_key is not None else load_master_key(cfg)
+        self.db = StateDB(self.root / "state.db")
+        self.stores = Stores(cfg)
+        self._lock_fd: int | None = None
+        self._stores_lock = threading.Lock()
+
+    # --- paths
+    def prf_path(self, fid: str) -> Path:
+        return self.root / "prf" / f"{fid}.prf"
+
+    def work_dir(self, fid: str) -> Path:
+        return self.root / "work" / fid
+
+    def staged_path(self, fid: str, role: str, shard: int | None) -> Path:
+        if role == "private":
+            return self.prf_path(fid)
+        return self.work_dir(fid) / ("puf" if shard is None else f"shard-{shard}")
+
+    def store(self, name: str) -> Store:
+        with self._stores_lock:
+            return self.stores[name]
+
+    # --- exclusive use of the state directory
+    def lock(self, wait: bool = False) -> None:
+        """Take the state directory for this process; Busy if another one has it."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise Busy(f"the state directory {self.root} is in use by dispersiond pid {holder}: "
+                       "stop it first (systemctl stop dispersiond), or drop files into the "
+                       "inbox for the running daemon") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        self.stores.close()
+        self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Vault":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- lookups
+    def resolve(self, ref: str) -> FileRow:
+        """A file by id, id prefix or original name; an actionable error otherwise."""
+        rows = [r for r in self.db.find(ref) if r.state != "failed"]
+        if not rows:
+            raise DispersiondError(f"no protected file matches {ref!r} (see 'dispersiond ls')")
+        if len(rows) > 1:
+            ids = ", ".join(r.file_id[:12] for r in rows[:5])
+            raise DispersiondError(f"{ref!r} matches {len(rows)} files ({ids}...): give the id")
+        return rows[0]
+
+    def audit(self, event: str, file_id: str | None = None, **detail) -> None:
+        audit.append(self.db, self.key, event, file_id, **detail)
+
+    # --- trash: deletions that must happen even if a store is down right now
+    def discard(self, store: str, name: str) -> None:
+        import time
+
+        with self.db.tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)", (store, name, time.time()))
+
+    def empty_trash(self) -> tuple[int, int]:
+        """Delete what the trash holds; returns (deleted, still waiting)."""
+        done = waiting = 0
+        for row in self.db.query("SELECT store, name FROM trash"):
+            try:
+                self.store(row["store"]).delete(row["name"])
+            except NotFound:
+                pass
+            except (StoreError, KeyError) as exc:
+                log.warning("could not delete an object from store %s yet: %s", row["store"], exc)
+                waiting += 1
+                continue
+            with self.db.tx() as conn:
+                conn.execute("DELETE FROM trash WHERE store=? AND name=?", (row["store"], row["name"]))
+            done += 1
+        return done, waiting
+
+
+@contextlib.contextmanager
+def open_vault(cfg: Config, *, exclusive: bool = False,
+               master_key: bytes | None = None) -> Iterator[Vault]:
+    v = Vault(cfg, master_key)
+    try:
+        if exclusive:
+            v.lock()
+        yield v
+    finally:
+        v.close()
