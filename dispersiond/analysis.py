@@ -197,7 +197,8 @@ class Recovery:
 
 
 def _unit_words(data: bytes, units: int) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8, count=units * UNIT).view(np.uint32).reshape(units, WORDS)
+    raw = np.frombuffer(data, dtype=np.uint8, count=units * UNIT)
+    return raw.view(np.uint32).reshape(units, WORDS)
 
 
 def sample_units(units: int, max_units: int | None, block: int = 256) -> np.ndarray:

@@ -51,7 +51,7 @@ def bench_plot(results: dict[str, float], out_path: str) -> None:
                else "#d62728" for n in names]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 4.2))
     bars = ax.bar(names, mbps, color=colours)
-    for bar, v in zip(bars, mbps):
+    for bar, v in zip(bars, mbps, strict=True):
         label = f"{v:.0f} MB/s"
         if base:
             label += f"\n{v / base:.2f}x"

@@ -106,14 +106,26 @@ def test_paper_v1_attack_rebuilds_the_plaintext_from_key_and_puf_only():
 
 
 def test_se2_attack_would_succeed_with_the_file_secret():
-    """Positive control: the se2 attack code is real; only the missing secret stops it."""
-    data = bytes(1 << 16)
-    key = os.urandom(32)
-    puf, prf = codec.encode("se2", key, data)
-    secret = se2.PrfHeader.parse(prf[:se2.PRF_HEADER_LEN]).unwrap(key)
+    """Positive control: the se2 attack code is real; only the missing secret stops it.
+
+    Every unit holds eight different words, with a zero in the slot that s makes
+    private: given s the attack must rebuild each unit exactly, word order included.
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key, secret, units = os.urandom(32), os.urandom(32), 2048
+    pos = Cipher(algorithms.AES(A._hkdf(secret, b"dispersiond se2 v1 positions")),
+                 modes.CTR(bytes(16))).encryptor().update(bytes(units))
+    words = np.tile(np.arange(1, 9, dtype=np.uint32) * 0x01010101, (units, 1))
+    words[np.arange(units), np.frombuffer(pos, dtype=np.uint8) & 7] = 0
+    data = words.tobytes()
+    enc = se2.Se2Encoder(key, len(data), secret=secret)
+    enc.work[:] = np.frombuffer(data, dtype=np.uint8)
+    piece, _seg = enc.encode_chunk(units)
+    puf = enc.puf_header + bytes(piece)
     rec = A.attack_se2(puf, key, secrets=[("s", secret)])
     res = A.score(rec, data, "se2", 0.0)
-    assert res.share == 1.0 and res.tags_verified == 1
+    assert res.share == 1.0 and res.tags_verified == 1 and res.by_rule["low-variety"] == units
     res = A.score(A.attack_se2(puf, key), data, "se2", 0.0)
     assert res.accepted == 0 and res.tags_verified == 0
 

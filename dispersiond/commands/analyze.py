@@ -1,4 +1,4 @@
-"""`dispersiond analyze`: fragment statistics (the paper's Table 2 / Fig. 4) and the key-leak attack.
+"""`dispersiond analyze`: fragment statistics (the paper's Table 2, Fig. 4) and the key-leak attack.
 
 Entropy of the public fragment is what the paper reports; the key-leak mode shows
 why it is not enough (docs/SECURITY.md).
@@ -95,7 +95,8 @@ def _stats(args: argparse.Namespace, datas: list[bytes]) -> int:
     from .. import analysis
 
     schemes = _schemes(args.scheme)
-    rows = [(path, analysis.analyze_bytes(d, schemes)) for path, d in zip(args.files, datas)]
+    rows = [(path, analysis.analyze_bytes(d, schemes))
+            for path, d in zip(args.files, datas, strict=True)]
     if args.plot:
         from ..plots import distribution_plot
 
@@ -149,7 +150,7 @@ def _key_leak(args: argparse.Namespace, datas: list[bytes]) -> int:
 
     err = Console(stderr=True)
     with err.status("attacking") as status:
-        for path, d in zip(args.files, datas):
+        for path, d in zip(args.files, datas, strict=True):
             status.update(f"attacking {Path(path).name}")
             reports.append((path, A.key_leak(d, schemes=schemes, max_units=max_units,
                                              neighbours=args.neighbours)))
