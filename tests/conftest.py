@@ -4,7 +4,8 @@
 `.stop()`, `.start()`, `.restart()`, `.log_path`), started on first use. They hold every
 test's buckets, so outage tests take a private server from `spawn_server` instead.
 `make_store(kind, server=None, **overrides)`: a `Store` on a new, uniquely named bucket
-(or directory), closed after the test. Test credentials are set here, explicitly, and no
+(or directory), closed after the test; `make_store_settings(kind, server=None)`: the
+settings for such a bucket, for tests that write a configuration instead. Test credentials are set here, explicitly, and no
 SDK may fall back to a cloud metadata address.
 """
 from __future__ import annotations
@@ -152,20 +153,32 @@ def store_settings(server: Emulator, bucket: str, signer_env: str | None = None)
 
 
 @pytest.fixture
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
+def make_store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """Factory: `make_store_settings(kind, server=None)` -> settings for a fresh bucket (or directory).
+
+    For tests that write a configuration file rather than open a store themselves.
+    """
+
+    def make(kind: str, server: Emulator | None = None) -> dict[str, Any]:
+        bucket = unique_bucket()
+        if kind == "local":
+            return {"path": str(tmp_path / bucket)}
+        server = server or request.getfixturevalue(f"{kind}_server")
+        create_bucket(server, bucket)
+        signer = request.getfixturevalue("gcs_signing_key") if kind == "gcs" else None
+        return store_settings(server, bucket, signer)
+
+    return make
+
+
+@pytest.fixture
+def make_store(make_store_settings: Callable[..., dict[str, Any]]) -> Iterator[Callable[..., Store]]:
     """Factory: `make_store(kind, server=None, **overrides)` -> a Store on a fresh bucket."""
     stores: list[Store] = []
 
     def make(kind: str, server: Emulator | None = None, **overrides: Any) -> Store:
-        bucket = unique_bucket()
-        if kind == "local":
-            settings: dict[str, Any] = {"path": tmp_path / bucket}
-        else:
-            server = server or request.getfixturevalue(f"{kind}_server")
-            create_bucket(server, bucket)
-            signer = request.getfixturevalue("gcs_signing_key") if kind == "gcs" else None
-            settings = store_settings(server, bucket, signer)
-        store = open_store(kind, f"{kind}-{bucket}", **{**settings, **overrides})
+        settings = {**make_store_settings(kind, server), **overrides}
+        store = open_store(kind, f"test-{kind}-{len(stores)}", **settings)
         stores.append(store)
         return store
 

@@ -452,6 +452,13 @@ def test_open_store_refuses_unknown_types_and_settings(tmp_path: Path) -> None:
         open_store("s3", "x", bucket="b", secret_access_key_env="S")
 
 
+def test_no_sdk_can_reach_a_cloud_metadata_address() -> None:
+    """The suite runs with metadata lookups off or pointed at a closed local port."""
+    assert os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
+    assert os.environ["GCE_METADATA_HOST"].startswith("127.0.0.1:")
+    assert os.environ["GCE_METADATA_IP"].startswith("127.0.0.1:")
+
+
 def test_error_family() -> None:
     assert Unavailable.retryable and not Denied.retryable and not NotFound.retryable
     assert issubclass(AlreadyExists, StoreError) and not issubclass(SourceError, StoreError)
