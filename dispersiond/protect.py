@@ -189,12 +189,26 @@ def upload_one(v: Vault, obj, throttle: Throttle, progress: Progress | None = No
                 raise IntegrityError(f"staged object for file {obj.file_id} has the wrong size")
             store.put(obj.name, UploadReader(f, throttle, progress), obj.object_size)
     except AlreadyExists:
-        info = store.stat(obj.name)
-        if info.size != obj.object_size:
-            raise IntegrityError(f"store {obj.store!r}: object {obj.name} exists with size "
-                                 f"{info.size}, expected {obj.object_size}") from None
+        # Our own earlier upload (names are 128-bit random): a crash, or a retried put
+        # whose first answer was lost. Accept it only if it holds exactly our bytes.
+        if not _same_object(store, obj):
+            raise IntegrityError(f"store {obj.store!r}: object {obj.name} exists but does not "
+                                 "hold the bytes planned for it") from None
     v.db.set_object_state(obj.id, "uploaded")
     v.db.store_ok(obj.store)
+
+
+def _same_object(store, obj) -> bool:
+    info = store.stat(obj.name)
+    if info.size != obj.object_size:
+        return False
+    theirs = info.checksums.get("sha256")
+    if theirs:
+        return theirs == obj.sha256
+    h = hashlib.sha256()
+    for chunk in store.get(obj.name):
+        h.update(chunk)
+    return h.hexdigest() == obj.sha256
 
 
 def upload(v: Vault, fid: str, throttle: Throttle | None = None,

@@ -1,0 +1,302 @@
+"""Dispersion end to end through the CLI: local stores and the three real emulators."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backends import open_store
+from dispersiond.config import parse_config
+from dispersiond.errors import ConfigError
+from dsp import cli, cli_json, local_config, real_files, write_config
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def put_all(cfg: Path, files: list[Path]) -> dict[str, str]:
+    res = cli_json(cfg, "put", *map(str, files))
+    assert res["errors"] == []
+    assert [f["state"] for f in res["files"]] == ["done"] * len(files)
+    return {f["name"]: f["file_id"] for f in res["files"]}
+
+
+def restore_all(cfg: Path, ids: dict[str, str], files: list[Path], out: Path) -> None:
+    out.mkdir(exist_ok=True)
+    for f in files:
+        cli(cfg, "restore", ids[f.name], "--to", str(out / f.name))
+        assert sha(out / f.name) == sha(f), f.name
+
+
+# ------------------------------------------------------------------ local stores
+
+@pytest.mark.parametrize("mode", ["erasure", "replicate"])
+def test_real_files_round_trip_on_local_stores(tmp_path, mode):
+    cfg = local_config(tmp_path, mode)
+    files = real_files()
+    ids = put_all(cfg, files)
+    restore_all(cfg, ids, files, tmp_path / "out")
+    listing = cli_json(cfg, "ls")
+    assert {r["name"] for r in listing} == {f.name for f in files}
+    assert all(r["health"] == "ok" for r in listing)
+    assert cli_json(cfg, "verify")["problems"] == []
+    assert cli_json(cfg, "verify", "--deep")["ok"] == cli_json(cfg, "verify")["objects"]
+
+
+def test_dicom_header_goes_into_the_private_container(tmp_path):
+    cfg = local_config(tmp_path)
+    dcm = real_files()[0]
+    fid = put_all(cfg, [dcm])[dcm.name]
+    from dispersiond.config import load_config
+    from dispersiond.state import StateDB
+
+    db = StateDB(load_config(cfg).state_path / "state.db")
+    row = db.file(fid)
+    assert 132 < row.head_len < 1024  # preamble + DICM + group 0002
+    prf = (load_config(cfg).state_path / "prf" / f"{fid}.prf").read_bytes()
+    assert len(prf) >= row.head_len + row.size // 8
+
+
+def test_restore_refuses_to_overwrite_and_names_unknown_files(tmp_path):
+    cfg = local_config(tmp_path)
+    f = real_files()[3]
+    put_all(cfg, [f])
+    target = tmp_path / "existing"
+    target.write_bytes(b"keep me")
+    code, _, err = cli(cfg, "restore", f.name, "--to", str(target), expect=2)
+    assert "exists" in err and target.read_bytes() == b"keep me"
+    code, _, err = cli(cfg, "restore", "no-such-file", expect=2)
+    assert "no protected file matches" in err
+
+
+def test_tampered_object_is_never_returned_and_repair_fixes_it(tmp_path):
+    cfg = local_config(tmp_path, "replicate")
+    f = real_files()[4]
+    fid = put_all(cfg, [f])[f.name]
+    # flip one byte in every public replica: restore must refuse
+    replicas = [p for d in ("cloud-a", "cloud-b") for p in (tmp_path / d).rglob("*") if p.is_file()]
+    assert len(replicas) == 2
+    for p in replicas:
+        data = bytearray(p.read_bytes())
+        data[100] ^= 1
+        p.write_bytes(bytes(data))
+    out = tmp_path / "out.bin"
+    code, _, err = cli(cfg, "restore", fid, "--to", str(out), expect=2)
+    assert "digest" in err and not out.exists()
+    # one good replica is enough: put one back, restore works, repair fixes the other
+    data = bytearray(replicas[0].read_bytes())
+    data[100] ^= 1
+    replicas[0].write_bytes(bytes(data))
+    cli(cfg, "restore", fid, "--to", str(out))
+    assert sha(out) == sha(f)
+    rep = cli_json(cfg, "repair", "--deep")
+    assert len(rep["repaired"]) == 1 and rep["failed"] == []
+    assert cli_json(cfg, "verify", "--deep")["problems"] == []
+
+
+def test_recover_on_a_blank_device(tmp_path):
+    cfg = local_config(tmp_path)
+    files = real_files()[:4]
+    ids = put_all(cfg, files)
+    shutil.rmtree(tmp_path / "state")  # the device is lost; config + key survive
+    res = cli_json(cfg, "recover")
+    assert res["files"] == len(files) and res["private_containers_fetched"] == len(files)
+    restore_all(cfg, ids, files, tmp_path / "out")
+
+
+def test_forget_is_crypto_erasure(tmp_path):
+    cfg = local_config(tmp_path)
+    a, b = real_files()[3:5]
+    ids = put_all(cfg, [a, b])
+    vault_before = {p.name for p in (tmp_path / "vault").rglob("*") if p.is_file()}
+    res = cli_json(cfg, "forget", ids[a.name])
+    assert {d["role"] for d in res["deleted"]} == {"public", "private"}
+    assert any(d["store"] == "vault" for d in res["deleted"])
+    code, _, err = cli(cfg, "restore", ids[a.name], "--to", str(tmp_path / "x"), expect=2)
+    assert "no protected file" in err
+    # no private copy of a is left anywhere; b still restores; no backup names `a`
+    vault_after = {p.name for p in (tmp_path / "vault").rglob("*") if p.is_file()}
+    prf_a = [d["object"] for d in res["deleted"] if d["store"] == "vault"]
+    assert not any(n.startswith(prf_a[0]) for n in vault_after)
+    assert vault_after != vault_before
+    assert not (tmp_path / "state" / "prf" / f"{ids[a.name]}.prf").exists()
+    cli(cfg, "restore", ids[b.name], "--to", str(tmp_path / "b"))
+    shutil.rmtree(tmp_path / "state")
+    assert cli_json(cfg, "recover")["files"] == 1  # the forgotten file is in no backup
+
+
+def test_rotate_key_rewraps_and_leaves_public_objects_alone(tmp_path):
+    cfg = local_config(tmp_path)
+    files = real_files()[:3]
+    ids = put_all(cfg, files)
+    clouds = {p: p.read_bytes() for d in "abc" for p in (tmp_path / f"cloud-{d}").rglob("*")
+              if p.is_file()}
+    old_key = (tmp_path / "master.key").read_bytes()
+    res = cli_json(cfg, "rotate-key")
+    assert res["public_objects_rewritten"] == 0
+    assert res["containers_rewrapped"] == len(files)
+    assert (tmp_path / "master.key").read_bytes() != old_key
+    after = {p: p.read_bytes() for d in "abc" for p in (tmp_path / f"cloud-{d}").rglob("*")
+             if p.is_file()}
+    assert after == clouds  # byte-identical public objects
+    restore_all(cfg, ids, files, tmp_path / "out")
+    # the old key opens nothing any more, and recovery works with the new one
+    shutil.rmtree(tmp_path / "state")
+    cli_json(cfg, "recover")
+    restore_all(cfg, ids, files, tmp_path / "out2")
+    (tmp_path / "master.key").write_bytes(old_key)
+    shutil.rmtree(tmp_path / "state")
+    code, _, err = cli(cfg, "recover", expect=2)
+    assert "no readable manifest backup" in err
+
+
+def test_object_names_and_bytes_leak_nothing(tmp_path):
+    cfg = local_config(tmp_path)
+    files = real_files()
+    put_all(cfg, files)
+    assert_no_leak([tmp_path / d for d in ("cloud-a", "cloud-b", "cloud-c", "vault")], files)
+
+
+def assert_no_leak(roots_or_blobs, files: list[Path], run: int = 16) -> None:
+    """No file name, and no run of `run` plaintext bytes of any input, in any object or name."""
+    blobs: list[tuple[str, bytes]] = []
+    for item in roots_or_blobs:
+        if isinstance(item, Path):
+            blobs += [(str(p.relative_to(item)), p.read_bytes()) for p in item.rglob("*") if p.is_file()]
+        else:
+            blobs.append(item)
+    assert blobs
+    grams = set()
+    for f in files:
+        data = f.read_bytes()
+        step = max(1, len(data) // 20000)
+        grams |= {data[i:i + run] for i in range(0, len(data) - run, step)
+                  if len(set(data[i:i + run])) > 2}  # skip runs of padding bytes
+    names = [f.name for f in files] + [f.stem for f in files]
+    for name, blob in blobs:
+        for n in names:
+            assert n not in name and n.encode() not in blob, (name, n)
+        for i in range(0, max(1, len(blob) - run + 1)):
+            if blob[i:i + run] in grams:
+                raise AssertionError(f"plaintext run found in object {name} at {i}")
+
+
+def test_put_resumes_after_a_store_failure(tmp_path):
+    cfg = local_config(tmp_path, "replicate")
+    dead = tmp_path / "cloud-b"
+    dead.write_text("not a directory")  # the store cannot be written
+    f = real_files()[5]
+    res = cli_json(cfg, "put", str(f), expect=0)
+    assert res["files"][0]["state"] == "committed"  # restorable from cloud-a already
+    assert cli_json(cfg, "ls")[0]["health"] == "degraded"
+    dead.unlink()
+    res = cli_json(cfg, "put", "--resume")
+    assert res["files"][0]["state"] == "done"
+    assert cli_json(cfg, "ls")[0]["health"] == "ok"
+
+
+# ------------------------------------------------------------------ config validation
+
+BASE = {
+    "state_dir": "s", "key": {"file": "k"},
+    "stores": [{"name": "pub", "type": "local", "path": "p", "trust": "untrusted"},
+               {"name": "safe", "type": "local", "path": "v", "trust": "trusted"}],
+    "public": {"stores": ["pub"]}, "private": {"min_trust": "trusted", "stores": ["safe"]},
+}
+
+
+def bad(change) -> str:
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    change(raw)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw)
+    return str(exc.value)
+
+
+def test_config_validation_messages():
+    parse_config(yaml.safe_load(yaml.safe_dump(BASE)))
+    assert "unknown setting" in bad(lambda r: r.update(inboxx="x"))
+    assert "stores[safe]" in bad(lambda r: r["stores"][1].update(pathh="x"))
+    assert "must not go there" in bad(lambda r: r["stores"][1].update(trust="untrusted"))
+    assert "lowest trust level" in bad(lambda r: r["private"].update(min_trust="untrusted"))
+    assert "no store named 'nope'" in bad(lambda r: r["public"].update(stores=["nope"]))
+    assert "needs 'k'" in bad(lambda r: r["public"].update(mode="erasure"))
+    assert "k=3" in bad(lambda r: r["public"].update(mode="erasure", k=3))
+    assert "credentials never go in the config" in bad(
+        lambda r: r["stores"][0].update(type="s3", bucket="b", secret_access_key="x", path=None))
+    assert "both a public and a private" in bad(lambda r: r["public"].update(stores=["pub", "safe"]))
+
+
+# ------------------------------------------------------------------ real emulators
+
+def cloud_config(tmp_path, make_store_settings, servers: dict) -> Path:
+    stores = []
+    for name, kind in (("aws", "s3"), ("gcp", "gcs"), ("azr", "azure")):
+        settings = make_store_settings(kind, servers.get(kind))
+        stores.append({"name": name, "type": kind, "trust": "untrusted", **settings})
+    stores.append({"name": "vault", "type": "s3", "trust": "trusted",
+                   **make_store_settings("s3", servers.get("vault"))})
+    return write_config(tmp_path, stores, {"mode": "erasure", "stores": ["aws", "gcp", "azr"], "k": 2},
+                        {"min_trust": "trusted", "stores": ["vault"]})
+
+
+def bucket_blobs(cfg_path: Path) -> list[tuple[str, bytes]]:
+    raw = yaml.safe_load(cfg_path.read_text())
+    out = []
+    for s in raw["stores"]:
+        settings = {k: v for k, v in s.items() if k not in ("name", "type", "trust")}
+        with open_store(s["type"], s["name"], **settings) as st:
+            out += [(f"{s['name']}/{n}", st.get_bytes(n)) for n in st.list("")]
+    return out
+
+
+def test_erasure_across_three_clouds_survives_an_outage(tmp_path, make_store_settings, spawn_server):
+    gcs = spawn_server("gcs")
+    cfg = cloud_config(tmp_path, make_store_settings, {"gcs": gcs})
+    files = real_files()
+    ids = put_all(cfg, files)
+    restore_all(cfg, ids, files, tmp_path / "out1")
+    assert_no_leak(bucket_blobs(cfg), files)
+
+    gcs.stop()  # one cloud is down: any 2 of 3 still rebuild every file
+    restore_all(cfg, ids, files, tmp_path / "out2")
+    rep = cli_json(cfg, "verify", expect=1)
+    assert {p["store"] for p in rep["problems"]} == {"gcp"} and rep["unrestorable"] == []
+
+    gcs.start()  # it comes back empty (in-memory server): repair rebuilds its shards
+    from conftest import create_bucket
+
+    create_bucket(gcs, yaml.safe_load(cfg.read_text())["stores"][1]["bucket"])
+    assert {p["problem"] for p in cli_json(cfg, "verify", expect=1)["problems"]} == {"missing"}
+    rep = cli_json(cfg, "repair")
+    assert len(rep["repaired"]) == len(files) and rep["failed"] == []
+    assert cli_json(cfg, "verify", "--deep")["problems"] == []
+    assert all(r["health"] == "ok" for r in cli_json(cfg, "ls"))
+
+
+def test_corrupted_shard_is_named_and_repaired(tmp_path, make_store_settings):
+    cfg = cloud_config(tmp_path, make_store_settings, {})
+    f = real_files()[2]
+    fid = put_all(cfg, [f])[f.name]
+    raw = yaml.safe_load(cfg.read_text())
+    azr = next(s for s in raw["stores"] if s["name"] == "azr")
+    with open_store("azure", "azr", **{k: v for k, v in azr.items()
+                                       if k not in ("name", "type", "trust")}) as st:
+        (name,) = list(st.list(""))
+        data = bytearray(st.get_bytes(name))
+        data[len(data) // 2] ^= 0x40
+        st.delete(name)
+        st.put_bytes(name, bytes(data))
+    assert cli_json(cfg, "verify")["problems"] == []  # same size: shallow cannot see it
+    rep = cli_json(cfg, "verify", "--deep", expect=1)
+    assert [(p["store"], p["problem"], p["object"]) for p in rep["problems"]] == [("azr", "corrupt", name)]
+    out = tmp_path / "out"
+    cli(cfg, "restore", fid, "--to", str(out))
+    assert sha(out) == sha(f)
+    assert len(cli_json(cfg, "repair", "--deep")["repaired"]) == 1
+    assert cli_json(cfg, "verify", "--deep")["problems"] == []
