@@ -169,10 +169,10 @@ def se2_encode_into(key: bytes, data, puf: np.ndarray, prf: np.ndarray, *, head_
     q = _put(puf, 0, enc.puf_header)
     off = head_len
     for n in enc.chunk_units():
-        np.copyto(enc.work[: 32 * n], src[off: off + 32 * n])
-        piece, seg = enc.encode_chunk(n, puf[q: q + 28 * n + se2.TAG])
-        p = _put(prf, p, seg)
-        q += len(piece)
+        enc.encode_chunk(n, puf[q: q + 28 * n + se2.TAG], src[off: off + 32 * n],
+                         prf[p: p + 4 * n + se2.TAG])
+        p += 4 * n + se2.TAG
+        q += 28 * n + se2.TAG
         off += 32 * n
     _put(prf, p, enc.finish(src[off:].tobytes()))
     return lay

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import FormatError, FragmentMismatch, IntegrityError, TruncatedError, WrongKey
+from . import split as _split
 from .split import UNIT, SplitBuffers, merge_swap, split_swap
 
 PRF_MAGIC = b"DSPR"
@@ -98,6 +99,16 @@ class Layout:
                 + self.tail_len + TAG)
 
 
+def _seal(aead: AESGCM, nonce: bytes, buf: np.ndarray, n: int, aad: bytes) -> None:
+    """AEAD-encrypt buf[:n] in place and put the tag at buf[n:n+16]."""
+    aead.encrypt_into(nonce, buf[:n], aad, buf[: n + TAG])
+
+
+def _open(aead: AESGCM, nonce: bytes, sealed, out: np.ndarray, aad: bytes) -> None:
+    """AEAD-decrypt `sealed` (ciphertext || tag) into out; InvalidTag if altered."""
+    aead.decrypt_into(nonce, sealed, aad, out[: len(sealed) - TAG])
+
+
 class _Keys:
     """Per-file keys, all derived from the file secret s (never from the master key)."""
 
@@ -128,15 +139,19 @@ class _Chunker:
         u = min(layout.units_per_chunk, max(layout.units, 1))
         self.work = np.empty(u * UNIT, dtype=np.uint8)
         self.pub = np.empty(u * 28 + 2 * TAG, dtype=np.uint8)
-        self.prv = np.empty(u, dtype=np.uint32)
+        self.seg = np.empty(u * 4 + 2 * TAG, dtype=np.uint8)
         self._zeros = np.zeros(u, dtype=np.uint8)
         self._ks = np.empty(u + 16, dtype=np.uint8)
         self.split = SplitBuffers(u)
         self.chunk = 0
 
-    def positions(self, n: int) -> np.ndarray:
+    def keystream(self, n: int) -> np.ndarray:
+        """The next n position bytes (one per unit; the low 3 bits are the word index)."""
         self.keys.pos.update_into(self._zeros[:n], self._ks)
-        return self.split.positions(self._ks[:n])
+        return self._ks[:n]
+
+    def positions(self, n: int) -> np.ndarray:
+        return self.split.positions(self.keystream(n))
 
 
 class Se2Encoder:
@@ -179,29 +194,30 @@ class Se2Encoder:
     def chunk_units(self) -> Iterator[int]:
         return self.layout.chunk_units()
 
-    def encode_chunk(self, n: int, puf_out: np.ndarray | None = None) -> tuple[memoryview, bytes]:
-        """Encode the n units in `work`; returns (public piece, private segment).
+    def encode_chunk(self, n: int, puf_out: np.ndarray | None = None, src=None,
+                     prf_out: np.ndarray | None = None) -> tuple[memoryview, memoryview]:
+        """Encode the next n units; returns (public piece, private segment).
 
-        With `puf_out` (uint8, 28n+16 bytes) the public piece is written there;
-        otherwise it is a view into internal scratch, valid until the next call.
-        `work` is scrambled in the process.
+        The units are read from `src` (32n bytes, left untouched) or else from
+        `work` (which is then scrambled). With `puf_out` (uint8, 28n+16 bytes) and
+        `prf_out` (uint8, 4n+16 bytes) the pieces are written there; otherwise they
+        are views into internal scratch, valid until the next call.
         """
         c = self._c
-        idx = c.positions(n)
         pub = puf_out if puf_out is not None else c.pub
-        prv = c.prv[:n]
-        split_swap(c.work, n, idx, pub, prv)
-        seg_index = c.chunk + 1
-        seg = self.keys.seg.encrypt(_Keys.nonce(seg_index, False), prv.view(np.uint8), self.keys.bind)
-        enc = Cipher(algorithms.AES(self.keys.pad_key(c.chunk, seg[-TAG:])),
-                     modes.GCM(bytes(12))).encryptor()
-        enc.authenticate_additional_data(self.puf_header)
-        # In place; the tag's 16 bytes give OpenSSL the output slack it asks for.
-        enc.update_into(pub[: 28 * n], pub[: 28 * n + TAG])
-        enc.finalize()
-        pub[28 * n: 28 * n + TAG] = np.frombuffer(enc.tag, dtype=np.uint8)
+        seg = prf_out if prf_out is not None else c.seg
+        if _split.native is not None:
+            _split.native.split(src if src is not None else c.work, c.keystream(n), pub, seg, n)
+        else:
+            if src is not None:
+                np.copyto(c.work[: 32 * n], np.frombuffer(src, dtype=np.uint8, count=32 * n))
+            split_swap(c.work, n, c.positions(n), pub, seg[: 4 * n].view(np.uint32))
+        # Seal the private words in place; their tag keys the public pad.
+        _seal(self.keys.seg, _Keys.nonce(c.chunk + 1, False), seg, 4 * n, self.keys.bind)
+        pad = AESGCM(self.keys.pad_key(c.chunk, bytes(seg[4 * n: 4 * n + TAG])))
+        _seal(pad, bytes(12), pub, 28 * n, self.puf_header)
         c.chunk += 1
-        return memoryview(pub[: 28 * n + TAG]), seg
+        return memoryview(pub[: 28 * n + TAG]), memoryview(seg[: 4 * n + TAG])
 
     def finish(self, tail: bytes) -> bytes:
         """The final private segment: the content's last (< 32) bytes."""
@@ -313,24 +329,25 @@ class Se2Decoder:
     def chunk_units(self) -> Iterator[int]:
         return self.layout.chunk_units()
 
-    def decode_chunk(self, n: int, puf_piece, prf_seg: bytes, out: np.ndarray) -> None:
+    def decode_chunk(self, n: int, puf_piece, prf_seg, out: np.ndarray) -> None:
         """Rebuild n units (32n bytes) into `out` from one public piece and one segment."""
         c = self._c
-        seg_index = c.chunk + 1
-        prv_bytes = self._open(seg_index, prf_seg, False, f"chunk {c.chunk}")
-        prv = np.frombuffer(prv_bytes, dtype=np.uint32)
-        piece = memoryview(puf_piece)
-        dec = Cipher(algorithms.AES(self.keys.pad_key(c.chunk, prf_seg[-TAG:])),
-                     modes.GCM(bytes(12), bytes(piece[28 * n:28 * n + TAG]))).decryptor()
-        dec.authenticate_additional_data(self.puf_header)
-        dec.update_into(piece[: 28 * n], c.pub)
         try:
-            dec.finalize()
+            _open(self.keys.seg, _Keys.nonce(c.chunk + 1, False), prf_seg, c.seg, self.keys.bind)
+        except InvalidTag:
+            raise IntegrityError(f"private container segment {c.chunk + 1} (chunk {c.chunk}) "
+                                 "failed authentication: the container was altered") from None
+        pad = AESGCM(self.keys.pad_key(c.chunk, bytes(memoryview(prf_seg)[4 * n: 4 * n + TAG])))
+        try:
+            _open(pad, bytes(12), puf_piece, c.pub, self.puf_header)
         except InvalidTag:
             raise IntegrityError(f"public fragment chunk {c.chunk} failed authentication: "
                                  "altered, reordered or from another file") from None
-        idx = c.positions(n)
-        merge_swap(c.pub, prv, n, idx, out, c.split.col)
+        if _split.native is not None:
+            _split.native.merge(c.pub, c.seg, c.keystream(n), out, n)
+        else:
+            merge_swap(c.pub, c.seg[: 4 * n].view(np.uint32), n, c.positions(n), out,
+                       c.split.col)
         c.chunk += 1
 
     def finish(self, final_seg: bytes) -> bytes:

@@ -21,6 +21,13 @@ WORDS = 8
 # about 3x faster here than a (N, 7) uint32 strided copy.
 _V28 = np.dtype("V28")
 
+try:  # the fused C kernel: one pass per chunk instead of five (same bytes)
+    from . import _splitc as native
+except ImportError:  # not built (no compiler): the numpy kernels below are used
+    native = None
+
+KERNEL = "c" if native is not None else "numpy"
+
 
 class SplitBuffers:
     """Reusable scratch for one chunk size; avoids page faults on every chunk."""
