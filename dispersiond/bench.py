@@ -23,14 +23,22 @@ NAMES = ["aes-128-cbc", "aes-256-gcm", "se2-encode", "se2-decode", "paper-v1-enc
          "paper-v1-decode"]
 
 
-def _median_mbps(fn: Callable[[], None], size: int, runs: int) -> float:
-    fn()  # warm-up: page in the outputs, build caches
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return size / statistics.median(times) / 1e6
+def _interleaved_mbps(plan: list[tuple[str, Callable[[], None], int]], size: int,
+                      progress: Callable[[str], None]) -> dict[str, float]:
+    """Median MB/s per algorithm; rounds interleave the algorithms so that the machine's
+    drift (other load, frequency changes) hits every algorithm alike."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in plan}
+    for name, fn, _ in plan:
+        progress(f"{name} (warm-up)")
+        fn()  # page in the outputs, build caches
+    for r in range(max(n for _, _, n in plan)):
+        for name, fn, n in plan:
+            if r < n:
+                progress(f"{name} (run {r + 1} of {n})")
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: size / statistics.median(ts) / 1e6 for name, ts in times.items()}
 
 
 def codec_bench(size: int, runs: int = 5, paper_runs: int | None = None,
@@ -74,9 +82,7 @@ def codec_bench(size: int, runs: int = 5, paper_runs: int | None = None,
         ("paper-v1-encode", p_enc, paper_runs or runs),
         ("paper-v1-decode", p_dec, paper_runs or runs),
     ]
-    for name, fn, n in plan:
-        progress(name)
-        results[name] = _median_mbps(fn, size, n)
+    results.update(_interleaved_mbps(plan, size, progress))
     if not np.array_equal(back, data):
         raise AssertionError("se2 decode in the benchmark did not round-trip")
     return results
