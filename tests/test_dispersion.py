@@ -300,3 +300,44 @@ def test_corrupted_shard_is_named_and_repaired(tmp_path, make_store_settings):
     assert sha(out) == sha(f)
     assert len(cli_json(cfg, "repair", "--deep")["repaired"]) == 1
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
+
+
+# ------------------------------------------------------------------ init and keys
+
+def test_init_gives_a_working_setup_as_a_separate_process(tmp_path):
+    from dsp import run_cli
+
+    r = run_cli("init", str(tmp_path / "site"))
+    assert r.returncode == 0, r.stderr
+    key = tmp_path / "site" / "master.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    cfg = tmp_path / "site" / "dispersiond.yaml"
+    f = real_files()[3]
+    r = run_cli("-c", str(cfg), "put", str(f))
+    assert r.returncode == 0 and r.stdout.split()[1] == "done", r.stderr
+    assert r.stderr == ""  # quiet unless asked
+    r = run_cli("-c", str(cfg), "restore", f.name, "--to", str(tmp_path / "back"))
+    assert r.returncode == 0, r.stderr
+    assert sha(tmp_path / "back") == sha(f)
+    r = run_cli("init", str(tmp_path / "site"))
+    assert r.returncode == 2 and "never overwrites" in r.stderr
+
+
+def test_passphrase_key(tmp_path, monkeypatch):
+    from dsp import run_cli
+
+    env = {"DISPERSIOND_PASSPHRASE": "correct horse battery staple"}
+    r = run_cli("init", "--passphrase", str(tmp_path / "p"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "p" / "master.key").exists()
+    cfg = tmp_path / "p" / "dispersiond.yaml"
+    assert "salt:" in cfg.read_text()
+    f = real_files()[4]
+    assert run_cli("-c", str(cfg), "put", str(f), env=env).returncode == 0
+    wrong = run_cli("-c", str(cfg), "restore", f.name, "--to", str(tmp_path / "x"),
+                    env={"DISPERSIOND_PASSPHRASE": "another passphrase entirely"})
+    assert wrong.returncode == 2 and "different master key" in wrong.stderr
+    missing = run_cli("-c", str(cfg), "ls", env={"DISPERSIOND_PASSPHRASE": ""})
+    assert missing.returncode == 2 and "DISPERSIOND_PASSPHRASE" in missing.stderr
+    ok = run_cli("-c", str(cfg), "restore", f.name, "--to", str(tmp_path / "y"), env=env)
+    assert ok.returncode == 0 and sha(tmp_path / "y") == sha(f)
