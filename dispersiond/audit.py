@@ -88,3 +88,26 @@ def verify(db: StateDB, master_key: bytes, anchor: str | None = None) -> list[st
             problems.append(f"the {label} (entry {seq}) is no longer in the log: entries were "
                             "removed or rewritten")
     return problems
+
+
+def rechain(db: StateDB, old_key: bytes, new_key: bytes) -> bool:
+    """Key rotation: re-MAC every entry under `new_key`, after checking the chain under
+    `old_key`. Returns False, changing nothing, when the chain does not verify under
+    `old_key` (a tampered log is never laundered into a valid one). Idempotent: a chain
+    already under `new_key` (a resumed rotation) is left as it is."""
+    if not verify(db, new_key):
+        return True
+    if verify(db, old_key):
+        return False
+    key = subkey(new_key, "audit")
+    with db.tx() as conn:
+        rows = conn.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        prev = GENESIS
+        for r in rows:
+            h = _mac(key, prev, r["seq"], r["ts"], r["event"], r["file_id"], r["detail"])
+            conn.execute("UPDATE audit SET prev=?, hash=? WHERE seq=?", (prev, h, r["seq"]))
+            prev = h
+        if rows:
+            conn.execute("INSERT INTO meta VALUES ('audit_head', ?) ON CONFLICT(key) DO UPDATE "
+                         "SET value=excluded.value", (f"{rows[-1]['seq']}:{prev}",))
+    return True

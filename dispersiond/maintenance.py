@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backends import AlreadyExists, NotFound, StoreError
 
-from . import manifest
+from . import audit, manifest
 from .codec import se2
 from .errors import DispersiondError, IntegrityError
 from .fsutil import atomic_output
@@ -375,6 +375,10 @@ def rotate_key(v: Vault, progress: Progress | None = None) -> dict:
                 conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
                              (obj.store, obj.name))
             uploaded += 1
+    rechained = audit.rechain(v.db, old_key, new_key)  # the audit MAC key derives from it
+    if not rechained:
+        log.warning("the audit log does not verify under the old key; it is left as it is "
+                    "(see 'dispersiond audit verify')")
     v.key = new_key
     v.db.set_meta("manifest_dirty", "1")
     if not backup_manifest(v, force=True):
@@ -384,7 +388,8 @@ def rotate_key(v: Vault, progress: Progress | None = None) -> dict:
     os.replace(new_path, key_path)
     deleted, waiting = v.empty_trash()
     public_after = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
-    v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped)
+    v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped,
+            audit_rechained=rechained)
     return {"new_key_id": new_id, "containers_rewrapped": rewrapped,
             "private_backups_rewritten": uploaded, "old_objects_deleted": deleted,
             "deletions_pending": waiting,

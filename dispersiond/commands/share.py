@@ -1,0 +1,48 @@
+"""`dispersiond share ID|NAME --to RECIPIENT`: a bundle that opens one file for one recipient."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..share import DEFAULT_EXPIRES, create_bundle
+from ..vault import open_vault
+from ._common import add_config, add_json, config, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("share", help="share one file with a configured recipient (bundle with "
+                                     "time-limited links)",
+                       description="Write a share bundle: the file's private container "
+                                   "re-encrypted to RECIPIENT's key, and time-limited read "
+                                   "links to its public objects (S3 presigned URL, GCS signed "
+                                   "URL, Azure SAS; a file:// path for local stores). The "
+                                   "bundle opens this one file and nothing else; no file name "
+                                   "is included unless --with-name. Refused for recipients "
+                                   "not in the config. Every share and refusal is audited.")
+    add_config(p)
+    p.add_argument("ref", metavar="ID|NAME", help="file id (or its first 6+ digits) or name")
+    p.add_argument("--to", required=True, metavar="RECIPIENT",
+                   help="a recipient name from the config's 'recipients:'")
+    p.add_argument("--expires", default=DEFAULT_EXPIRES, metavar="DURATION",
+                   help=f"link lifetime, 1s..7d (default: {DEFAULT_EXPIRES})")
+    p.add_argument("--out", metavar="FILE",
+                   help="bundle file (default: ./<id>-<recipient>.dspshare)")
+    p.add_argument("--with-name", action="store_true",
+                   help="include the original file name (off by default: names can identify "
+                        "a patient)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle file")
+    add_json(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config(args)
+    with open_vault(cfg) as v:
+        res = create_bundle(v, args.ref, args.to, args.expires, with_name=args.with_name,
+                            out=Path(args.out) if args.out else None, overwrite=args.force)
+    if args.json:
+        emit_json(res.as_dict())
+    else:
+        print(f"shared {res.file_id} with {res.recipient}: {res.path} ({res.links} links, "
+              f"valid until {res.as_dict()['expires']})")
+    return 0

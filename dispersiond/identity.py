@@ -1,0 +1,147 @@
+"""Recipient identities: X25519 key pairs for sharing (paper section 4.2).
+
+A recipient (doctor, institute, authority) makes a key pair with `dispersiond keygen`.
+The secret key stays in a file of theirs (mode 0600); the public key is a short
+printable string the user pastes into the `recipients:` section of the config.
+
+Text forms (docs/FORMAT.md section 6.1), each with a 4-byte checksum so that a typo is
+caught when the string is read, not when a share fails to open:
+
+  public key  "dspk1" + base32(pk || check)  lower case, no padding (63 characters)
+  secret key  "DSPSK1" + base32(sk || check) upper case, no padding, in a file whose
+              other lines are '#' comments
+
+check = SHA-256(label || key)[0:4], label "dispersiond public key v1" or
+"dispersiond secret key v1".
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from .errors import DispersiondError
+from .fsutil import atomic_output
+
+PUBLIC_PREFIX = "dspk1"
+SECRET_PREFIX = "DSPSK1"
+_PUB_LABEL = b"dispersiond public key v1"
+_SEC_LABEL = b"dispersiond secret key v1"
+_RID_LABEL = b"dispersiond share v1 recipient"
+
+
+class IdentityError(DispersiondError):
+    """A key string or identity file that cannot be used."""
+
+
+def _check(label: bytes, key: bytes) -> bytes:
+    return hashlib.sha256(label + key).digest()[:4]
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=")
+
+
+def _unb32(text: str) -> bytes:
+    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+
+
+def encode_public(pk: bytes) -> str:
+    return PUBLIC_PREFIX + _b32(pk + _check(_PUB_LABEL, pk)).lower()
+
+
+def decode_public(text: str, what: str = "public key") -> bytes:
+    """The 32 raw bytes of a 'dspk1...' string; IdentityError naming the problem otherwise."""
+    s = (text or "").strip()
+    if not s.lower().startswith(PUBLIC_PREFIX):
+        raise IdentityError(f"{what} must start with '{PUBLIC_PREFIX}' (made by 'dispersiond "
+                            "keygen')")
+    try:
+        raw = _unb32(s[len(PUBLIC_PREFIX):])
+    except ValueError:
+        raise IdentityError(f"{what} is not valid base32: check for a copy-paste mistake") from None
+    if len(raw) != 36 or raw[32:] != _check(_PUB_LABEL, raw[:32]):
+        raise IdentityError(f"{what} is damaged (wrong length or checksum): copy it again")
+    return raw[:32]
+
+
+def recipient_id(pk: bytes) -> bytes:
+    """8-byte fingerprint of a public key: lets open-share tell a wrong identity apart."""
+    return hashlib.sha256(_RID_LABEL + pk).digest()[:8]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A recipient's secret key and the public key that goes with it."""
+
+    secret: X25519PrivateKey
+
+    @property
+    def public_bytes(self) -> bytes:
+        return self.secret.public_key().public_bytes_raw()
+
+    @property
+    def public(self) -> str:
+        return encode_public(self.public_bytes)
+
+    @classmethod
+    def generate(cls) -> "Identity":
+        return cls(X25519PrivateKey.generate())
+
+    def secret_text(self) -> str:
+        sk = self.secret.private_bytes_raw()
+        return SECRET_PREFIX + _b32(sk + _check(_SEC_LABEL, sk))
+
+    def save(self, path: Path) -> None:
+        """Write the identity file (mode 0600); never replaces an existing file."""
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        text = (f"# dispersiond identity (X25519), created {now}\n"
+                f"# public key: {self.public}\n"
+                "# Keep this file secret: whoever holds it opens every share sent to this key.\n"
+                f"{self.secret_text()}\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_output(path, overwrite=False, mode=0o600) as f:
+                f.write(text.encode())
+        except FileExistsError:
+            raise IdentityError(f"{path} already exists; keygen never overwrites a key") from None
+
+
+def load_identity(path: str | os.PathLike) -> Identity:
+    """Read an identity file written by `keygen`; actionable errors for anything else."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a text file"
+        raise IdentityError(f"cannot read identity file {path}: {reason}") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if len(lines) != 1 or not lines[0].upper().startswith(SECRET_PREFIX):
+        if any(ln.lower().startswith(PUBLIC_PREFIX) for ln in lines):
+            raise IdentityError(f"{path} holds a public key; open-share needs the secret "
+                                "identity file that keygen wrote")
+        raise IdentityError(f"{path} is not a dispersiond identity file (made by 'dispersiond "
+                            "keygen')")
+    try:
+        raw = _unb32(lines[0][len(SECRET_PREFIX):])
+    except ValueError:
+        raw = b""
+    if len(raw) != 36 or raw[32:] != _check(_SEC_LABEL, raw[:32]):
+        raise IdentityError(f"identity file {path} is damaged (wrong length or checksum)")
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        from .logs import log
+
+        log.warning("identity file %s is readable by others (mode %o): chmod 600 it", path,
+                    stat.S_IMODE(mode))
+    return Identity(X25519PrivateKey.from_private_bytes(raw[:32]))
+
+
+def public_key_of(text: str, what: str = "public key") -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(decode_public(text, what))
