@@ -41,6 +41,9 @@ def append(db: StateDB, master_key: bytes, event: str, file_id: str | None = Non
                      (seq, ts, event, file_id, text, prev, h))
         conn.execute("INSERT INTO meta VALUES ('audit_head', ?) ON CONFLICT(key) DO UPDATE SET "
                      "value=excluded.value", (f"{seq}:{h}",))
+        # The next manifest backup carries the new head, so cutting entries off the
+        # end of the log is caught against it too.
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
     return seq
 
 
