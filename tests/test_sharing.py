@@ -392,7 +392,8 @@ def test_standing_grants_write_a_bundle_per_new_file(tmp_path: Path, doctor) -> 
                  "with_name": True},
                 {"recipient": "broken", "outbox": "outbox/broken"}])
     f = real_files()[1]
-    fid = put(cfg, f)
+    fid = put(cfg, f)  # put applies the standing grants once
+    assert (tmp_path / "outbox" / "dr-lee" / f"{fid[:12]}-dr-lee.dspshare").exists()
     with open_vault(load_config(cfg)) as v:
         errors: list[str] = []
         paths = share.apply_grants(v, fid, errors)
@@ -404,7 +405,7 @@ def test_standing_grants_write_a_bundle_per_new_file(tmp_path: Path, doctor) -> 
     assert got.path == tmp_path / f.name and sha(got.path) == sha(f)
     events = [(e["event"], e["detail"]["recipient"], e["detail"]["via"])
               for e in audit_events(cfg)]
-    assert events == [("share", "dr-lee", "grant"), ("share-refused", "broken", "grant")] * 2
+    assert events == [("share", "dr-lee", "grant"), ("share-refused", "broken", "grant")] * 3
 
 
 def test_rekey_that_cannot_upload_changes_nothing(tmp_path: Path, doctor) -> None:

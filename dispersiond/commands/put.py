@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import DispersiondError
@@ -33,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
             raise DispersiondError(f"{p}: not a readable file")
     if not paths and not args.resume:
         raise DispersiondError("name at least one FILE (or --resume)")
-    out, errors = [], []
+    out, errors, grant_errors = [], [], []
     with open_vault(cfg, exclusive=True) as v:
         todo = []
         if args.resume:
@@ -58,11 +59,18 @@ def _run(args: argparse.Namespace) -> int:
             for item in out:
                 finalize(v, item["file_id"])
                 item["state"] = v.db.file(item["file_id"]).state
+                if v.cfg.grants and item["state"] in ("committed", "done"):
+                    from ..share import apply_grants
+
+                    item["bundles"] = [str(p) for p in
+                                       apply_grants(v, item["file_id"], grant_errors)]
     if args.json:
-        emit_json({"files": out, "errors": errors})
+        emit_json({"files": out, "errors": errors, "grant_errors": grant_errors})
     else:
         for item in out:
             print(f"{item['file_id']}  {item['state']:9}  {item['name']}")
+    for msg in grant_errors:  # the files are protected; only the standing share failed
+        print(f"dispersiond: warning: {msg}", file=sys.stderr)
     if errors:
         raise DispersiondError("\n".join(errors))
     return 0
