@@ -85,10 +85,11 @@ CREATE TABLE IF NOT EXISTS store_status (
 );
 """
 
-# claimed: original taken, nothing written; encoded: fragments on local disk, objects
-# planned; committed: restorable (manifest written), some uploads may still be pending;
-# done: every object confirmed, after-policy applied; failed: quarantined.
-STATES = ("claimed", "encoded", "committed", "done", "failed")
+# claiming: the daemon recorded an inbox file and is moving it into claimed/ (start-up
+# finishes or undoes it); claimed: original taken, nothing written; encoded: fragments on
+# local disk, objects planned; committed: restorable (manifest written), some uploads may
+# still be pending; done: every object confirmed, after-policy applied; failed: quarantined.
+STATES = ("claiming", "claimed", "encoded", "committed", "done", "failed")
 
 
 @dataclass

@@ -1,0 +1,341 @@
+"""The inbox side of the daemon: which files to take, when, and how, crash-safely.
+
+Claiming. A file is taken only once its size, mtime and inode stayed the same for
+`stable_seconds` of observation (a copy that keeps an old mtime is still watched).
+Hidden names and partial-download names are never taken, so writers should write to
+`name.part` (or `.name`) and rename when done. Only regular files directly in the
+inbox are taken; subfolders and symlinks are left alone.
+
+The claim itself is ordered so that a SIGKILL at any instant loses nothing and
+claims nothing twice:
+
+  1. a row is inserted (state 'claiming', original name, inbox path);
+  2. the file is renamed to `state_dir/claimed/<file_id>` (and that folder fsynced);
+  3. the row becomes 'claimed' with `source` = the claimed path.
+
+`reconcile` finishes or undoes step 2 for every 'claiming' row at start-up. When the
+inbox and the state directory are on different filesystems, a rename is impossible:
+step 2 copies to `claimed/.<file_id>.part`, fsyncs, renames it to `claimed/<file_id>`
+and only then unlinks the inbox file (a crash in between leaves both; reconcile
+drops the inbox copy if it is still the same file).
+
+After-policy, run only once every object is confirmed and a manifest backup holding
+the file has landed: `delete` unlinks the claimed original; `move` puts it, under its
+own name, into `after_move_to`; `keep` puts it, under its own name, into
+`state_dir/kept/`. Either way it has left the inbox, so it is never protected twice.
+A name already taken there by different bytes gets `.<file_id prefix>` before its
+suffix. Each of these is idempotent: re-running after a crash finds the job done.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fsutil import fsync_dir
+from .logs import event
+from .state import FileRow
+from .vault import Vault
+
+PARTIAL_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload", ".swp")
+
+
+def eligible_name(name: str) -> bool:
+    """Hidden files and names of files still being written are never taken."""
+    return bool(name) and not name.startswith(".") and not name.endswith(PARTIAL_SUFFIXES)
+
+
+# --------------------------------------------------------------- stability
+
+@dataclass
+class _Seen:
+    key: tuple[int, int, int]  # size, mtime_ns, inode
+    since: float
+
+
+class Stability:
+    """Tracks candidate files until they stop changing for `stable_seconds`."""
+
+    def __init__(self, stable_seconds: float) -> None:
+        self.stable_seconds = stable_seconds
+        self.seen: dict[Path, _Seen] = {}
+        # Files that could not be claimed (e.g. no permission): skipped until they change.
+        self.refused: dict[Path, tuple[int, int, int]] = {}
+
+    def note(self, path: Path) -> None:
+        if eligible_name(path.name) and path not in self.seen:
+            self.seen[path] = _Seen((-1, -1, -1), time.monotonic())
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def next_due(self) -> float | None:
+        """Seconds until the earliest candidate may be stable (None: no candidates)."""
+        if not self.seen:
+            return None
+        now = time.monotonic()
+        return max(0.0, min(s.since + self.stable_seconds - now for s in self.seen.values()))
+
+    def ready(self) -> list[tuple[Path, os.stat_result]]:
+        """Candidates unchanged for long enough, oldest first; forgets vanished ones."""
+        now = time.monotonic()
+        out = []
+        for path, seen in list(self.seen.items()):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                del self.seen[path]
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                del self.seen[path]
+                continue
+            key = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if self.refused.get(path) == key:
+                del self.seen[path]
+                continue
+            if key != seen.key:
+                seen.key, seen.since = key, now
+                if self.stable_seconds > 0:
+                    continue
+            if now - seen.since >= self.stable_seconds:
+                out.append((seen.since, path, st))
+        out.sort(key=lambda t: t[0])
+        return [(p, st) for _, p, st in out]
+
+    def taken(self, path: Path) -> None:
+        self.seen.pop(path, None)
+
+    def refuse(self, path: Path, st: os.stat_result) -> None:
+        self.seen.pop(path, None)
+        self.refused[path] = (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def scan(inbox: Path) -> list[Path]:
+    """Every eligible regular file directly in the inbox (the rescan behind the events)."""
+    out = []
+    try:
+        with os.scandir(inbox) as it:
+            for entry in it:
+                if eligible_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    out.append(Path(entry.path))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------- moving files
+
+def _copy_durably(src: Path, tmp: Path) -> None:
+    with open(src, "rb") as fi, open(tmp, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+        fo.flush()
+        os.fsync(fo.fileno())
+    shutil.copystat(src, tmp)
+
+
+def move_into(src: Path, dest: Path) -> None:
+    """Rename `src` to `dest` (replacing nothing that matters: dest is ours and fresh);
+    across filesystems: copy to a hidden temp, fsync, rename, then unlink `src`."""
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = dest.with_name(f".{dest.name}.part")
+        _copy_durably(src, tmp)
+        os.rename(tmp, dest)
+        fsync_dir(dest.parent)
+        os.unlink(src)
+        fsync_dir(src.parent)
+        return
+    fsync_dir(dest.parent)
+
+
+def _same_bytes(path: Path, size: int, sha256: str | None) -> bool:
+    try:
+        if path.stat().st_size != size or sha256 is None:
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def place(src: Path, folder: Path, f: FileRow) -> Path:
+    """Move a claimed original into `folder` under its own name, never overwriting
+    different bytes; idempotent (an earlier, interrupted attempt is recognised)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = Path(f.name).name or f.file_id
+    first = folder / name
+    stem, suffix = os.path.splitext(name)
+    second = folder / f"{stem}.{f.file_id[:12]}{suffix}"
+    for dest in (first, second):
+        if dest.exists():
+            if dest == second or _same_bytes(dest, f.size, f.sha256):
+                src.unlink()  # moved by an earlier attempt that died before this unlink
+                fsync_dir(src.parent)
+                return dest
+            continue
+        _move_no_clobber(src, dest)
+        return dest
+    raise FileExistsError(second)  # not reached
+
+
+def _move_no_clobber(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)  # fails if dest appeared meanwhile: nothing is ever overwritten
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        tmp = dest.with_name(f".{dest.name}.part")
+        _copy_durably(src, tmp)
+        if dest.exists():
+            tmp.unlink()
+            raise FileExistsError(dest) from None
+        os.rename(tmp, dest)
+    fsync_dir(dest.parent)
+    src.unlink()
+    fsync_dir(src.parent)
+
+
+# --------------------------------------------------------------- claim and reconcile
+
+def claimed_dir(v: Vault) -> Path:
+    return v.root / "claimed"
+
+
+def claim(v: Vault, path: Path, st: os.stat_result) -> str | None:
+    """Take one stable inbox file; returns its id, or None if it vanished meanwhile.
+    Raises OSError if it cannot be moved (the caller leaves it alone)."""
+    fid = os.urandom(16).hex()
+    v.db.add_file(file_id=fid, name=path.name, size=st.st_size, mtime=st.st_mtime,
+                  scheme=v.cfg.scheme, state="claiming", source=str(path))
+    dest = claimed_dir(v) / fid
+    try:
+        move_into(path, dest)
+    except BaseException as exc:
+        if not dest.exists():
+            _drop_row(v, fid)
+        if isinstance(exc, FileNotFoundError) and not dest.exists():
+            return None
+        raise
+    v.db.update_file(fid, state="claimed", source=str(dest))
+    event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
+    return fid
+
+
+def _drop_row(v: Vault, fid: str) -> None:
+    with v.db.tx() as conn:
+        conn.execute("DELETE FROM files WHERE file_id=? AND state='claiming'", (fid,))
+
+
+def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
+    """At start-up: finish or undo interrupted claims and quarantines, adopt nothing blindly."""
+    counts = {"claims_finished": 0, "claims_retried": 0, "claims_dropped": 0, "orphans": 0,
+              "quarantines_finished": 0}
+    cdir = claimed_dir(v)
+    for tmp in cdir.glob(".*.part"):
+        tmp.unlink(missing_ok=True)
+    for tmp in (v.root / "prf").glob(".*.part"):  # an encode killed mid-write
+        tmp.unlink(missing_ok=True)
+    for f in v.db.files("state='claiming'"):
+        dest, orig = cdir / f.file_id, Path(f.source or "")
+        if dest.exists():
+            try:
+                st = orig.stat()
+                if (st.st_size, st.st_mtime) == (f.size, f.mtime) and not orig.samefile(dest):
+                    orig.unlink()  # a cross-filesystem copy finished; its source is ours
+            except OSError:
+                pass
+            v.db.update_file(f.file_id, state="claimed", source=str(dest))
+            counts["claims_finished"] += 1
+            continue
+        try:
+            st = orig.stat()
+        except OSError:
+            _drop_row(v, f.file_id)
+            counts["claims_dropped"] += 1
+            continue
+        if (st.st_size, st.st_mtime) != (f.size, f.mtime):
+            _drop_row(v, f.file_id)  # changed since: the watcher takes it anew when stable
+            counts["claims_dropped"] += 1
+            continue
+        try:
+            move_into(orig, dest)
+        except OSError:
+            _drop_row(v, f.file_id)
+            counts["claims_dropped"] += 1
+            continue
+        v.db.update_file(f.file_id, state="claimed", source=str(dest))
+        counts["claims_retried"] += 1
+    # Quarantines interrupted between marking the row and moving the file.
+    for f in v.db.files("state='failed'"):
+        if f.source and Path(f.source).parent == cdir and Path(f.source).exists():
+            finish_quarantine(v, f, quarantine)
+            counts["quarantines_finished"] += 1
+    known = {r[0] for r in v.db.query("SELECT file_id FROM files")}
+    for entry in cdir.iterdir():
+        if entry.name.startswith(".") or entry.name in known:
+            continue
+        # A claimed original without a row (its record was removed, e.g. by forget):
+        # never protect it behind the user's back, never delete it.
+        dest = quarantine / f"orphan-{entry.name}"
+        dest.mkdir(parents=True, exist_ok=True)
+        move_into(entry, dest / entry.name)
+        (dest / "REASON").write_text("a claimed file without a record in the state database\n")
+        event(logging.WARNING, "claimed file without a record quarantined", file_id=entry.name)
+        counts["orphans"] += 1
+    return counts
+
+
+# --------------------------------------------------------------- quarantine and after-policy
+
+def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
+    """Set a file aside for a person to look at; never retried, never deleted."""
+    v.db.update_file(fid, state="failed", error=reason)
+    f = v.db.file(fid)
+    finish_quarantine(v, f, quarantine)
+    v.audit("quarantine", fid, reason=reason)
+    event(logging.WARNING, "file quarantined", file_id=fid, reason=reason)
+
+
+def finish_quarantine(v: Vault, f: FileRow, quarantine: Path) -> None:
+    folder = quarantine / f.file_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {f.name}\n")
+    src = Path(f.source) if f.source else None
+    dest = folder / (Path(f.name).name or f.file_id)
+    if src is not None and src.parent == claimed_dir(v) and src.exists():
+        move_into(src, dest)
+    if src is None or src.parent == claimed_dir(v):
+        v.db.update_file(f.file_id, source=str(dest) if dest.exists() else None)
+    shutil.rmtree(v.work_dir(f.file_id), ignore_errors=True)
+
+
+def apply_after(v: Vault, f: FileRow) -> str:
+    """Delete, move or keep the claimed original; files added by `put` are never touched."""
+    src = Path(f.source) if f.source else None
+    if src is None or src.parent != claimed_dir(v) or not src.exists():
+        return "untouched"
+    if v.cfg.after == "delete":
+        src.unlink()
+        fsync_dir(src.parent)
+        return "deleted"
+    if v.cfg.after == "move":
+        dest = place(src, v.cfg.path(v.cfg.after_move_to or ""), f)
+        v.db.update_file(f.file_id, source=str(dest))
+        return "moved"
+    dest = place(src, v.root / "kept", f)
+    v.db.update_file(f.file_id, source=str(dest))
+    return "kept"
