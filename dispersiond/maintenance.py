@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends import AlreadyExists, NotFound, StoreError
+from backends import AlreadyExists, NotFound, StoreError, Unavailable
 
 from . import audit, manifest
 from .codec import se2
@@ -18,7 +18,7 @@ from .fsutil import atomic_output
 from .keys import KEY_LEN, write_key_file
 from .logs import event, log
 from .placement import HashingWriter, new_object_name, rebuild_shards
-from .restore import _try_fetch, fetch_object, private_container
+from .restore import _order, _try_fetch, fetch_object, private_container
 from .state import ObjectRow
 from .vault import Progress, Vault
 
@@ -157,6 +157,8 @@ def verify(v: Vault, deep: bool = False, progress: Progress | None = None,
 
 
 def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> str | None:
+    if obj.store in v.down:  # answered Unavailable earlier in this run: do not wait again
+        return "unreachable"
     try:
         if deep:
             fetch_object(v, obj, _Null(), progress)
@@ -168,6 +170,8 @@ def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> s
         return "corrupt"
     except StoreError as exc:
         v.db.store_error(obj.store, str(exc))
+        if isinstance(exc, Unavailable):
+            v.down.add(obj.store)
         return "unreachable"
     v.db.store_ok(obj.store)
     if info.size != obj.object_size:
@@ -257,7 +261,7 @@ def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) 
 
 def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
-    for other in v.db.objects(f.file_id, "role='public' AND state='uploaded'"):
+    for other in _order(v, v.db.objects(f.file_id, "role='public' AND state='uploaded'")):
         path = tmp / f"replica-{other.id}"
         if _try_fetch(v, other, path, errors, progress):
             return path
@@ -267,7 +271,7 @@ def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
 def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
     good: dict[int, Path] = {}
-    for other in v.db.objects(f.file_id, "role='public' AND state='uploaded'"):
+    for other in _order(v, v.db.objects(f.file_id, "role='public' AND state='uploaded'")):
         if other.shard == obj.shard or len(good) == f.k:
             continue
         path = tmp / f"shard-{other.shard}"

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from backends import NotFound, StoreError
+from backends import NotFound, StoreError, Unavailable
 
 from . import codec
 from .errors import DispersiondError, IntegrityError
@@ -63,7 +63,23 @@ def _try_fetch(v: Vault, obj: ObjectRow, path: Path, errors: list[str],
     except StoreError as exc:
         errors.append(f"{obj.store}: {exc}")
         v.db.store_error(obj.store, str(exc))
+        if isinstance(exc, Unavailable):
+            v.down.add(obj.store)
     return False
+
+
+def _order(v: Vault, objs: list[ObjectRow]) -> list[ObjectRow]:
+    """Copies believed good first; stores that failed lately (in this run, or in the
+    last few minutes with no success since) last, so a dead cloud costs no waiting
+    while the others suffice."""
+    import time
+
+    recent = time.time() - 300
+    failing = set(v.down) | {
+        s["store"] for s in v.db.store_status()
+        if s["error_at"] and s["error_at"] > recent and (s["last_ok"] or 0) < s["error_at"]}
+    return sorted(objs, key=lambda o: (o.store in failing, o.state != "uploaded",
+                                       o.shard if o.shard is not None else 0))
 
 
 def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
@@ -79,7 +95,7 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
         event(logging.WARNING, "local private container damaged; using a backup",
               file_id=f.file_id)
     errors: list[str] = []
-    for obj in v.db.objects(f.file_id, "role='private'"):
+    for obj in _order(v, v.db.objects(f.file_id, "role='private'")):
         path = tmp / f"prf-{obj.id}"
         if _try_fetch(v, obj, path, errors, progress):
             return path
@@ -88,8 +104,7 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
 
 def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """A verified public fragment file (replica, or rebuilt from any k shards)."""
-    objs = v.db.objects(f.file_id, "role='public'")
-    objs.sort(key=lambda o: (o.state != "uploaded", o.shard if o.shard is not None else 0))
+    objs = _order(v, v.db.objects(f.file_id, "role='public'"))
     errors: list[str] = []
     if f.public_mode != "erasure":
         for obj in objs:

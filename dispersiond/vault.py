@@ -45,6 +45,8 @@ class Vault:
         self.stores = Stores(cfg)
         self._lock_fd: int | None = None
         self._stores_lock = threading.Lock()
+        #: Stores that answered Unavailable in this process: tried last, not waited on again.
+        self.down: set[str] = set()
 
     # --- paths
     def prf_path(self, fid: str) -> Path:
