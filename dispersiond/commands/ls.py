@@ -52,14 +52,21 @@ def _run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     t = Table(box=None)
-    for col in ("id", "size", "state", "health", "public", "private", "name"):
-        t.add_column(col, justify="right" if col == "size" else "left")
+    for col in ("id", "size", "state", "health", "public", "name"):
+        t.add_column(col, justify="right" if col == "size" else "left",
+                     no_wrap=col != "name", overflow="fold")
     for r in rows:
         p = r["public"]
-        where = (f"{p['k']}-of-{p['n']} " if p["mode"] == "erasure" else f"x{len(p['stores'])} ")
-        t.add_row(r["file_id"][:12], human_size(r["size"]), r["state"], r["health"],
-                  where + ",".join(p["stores"]), ",".join(r["private"]), r["name"])
+        where = (f"{p['k']}-of-{p['n']}" if p["mode"] == "erasure"
+                 else f"x{len(p['stores'])}" if p["mode"] else "-")
+        t.add_row(r["file_id"][:12], human_size(r["size"]), r["state"], r["health"], where,
+                  r["name"])
     Console().print(t)
+    stores = sorted({s for r in rows for s in r["public"]["stores"]})
+    if stores:
+        print(f"public stores: {', '.join(stores)}; private: "
+              f"{', '.join(sorted({s for r in rows for s in r['private']}))} "
+              "(--json for each file's)")
     if not rows:
         print("no protected files yet ('dispersiond put FILE' or drop files into the inbox)")
     return 0
