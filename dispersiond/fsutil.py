@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -59,3 +60,13 @@ def read_key_file(path: str | os.PathLike, length: int, what: str = "key") -> by
             f"{what} file {path} holds {len(data)} bytes; this needs a raw {length}-byte key "
             f"(make one with: head -c {length} /dev/urandom > KEYFILE; chmod 600 KEYFILE)")
     return data
+
+
+class Discard(io.RawIOBase):
+    """A writable sink that keeps nothing (for hashing or timing a stream)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return len(memoryview(b))

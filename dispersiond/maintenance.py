@@ -14,11 +14,11 @@ from backends import AlreadyExists, NotFound, StoreError, Unavailable
 from . import audit, manifest
 from .codec import se2
 from .errors import DispersiondError, IntegrityError
-from .fsutil import atomic_output
+from .fsutil import Discard, atomic_output
 from .keys import KEY_LEN, write_key_file
 from .logs import event, log
 from .placement import HashingWriter, new_object_name, rebuild_shards
-from .restore import _order, _try_fetch, fetch_object, private_container
+from .restore import _order, _try_fetch, fetch_object, gather_shards, private_container
 from .state import ObjectRow
 from .vault import Progress, Vault
 
@@ -161,7 +161,7 @@ def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> s
         return "unreachable"
     try:
         if deep:
-            fetch_object(v, obj, _Null(), progress)
+            fetch_object(v, obj, Discard(), progress)
             return None
         info = v.store(obj.store).stat(obj.name)
     except NotFound:
@@ -180,14 +180,6 @@ def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> s
     if theirs and theirs != obj.sha256:
         return "checksum-mismatch"
     return None
-
-
-class _Null(io.RawIOBase):
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        return len(memoryview(b))
 
 
 # --------------------------------------------------------------- repair
@@ -242,7 +234,7 @@ def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) 
         src = _rebuilt_shard(v, f, obj, tmp, progress)
     with open(src, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        h = HashingWriter(_Null())
+        h = HashingWriter(Discard())
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.write(block)
         fh.seek(0)
@@ -270,13 +262,8 @@ def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
 
 def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
-    good: dict[int, Path] = {}
-    for other in _order(v, v.db.objects(f.file_id, "role='public' AND state='uploaded'")):
-        if other.shard == obj.shard or len(good) == f.k:
-            continue
-        path = tmp / f"shard-{other.shard}"
-        if _try_fetch(v, other, path, errors, progress):
-            good[other.shard] = path
+    good = gather_shards(v, f, tmp, errors, progress, exclude=obj.shard,
+                         where="state='uploaded'")
     if len(good) < f.k:
         raise DispersiondError(f"file {f.file_id}: only {len(good)} intact shards, {f.k} needed "
                                f"to rebuild shard {obj.shard} ({'; '.join(errors)})")

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -108,71 +109,98 @@ def admit(v: Vault, source: Path, name: str | None = None) -> str:
     return fid
 
 
+@dataclass
+class Staged:
+    """One file encoded into staged objects: what the manifest rows are made from."""
+
+    enc: codec.Encoded
+    size: int
+    sha256: str  # of the original bytes
+    head_len: int
+    public: list[tuple[Path, int, str]]  # (staged path, stored size, SHA-256) per replica/shard
+    prf: tuple[Path, str]  # (container path, SHA-256)
+
+    def rows(self, cfg, fid: str) -> list[tuple[dict, Path]]:
+        """Object rows (random names, one per store) with the staged file each uploads."""
+        pol, out = cfg.public, []
+        if pol.mode == "replicate":
+            path, size, digest = self.public[0]
+            for store in pol.stores[: pol.n]:
+                out.append((dict(file_id=fid, role="public", shard=None, store=store,
+                                 name=new_object_name(), length=self.enc.puf_len,
+                                 object_size=size, sha256=digest), path))
+        else:
+            slen = shard_length(self.enc.puf_len, pol.k, DEFAULT_BLOCK)
+            for i, (store, (path, size, digest)) in enumerate(zip(pol.stores, self.public)):
+                out.append((dict(file_id=fid, role="public", shard=i, store=store,
+                                 name=new_object_name(), length=slen, object_size=size,
+                                 sha256=digest), path))
+        for store in cfg.private.stores:
+            out.append((dict(file_id=fid, role="private", shard=None, store=store,
+                             name=new_object_name(), length=self.enc.prf_len,
+                             object_size=self.enc.prf_len, sha256=self.prf[1]), self.prf[0]))
+        return out
+
+    def file_fields(self, cfg, key: bytes) -> dict:
+        pol = cfg.public
+        return dict(size=self.size, sha256=self.sha256, head_len=self.head_len,
+                    chunk_log2=se2.DEFAULT_CHUNK_LOG2, puf_len=self.enc.puf_len,
+                    prf_len=self.enc.prf_len, prf_sha256=self.prf[1],
+                    key_id=se2.key_id(key).hex(), public_mode=pol.mode,
+                    k=pol.k if pol.mode == "erasure" else None, n=pol.n,
+                    block=DEFAULT_BLOCK if pol.mode == "erasure" else None)
+
+
+def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
+          progress: Progress | None = None) -> Staged:
+    """Encode `src` with a fresh secret: the container to `prf_path` (atomically,
+    fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`."""
+    cfg, pol = v.cfg, v.cfg.public
+    size = os.fstat(src.fileno()).st_size
+    hl = head_len(src.read(PROBE), size, cfg.dicom_header)
+    src.seek(0)
+    reader = HashingReader(src, progress)
+    names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
+    outs = [HashingWriter(open(stage_dir / name, "wb")) for name in names]
+    sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs, DEFAULT_BLOCK)
+    try:
+        with atomic_output(prf_path) as prf_file:
+            prf = HashingWriter(prf_file)
+            enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
+        if pol.mode == "erasure":
+            sink.close()
+        for o in outs:
+            o.pad_random(padded(o.n, pol.pad))
+            o.f.flush()
+            os.fsync(o.f.fileno())
+    finally:
+        for o in outs:
+            o.f.close()
+    fsync_dir(stage_dir)
+    return Staged(enc, size, reader.h.hexdigest(), hl,
+                  [(stage_dir / name, o.n, o.hexdigest()) for name, o in zip(names, outs)],
+                  (prf_path, prf.hexdigest()))
+
+
 def encode(v: Vault, fid: str, progress: Progress | None = None) -> None:
     """Write the private container (fsynced) and the staged public objects; plan uploads."""
     f = v.db.file(fid)
-    cfg = v.cfg
-    src_path = Path(f.source)
     work = v.work_dir(fid)
     shutil.rmtree(work, ignore_errors=True)  # a crash mid-encode left a partial stage
     work.mkdir(parents=True)
-    pol = cfg.public
     try:
-        src = open(src_path, "rb")
+        src = open(Path(f.source), "rb")
     except OSError as exc:
         raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
     with src:
-        size = os.fstat(src.fileno()).st_size
-        hl = head_len(src.read(PROBE), size, cfg.dicom_header)
-        src.seek(0)
-        reader = HashingReader(src, progress)
-        if pol.mode == "replicate":
-            outs = [HashingWriter(open(work / "puf", "wb"))]
-            sink = outs[0]
-        else:
-            outs = [HashingWriter(open(work / f"shard-{i}", "wb")) for i in range(pol.n)]
-            sink = ShardWriter(pol.k, pol.n, outs, DEFAULT_BLOCK)
-        try:
-            with atomic_output(v.prf_path(fid)) as prf_file:
-                prf = HashingWriter(prf_file)
-                enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
-            if pol.mode == "erasure":
-                sink.close()
-            for o in outs:
-                o.pad_random(padded(o.n, pol.pad))
-                o.f.flush()
-                os.fsync(o.f.fileno())
-        finally:
-            for o in outs:
-                o.f.close()
-    fsync_dir(work)
-    rows = []
-    if pol.mode == "replicate":
-        for store in pol.stores[: pol.n]:
-            rows.append(dict(file_id=fid, role="public", shard=None, store=store,
-                             name=new_object_name(), length=enc.puf_len, object_size=outs[0].n,
-                             sha256=outs[0].hexdigest(), state="pending"))
-    else:
-        slen = shard_length(enc.puf_len, pol.k, DEFAULT_BLOCK)
-        for i, store in enumerate(pol.stores):
-            rows.append(dict(file_id=fid, role="public", shard=i, store=store,
-                             name=new_object_name(), length=slen, object_size=outs[i].n,
-                             sha256=outs[i].hexdigest(), state="pending"))
-    for store in cfg.private.stores:
-        rows.append(dict(file_id=fid, role="private", shard=None, store=store,
-                         name=new_object_name(), length=enc.prf_len, object_size=enc.prf_len,
-                         sha256=prf.hexdigest(), state="pending"))
+        st = stage(v, src, work, v.prf_path(fid), progress)
+    rows = [dict(row, state="pending") for row, _ in st.rows(v.cfg, fid)]
     with v.db.tx() as conn:
         conn.execute("DELETE FROM objects WHERE file_id=? AND state='pending'", (fid,))
         v.db.add_objects(conn, rows)
-        v.db.update_file(fid, conn, state="encoded", size=size, sha256=reader.h.hexdigest(),
-                         head_len=hl, chunk_log2=se2.DEFAULT_CHUNK_LOG2, puf_len=enc.puf_len,
-                         prf_len=enc.prf_len, prf_sha256=prf.hexdigest(),
-                         key_id=se2.key_id(v.key).hex(), public_mode=pol.mode,
-                         k=pol.k if pol.mode == "erasure" else None, n=pol.n,
-                         block=DEFAULT_BLOCK if pol.mode == "erasure" else None, error=None)
-    event(logging.INFO, "file encoded", file_id=fid, size=size, public_bytes=enc.puf_len,
-          private_bytes=enc.prf_len)
+        v.db.update_file(fid, conn, state="encoded", error=None, **st.file_fields(v.cfg, v.key))
+    event(logging.INFO, "file encoded", file_id=fid, size=st.size, public_bytes=st.enc.puf_len,
+          private_bytes=st.enc.prf_len)
 
 
 class SourceGone(DispersiondError):

@@ -29,16 +29,12 @@ from pathlib import Path
 
 from backends import AlreadyExists, StoreError
 
-from . import codec
-from .codec import se2
 from .errors import DispersiondError, IntegrityError
-from .formats import PROBE, head_len
 from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
 from .maintenance import backup_manifest, drop_all_backups_but_newest, finalize
-from .placement import (DEFAULT_BLOCK, HashingWriter, ShardWriter, new_object_name, padded,
-                        shard_length)
-from .protect import HashingReader, Throttle, UploadReader
+from .protect import Throttle, UploadReader
+from .protect import stage as stage_file
 from .restore import decode_to, private_container, public_fragment
 from .state import dumps
 from .vault import Progress, Vault
@@ -145,60 +141,13 @@ def _abandon_plan(v: Vault, fid: str) -> None:
 
 def _encode(v: Vault, f, plain: Path, stage: Path) -> tuple[list[dict], dict, dict]:
     """Encode `plain` with a fresh secret into `stage`, as protect.encode lays objects out."""
-    cfg, pol = v.cfg, v.cfg.public
     with open(plain, "rb") as src:
-        size = os.fstat(src.fileno()).st_size
-        hl = head_len(src.read(PROBE), size, cfg.dicom_header)
-        src.seek(0)
-        reader = HashingReader(src)
-        if pol.mode == "replicate":
-            outs = [HashingWriter(open(stage / "puf", "wb"))]
-            sink = outs[0]
-        else:
-            outs = [HashingWriter(open(stage / f"shard-{i}", "wb")) for i in range(pol.n)]
-            sink = ShardWriter(pol.k, pol.n, outs, DEFAULT_BLOCK)
-        try:
-            with open(stage / "prf", "wb") as prf_file:
-                prf = HashingWriter(prf_file)
-                enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
-                prf_file.flush()
-                os.fsync(prf_file.fileno())
-            if pol.mode == "erasure":
-                sink.close()
-            for o in outs:
-                o.pad_random(padded(o.n, pol.pad))
-                o.f.flush()
-                os.fsync(o.f.fileno())
-        finally:
-            for o in outs:
-                o.f.close()
-    if reader.h.hexdigest() != f.sha256 or size != f.size:
+        st = stage_file(v, src, stage, stage / "prf")
+    if st.sha256 != f.sha256 or st.size != f.size:
         raise IntegrityError(f"file {f.file_id}: the decoded bytes changed while re-keying")
-    rows, staged = [], {"prf": stage / "prf"}
-    if pol.mode == "replicate":
-        for store in pol.stores[: pol.n]:
-            rows.append(dict(file_id=f.file_id, role="public", shard=None, store=store,
-                             name=new_object_name(), length=enc.puf_len, object_size=outs[0].n,
-                             sha256=outs[0].hexdigest()))
-            staged[rows[-1]["name"]] = stage / "puf"
-    else:
-        slen = shard_length(enc.puf_len, pol.k, DEFAULT_BLOCK)
-        for i, store in enumerate(pol.stores):
-            rows.append(dict(file_id=f.file_id, role="public", shard=i, store=store,
-                             name=new_object_name(), length=slen, object_size=outs[i].n,
-                             sha256=outs[i].hexdigest()))
-            staged[rows[-1]["name"]] = stage / f"shard-{i}"
-    for store in cfg.private.stores:
-        rows.append(dict(file_id=f.file_id, role="private", shard=None, store=store,
-                         name=new_object_name(), length=enc.prf_len, object_size=enc.prf_len,
-                         sha256=prf.hexdigest()))
-        staged[rows[-1]["name"]] = stage / "prf"
-    fields = dict(size=size, sha256=reader.h.hexdigest(), head_len=hl,
-                  chunk_log2=se2.DEFAULT_CHUNK_LOG2, puf_len=enc.puf_len, prf_len=enc.prf_len,
-                  prf_sha256=prf.hexdigest(), key_id=se2.key_id(v.key).hex(),
-                  public_mode=pol.mode, k=pol.k if pol.mode == "erasure" else None, n=pol.n,
-                  block=DEFAULT_BLOCK if pol.mode == "erasure" else None)
-    return rows, staged, fields
+    planned = st.rows(v.cfg, f.file_id)
+    staged = {"prf": stage / "prf", **{row["name"]: path for row, path in planned}}
+    return [row for row, _ in planned], staged, st.file_fields(v.cfg, v.key)
 
 
 def _upload(v: Vault, rows: list[dict], staged: dict, progress: Progress | None

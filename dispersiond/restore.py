@@ -113,13 +113,7 @@ def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None =
                 os.truncate(path, obj.length)  # drop the size padding
                 return path
         raise Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
-    good: dict[int, Path] = {}
-    for obj in objs:
-        if len(good) == f.k:
-            break
-        path = tmp / f"shard-{obj.shard}"
-        if _try_fetch(v, obj, path, errors, progress):
-            good[obj.shard] = path
+    good = gather_shards(v, f, tmp, errors, progress)
     if len(good) < f.k:
         raise Unrestorable(f"file {f.file_id}: only {len(good)} of the {f.k} shards needed are "
                            f"intact ({'; '.join(errors)})")
@@ -132,6 +126,22 @@ def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None =
         for r in readers.values():
             r.close()
     return out
+
+
+def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
+                  progress: Progress | None = None, exclude: int | None = None,
+                  where: str = "1") -> dict[int, Path]:
+    """Download intact shards (shard number -> file) until k are had or none are left."""
+    good: dict[int, Path] = {}
+    for obj in _order(v, v.db.objects(f.file_id, f"role='public' AND ({where})")):
+        if len(good) == f.k:
+            break
+        if obj.shard == exclude:
+            continue
+        path = tmp / f"shard-{obj.shard}"
+        if _try_fetch(v, obj, path, errors, progress):
+            good[obj.shard] = path
+    return good
 
 
 def decode_to(v: Vault, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:

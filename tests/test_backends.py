@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 import boto3
 import google_crc32c
@@ -36,8 +36,8 @@ from backends import (
 )
 from backends.base import redact
 
-from conftest import AZURE_KEY_ENV, STORE_KINDS, create_bucket, store_settings, unique_bucket
-from servers import AZURITE_ACCOUNT, AZURITE_KEY, Emulator
+from conftest import STORE_KINDS, create_bucket, store_settings, unique_bucket
+from servers import AZURITE_KEY, Emulator
 
 MiB = 1 << 20
 #: The unit each store reads from a source at a time (and, but for local, sends per part).
