@@ -22,6 +22,7 @@ systemd's stop timeout.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import errno
 import json
@@ -56,7 +57,7 @@ STOP_GRACE = 4.0
 #: How long cancelled work gets to unwind before the process exits regardless.
 STOP_CANCEL = 3.0
 #: Encodes at once: CPU and local disk bound.
-ENCODERS = max(1, min(2, os.cpu_count() or 1))
+ENCODERS = int(os.environ.get("DISPERSIOND_ENCODERS", 0)) or max(1, min(2, os.cpu_count() or 1))
 #: Encode attempts before a file that keeps failing (not for lack of space) is quarantined.
 ENCODE_ATTEMPTS = 3
 
@@ -233,6 +234,10 @@ class Daemon:
         self.encoders = ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode")
         self.maint = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self.in_flight: dict[int, ObjectRow] = {}
+        self.to_encode: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.to_upload: dict[str, collections.OrderedDict[int, ObjectRow]] = {
+            s.name: collections.OrderedDict() for s in cfg.stores}
+        self.reload_at = 0.0
         self.encoding: set[str] = set()
         self.encode_not_before: dict[str, float] = {}
         self.paused: str | None = None
@@ -242,6 +247,7 @@ class Daemon:
         self.backup_failures = 0
         self.last_backup: float | None = None  # wall clock
         self.last_backup_mono = time.monotonic()
+        self.manifest_dirty = True  # until the database says otherwise
         self.swept = False
         self.sweep_tried = False
         self.finish_due = True
@@ -367,6 +373,8 @@ class Daemon:
         if self.stop.is_set():
             return
         self._check_space()
+        if time.monotonic() >= self.reload_at:
+            self._reload_queues()
         if self.paused is None:
             self._intake()
         self._start_encodes()
@@ -413,6 +421,7 @@ class Daemon:
         elif kind == "encoded":
             self._on_encoded(*item[1:])
         elif kind == "backup":
+            self.manifest_dirty = True  # look at the database's flag, not only ours
             self.backup_due = 0.0
             self.last_backup_mono = -1e9  # the schedule says: back up now if anything changed
         elif kind == "verify":
@@ -456,39 +465,58 @@ class Daemon:
             self._write_status()
 
     def _intake(self) -> None:
-        for path, st in self.tracker.ready():
+        ready = self.tracker.ready()
+        for start in range(0, len(ready), 256):
             if self.stop.is_set():
                 return
-            try:
-                fid = ib.claim(self.v, path, st)
-            except OSError as exc:
+            batch = ready[start:start + 256]
+            claimed, failed = ib.claim(self.v, batch)
+            for path, _ in batch:
+                self.tracker.taken(path)
+            for fid, size in claimed:
+                self.to_encode[fid] = size
+            for path, st, exc in failed:
                 self.tracker.refuse(path, st)
-                log.warning("a file in the inbox cannot be claimed (%s); it is left there until "
-                            "it changes", exc.strerror or exc)
+                log.warning("a file in the inbox cannot be claimed (%s); it is left there "
+                            "until it changes", exc.strerror or exc)
                 log.debug("unclaimable file: %s", path)
-                continue
-            self.tracker.taken(path)
-            if fid is None:
-                continue
+
+    def _reload_queues(self) -> None:
+        """Rebuild the work queues from the database: at start-up and every few seconds as
+        a safety net. The queues only spare the loop a query per step; the rows decide."""
+        self.reload_at = time.monotonic() + 10.0
+        self.to_encode = collections.OrderedDict(
+            (fid, size) for fid, size in self.v.db.query(
+                "SELECT file_id, size FROM files WHERE state='claimed' ORDER BY created")
+            if fid not in self.encoding)
+        queues: dict[str, collections.OrderedDict[int, ObjectRow]] = {
+            s: collections.OrderedDict() for s in self.health}
+        for r in self.v.db.query(
+                "SELECT o.* FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
+                "o.state='pending' AND f.state IN ('encoded', 'committed') "
+                "ORDER BY f.created, o.id"):
+            obj = ObjectRow(**dict(r))
+            if obj.id not in self.in_flight and obj.store in queues:
+                queues[obj.store][obj.id] = obj
+        self.to_upload = queues
+        for (fid,) in self.v.db.query("SELECT file_id FROM files WHERE state='encoded'"):
+            self._advance_if_settled(fid)  # safety net: restorable files are committed
 
     def _start_encodes(self) -> None:
         room = ENCODERS + 1 - len(self.encoding)
-        if room <= 0 or self.stop.is_set():
+        if room <= 0 or self.stop.is_set() or not self.to_encode:
             return
         now = time.monotonic()
-        rows = self.v.db.query("SELECT file_id, size FROM files WHERE state='claimed' "
-                               "ORDER BY created LIMIT ?", (room + len(self.encoding) + 16,))
-        for fid, size in rows:
-            if room <= 0:
-                break
-            if fid in self.encoding or self.encode_not_before.get(fid, 0) > now:
-                continue
-            if self.paused is not None:
+        for fid, size in list(self.to_encode.items()):
+            if room <= 0 or self.paused is not None:
                 return
+            if self.encode_not_before.get(fid, 0) > now:
+                continue
             if self._free() < self.min_free + self._need(size):
                 self.space_need = self._need(size)
                 self._check_space()
                 return
+            del self.to_encode[fid]
             self.encoding.add(fid)
             self.encoders.submit(self._encode_task, fid)
             room -= 1
@@ -509,6 +537,8 @@ class Daemon:
         self.encoding.discard(fid)
         if exc is None:
             self.encode_not_before.pop(fid, None)
+            for obj in self.v.db.objects(fid, "state='pending'"):
+                self.to_upload[obj.store][obj.id] = obj
             return
         if isinstance(exc, Cancelled) or self.cancel.is_set():
             return
@@ -518,6 +548,7 @@ class Daemon:
             self.space_need = self._need(f.size if f else 0) + (64 << 20)
             self._check_space()
             self.encode_not_before[fid] = time.monotonic() + self.retry_base
+            self.to_encode[fid] = f.size if f else 0
             return
         if isinstance(exc, SourceGone):
             self._quarantine(fid, f"the file vanished or cannot be read: {exc}")
@@ -531,6 +562,7 @@ class Daemon:
         self.v.db.update_file(fid, attempts=attempts, error=reason)
         delay = self.retry_base * 2 ** (attempts - 1)
         self.encode_not_before[fid] = time.monotonic() + delay
+        self.to_encode[fid] = f.size if f else 0
         event(logging.WARNING, "encode failed; will retry", file_id=fid, error=type(exc).__name__,
               retry_in=round(delay, 1))
 
@@ -565,21 +597,14 @@ class Daemon:
         for obj in self.in_flight.values():
             per_store[obj.store] = per_store.get(obj.store, 0) + 1
         for store, h in self.health.items():
+            q = self.to_upload[store]
             if cap <= 0:
                 break
-            if not h.can_send(now, per_store.get(store, 0)):
+            if not q or not h.can_send(now, per_store.get(store, 0)):
                 continue
             limit = cap if h.failures == 0 else 1
-            rows = self.v.db.query(
-                "SELECT o.* FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
-                "o.store=? AND o.state='pending' AND f.state IN ('encoded', 'committed') "
-                "ORDER BY f.created, o.id LIMIT ?", (store, limit + len(self.in_flight)))
-            for r in rows:
-                if limit <= 0 or cap <= 0:
-                    break
-                obj = ObjectRow(**dict(r))
-                if obj.id in self.in_flight:
-                    continue
+            while q and limit > 0:
+                _, obj = q.popitem(last=False)
                 self.in_flight[obj.id] = obj
                 self.uploads.submit(self._upload_task, obj)
                 limit -= 1
@@ -601,10 +626,12 @@ class Daemon:
             if h.ok():
                 event(logging.INFO, "store reachable again", store=obj.store)
                 self._write_status()
-            self._advance(obj.file_id)
+            self._advance_if_settled(obj.file_id)
             return
         if isinstance(exc, Cancelled) or (self.cancel.is_set() and isinstance(exc, SourceError)):
             return
+        self._advance_if_settled(obj.file_id)  # the others may suffice (k of n)
+        self.to_upload[obj.store][obj.id] = obj  # still pending: tried again after the wait
         msg = str(exc) or type(exc).__name__
         self.v.db.store_error(obj.store, msg[:500])
         delay = h.fail(started, msg)
@@ -618,13 +645,19 @@ class Daemon:
             if h.failures == 1:
                 self._write_status()
 
+    def _advance_if_settled(self, fid: str) -> None:
+        """Look at a file once its last upload in flight has come back, not at each one."""
+        if not any(o.file_id == fid for o in self.in_flight.values()):
+            self._advance(fid)
+
     def _advance(self, fid: str) -> None:
         """Commit once restorable; drop the staged copies once every object is confirmed."""
         f = self.v.db.file(fid)
         if f is None:
             return
         if f.state == "encoded":
-            commit(self.v, fid)
+            if commit(self.v, fid) == "committed":
+                self.manifest_dirty = True
         elif f.state == "committed" and not self.v.db.objects(fid, "state!='uploaded'"):
             shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
             self.finish_due = True
@@ -637,14 +670,14 @@ class Daemon:
     # ----------------------------------------------------------------- manifest, after-policy
 
     def _idle(self) -> bool:
-        if self.in_flight or self.encoding or len(self.tracker):
-            return False
-        return not self.v.db.query("SELECT 1 FROM files WHERE state IN ('claiming', 'claimed') "
-                                   "LIMIT 1")
+        return not (self.in_flight or self.encoding or len(self.tracker) or self.to_encode)
 
     def _maybe_backup(self) -> None:
         now = time.monotonic()
-        if now < self.backup_due or self.v.db.get_meta("manifest_dirty", "1") != "1":
+        if now < self.backup_due or not self.manifest_dirty:
+            return
+        if self.v.db.get_meta("manifest_dirty", "1") != "1":
+            self.manifest_dirty = False
             return
         interval = self.cfg.schedule.seconds("manifest_backup") or 900
         if not (self._idle() or now - self.last_backup_mono >= interval):
@@ -654,6 +687,7 @@ class Daemon:
         ok = backup_manifest(self.v)
         self.last_backup_mono = time.monotonic()
         if ok:
+            self.manifest_dirty = False
             self.backup_failures = 0
             self.backup_due = self.last_backup_mono + 1.0  # at most one a second
             self.last_backup = time.time()

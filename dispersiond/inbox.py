@@ -139,9 +139,10 @@ def _copy_durably(src: Path, tmp: Path) -> None:
     shutil.copystat(src, tmp)
 
 
-def move_into(src: Path, dest: Path) -> None:
+def move_into(src: Path, dest: Path, sync: bool = True) -> None:
     """Rename `src` to `dest` (replacing nothing that matters: dest is ours and fresh);
-    across filesystems: copy to a hidden temp, fsync, rename, then unlink `src`."""
+    across filesystems: copy to a hidden temp, fsync, rename, then unlink `src`.
+    sync=False leaves the fsync of dest's folder after a rename to the caller (batches)."""
     try:
         os.rename(src, dest)
     except OSError as exc:
@@ -154,7 +155,8 @@ def move_into(src: Path, dest: Path) -> None:
         os.unlink(src)
         fsync_dir(src.parent)
         return
-    fsync_dir(dest.parent)
+    if sync:
+        fsync_dir(dest.parent)
 
 
 def _same_bytes(path: Path, size: int, sha256: str | None) -> bool:
@@ -215,24 +217,47 @@ def claimed_dir(v: Vault) -> Path:
     return v.root / "claimed"
 
 
-def claim(v: Vault, path: Path, st: os.stat_result) -> str | None:
-    """Take one stable inbox file; returns its id, or None if it vanished meanwhile.
-    Raises OSError if it cannot be moved (the caller leaves it alone)."""
-    fid = os.urandom(16).hex()
-    v.db.add_file(file_id=fid, name=path.name, size=st.st_size, mtime=st.st_mtime,
-                  scheme=v.cfg.scheme, state="claiming", source=str(path))
-    dest = claimed_dir(v) / fid
+def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
+          ) -> tuple[list[tuple[str, int]], list[tuple[Path, os.stat_result, OSError]]]:
+    """Take stable inbox files, in one batch: one transaction to record them, the renames,
+    one fsync of claimed/, one transaction to mark them claimed.
+
+    Returns ([(file_id, size)] claimed, [(path, stat, error)] that could not be moved).
+    Files that vanished meanwhile are in neither list.
+    """
+    rows = [(os.urandom(16).hex(), path, st) for path, st in items]
+    now = time.time()
+    with v.db.tx() as conn:
+        conn.executemany(
+            "INSERT INTO files (file_id, name, size, mtime, scheme, state, source, created, "
+            "updated) VALUES (?, ?, ?, ?, ?, 'claiming', ?, ?, ?)",
+            [(fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p), now, now)
+             for fid, p, st in rows])
+    cdir = claimed_dir(v)
+    moved: list[tuple[str, Path, os.stat_result]] = []
+    failed: list[tuple[Path, os.stat_result, OSError]] = []
     try:
-        move_into(path, dest)
-    except BaseException as exc:
-        if not dest.exists():
-            _drop_row(v, fid)
-        if isinstance(exc, FileNotFoundError) and not dest.exists():
-            return None
-        raise
-    v.db.update_file(fid, state="claimed", source=str(dest))
-    event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
-    return fid
+        for fid, path, st in rows:
+            try:
+                move_into(path, cdir / fid, sync=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                failed.append((path, st, exc))
+                continue
+            moved.append((fid, path, st))
+    finally:
+        # Whatever happens, no row stays 'claiming' while this process runs.
+        fsync_dir(cdir)
+        with v.db.tx() as conn:
+            conn.executemany("UPDATE files SET state='claimed', source=?, updated=? WHERE "
+                             "file_id=?", [(str(cdir / fid), now, fid) for fid, _, _ in moved])
+            done = {fid for fid, _, _ in moved}
+            conn.executemany("DELETE FROM files WHERE file_id=? AND state='claiming'",
+                             [(fid,) for fid, _, _ in rows if fid not in done])
+    for fid, _, st in moved:
+        event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
+    return [(fid, st.st_size) for fid, _, st in moved], failed
 
 
 def _drop_row(v: Vault, fid: str) -> None:
@@ -284,9 +309,16 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
         if f.source and Path(f.source).parent == cdir and Path(f.source).exists():
             finish_quarantine(v, f, quarantine)
             counts["quarantines_finished"] += 1
-    known = {r[0] for r in v.db.query("SELECT file_id FROM files")}
+    known = {r[0]: r[1] for r in v.db.query("SELECT file_id, state FROM files")}
     for entry in cdir.iterdir():
-        if entry.name.startswith(".") or entry.name in known:
+        if entry.name.startswith("."):
+            continue
+        if known.get(entry.name) == "done":  # an after-policy a power cut undid
+            f = v.db.file(entry.name)
+            apply_after(v, FileRow(**{**f.__dict__, "source": str(entry)}))
+            counts["after_policy_redone"] = counts.get("after_policy_redone", 0) + 1
+            continue
+        if entry.name in known:
             continue
         # A claimed original without a row (its record was removed, e.g. by forget):
         # never protect it behind the user's back, never delete it.
@@ -329,8 +361,7 @@ def apply_after(v: Vault, f: FileRow) -> str:
     if src is None or src.parent != claimed_dir(v) or not src.exists():
         return "untouched"
     if v.cfg.after == "delete":
-        src.unlink()
-        fsync_dir(src.parent)
+        src.unlink()  # no fsync: should a power cut undo it, reconcile deletes it again
         return "deleted"
     if v.cfg.after == "move":
         dest = place(src, v.cfg.path(v.cfg.after_move_to or ""), f)

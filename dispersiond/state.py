@@ -143,6 +143,7 @@ class StateDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self._ok_at: dict[str, float] = {}  # store -> when store_ok last wrote (this handle)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -254,11 +255,18 @@ class StateDB:
 
     # --- stores
     def store_ok(self, store: str) -> None:
+        # Every confirmed upload reports success; one write a second per store is enough
+        # (each write is an fsync, and a busy daemon confirms hundreds a second).
+        now = time.time()
+        if now - self._ok_at.get(store, 0.0) < 1.0:
+            return
+        self._ok_at[store] = now
         with self.tx() as db:
             db.execute("INSERT INTO store_status (store, last_ok) VALUES (?, ?) ON CONFLICT(store) "
                        "DO UPDATE SET last_ok=excluded.last_ok", (store, time.time()))
 
     def store_error(self, store: str, error: str) -> None:
+        self._ok_at.pop(store, None)  # the next success is recorded at once
         with self.tx() as db:
             db.execute("INSERT INTO store_status (store, last_error, error_at) VALUES (?, ?, ?) "
                        "ON CONFLICT(store) DO UPDATE SET last_error=excluded.last_error, "

@@ -22,10 +22,22 @@ from dsp import ROOT, cli, cli_json, real_files, write_config
 from dispersiond.daemon import in_window, window_opens
 
 
-def restore_and_compare(cfg: Path, originals: dict[str, bytes], out: Path) -> None:
+def restore_and_compare(cfg: Path, originals: dict[str, bytes], out: Path,
+                        via_cli: bool = False) -> None:
+    """Every file restores bit-exact (through the CLI, or the same code with one vault)."""
+    from dispersiond.config import load_config
+    from dispersiond.restore import restore
+    from dispersiond.vault import open_vault
+
     out.mkdir(exist_ok=True)
+    if via_cli:
+        for name in originals:
+            cli(cfg, "restore", name, "--to", str(out / name))
+    else:
+        with open_vault(load_config(cfg)) as v:
+            for name in originals:
+                restore(v, name, out / name)
     for name, data in originals.items():
-        cli(cfg, "restore", name, "--to", str(out / name))
         assert sha((out / name).read_bytes()) == sha(data), name
 
 
@@ -57,7 +69,7 @@ def test_inbox_to_done_on_local_stores(tmp_path):
     finally:
         d.kill()
     assert code == 0 and took < 10, d.tail()
-    restore_and_compare(cfg, originals, tmp_path / "out")
+    restore_and_compare(cfg, originals, tmp_path / "out", via_cli=True)
     assert not any((tmp_path / "state" / "claimed").iterdir())
     assert not any((tmp_path / "state" / "work").iterdir())
     # Structured logs, one JSON object a line, naming files by id and never by name.

@@ -1,0 +1,269 @@
+"""`dispersiond bench pipeline`: files through the real daemon to a local S3 server, next to
+a plain concurrent boto3 upload of the same bytes to the same server in the same run.
+
+The daemon runs as `dispersiond run` in a subprocess with a fresh state directory per run;
+the clock starts when the files appear in its inbox (renamed in at once) and stops when
+the last one is `done`: encoded, public and private objects uploaded, committed, a
+manifest backup landed and the original deleted. The baseline is what any uploader does
+at the least: each file's bytes in one object (multipart with `upload_workers` threads
+for large ones). Requests are counted from the S3 server's own request log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DispersiondError
+
+SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
+WORKERS = 8
+_REQUEST = re.compile(rb'"(GET|PUT|POST|HEAD|DELETE) ')
+_KEY_ENV, _SECRET_ENV = "DISPERSIOND_BENCH_S3_KEY", "DISPERSIOND_BENCH_S3_SECRET"
+
+
+class S3Server:
+    """A moto S3 server subprocess on 127.0.0.1 with its request log in a file."""
+
+    def __init__(self, workdir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = workdir / "s3.log"
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise DispersiondError("the local S3 server (moto) did not start; is "
+                                           "moto[server] installed?") from None
+                time.sleep(0.05)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="bench", aws_secret_access_key="bench",
+                            config=Config(max_pool_connections=64,
+                                          s3={"addressing_style": "path"}))
+
+    def requests(self) -> int:
+        """Requests the server has logged so far."""
+        time.sleep(0.2)  # the server logs a request after answering it
+        return len(_REQUEST.findall(self.log.read_bytes()))
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+
+def _make_files(folder: Path, n: int, size: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    block = os.urandom(min(size, 1 << 20) or 1)
+    for i in range(n):
+        p = folder / f"file-{i:05d}.bin"
+        with open(p, "wb") as f:
+            left = size
+            f.write(os.urandom(min(size, 64)))  # files differ from each other
+            left -= min(size, 64)
+            while left > 0:
+                chunk = block[: min(left, len(block))]
+                f.write(chunk)
+                left -= len(chunk)
+        out.append(p)
+    return out
+
+
+def _raw_upload(server: S3Server, files: list[Path], bucket: str) -> float:
+    from boto3.s3.transfer import TransferConfig
+
+    c = server.client()
+    tc = TransferConfig(max_concurrency=WORKERS, multipart_chunksize=8 << 20,
+                        multipart_threshold=8 << 20)
+    t0 = time.perf_counter()
+    if len(files) == 1:
+        c.upload_file(str(files[0]), bucket, files[0].name, Config=tc)
+    else:
+        def put(p: Path) -> None:
+            c.put_object(Bucket=bucket, Key=p.name, Body=p.read_bytes())
+
+        with ThreadPoolExecutor(WORKERS) as ex:
+            list(ex.map(put, files))
+    return time.perf_counter() - t0
+
+
+def _daemon_config(root: Path, server: S3Server, pub: str, prv: str) -> Path:
+    s3 = {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
+          "addressing_style": "path", "access_key_id_env": _KEY_ENV,
+          "secret_access_key_env": _SECRET_ENV}
+    root.mkdir(parents=True)
+    key = root / "master.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    cfg = {"version": 1, "state_dir": str(root / "state"), "inbox": str(root / "inbox"),
+           "key": {"file": str(key)}, "trust_levels": ["untrusted", "trusted"],
+           "stores": [{"name": "cloud", "trust": "untrusted", "bucket": pub, **s3},
+                      {"name": "vault", "trust": "trusted", "bucket": prv, **s3}],
+           "public": {"mode": "replicate", "stores": ["cloud"]},
+           "private": {"min_trust": "trusted", "stores": ["vault"]},
+           "after": "delete", "stable_seconds": 0, "upload_workers": WORKERS,
+           "schedule": {"rescan": "1s", "manifest_backup": "1h", "verify": None}}
+    (root / "inbox").mkdir()
+    path = root / "dispersiond.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _done(db_path: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM files WHERE state='done'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
+              ) -> tuple[float, int]:
+    """Seconds from drop to the last file done, and S3 requests in that span."""
+    cfg = _daemon_config(root, server, pub, prv)
+    sock_path = root / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), _KEY_ENV: "bench",
+           _SECRET_ENV: "bench", "AWS_EC2_METADATA_DISABLED": "true"}
+    log = open(root / "daemon.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env)
+    try:
+        while b"READY=1" not in sock.recv(4096):
+            pass
+        time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
+        before = server.requests()
+        inbox = root / "inbox"
+        t0 = time.perf_counter()
+        for p in files:
+            os.rename(p, inbox / p.name)
+        db = root / "state" / "state.db"
+        while _done(db) < len(files):
+            if proc.poll() is not None:
+                raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
+                                       f"{root / 'daemon.log'}")
+            time.sleep(0.01)
+        took = time.perf_counter() - t0
+        requests = server.requests() - before
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        sock.close()
+    return took, requests
+
+
+def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int) -> dict[str, Any]:
+    c = server.client()
+    raw_t, pipe_t, raw_req, pipe_req = [], [], [], []
+    for r in range(runs):
+        src = _make_files(work / f"src-{r}", n, size)
+        bucket = f"raw-{n}-{size}-{r}"
+        c.create_bucket(Bucket=bucket)
+        before = server.requests()
+        raw_t.append(_raw_upload(server, src, bucket))
+        raw_req.append(server.requests() - before)
+        for b in (f"pub-{n}-{size}-{r}", f"prv-{n}-{size}-{r}"):
+            c.create_bucket(Bucket=b)
+        took, req = _pipeline(server, src, work / f"daemon-{r}", f"pub-{n}-{size}-{r}",
+                              f"prv-{n}-{size}-{r}")
+        pipe_t.append(took)
+        pipe_req.append(req)
+        shutil.rmtree(work / f"src-{r}", ignore_errors=True)
+        shutil.rmtree(work / f"daemon-{r}", ignore_errors=True)
+    raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
+    total = n * size
+    return {
+        "files": n, "size": size, "runs": runs,
+        "raw": {"seconds": round(raw, 3), "files_per_s": round(n / raw, 1),
+                "mb_per_s": round(total / raw / 1e6, 1),
+                "requests_per_file": round(statistics.median(raw_req) / n, 2)},
+        "pipeline": {"seconds": round(pipe, 3), "files_per_s": round(n / pipe, 1),
+                     "mb_per_s": round(total / pipe / 1e6, 1),
+                     "requests_per_file": round(statistics.median(pipe_req) / n, 2)},
+        "pipeline_vs_raw": round(pipe / raw, 2),
+        "all_seconds": {"raw": [round(x, 3) for x in raw_t],
+                        "pipeline": [round(x, 3) for x in pipe_t]},
+    }
+
+
+def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
+    if args.files is not None and args.files < 1:
+        raise DispersiondError("--files must be at least 1")
+    if args.files is not None or size is not None:
+        shapes = [(args.files or 1000, size if size is not None else 16 << 10)]
+    else:
+        shapes = SHAPES
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="dispersiond-bench-") as tmp:
+        work = Path(tmp)
+        server = S3Server(work)
+        try:
+            for n, s in shapes:
+                results.append(bench_shape(server, work / f"{n}x{s}", n, s, args.runs))
+                if not args.json:
+                    _print(results[-1])
+        finally:
+            server.stop()
+    if args.json:
+        from .commands.bench import machine
+
+        print(json.dumps({"machine": machine(), "workers": WORKERS, "shapes": results}))
+    return 0
+
+
+def _print(r: dict[str, Any]) -> None:
+    from .units import human_size
+
+    print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
+          f"{WORKERS} upload threads each:")
+    for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
+        x = r[key]
+        print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
+              f"{x['mb_per_s']:8.1f} MB/s {x['requests_per_file']:6.2f} requests/file")
+    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x")
