@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends import SourceError, Unavailable
+from backends import SourceError, StoreError, Unavailable
 
 from . import inbox as ib
 from .config import Config
@@ -57,7 +57,7 @@ STOP_GRACE = 4.0
 #: How long cancelled work gets to unwind before the process exits regardless.
 STOP_CANCEL = 3.0
 #: Encodes at once: CPU and local disk bound.
-ENCODERS = int(os.environ.get("DISPERSIOND_ENCODERS", 0)) or max(1, min(2, os.cpu_count() or 1))
+ENCODERS = max(1, min(2, os.cpu_count() or 1))
 #: Encode attempts before a file that keeps failing (not for lack of space) is quarantined.
 ENCODE_ATTEMPTS = 3
 
@@ -631,8 +631,17 @@ class Daemon:
         if isinstance(exc, Cancelled) or (self.cancel.is_set() and isinstance(exc, SourceError)):
             return
         self._advance_if_settled(obj.file_id)  # the others may suffice (k of n)
-        self.to_upload[obj.store][obj.id] = obj  # still pending: tried again after the wait
         msg = str(exc) or type(exc).__name__
+        if not isinstance(exc, StoreError):
+            # This object's own problem (its staged copy, or a same-named object with other
+            # bytes): the store is fine and must not back off for everyone. The object is
+            # picked up again by the next queue reload (every 10 s).
+            self.v.db.update_file(obj.file_id, error=f"upload to {obj.store} failed: "
+                                  f"{msg}"[:500], next_try=time.time() + 10)
+            event(logging.WARNING, "upload failed; retrying later", file_id=obj.file_id,
+                  store=obj.store, error=type(exc).__name__)
+            return
+        self.to_upload[obj.store][obj.id] = obj  # still pending: tried again after the wait
         self.v.db.store_error(obj.store, msg[:500])
         delay = h.fail(started, msg)
         with self.v.db.tx() as conn:

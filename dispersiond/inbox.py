@@ -13,6 +13,9 @@ claims nothing twice:
   2. the file is renamed to `state_dir/claimed/<file_id>` (and that folder fsynced);
   3. the row becomes 'claimed' with `source` = the claimed path.
 
+Files ready at the same time go through these steps as one batch (two transactions and
+one fsync for the lot), which is what keeps a burst of small files cheap.
+
 `reconcile` finishes or undoes step 2 for every 'claiming' row at start-up. When the
 inbox and the state directory are on different filesystems, a rename is impossible:
 step 2 copies to `claimed/.<file_id>.part`, fsyncs, renames it to `claimed/<file_id>`

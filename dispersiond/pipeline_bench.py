@@ -47,12 +47,11 @@ class S3Server:
             self.port = s.getsockname()[1]
         self.log = workdir / "s3.log"
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        out = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -165,10 +164,10 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
     sock.settimeout(60)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), _KEY_ENV: "bench",
            _SECRET_ENV: "bench", "AWS_EC2_METADATA_DISABLED": "true"}
-    log = open(root / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env)
+    with open(root / "daemon.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
     try:
         while b"READY=1" not in sock.recv(4096):
             pass
@@ -192,7 +191,6 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
         sock.close()
     return took, requests
 

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
-
 from dsp import ROOT, local_config
 
 FAST_SCHEDULE = {"rescan": "1s", "manifest_backup": "2s", "verify": "1h",
@@ -58,13 +58,13 @@ class DaemonProc:
         self.unprivileged = unprivileged
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "DaemonProc":
+    def start(self) -> DaemonProc:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dispersiond", "-c", str(self.cfg), "--log-format", "json",
                  "run"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=drop_privileges_like_the_unit if self.unprivileged else None)
+                preexec_fn=drop_privileges_like_the_unit if self.unprivileged else None)  # noqa: PLW1509
         return self
 
     @property

@@ -3,8 +3,8 @@ the systemd notify protocol, the unit file, faults (quarantine, full disk, store
 bad config), schedules (upload window, bandwidth) and SIGTERM."""
 from __future__ import annotations
 
-import configparser
 import datetime as dt
+import itertools
 import os
 import shutil
 import socket
@@ -15,10 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from daemonctl import (DaemonProc, daemon_config, drop, edit_config, sha, status,
-                       wait_until)
+from daemonctl import (
+    DaemonProc,
+    daemon_config,
+    drop,
+    edit_config,
+    sha,
+    status,
+    wait_until,
+)
 from dsp import ROOT, cli, cli_json, real_files, write_config
+
 from dispersiond.daemon import in_window, window_opens
 
 
@@ -104,6 +111,41 @@ def test_after_keep_keeps_originals_out_of_the_inbox(tmp_path):
     assert {(kept / "same-name.dat").read_bytes(), (kept / twin).read_bytes()} == {
         b"first", b"second version"}
     assert not any((tmp_path / "inbox").iterdir())
+
+
+def other_filesystem(tmp_path: Path) -> Path:
+    """A writable folder on a filesystem other than tmp_path's (tmpfs, usually)."""
+    import tempfile
+
+    dev = tmp_path.stat().st_dev
+    for cand in ("/dev/shm", "/run/shm", "/run", "/var/tmp", "/tmp"):
+        p = Path(cand)
+        if p.is_dir() and os.access(p, os.W_OK) and p.stat().st_dev != dev:
+            return Path(tempfile.mkdtemp(prefix="dispersiond-test-", dir=p))
+    raise AssertionError("no second writable filesystem for the cross-filesystem test")
+
+
+def test_inbox_and_move_folder_on_another_filesystem(tmp_path):
+    """Claims and moves across filesystems are copy + fsync + unlink, never a lost file."""
+    other = other_filesystem(tmp_path)
+    try:
+        inbox, moved = other / "inbox", other / "protected"
+        inbox.mkdir()
+        cfg = daemon_config(tmp_path, inbox=str(inbox), after="move", after_move_to=str(moved))
+        data = {f"x{i}.dcm": os.urandom(70_000 + i) for i in range(5)}
+        d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+        try:
+            for name, blob in data.items():
+                drop(inbox, name, blob)
+            wait_until(lambda: status(cfg)["files"]["done"] == 5, 30, "done", d)
+        finally:
+            d.terminate()
+        assert not any(inbox.iterdir())
+        assert {p.name: p.read_bytes() for p in moved.iterdir()} == data
+        assert not any((tmp_path / "state" / "claimed").iterdir())
+        restore_and_compare(cfg, data, tmp_path / "out")
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ the emulators
@@ -239,7 +281,7 @@ def test_notify_protocol_ready_status_watchdog_stopping(tmp_path):
             recv()
         pings = [t for t, m in got if m == "WATCHDOG=1"]
         assert len(pings) >= 4, got  # every 0.2 s (half of WatchdogSec)
-        assert max(b - a for a, b in zip(pings, pings[1:])) < 0.4
+        assert max(b - a for a, b in itertools.pairwise(pings)) < 0.4
         wait_until(lambda: status(cfg)["files"]["done"] == 1, 20, "done", d)
         d.proc.send_signal(15)
         msgs = []
@@ -301,7 +343,7 @@ def test_unit_file_is_valid_and_hardened(tmp_path):
         text = UNIT.read_text().replace(exec_start[0], exe)
         copy = tmp_path / "dispersiond.service"
         copy.write_text(text)
-        res = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+        res = subprocess.run([analyze, "verify", str(copy)], check=False, capture_output=True, text=True,
                              timeout=60)
         assert res.returncode == 0 and not res.stderr.strip() and not res.stdout.strip(), (
             res.stdout + res.stderr)
@@ -309,7 +351,7 @@ def test_unit_file_is_valid_and_hardened(tmp_path):
 
 def test_install_script_stages_a_working_layout(tmp_path):
     root = tmp_path / "root"
-    res = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh")], capture_output=True,
+    res = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh")], check=False, capture_output=True,
                          text=True, env={**os.environ, "DESTDIR": str(root), "SKIP_VENV": "1"},
                          timeout=60)
     assert res.returncode == 0, res.stderr
@@ -322,7 +364,7 @@ def test_install_script_stages_a_working_layout(tmp_path):
 
     c = load_config(conf / "dispersiond.yaml")  # the shipped config is valid as it stands
     assert c.inbox and c.after in ("delete", "move", "keep")
-    again = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh")], capture_output=True,
+    again = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh")], check=False, capture_output=True,
                            text=True, env={**os.environ, "DESTDIR": str(root), "SKIP_VENV": "1"})
     assert again.returncode == 0 and "master key" not in again.stdout  # never overwritten
 
@@ -350,7 +392,7 @@ def test_bad_config_refuses_to_start(tmp_path, problem, expect):
             raw[k] = v
     cfg.write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
-                         capture_output=True, text=True, timeout=30,
+                         check=False, capture_output=True, text=True, timeout=30,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 78, res.stderr
     assert "configuration error, not starting" in res.stderr and expect in res.stderr, res.stderr
@@ -363,7 +405,7 @@ def test_second_daemon_on_the_same_state_is_refused(tmp_path):
     try:
         wait_until(lambda: status(cfg)["running"], 20, "first daemon", d)
         res = subprocess.run([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
-                             capture_output=True, text=True, timeout=30,
+                             check=False, capture_output=True, text=True, timeout=30,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert res.returncode == 2 and "in use by dispersiond pid" in res.stderr
     finally:
@@ -448,7 +490,7 @@ def test_full_disk_pauses_intake_and_resumes(tmp_path):
 def test_upload_window_arithmetic():
     night = (dt.time(1), dt.time(5))
     late = (dt.time(22), dt.time(2))  # crosses midnight
-    at = lambda h, m=0: dt.datetime(2025, 3, 1, h, m)  # noqa: E731
+    at = lambda h, m=0: dt.datetime(2025, 3, 1, h, m)
     assert in_window(night, at(1)) and in_window(night, at(4, 59)) and not in_window(night, at(5))
     assert in_window(late, at(23)) and in_window(late, at(1)) and not in_window(late, at(12))
     assert in_window(None, at(12))
@@ -525,3 +567,19 @@ def test_sigterm_mid_upload_exits_0_quickly_and_resumes(tmp_path):
     finally:
         d.terminate()
     restore_and_compare(cfg, {"slow.raw": blob}, tmp_path / "out")
+
+
+def test_pipeline_bench_runs_and_counts_requests(tmp_path):
+    """`dispersiond bench pipeline` end to end on a tiny shape (the numbers are for a
+    real run; here only their shape and sanity)."""
+    res = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--files",
+                          "20", "--size", "4KiB", "--runs", "1", "--json"], check=False, capture_output=True,
+                         text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    out = __import__("json").loads(res.stdout)
+    (shape,) = out["shapes"]
+    assert shape["files"] == 20 and shape["size"] == 4096
+    assert shape["raw"]["requests_per_file"] == 1.0
+    # one public and one private object per file, plus the manifest backup
+    assert 2.0 <= shape["pipeline"]["requests_per_file"] <= 2.3
+    assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import yaml
+from daemonctl import DaemonProc, daemon_config, drop, sha, status, wait_until
 
 from backends import open_store
-from daemonctl import DaemonProc, daemon_config, drop, sha, status, wait_until
 
 
 def sizes() -> tuple[int, int]:
