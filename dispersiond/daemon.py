@@ -691,6 +691,8 @@ class Daemon:
         interval = self.cfg.schedule.seconds("manifest_backup") or 900
         if not (self._idle() or now - self.last_backup_mono >= interval):
             return
+        if not any(self.health[s].can_send(now, 0) for s in self.cfg.private.stores):
+            return  # every private store is backing off: the backup would only wait and fail
         if not self.swept:
             self._sweep_manifest_orphans()
         ok = backup_manifest(self.v)

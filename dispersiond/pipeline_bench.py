@@ -195,6 +195,13 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
     return took, requests
 
 
+def _empty(c, bucket: str) -> None:
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+        if keys:
+            c.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int) -> dict[str, Any]:
     c = server.client()
     raw_t, pipe_t, raw_req, pipe_req = [], [], [], []
@@ -213,6 +220,8 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int) -> d
         pipe_req.append(req)
         shutil.rmtree(work / f"src-{r}", ignore_errors=True)
         shutil.rmtree(work / f"daemon-{r}", ignore_errors=True)
+        for b in (bucket, f"pub-{n}-{size}-{r}", f"prv-{n}-{size}-{r}"):
+            _empty(c, b)  # the server keeps objects in memory: every run starts level
     raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
     total = n * size
     return {
