@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import DispersiondError
 from ..state import STATES
 from ._common import add_config, add_json, config, emit_json
 
@@ -31,6 +32,10 @@ def daemon_running(state_dir: Path) -> bool:
     """The daemon holds an exclusive lock on state_dir/lock while it runs."""
     try:
         fd = os.open(state_dir / "lock", os.O_RDONLY)
+    except PermissionError:
+        raise DispersiondError(f"cannot read the state directory {state_dir}: run status as "
+                               "the daemon's user (e.g. sudo -u dispersiond dispersiond -c "
+                               "CONFIG status)") from None
     except OSError:
         return False
     try:
@@ -128,7 +133,11 @@ def _dur(s: float) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    st = collect(cfg.state_path, [s.name for s in cfg.stores])
+    try:
+        st = collect(cfg.state_path, [s.name for s in cfg.stores])
+    except sqlite3.Error as exc:
+        raise DispersiondError(f"cannot read the state database in {cfg.state_path}: {exc} "
+                               "(run status as the daemon's user)") from None
     if args.json:
         emit_json(st)
         return 0
