@@ -8,6 +8,8 @@ parts linger (and none is ever visible: an uncompleted upload is not an object).
 from __future__ import annotations
 
 import base64
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, suppress
 from datetime import timedelta
 from typing import Any, BinaryIO, Iterator
@@ -87,6 +89,7 @@ class S3Store(Store):
         secret_access_key_env: str | None = None,
         session_token_env: str | None = None,
         part_size: int = 8 << 20,
+        concurrency: int = 4,
         checksum_algorithm: str | None = "SHA256",
         connect_timeout: float = 2.0,
         read_timeout: float = 10.0,
@@ -95,6 +98,7 @@ class S3Store(Store):
         self.name = name
         self.bucket = bucket
         self.part_size = part_size
+        self.concurrency = max(1, concurrency)
         if bool(access_key_id_env) != bool(secret_access_key_env):
             raise ValueError("access_key_id_env and secret_access_key_env go together")
         keys: dict[str, str] = {}
@@ -108,6 +112,7 @@ class S3Store(Store):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             signature_version="s3v4",
+            max_pool_connections=32,  # parallel parts of several parallel uploads
             s3={"addressing_style": addressing_style},
             # Servers without flexible checksums: set checksum_algorithm to None.
             request_checksum_calculation="when_supported" if checksum_algorithm else "when_required",
@@ -141,18 +146,30 @@ class S3Store(Store):
             return self._put_multipart(key, src, size)
 
     def _put_multipart(self, key: str, src: BinaryIO, size: int) -> ObjectInfo:
+        """Parts are read in order and up to `concurrency` of them upload at once, so
+        memory stays at concurrency x part_size whatever the object's size."""
         part_size = max(self.part_size, -(-size // _MAX_PARTS))
         where = {"Bucket": self.bucket, "Key": key}
         upload_id = self._s3.create_multipart_upload(**where, **self._checksum)["UploadId"]
+
+        def send(number: int, body: bytes) -> dict[str, Any]:
+            resp = self._s3.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=body,
+                                        **self._checksum)
+            part = {"PartNumber": number, "ETag": resp["ETag"]}
+            if "ChecksumSHA256" in resp:
+                part["ChecksumSHA256"] = resp["ChecksumSHA256"]
+            return part
+
         try:
-            parts = []
-            for number, body in enumerate(iter_parts(src, size, part_size), start=1):
-                resp = self._s3.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=body,
-                                            **self._checksum)
-                part = {"PartNumber": number, "ETag": resp["ETag"]}
-                if "ChecksumSHA256" in resp:
-                    part["ChecksumSHA256"] = resp["ChecksumSHA256"]
-                parts.append(part)
+            parts: list[dict[str, Any]] = []
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                inflight: deque[Future[dict[str, Any]]] = deque()
+                for number, body in enumerate(iter_parts(src, size, part_size), start=1):
+                    if len(inflight) >= self.concurrency:
+                        parts.append(inflight.popleft().result())
+                    inflight.append(pool.submit(send, number, body))
+                while inflight:
+                    parts.append(inflight.popleft().result())
             resp = self._s3.complete_multipart_upload(**where, UploadId=upload_id, IfNoneMatch="*",
                                                       MultipartUpload={"Parts": parts})
         except BaseException:
