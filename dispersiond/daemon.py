@@ -46,7 +46,7 @@ from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
 from .maintenance import backup_manifest, finalize, verify
-from .protect import SourceGone, Throttle, commit, encode, upload_one
+from .protect import Cancelled, SourceGone, Throttle, commit, encode, upload_one
 from .sdnotify import Notifier
 from .state import ObjectRow
 from .units import human_size, parse_size
@@ -60,32 +60,6 @@ STOP_CANCEL = 3.0
 ENCODERS = max(1, min(2, os.cpu_count() or 1))
 #: Encode attempts before a file that keeps failing (not for lack of space) is quarantined.
 ENCODE_ATTEMPTS = 3
-
-
-class Cancelled(Exception):
-    """Raised inside a transfer or encode when the daemon is stopping."""
-
-
-class StopThrottle(Throttle):
-    """The shared bandwidth limit, with waits that end at once when the daemon stops."""
-
-    def __init__(self, rate: int | None, cancel: threading.Event) -> None:
-        super().__init__(rate)
-        self.cancel = cancel
-
-    def take(self, n: int) -> None:
-        if self.cancel.is_set():
-            raise Cancelled()
-        if not self.rate:
-            return
-        with self.lock:
-            now = time.monotonic()
-            self.allowance = min(self.rate, self.allowance + (now - self.t) * self.rate)
-            self.t = now
-            self.allowance -= n
-            wait = -self.allowance / self.rate if self.allowance < 0 else 0
-        if wait > 0 and self.cancel.wait(wait):
-            raise Cancelled()
 
 
 @dataclass
@@ -227,7 +201,7 @@ class Daemon:
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.stop = stop or threading.Event()
         self.cancel = threading.Event()
-        self.throttle = StopThrottle(sch.bandwidth(), self.cancel)
+        self.throttle = Throttle(sch.bandwidth(), self.cancel)
         self.tracker = ib.Stability(cfg.stable_seconds)
         self.health = {s.name: StoreHealth(self.retry_base, self.retry_max) for s in cfg.stores}
         self.uploads = ThreadPoolExecutor(cfg.upload_workers, thread_name_prefix="upload")

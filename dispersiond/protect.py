@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,17 +56,22 @@ class HashingReader:
 
 
 class Throttle:
-    """A token bucket shared by all uploads: caps the average bytes per second."""
+    """A token bucket shared by all uploads: caps the average bytes per second.
 
-    def __init__(self, rate: int | None) -> None:
-        import threading
+    With `cancel` set (the daemon stopping), a waiting or next transfer raises
+    Cancelled at once instead of sleeping on.
+    """
 
+    def __init__(self, rate: int | None, cancel: threading.Event | None = None) -> None:
         self.rate = rate
+        self.cancel = cancel
         self.lock = threading.Lock()
         self.allowance = float(rate or 0)
         self.t = time.monotonic()
 
     def take(self, n: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
         if not self.rate:
             return
         with self.lock:
@@ -74,8 +80,16 @@ class Throttle:
             self.t = now
             self.allowance -= n
             wait = -self.allowance / self.rate if self.allowance < 0 else 0
-        if wait > 0:
+        if wait <= 0:
+            return
+        if self.cancel is None:
             time.sleep(wait)
+        elif self.cancel.wait(wait):
+            raise Cancelled()
+
+
+class Cancelled(Exception):
+    """Raised inside a transfer or encode when the daemon is stopping."""
 
 
 class UploadReader:
