@@ -6,6 +6,7 @@ function, so the parser stays small and every command is found in one place.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -64,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dispersiond: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permissions, a vanished path: say which, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = (" (free some space; what was done so far is kept and resumes)"
+                if exc.errno == errno.ENOSPC else "")
+        print(f"dispersiond: error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:  # store errors and the like: one line, no traceback
         from backends.base import StoreError
 

@@ -340,3 +340,14 @@ def test_passphrase_key(tmp_path, monkeypatch):
     assert missing.returncode == 2 and "DISPERSIOND_PASSPHRASE" in missing.stderr
     ok = run_cli("-c", str(cfg), "restore", f.name, "--to", str(tmp_path / "y"), env=env)
     assert ok.returncode == 0 and sha(tmp_path / "y") == sha(f)
+
+
+def test_os_errors_are_one_line_not_a_traceback(tmp_path):
+    cfg = local_config(tmp_path)
+    f = real_files()[3]
+    put_all(cfg, [f])
+    (tmp_path / "plainfile").write_text("x")  # a file where a folder is expected
+    code, _, err = cli(cfg, "restore", f.name, "--to", str(tmp_path / "plainfile" / "y"),
+                       expect=None)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("dispersiond: error:") and "plainfile" in err
