@@ -672,6 +672,9 @@ class Daemon:
         ok = backup_manifest(self.v)
         self.last_backup_mono = time.monotonic()
         if ok:
+            from .rekey import finish_retirements
+
+            finish_retirements(self.v)  # revocations whose backup had not landed yet
             self.manifest_dirty = False
             self.backup_failures = 0
             self.backup_due = self.last_backup_mono + 1.0  # at most one a second
@@ -730,6 +733,10 @@ class Daemon:
                 self.finish_due = True
                 return
             f = self.v.db.file(fid)
+            if self.cfg.grants:  # standing shares, before the original may go (idempotent)
+                from .share import apply_grants
+
+                apply_grants(self.v, fid)
             try:
                 how = ib.apply_after(self.v, f)
             except OSError as exc:

@@ -583,3 +583,33 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     # one public and one private object per file, plus the manifest backup
     assert 2.0 <= shape["pipeline"]["requests_per_file"] <= 2.3
     assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0
+
+
+def test_standing_grant_gives_the_doctor_a_bundle_for_each_new_file(tmp_path):
+    from dispersiond.identity import load_identity
+    from dispersiond.share import open_bundle
+
+    key = tmp_path / "doctor" / "dr-lee.key"
+    pub = cli(None, "keygen", "--out", str(key))[1].strip()
+    cfg = daemon_config(tmp_path, after="delete",
+                        recipients=[{"name": "dr-lee", "role": "doctor", "public_key": pub}],
+                        grants=[{"recipient": "dr-lee", "outbox": str(tmp_path / "outbox"),
+                                 "expires": "1h"}])
+    originals = {p.name: p.read_bytes() for p in real_files()[3:6]}
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    try:
+        for name, data in originals.items():
+            drop(tmp_path / "inbox", name, data)
+        wait_until(lambda: status(cfg)["files"]["done"] == len(originals), 60, "all done", d)
+        assert d.terminate()[0] == 0
+    finally:
+        d.kill()
+    bundles = sorted((tmp_path / "outbox").iterdir())
+    assert len(bundles) == len(originals)  # one per new file, nothing else shared
+    got = set()
+    for i, b in enumerate(bundles):
+        opened = open_bundle(b, load_identity(key), tmp_path / f"opened-{i}")
+        got.add(opened.path.read_bytes())
+    assert got == set(originals.values())
+    events = cli_json(cfg, "audit", "ls")
+    assert [e["event"] for e in events].count("share") == len(originals)
