@@ -206,8 +206,12 @@ def encode(v: Vault, fid: str, progress: Progress | None = None) -> None:
         src = open(Path(f.source), "rb")
     except OSError as exc:
         raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
-    with src:
-        st = stage(v, src, work, v.prf_path(fid), progress)
+    try:
+        with src:
+            st = stage(v, src, work, v.prf_path(fid), progress)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # e.g. a full disk: give the space back
+        raise
     rows = [dict(row, state="pending") for row, _ in st.rows(v.cfg, fid)]
     with v.db.tx() as conn:
         conn.execute("DELETE FROM objects WHERE file_id=? AND state='pending'", (fid,))
