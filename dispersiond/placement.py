@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Iterable
 
 import zfec
 
@@ -21,10 +21,6 @@ DEFAULT_BLOCK = 1 << 18  # 256 KiB per block per shard
 def new_object_name() -> str:
     """128 random bits: says nothing about the file, its type or its owner."""
     return os.urandom(16).hex()
-
-
-def new_file_id() -> bytes:
-    return os.urandom(16)
 
 
 def padme(length: int) -> int:
@@ -147,17 +143,3 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     if len(data) != n:
         raise ValueError("shard shorter than its recorded length")
     return data
-
-
-def copy_stream(src: BinaryIO, dst, size: int | None = None, chunk: int = 1 << 20,
-                progress: Callable[[int], None] | None = None) -> int:
-    done = 0
-    while size is None or done < size:
-        data = src.read(chunk if size is None else min(chunk, size - done))
-        if not data:
-            break
-        dst.write(data)
-        done += len(data)
-        if progress:
-            progress(len(data))
-    return done
