@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -351,3 +352,32 @@ def test_os_errors_are_one_line_not_a_traceback(tmp_path):
                        expect=None)
     assert code == 2 and "Traceback" not in err
     assert err.startswith("dispersiond: error:") and "plainfile" in err
+
+
+def test_a_write_failure_mid_encode_is_clear_and_resumes(tmp_path):
+    """A file-size limit stands in for a full disk (no root needed): every write past
+    1 MiB fails with an OSError, as it would with ENOSPC."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    cfg = local_config(tmp_path, "replicate")
+    big = tmp_path / "study.bin"
+    big.write_bytes(os.urandom(3 << 20))
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    r = subprocess.run([sys.executable, "-m", "dispersiond", "-c", str(cfg), "put", str(big)],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("dispersiond: error:")
+    assert not any((tmp_path / "state" / "work").iterdir())  # the partial stage is gone
+    assert not any((tmp_path / "state" / "prf").iterdir())  # no half-written container
+    assert [f["state"] for f in cli_json(cfg, "ls", "--all")] == ["claimed"]
+    res = cli_json(cfg, "put", "--resume")  # the limit is gone: it finishes
+    assert [f["state"] for f in res["files"]] == ["done"]
+    cli(cfg, "restore", big.name, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == sha(big)
