@@ -155,11 +155,6 @@ class KeyConfig(_Strict):
         return self
 
 
-class Window(_Strict):
-    start: dtime
-    end: dtime
-
-
 class Schedule(_Strict):
     rescan: str = "60s"
     verify: str | None = "24h"

@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .errors import DispersiondError
 from .fsutil import atomic_output
@@ -142,6 +142,3 @@ def load_identity(path: str | os.PathLike) -> Identity:
                     stat.S_IMODE(mode))
     return Identity(X25519PrivateKey.from_private_bytes(raw[:32]))
 
-
-def public_key_of(text: str, what: str = "public key") -> X25519PublicKey:
-    return X25519PublicKey.from_public_bytes(decode_public(text, what))

@@ -18,7 +18,7 @@ from .fsutil import Discard, atomic_output
 from .keys import KEY_LEN, write_key_file
 from .logs import event, log
 from .placement import HashingWriter, new_object_name, rebuild_shards
-from .restore import _order, _try_fetch, fetch_object, gather_shards, private_container
+from .restore import fetch_object, first_intact, gather_shards, private_container
 from .state import ObjectRow
 from .vault import Progress, Vault
 
@@ -253,10 +253,10 @@ def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) 
 
 def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
-    for other in _order(v, v.db.objects(f.file_id, "role='public' AND state='uploaded'")):
-        path = tmp / f"replica-{other.id}"
-        if _try_fetch(v, other, path, errors, progress):
-            return path
+    got = first_intact(v, v.db.objects(f.file_id, "role='public' AND state='uploaded'"), tmp,
+                       "replica", errors, progress)
+    if got:
+        return got[1]
     raise DispersiondError(f"file {f.file_id}: no intact replica to copy from ({'; '.join(errors)})")
 
 

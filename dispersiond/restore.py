@@ -82,6 +82,16 @@ def _order(v: Vault, objs: list[ObjectRow]) -> list[ObjectRow]:
                                        o.shard if o.shard is not None else 0))
 
 
+def first_intact(v: Vault, objs: list[ObjectRow], tmp: Path, label: str, errors: list[str],
+                 progress: Progress | None = None) -> tuple[ObjectRow, Path] | None:
+    """The first of `objs` (best first) that downloads intact, as (object, local file)."""
+    for obj in _order(v, objs):
+        path = tmp / f"{label}-{obj.id}"
+        if _try_fetch(v, obj, path, errors, progress):
+            return obj, path
+    return None
+
+
 def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """The local container if intact, else a verified copy from a private store."""
     local = v.prf_path(f.file_id)
@@ -95,23 +105,22 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
         event(logging.WARNING, "local private container damaged; using a backup",
               file_id=f.file_id)
     errors: list[str] = []
-    for obj in _order(v, v.db.objects(f.file_id, "role='private'")):
-        path = tmp / f"prf-{obj.id}"
-        if _try_fetch(v, obj, path, errors, progress):
-            return path
+    got = first_intact(v, v.db.objects(f.file_id, "role='private'"), tmp, "prf", errors, progress)
+    if got:
+        return got[1]
     raise Unrestorable(f"file {f.file_id}: no intact private container ({'; '.join(errors) or 'none recorded'})")
 
 
 def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """A verified public fragment file (replica, or rebuilt from any k shards)."""
-    objs = _order(v, v.db.objects(f.file_id, "role='public'"))
     errors: list[str] = []
     if f.public_mode != "erasure":
-        for obj in objs:
-            path = tmp / f"puf-{obj.id}"
-            if _try_fetch(v, obj, path, errors, progress):
-                os.truncate(path, obj.length)  # drop the size padding
-                return path
+        got = first_intact(v, v.db.objects(f.file_id, "role='public'"), tmp, "puf", errors,
+                           progress)
+        if got:
+            obj, path = got
+            os.truncate(path, obj.length)  # drop the size padding
+            return path
         raise Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
     good = gather_shards(v, f, tmp, errors, progress)
     if len(good) < f.k:

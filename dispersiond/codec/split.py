@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 UNIT = 32
-WORD = 4
 WORDS = 8
 
 # A 28-byte opaque item with a 32-byte stride copies as one memcpy per unit,

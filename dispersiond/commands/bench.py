@@ -42,7 +42,10 @@ def machine() -> str:
         pass
     import os
 
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from ..codec.split import KERNEL
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{KERNEL} split kernel")
 
 
 def _run(args: argparse.Namespace) -> int:
