@@ -46,7 +46,8 @@ from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
 from .maintenance import backup_manifest, finalize, verify
-from .protect import Cancelled, SourceGone, Throttle, commit, encode, upload_one
+from .protect import (Cancelled, Eager, SourceGone, Throttle, abandon_planned, commit, encode,
+                      upload_one)
 from .sdnotify import Notifier
 from .state import ObjectRow
 from .units import human_size, parse_size
@@ -239,6 +240,7 @@ class Daemon:
         self._install_signals()
         try:
             counts = ib.reconcile(self.v, self.paths.quarantine)
+            counts["early_uploads_abandoned"] = abandon_planned(self.v)  # emptied by the sweep
             if any(counts.values()):
                 event(logging.INFO, "reconciled interrupted steps", **counts)
             self._advance_all()
@@ -492,12 +494,20 @@ class Daemon:
                 return
             del self.to_encode[fid]
             self.encoding.add(fid)
-            self.encoders.submit(self._encode_task, fid)
+            self.encoders.submit(self._encode_task, fid, self._eager())
             room -= 1
 
-    def _encode_task(self, fid: str) -> None:
+    def _eager(self) -> Eager | None:
+        """Stores a large file may start uploading to while it is encoded: the healthy
+        ones, inside the upload window."""
+        if not self._uploads_open():
+            return None
+        return Eager(frozenset(s for s, h in self.health.items() if h.failures == 0),
+                     self.throttle, self._check_cancel)
+
+    def _encode_task(self, fid: str, eager: Eager | None) -> None:
         try:
-            encode(self.v, fid, self._check_cancel)
+            encode(self.v, fid, self._check_cancel, eager)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             self.q.put(("encoded", fid, exc))
             return
@@ -513,7 +523,10 @@ class Daemon:
             self.encode_not_before.pop(fid, None)
             for obj in self.v.db.objects(fid, "state='pending'"):
                 self.to_upload[obj.store][obj.id] = obj
+            self._advance_if_settled(fid)  # early uploads may have finished it already
             return
+        if self.v.db.query("SELECT 1 FROM trash LIMIT 1"):
+            self.maint.submit(self.v.empty_trash)  # early uploads of the failed encode
         if isinstance(exc, Cancelled) or self.cancel.is_set():
             return
         shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)

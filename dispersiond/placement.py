@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 import zfec
+
+if TYPE_CHECKING:
+    from .tap import Tap
 
 DEFAULT_BLOCK = 1 << 18  # 256 KiB per block per shard
 
@@ -55,16 +58,22 @@ def shard_length(length: int, k: int, block: int) -> int:
 class HashingWriter:
     """Writes through to a file while counting and hashing (SHA-256) what passes."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, tap: "Tap | None" = None) -> None:
         self.f = f
         self.h = hashlib.sha256()
         self.n = 0
+        self.tap = tap  # an upload reading behind us: told after each flushed write
+        if tap is not None:
+            tap.attach(f.fileno())
 
     def write(self, data) -> int:
         self.f.write(data)
         self.h.update(data)
         n = len(memoryview(data))
         self.n += n
+        if self.tap is not None:
+            self.f.flush()
+            self.tap.advance(self.n)
         return n
 
     def pad_random(self, target: int) -> None:

@@ -28,6 +28,7 @@ from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
 from .placement import (DEFAULT_BLOCK, HashingWriter, ShardWriter, new_object_name, padded,
                         shard_length)
+from .tap import Tap
 from .vault import Progress, Vault
 
 import logging
@@ -123,63 +124,86 @@ def admit(v: Vault, source: Path, name: str | None = None) -> str:
     return fid
 
 
+def staged_sizes(cfg, layout: se2.Layout) -> dict[str, int]:
+    """Bytes of each staged file, known before encoding (se2 sizes follow from the layout)."""
+    pol = cfg.public
+    if pol.mode == "replicate":
+        sizes = {"puf": padded(layout.puf_len, pol.pad)}
+    else:
+        slen = shard_length(layout.puf_len, pol.k, DEFAULT_BLOCK)
+        sizes = {f"shard-{i}": padded(slen, pol.pad) for i in range(pol.n)}
+    return {**sizes, "prf": layout.prf_len}
+
+
+def plan_rows(cfg, fid: str, layout: se2.Layout) -> list[tuple[dict, str]]:
+    """Object rows (random names, one per store, no digest yet), each with the name of
+    the staged file it uploads ("puf", "shard-<i>" or "prf")."""
+    pol, sizes, out = cfg.public, staged_sizes(cfg, layout), []
+    if pol.mode == "replicate":
+        for store in pol.stores[: pol.n]:
+            out.append((dict(file_id=fid, role="public", shard=None, store=store,
+                             name=new_object_name(), length=layout.puf_len,
+                             object_size=sizes["puf"]), "puf"))
+    else:
+        slen = shard_length(layout.puf_len, pol.k, DEFAULT_BLOCK)
+        for i, store in enumerate(pol.stores[: pol.n]):
+            out.append((dict(file_id=fid, role="public", shard=i, store=store,
+                             name=new_object_name(), length=slen,
+                             object_size=sizes[f"shard-{i}"]), f"shard-{i}"))
+    for store in cfg.private.stores:
+        out.append((dict(file_id=fid, role="private", shard=None, store=store,
+                         name=new_object_name(), length=layout.prf_len,
+                         object_size=layout.prf_len), "prf"))
+    return out
+
+
 @dataclass
 class Staged:
     """One file encoded into staged objects: what the manifest rows are made from."""
 
-    enc: codec.Encoded
+    layout: se2.Layout
     size: int
     sha256: str  # of the original bytes
-    head_len: int
-    public: list[tuple[Path, int, str]]  # (staged path, stored size, SHA-256) per replica/shard
-    prf: tuple[Path, str]  # (container path, SHA-256)
+    paths: dict[str, Path]  # staged file name ("puf", "shard-<i>", "prf") -> path
+    digests: dict[str, str]  # staged file name -> SHA-256 of its bytes
+
+    def complete(self, planned: list[tuple[dict, str]]) -> list[tuple[dict, Path]]:
+        """Planned rows with their digests filled in, and the staged file each uploads."""
+        return [(dict(row, sha256=self.digests[key]), self.paths[key]) for row, key in planned]
 
     def rows(self, cfg, fid: str) -> list[tuple[dict, Path]]:
-        """Object rows (random names, one per store) with the staged file each uploads."""
-        pol, out = cfg.public, []
-        if pol.mode == "replicate":
-            path, size, digest = self.public[0]
-            for store in pol.stores[: pol.n]:
-                out.append((dict(file_id=fid, role="public", shard=None, store=store,
-                                 name=new_object_name(), length=self.enc.puf_len,
-                                 object_size=size, sha256=digest), path))
-        else:
-            slen = shard_length(self.enc.puf_len, pol.k, DEFAULT_BLOCK)
-            for i, (store, (path, size, digest)) in enumerate(zip(pol.stores, self.public)):
-                out.append((dict(file_id=fid, role="public", shard=i, store=store,
-                                 name=new_object_name(), length=slen, object_size=size,
-                                 sha256=digest), path))
-        for store in cfg.private.stores:
-            out.append((dict(file_id=fid, role="private", shard=None, store=store,
-                             name=new_object_name(), length=self.enc.prf_len,
-                             object_size=self.enc.prf_len, sha256=self.prf[1]), self.prf[0]))
-        return out
+        return self.complete(plan_rows(cfg, fid, self.layout))
 
     def file_fields(self, cfg, key: bytes) -> dict:
-        pol = cfg.public
-        return dict(size=self.size, sha256=self.sha256, head_len=self.head_len,
-                    chunk_log2=se2.DEFAULT_CHUNK_LOG2, puf_len=self.enc.puf_len,
-                    prf_len=self.enc.prf_len, prf_sha256=self.prf[1],
-                    key_id=se2.key_id(key).hex(), public_mode=pol.mode,
-                    k=pol.k if pol.mode == "erasure" else None, n=pol.n,
+        pol, lay = cfg.public, self.layout
+        return dict(size=self.size, sha256=self.sha256, head_len=lay.head_len,
+                    chunk_log2=lay.chunk_log2, puf_len=lay.puf_len, prf_len=lay.prf_len,
+                    prf_sha256=self.digests["prf"], key_id=se2.key_id(key).hex(),
+                    public_mode=pol.mode, k=pol.k if pol.mode == "erasure" else None, n=pol.n,
                     block=DEFAULT_BLOCK if pol.mode == "erasure" else None)
 
 
 def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
-          progress: Progress | None = None) -> Staged:
+          progress: Progress | None = None,
+          on_layout: Callable[[se2.Layout], dict[str, Tap]] | None = None) -> Staged:
     """Encode `src` with a fresh secret: the container to `prf_path` (atomically,
-    fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`."""
+    fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`.
+
+    `on_layout`, if given, is called once the sizes are known and before any byte is
+    written; the Taps it returns (by staged file name) are fed as the files grow."""
     cfg, pol = v.cfg, v.cfg.public
     size = os.fstat(src.fileno()).st_size
     hl = head_len(src.read(PROBE), size, cfg.dicom_header)
     src.seek(0)
+    layout = se2.Layout(se2.DEFAULT_CHUNK_LOG2, size - hl, hl)
+    taps = on_layout(layout) if on_layout else {}
     reader = HashingReader(src, progress)
     names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
-    outs = [HashingWriter(open(stage_dir / name, "wb")) for name in names]
+    outs = [HashingWriter(open(stage_dir / name, "w+b"), taps.get(name)) for name in names]
     sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs, DEFAULT_BLOCK)
     try:
         with atomic_output(prf_path) as prf_file:
-            prf = HashingWriter(prf_file)
+            prf = HashingWriter(prf_file, taps.get("prf"))
             enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
         if pol.mode == "erasure":
             sink.close()
@@ -191,34 +215,140 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
         for o in outs:
             o.f.close()
     fsync_dir(stage_dir)
-    return Staged(enc, size, reader.h.hexdigest(), hl,
-                  [(stage_dir / name, o.n, o.hexdigest()) for name, o in zip(names, outs)],
-                  (prf_path, prf.hexdigest()))
+    if (enc.puf_len, enc.prf_len) != (layout.puf_len, layout.prf_len):
+        raise IntegrityError("the encoder wrote other sizes than its layout says")
+    writers = {**dict(zip(names, outs)), "prf": prf}
+    for name, w in writers.items():
+        if w.tap:
+            w.tap.finish()
+    return Staged(layout, size, reader.h.hexdigest(),
+                  {**{name: stage_dir / name for name in names}, "prf": prf_path},
+                  {name: w.hexdigest() for name, w in writers.items()})
 
 
-def encode(v: Vault, fid: str, progress: Progress | None = None) -> None:
-    """Write the private container (fsynced) and the staged public objects; plan uploads."""
+EAGER_MIN = 16 << 20  # below this a file goes up in one request, which cannot start early
+
+
+@dataclass
+class Eager:
+    """Start uploads to these stores while a large file is still being encoded.
+
+    Correctness never rests on it: an eager upload that fails leaves its object
+    pending, to be sent from the staged copy like any other."""
+
+    stores: frozenset[str]
+    throttle: Throttle
+    progress: Progress | None = None
+
+
+class EagerRun:
+    """The eager uploads of one encode. Their names are recorded in `planned` before
+    the first byte is sent, so an encode that dies leaves nothing unaccounted for: the
+    next attempt (or start-up) moves them to the trash."""
+
+    def __init__(self, v: Vault, fid: str, eager: Eager) -> None:
+        self.v, self.fid, self.eager = v, fid, eager
+        self.planned: list[tuple[dict, str]] = []
+        self.taps: dict[str, Tap] = {}
+        self.threads: list[threading.Thread] = []
+        self.sent: set[str] = set()
+        self.lock = threading.Lock()
+
+    def start(self, layout: se2.Layout) -> dict[str, Tap]:
+        self.planned = plan_rows(self.v.cfg, self.fid, layout)
+        sizes = staged_sizes(self.v.cfg, layout)
+        chosen = [(row, key) for row, key in self.planned if row["store"] in self.eager.stores]
+        with self.v.db.tx() as conn:
+            conn.executemany("INSERT INTO planned VALUES (?, ?, ?, ?)",
+                             [(row["store"], row["name"], self.fid, time.time())
+                              for row, _ in chosen])
+        for row, key in chosen:
+            tap = self.taps.setdefault(key, Tap(sizes[key]))
+            t = threading.Thread(target=self._send, args=(row, tap), daemon=True,
+                                 name=f"eager-{row['store']}")
+            self.threads.append(t)
+            t.start()
+        return self.taps
+
+    def _send(self, row: dict, tap: Tap) -> None:
+        e = self.eager
+        try:
+            self.v.store(row["store"]).put(
+                row["name"], UploadReader(tap.reader(), e.throttle, e.progress), tap.size)
+        except Exception as exc:  # noqa: BLE001 - the object stays pending and is retried
+            if not isinstance(exc, Cancelled):
+                event(logging.WARNING, "early upload failed; it is retried from the staged "
+                      "copy", file_id=self.fid, store=row["store"], error=type(exc).__name__)
+            return
+        with self.lock:
+            self.sent.add(row["name"])
+
+    def join(self) -> set[str]:
+        """Wait for every eager upload; returns the names that landed."""
+        for t in self.threads:
+            t.join()
+        for tap in self.taps.values():
+            tap.close()
+        return self.sent
+
+    def abort(self, exc: BaseException) -> None:
+        """The encode failed: stop the uploads and send what landed to the trash."""
+        for tap in self.taps.values():
+            tap.fail(exc)
+        self.join()
+        abandon_planned(self.v, self.fid)
+
+
+def abandon_planned(v: Vault, fid: str | None = None) -> int:
+    """Names planned for eager uploads of an encode that never finished (of `fid`, or
+    of every file): to the trash, whether or not their objects exist."""
+    where, args = ("file_id=?", (fid,)) if fid else ("1", ())
+    with v.db.tx() as conn:
+        rows = conn.execute(f"SELECT store, name FROM planned WHERE {where}", args).fetchall()
+        conn.executemany("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)",
+                         [(r[0], r[1], time.time()) for r in rows])
+        conn.execute(f"DELETE FROM planned WHERE {where}", args)
+    return len(rows)
+
+
+def encode(v: Vault, fid: str, progress: Progress | None = None,
+           eager: Eager | None = None) -> None:
+    """Write the private container (fsynced) and the staged public objects; plan uploads.
+
+    With `eager`, a large file's objects start uploading to the healthy stores while it
+    is encoded; those that land are recorded as uploaded in the same transaction that
+    marks the file encoded."""
     f = v.db.file(fid)
     work = v.work_dir(fid)
     shutil.rmtree(work, ignore_errors=True)  # a crash mid-encode left a partial stage
     work.mkdir(parents=True)
+    abandon_planned(v, fid)  # ... and perhaps eager uploads under names now unused
     try:
         src = open(Path(f.source), "rb")
     except OSError as exc:
         raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
+    run = EagerRun(v, fid, eager) if eager and eager.stores and f.size >= EAGER_MIN else None
     try:
         with src:
-            st = stage(v, src, work, v.prf_path(fid), progress)
-    except BaseException:
+            st = stage(v, src, work, v.prf_path(fid), progress, run.start if run else None)
+    except BaseException as exc:
+        if run:
+            run.abort(exc)
         shutil.rmtree(work, ignore_errors=True)  # e.g. a full disk: give the space back
         raise
-    rows = [dict(row, state="pending") for row, _ in st.rows(v.cfg, fid)]
+    sent = run.join() if run else set()
+    planned = run.planned if run else plan_rows(v.cfg, fid, st.layout)
+    rows = [dict(row, state="uploaded" if row["name"] in sent else "pending")
+            for row, _ in st.complete(planned)]
     with v.db.tx() as conn:
         conn.execute("DELETE FROM objects WHERE file_id=? AND state='pending'", (fid,))
+        conn.execute("DELETE FROM planned WHERE file_id=?", (fid,))
         v.db.add_objects(conn, rows)
         v.db.update_file(fid, conn, state="encoded", error=None, **st.file_fields(v.cfg, v.key))
-    event(logging.INFO, "file encoded", file_id=fid, size=st.size, public_bytes=st.enc.puf_len,
-          private_bytes=st.enc.prf_len)
+    for store in {row["store"] for row in rows if row["state"] == "uploaded"}:
+        v.db.store_ok(store)
+    event(logging.INFO, "file encoded", file_id=fid, size=st.size,
+          public_bytes=st.layout.puf_len, private_bytes=st.layout.prf_len, sent_early=len(sent))
 
 
 class SourceGone(DispersiondError):
@@ -278,6 +408,12 @@ def upload(v: Vault, fid: str, throttle: Throttle | None = None,
     return failures
 
 
+def transfer_bytes(cfg, size: int) -> int:
+    """Bytes a `put` of a `size`-byte file reads and sends (for its progress bar)."""
+    rows = plan_rows(cfg, "", se2.Layout(se2.DEFAULT_CHUNK_LOG2, size, 0))
+    return size + sum(row["object_size"] for row, _ in rows)
+
+
 def restorable(v: Vault, fid: str) -> bool:
     f = v.db.file(fid)
     objs = v.db.objects(fid, "state='uploaded'")
@@ -320,13 +456,15 @@ def resume(v: Vault, fid: str, progress: Progress | None = None,
            on_step: Callable[[str], None] | None = None) -> str:
     """Run the remaining steps of one file; returns its state."""
     f = v.db.file(fid)
+    throttle = Throttle(v.cfg.schedule.bandwidth())
     if f.state == "claimed":
         if on_step:
             on_step("encode")
-        encode(v, fid, progress)
+        encode(v, fid, progress, Eager(frozenset(s.name for s in v.cfg.stores), throttle,
+                                       progress))
     if on_step:
         on_step("upload")
-    failures = upload(v, fid, progress=progress)
+    failures = upload(v, fid, throttle, progress)
     state = commit(v, fid)
     if failures:
         stores = sorted({s for s, _ in failures})

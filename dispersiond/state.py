@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS audit (
     prev    TEXT NOT NULL,
     hash    TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS planned (        -- names of uploads begun before their file is encoded
+    store   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    since   REAL NOT NULL,
+    PRIMARY KEY (store, name)
+);
 CREATE TABLE IF NOT EXISTS trash (          -- objects to delete when their store answers
     store TEXT NOT NULL,
     name  TEXT NOT NULL,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import DispersiondError
 from ..maintenance import backup_manifest, finalize
-from ..protect import protect_file, resume
+from ..protect import abandon_planned, protect_file, resume, transfer_bytes
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
@@ -36,13 +36,14 @@ def _run(args: argparse.Namespace) -> int:
         raise DispersiondError("name at least one FILE (or --resume)")
     out, errors, grant_errors = [], [], []
     with open_vault(cfg, exclusive=True) as v:
+        abandon_planned(v)  # early uploads of an encode that was killed: to the trash
         todo = []
         if args.resume:
             todo += [("resume", f.file_id, None) for f in v.db.files("state IN ('claimed', "
                                                                      "'encoded', 'committed')")]
         todo += [("put", None, p) for p in paths]
         for kind, fid, path in todo:
-            total = path.stat().st_size if path else None
+            total = transfer_bytes(v.cfg, path.stat().st_size) if path else None
             with transfer_progress(path.name if path else fid[:12], total, not args.json) as adv:
                 try:
                     if path:
@@ -54,6 +55,8 @@ def _run(args: argparse.Namespace) -> int:
                     continue
             out.append({"file_id": fid, "name": path.name if path else v.db.file(fid).name,
                         "state": v.db.file(fid).state})
+        if v.db.query("SELECT 1 FROM trash LIMIT 1"):
+            v.empty_trash()  # best effort; what a store refuses now waits for the next run
         if out:
             backup_manifest(v)
             for item in out:

@@ -1,0 +1,215 @@
+"""Large files start uploading while they are encoded (dispersiond/tap.py, protect.EagerRun).
+
+What must hold: the uploads really overlap the encode; what they send is exactly the
+staged bytes; an encode that fails or is killed leaves no object in any store that the
+manifest does not account for; and the file still restores bit-exact afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backends import SourceError, open_store
+from dispersiond.config import load_config
+from dispersiond.protect import EAGER_MIN, Eager, Throttle, abandon_planned, admit, encode
+from dispersiond.tap import Tap
+from dispersiond.vault import open_vault
+from dsp import cli, cli_json, real_files, write_config
+
+BIG = EAGER_MIN + (3 << 20) + 12345  # odd size: a partial last chunk and a tail
+
+
+def big_file(path: Path) -> Path:
+    """A real DICOM's bytes up front (its header goes to the container), random after."""
+    head = real_files()[0].read_bytes()
+    path.write_bytes(head + os.urandom(BIG - len(head)))
+    return path
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def s3_config(tmp_path: Path, make_store_settings) -> Path:
+    stores = [{"name": "aws", "type": "s3", "trust": "untrusted", **make_store_settings("s3")},
+              {"name": "disk", "type": "local", "trust": "untrusted",
+               **make_store_settings("local")},
+              {"name": "vault", "type": "s3", "trust": "trusted", **make_store_settings("s3")}]
+    return write_config(tmp_path, stores, {"mode": "replicate", "stores": ["aws", "disk"]},
+                        {"min_trust": "trusted", "stores": ["vault"]})
+
+
+def store_names(cfg_path: Path) -> dict[str, set[str]]:
+    raw = yaml.safe_load(cfg_path.read_text())
+    out = {}
+    for s in raw["stores"]:
+        settings = {k: v for k, v in s.items() if k not in ("name", "type", "trust")}
+        with open_store(s["type"], s["name"], **settings) as st:
+            out[s["name"]] = {n for n in st.list("") if not n.startswith("manifest")}
+    return out
+
+
+def recorded_names(cfg_path: Path) -> dict[str, set[str]]:
+    cfg = load_config(cfg_path)
+    db = sqlite3.connect(Path(cfg.state_dir) / "state.db")
+    try:
+        out: dict[str, set[str]] = {s.name: set() for s in cfg.stores}
+        for store, name in db.execute("SELECT store, name FROM objects"):
+            out[store].add(name)
+        return out
+    finally:
+        db.close()
+
+
+# ------------------------------------------------------------------ the tap itself
+
+def test_tap_reader_follows_the_writer_and_fails_with_it(tmp_path):
+    tap = Tap(10)
+    with open(tmp_path / "f", "w+b") as f:  # a tap reads through the writer's descriptor
+        tap.attach(f.fileno())
+        got: list[bytes] = []
+        r = threading.Thread(target=lambda: got.append(tap.reader().read(10)))
+        r.start()
+        f.write(b"01234")
+        f.flush()
+        tap.advance(5)
+        time.sleep(0.2)
+        assert r.is_alive() and not got  # 5 of 10 bytes: the reader waits
+        f.write(b"56789")
+        f.flush()
+        tap.advance(10)
+        r.join(5)
+        assert got == [b"0123456789"]
+        assert tap.reader().read() == b"0123456789" and tap.reader().read(0) == b""
+
+    failing = Tap(10)
+    failing.attach(os.open(tmp_path / "f", os.O_RDONLY))
+    failing.fail(OSError(28, "No space left on device"))
+    with pytest.raises(SourceError, match="stopped"):
+        failing.reader().read(4)
+
+    short = Tap(20)  # the writer finished with fewer bytes than planned
+    short.attach(os.open(tmp_path / "f", os.O_RDONLY))
+    short.advance(10)
+    short.finish()
+    rd = short.reader()
+    assert rd.read(10) == b"0123456789"
+    with pytest.raises(SourceError, match="ended at 10 bytes"):
+        rd.read(10)
+    for t in (tap, failing, short):
+        t.close()
+
+
+# ------------------------------------------------------------------ through real stores
+
+def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
+    cfg_path = s3_config(tmp_path, make_store_settings)
+    src = big_file(tmp_path / "study.dcm")
+    events: list[tuple[str, int]] = []  # (thread, bytes) in the order they happened
+    lock = threading.Lock()
+
+    def progress(n: int) -> None:
+        with lock:
+            events.append((threading.current_thread().name, n))
+
+    with open_vault(load_config(cfg_path), exclusive=True) as v:
+        fid = admit(v, src, "study.dcm")
+        encode(v, fid, progress, Eager(frozenset({"aws", "disk", "vault"}),
+                                       Throttle(None), progress))
+        objs = v.db.objects(fid)
+        assert len(objs) == 3 and {o.state for o in objs} == {"uploaded"}
+        assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
+        for o in objs:  # each store holds exactly the bytes whose digest the manifest keeps
+            assert hashlib.sha256(v.store(o.store).get_bytes(o.name)).hexdigest() == o.sha256
+
+    me = threading.current_thread().name
+    last_read = max(i for i, (t, _) in enumerate(events) if t == me)
+    first_sent = min(i for i, (t, _) in enumerate(events) if t != me)
+    assert first_sent < last_read  # uploading began long before the source was read through
+    assert sum(n for t, n in events if t == me) == BIG
+
+    res = cli_json(cfg_path, "put", "--resume")  # nothing left to send: it commits and ends
+    assert [f["state"] for f in res["files"]] == ["done"]
+    cli(cfg_path, "restore", fid, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == sha(src)
+    assert cli_json(cfg_path, "verify", "--deep")["problems"] == []
+    assert store_names(cfg_path) == recorded_names(cfg_path)
+
+
+def test_a_failed_encode_takes_its_early_uploads_back(tmp_path, make_store_settings):
+    cfg_path = s3_config(tmp_path, make_store_settings)
+    src = big_file(tmp_path / "study.dcm")
+
+    class DiskFull(OSError):
+        pass
+
+    read = 0
+
+    def fail_late(n: int) -> None:
+        nonlocal read
+        if threading.current_thread() is threading.main_thread():
+            read += n
+            if read > BIG - (1 << 20):  # near the end: some objects may be complete
+                raise DiskFull(28, "No space left on device")
+
+    with open_vault(load_config(cfg_path), exclusive=True) as v:
+        fid = admit(v, src, "study.dcm")
+        with pytest.raises(DiskFull):
+            encode(v, fid, fail_late, Eager(frozenset({"aws", "disk", "vault"}), Throttle(None)))
+        assert v.db.file(fid).state == "claimed" and v.db.objects(fid) == []
+        assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
+        assert v.db.query("SELECT COUNT(*) FROM trash")[0][0] == 3  # one name per store
+        assert not any((Path(v.root) / "work").iterdir())
+        assert v.empty_trash() == (3, 0)
+    assert store_names(cfg_path) == {"aws": set(), "disk": set(), "vault": set()}
+
+    res = cli_json(cfg_path, "put", "--resume")  # the next attempt finishes the file
+    assert [f["state"] for f in res["files"]] == ["done"]
+    cli(cfg_path, "restore", fid, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == sha(src)
+    assert store_names(cfg_path) == recorded_names(cfg_path)
+
+
+def test_a_put_killed_mid_encode_leaves_no_orphan(tmp_path):
+    """SIGKILL while early uploads run (local stores: what they hold is plain to see);
+    the next run sends every name the dead one planned to the trash and deletes it."""
+    stores = [{"name": n, "type": "local", "trust": t, "path": str(tmp_path / n)}
+              for n, t in (("cloud-a", "untrusted"), ("cloud-b", "untrusted"),
+                           ("vault", "trusted"))]
+    cfg = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["cloud-a", "cloud-b"]},
+                       {"min_trust": "trusted", "stores": ["vault"]},
+                       schedule={"bandwidth_limit": "8MiB"})  # slow enough to be caught mid-way
+    src = big_file(tmp_path / "study.dcm")
+    proc = subprocess.Popen([sys.executable, "-m", "dispersiond", "-c", str(cfg), "put", str(src)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db_path = tmp_path / "state" / "state.db"
+    deadline = time.monotonic() + 60
+    landed: dict[str, set[str]] = {}
+    while time.monotonic() < deadline and proc.poll() is None and not any(landed.values()):
+        time.sleep(0.02)
+        landed = store_names(cfg)  # the container lands first: the public uploads go on
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert any(landed.values()), "the put ended before it could be killed mid-way"
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT state FROM files").fetchall() == [("claimed",)]
+    assert db.execute("SELECT COUNT(*) FROM planned").fetchone() == (3,)
+    assert db.execute("SELECT COUNT(*) FROM objects").fetchone() == (0,)
+    db.close()
+
+    res = cli_json(cfg, "put", "--resume")
+    assert [f["state"] for f in res["files"]] == ["done"]
+    assert store_names(cfg) == recorded_names(cfg)  # nothing the manifest does not know
+    fid = res["files"][0]["file_id"]
+    cli(cfg, "restore", fid, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == sha(src)
