@@ -7,6 +7,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pydicom.data
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -285,3 +286,169 @@ def test_numpy_and_c_kernels_give_the_same_bytes(data, log2):
     finally:
         split.native = saved
     assert outs[0] == outs[1]
+
+
+# ---------------------------------------------------------------- C kernels
+
+def _native():
+    from dispersiond.codec import split
+
+    assert split.native is not None, "the C kernel was not built (setup.py ext)"
+    return split.native
+
+
+SIZES = [0, 1, 2, 3, 4, 5, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 255, 1001, 8191,
+         8192, 8193]
+
+
+def _split_ref(src: bytes, ks: bytes, n: int) -> tuple[bytes, bytes]:
+    """The split as FORMAT.md words it, one unit at a time."""
+    pub, prv = bytearray(), bytearray()
+    for i in range(n):
+        words = [src[32 * i + 4 * w: 32 * i + 4 * w + 4] for w in range(8)]
+        j = ks[i] & 7
+        prv += words[j]
+        words[j] = words[7]
+        pub += b"".join(words[:7])
+    return bytes(pub), bytes(prv)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_every_split_kernel_gives_the_same_bytes(n):
+    """SIMD kernels (runtime CPU dispatch) against the scalar one and the reference, with
+    guard bytes: no kernel may write past its outputs (pub may use 4 scratch bytes)."""
+    c = _native()
+    src, ks = os.urandom(32 * n), os.urandom(n)
+    want = _split_ref(src, ks, n) if n <= 1001 else None
+    outs = set()
+    for kernel in c.kernels():
+        pub, prv = bytearray(b"\xee" * (28 * n + 4 + 64)), bytearray(b"\xee" * (4 * n + 64))
+        c.split(src, ks, pub, prv, n, kernel)
+        assert pub[28 * n + 4:] == b"\xee" * 64 and prv[4 * n:] == b"\xee" * 64, kernel
+        got = (bytes(pub[: 28 * n]), bytes(prv[: 4 * n]))
+        assert want is None or got == want, kernel
+        outs.add(got)
+        out = bytearray(b"\xee" * (32 * n + 64))
+        c.merge(pub, prv, ks, out, n, kernel)
+        assert out[: 32 * n] == src and out[32 * n:] == b"\xee" * 64, kernel
+    assert len(outs) == 1
+    assert "scalar" in c.kernels() and c.KERNEL == c.kernels()[-1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 700), skew=st.integers(0, 63), data=st.data())
+def test_streaming_split_and_merge_give_the_same_bytes(n, skew, data):
+    """split(flush=...) and merge(stream=True) write around the caches, at any alignment."""
+    c = _native()
+    src = data.draw(st.binary(min_size=32 * n, max_size=32 * n))
+    ks = data.draw(st.binary(min_size=n, max_size=n))
+    a, b = os.urandom(data.draw(st.integers(0, 3000))), os.urandom(data.draw(st.integers(0, 99)))
+    for kernel in c.kernels():
+        pub, prv = bytearray(28 * n + 4), bytearray(4 * n)
+        da, db = bytearray(len(a) + skew + 8), bytearray(len(b) + 8)
+        c.split(src, ks, pub, prv, n, kernel, [(memoryview(da)[skew:], a), (db, b)])
+        assert (bytes(pub[: 28 * n]), bytes(prv)) == _split_ref(src, ks, n)
+        assert da == bytes(skew) + a + bytes(8) and db == b + bytes(8)
+        out = bytearray(32 * n + skew + 8)
+        c.merge(pub, prv, ks, memoryview(out)[skew:], n, kernel=kernel, stream=True,
+                prefetch=(a, b, src))
+        assert out == bytes(skew) + src + bytes(8)
+        dst = bytearray(len(src) + skew)
+        c.stream_copy(memoryview(dst)[skew:], src)
+        assert dst == bytes(skew) + src
+
+
+def test_kernel_arguments_are_checked():
+    c = _native()
+    with pytest.raises(ValueError, match="unknown kernel"):
+        c.split(bytes(32), bytes(1), bytearray(32), bytearray(4), 1, "sse9")
+    with pytest.raises(ValueError, match="too small"):
+        c.merge(bytes(32), bytes(4), bytes(1), bytearray(31), 1, stream=True)
+    with pytest.raises(ValueError, match="at most"):
+        c.merge(bytes(32), bytes(4), bytes(1), bytearray(32), 1, prefetch=[b""] * 5)
+    with pytest.raises(ValueError, match="too small"):
+        c.stream_copy(bytearray(8), bytes(9))
+    with pytest.raises(ValueError, match="smaller"):
+        c.split(bytes(32), bytes(1), bytearray(32), bytearray(4), 1, flush=[(bytearray(1), b"ab")])
+    with pytest.raises(TypeError):
+        c.split(bytes(32), bytes(1), bytearray(32), bytearray(4), 1, flush=[b"ab"])
+
+
+def _encode_fixed(data: bytes, log2: int, head: int = 0,
+                  how: str = "chunks") -> tuple[bytes, bytes]:
+    """Deterministic se2 encode (fixed secret) by per-chunk calls or encode_body."""
+    enc = se2.Se2Encoder(K32, len(data) - head, data[:head], file_id=bytes(16),
+                         secret=bytes(range(32)), wrap_nonce=bytes(12), chunk_log2=log2)
+    lay = enc.layout
+    body = data[head: head + 32 * lay.units]
+    puf = bytearray(lay.puf_len - se2.PUF_HEADER_LEN)
+    prf = bytearray(4 * lay.units + se2.TAG * lay.chunks)
+    if how == "chunks":
+        q = p = off = 0
+        for n in enc.chunk_units():
+            a, b = enc.encode_chunk(n, src=body[off: off + 32 * n])
+            puf[q: q + len(a)], prf[p: p + len(b)] = a, b
+            q, p, off = q + len(a), p + len(b), off + 32 * n
+    else:
+        enc.encode_body(body, puf, prf, stream=how == "stream")
+    tail = enc.finish(data[head + 32 * lay.units:])
+    return enc.puf_header + bytes(puf), enc.prf_header + bytes(prf) + tail
+
+
+class _ForcedKernel:
+    """The C module with one kernel forced (to run whole encodes on each kernel)."""
+
+    def __init__(self, native, kernel: str) -> None:
+        self._native, self._kernel = native, kernel
+        self.stream_copy, self.kernels = native.stream_copy, native.kernels
+
+    def split(self, *args, **kw):
+        return self._native.split(*args, kernel=self._kernel, **kw)
+
+    def merge(self, *args, **kw):
+        return self._native.merge(*args, kernel=self._kernel, **kw)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.binary(max_size=9000), log2=st.integers(10, 12), head=st.integers(0, 40))
+def test_streaming_encode_and_decode_give_the_same_bytes(data, log2, head):
+    """The whole-file paths (pipelined split, non-temporal stores, prefetch) against the
+    per-chunk path, on every kernel; and the streaming decode reads them back."""
+    from dispersiond.codec import split
+
+    head = min(head, len(data))
+    ref = _encode_fixed(data, log2, head, "chunks")
+    assert codec.decode("se2", K32, *ref) == data
+    saved, saved_min = _native(), codec.STREAM_MIN
+    try:
+        codec.STREAM_MIN = 0
+        for kernel in saved.kernels():
+            split.native = _ForcedKernel(saved, kernel)
+            for how in ("body", "stream"):
+                assert _encode_fixed(data, log2, head, how) == ref, (kernel, how)
+            assert codec.decode("se2", K32, *ref) == data
+            res = np.empty(len(data), dtype=np.uint8)
+            codec.se2_decode_into(K32, ref[0], ref[1], res)
+            assert res.tobytes() == data
+    finally:
+        split.native, codec.STREAM_MIN = saved, saved_min
+
+
+def test_streaming_encode_into_roundtrips_and_detects_tampering(monkeypatch):
+    """se2_encode_into / se2_decode_into above STREAM_MIN take the streaming paths."""
+    monkeypatch.setattr(codec, "STREAM_MIN", 0)
+    data = os.urandom(5 * 1024 + 77)
+    puf, prf = codec.encode("se2", K32, data, head_len=13, chunk_log2=10)
+    assert codec.decode("se2", K32, puf, prf) == data
+    monkeypatch.setattr(codec, "STREAM_MIN", 1 << 62)
+    assert codec.decode("se2", K32, puf, prf) == data
+    monkeypatch.setattr(codec, "STREAM_MIN", 0)
+    for pos in (se2.PUF_HEADER_LEN + 3, len(puf) - 30, len(puf) - 1):
+        bad = bytearray(puf)
+        bad[pos] ^= 4
+        with pytest.raises(IntegrityError, match="public fragment chunk"):
+            codec.decode("se2", K32, bytes(bad), prf)
+    bad = bytearray(prf)
+    bad[se2.PRF_HEADER_LEN + 13 + 16 + 5] ^= 1
+    with pytest.raises(IntegrityError, match="private container segment 1"):
+        codec.decode("se2", K32, puf, bytes(bad))

@@ -155,11 +155,19 @@ def encode(scheme: str, key: bytes, data: bytes, *, head_len: int = 0,
     return puf.tobytes(), prf.tobytes()
 
 
+# Content at least this large is encoded and decoded with se2's streaming paths: each
+# chunk is built in cache-resident scratch and written out with non-temporal stores,
+# overlapped with reading the next chunk. Such outputs cannot stay cached anyway, and a
+# store that bypasses the cache does not first read the line from memory. Smaller
+# outputs are faster written in place (measured: 8 MiB about even, 16 MiB+ streaming wins).
+STREAM_MIN = 16 << 20
+
+
 def se2_encode_into(key: bytes, data, puf: np.ndarray, prf: np.ndarray, *, head_len: int = 0,
                     file_id: bytes | None = None,
                     chunk_log2: int = se2.DEFAULT_CHUNK_LOG2) -> se2.Layout:
     """se2 encode into preallocated uint8 arrays sized by `se2.Layout` (no allocation per call)."""
-    src = np.frombuffer(data, dtype=np.uint8)
+    src = memoryview(data).cast("B")
     enc = se2.Se2Encoder(key, len(src) - head_len, bytes(src[:head_len]), file_id=file_id,
                          chunk_log2=chunk_log2)
     lay = enc.layout
@@ -167,14 +175,10 @@ def se2_encode_into(key: bytes, data, puf: np.ndarray, prf: np.ndarray, *, head_
         raise ValueError("output buffers do not match the layout")
     p = _put(prf, 0, enc.prf_header)
     q = _put(puf, 0, enc.puf_header)
-    off = head_len
-    for n in enc.chunk_units():
-        enc.encode_chunk(n, puf[q: q + 28 * n + se2.TAG], src[off: off + 32 * n],
-                         prf[p: p + 4 * n + se2.TAG])
-        p += 4 * n + se2.TAG
-        q += 28 * n + se2.TAG
-        off += 32 * n
-    _put(prf, p, enc.finish(src[off:].tobytes()))
+    end = head_len + 32 * lay.units
+    enc.encode_body(src[head_len: end], memoryview(puf)[q:], memoryview(prf)[p:],
+                    stream=lay.content_len >= STREAM_MIN)
+    _put(prf, lay.prf_len - lay.tail_len - se2.TAG, enc.finish(bytes(src[end:])))
     return lay
 
 
@@ -221,10 +225,14 @@ def _se2_decode_with(dec: se2.Se2Decoder, puf, prf, res: np.ndarray) -> None:
     _put(res, 0, head)
     p += lay.head_len + se2.TAG
     q, o = se2.PUF_HEADER_LEN, lay.head_len
+    out = memoryview(res)
+    stream = lay.content_len >= STREAM_MIN
+    u = lay.units_per_chunk
     for n in dec.chunk_units():
-        dec.decode_chunk(n, pv[q: q + 28 * n + se2.TAG], rv[p: p + 4 * n + se2.TAG],
-                         res[o: o + 32 * n])
-        q += 28 * n + se2.TAG
-        p += 4 * n + se2.TAG
+        q2, p2 = q + 28 * n + se2.TAG, p + 4 * n + se2.TAG
+        nxt = (pv[q2: q2 + 28 * u + se2.TAG], rv[p2: p2 + 4 * u + se2.TAG]) if stream else ()
+        dec.decode_chunk(n, pv[q: q2], rv[p: p2], out[o: o + 32 * n], stream=stream,
+                         prefetch=nxt)
+        q, p = q2, p2
         o += 32 * n
     _put(res, o, dec.finish(rv[p:]))

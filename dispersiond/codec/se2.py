@@ -99,14 +99,7 @@ class Layout:
                 + self.tail_len + TAG)
 
 
-def _seal(aead: AESGCM, nonce: bytes, buf: np.ndarray, n: int, aad: bytes) -> None:
-    """AEAD-encrypt buf[:n] in place and put the tag at buf[n:n+16]."""
-    aead.encrypt_into(nonce, buf[:n], aad, buf[: n + TAG])
-
-
-def _open(aead: AESGCM, nonce: bytes, sealed, out: np.ndarray, aad: bytes) -> None:
-    """AEAD-decrypt `sealed` (ciphertext || tag) into out; InvalidTag if altered."""
-    aead.decrypt_into(nonce, sealed, aad, out[: len(sealed) - TAG])
+_ZERO_NONCE = bytes(12)
 
 
 class _Keys:
@@ -120,14 +113,22 @@ class _Keys:
         self.pos = Cipher(algorithms.AES(_hkdf(secret, b"dispersiond se2 v1 positions")),
                           modes.CTR(zero)).encryptor()
 
-    def pad_key(self, chunk: int, seg_tag: bytes) -> bytes:
+    def pad_key(self, chunk: int, seg_tag) -> bytes:
         # The public pad depends on s and on the authenticated digest (GCM tag) of
         # this chunk's private words: the private part keys the public part.
-        return hmac.digest(self.pad, struct.pack(">Q", chunk) + seg_tag, "sha256")
+        return hmac.digest(self.pad, chunk.to_bytes(8, "big") + bytes(seg_tag), "sha256")
 
     @staticmethod
     def nonce(index: int, last: bool) -> bytes:
         return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def _aligned(nbytes: int) -> np.ndarray:
+    """uint8 scratch starting on a 64-byte (cache line) boundary: the vector kernels
+    and the non-temporal copy then write whole lines."""
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start: start + nbytes]
 
 
 class _Chunker:
@@ -137,18 +138,34 @@ class _Chunker:
         self.layout = layout
         self.keys = keys
         u = min(layout.units_per_chunk, max(layout.units, 1))
-        self.work = np.empty(u * UNIT, dtype=np.uint8)
-        self.pub = np.empty(u * 28 + 2 * TAG, dtype=np.uint8)
-        self.seg = np.empty(u * 4 + 2 * TAG, dtype=np.uint8)
-        self._zeros = np.zeros(u, dtype=np.uint8)
+        self.work = _aligned(u * UNIT)
+        self.pub = _aligned(u * 28 + 2 * TAG)
+        self.seg = _aligned(u * 4 + 2 * TAG)
+        # memoryviews of the same scratch: slicing them per chunk is cheaper than numpy's
+        self.pub_v, self.seg_v = memoryview(self.pub), memoryview(self.seg)
+        self._second: tuple[memoryview, memoryview] | None = None
+        self._zeros = memoryview(bytes(u))
         self._ks = np.empty(u + 16, dtype=np.uint8)
+        self._ks_v = memoryview(self._ks)
         self.split = SplitBuffers(u)
         self.chunk = 0
+
+    def second_scratch(self) -> tuple[memoryview, memoryview]:
+        """A second (pub, seg) scratch pair, for working on two chunks at once."""
+        if self._second is None:
+            self._second = (memoryview(_aligned(self.pub.size)),
+                            memoryview(_aligned(self.seg.size)))
+        return self._second
 
     def keystream(self, n: int) -> np.ndarray:
         """The next n position bytes (one per unit; the low 3 bits are the word index)."""
         self.keys.pos.update_into(self._zeros[:n], self._ks)
         return self._ks[:n]
+
+    def keystream_view(self, n: int) -> memoryview:
+        """keystream(n) as a memoryview (for the C kernel)."""
+        self.keys.pos.update_into(self._zeros[:n], self._ks)
+        return self._ks_v[:n]
 
     def positions(self, n: int) -> np.ndarray:
         return self.split.positions(self.keystream(n))
@@ -199,25 +216,81 @@ class Se2Encoder:
         """Encode the next n units; returns (public piece, private segment).
 
         The units are read from `src` (32n bytes, left untouched) or else from
-        `work` (which is then scrambled). With `puf_out` (uint8, 28n+16 bytes) and
-        `prf_out` (uint8, 4n+16 bytes) the pieces are written there; otherwise they
+        `work` (which is then scrambled). With `puf_out` (28n+16 bytes) and
+        `prf_out` (4n+16 bytes) the pieces are written there; otherwise they
         are views into internal scratch, valid until the next call.
         """
         c = self._c
-        pub = puf_out if puf_out is not None else c.pub
-        seg = prf_out if prf_out is not None else c.seg
-        if _split.native is not None:
-            _split.native.split(src if src is not None else c.work, c.keystream(n), pub, seg, n)
+        pub = c.pub_v if puf_out is None else memoryview(puf_out)
+        seg = c.seg_v if prf_out is None else memoryview(prf_out)
+        self._split(n, c.work if src is None else src, pub, seg)
+        self._seal(n, pub, seg)
+        return pub[: 28 * n + TAG], seg[: 4 * n + TAG]
+
+    def encode_body(self, src, puf_body, prf_body, *, stream: bool = False) -> None:
+        """Encode every chunk: src holds the 32 * layout.units content bytes after the
+        head; the pieces go back to back into puf_body and the segments into prf_body
+        (the fragments after their headers: 28 * units + 16 * chunks bytes and
+        4 * units + 16 * chunks bytes).
+
+        stream=True is for outputs far larger than the CPU caches that are not read
+        again soon (a whole-file encode): each chunk is split and sealed in
+        cache-resident scratch, and its pieces are written out around the caches
+        while the next chunk is split, so that the reads and the writes overlap.
+        """
+        native = _split.native
+        sizes = list(self.chunk_units())
+        src, puf_body, prf_body = memoryview(src), memoryview(puf_body), memoryview(prf_body)
+        if not stream or native is None or not sizes:
+            q = p = off = 0
+            for n in sizes:
+                self.encode_chunk(n, puf_body[q: q + 28 * n + TAG], src[off: off + 32 * n],
+                                  prf_body[p: p + 4 * n + TAG])
+                q, p, off = q + 28 * n + TAG, p + 4 * n + TAG, off + 32 * n
+            return
+        c = self._c
+        scratch = ((c.pub_v, c.seg_v), c.second_scratch())
+        n = sizes[0]
+        native.split(src[: 32 * n], c.keystream_view(n), c.pub_v, c.seg_v, n)
+        q = p = off = 0
+        for i, n in enumerate(sizes):
+            pub, seg = scratch[i & 1]
+            self._seal(n, pub, seg)
+            out = ((puf_body[q: q + 28 * n + TAG], pub[: 28 * n + TAG]),
+                   (prf_body[p: p + 4 * n + TAG], seg[: 4 * n + TAG]))
+            q, p, off = q + 28 * n + TAG, p + 4 * n + TAG, off + 32 * n
+            if i + 1 < len(sizes):  # split the next chunk while this one is written out
+                m = sizes[i + 1]
+                npub, nseg = scratch[~i & 1]
+                native.split(src[off: off + 32 * m], c.keystream_view(m), npub, nseg, m,
+                             flush=out)
+            else:
+                for dst, piece in out:
+                    native.stream_copy(dst, piece)
+
+    def _split(self, n: int, src, pub, seg) -> None:
+        """Split n units of src: public words into pub (28n bytes), private into seg."""
+        c = self._c
+        native = _split.native
+        if native is not None:
+            native.split(src, c.keystream_view(n), pub, seg, n)
         else:
-            if src is not None:
+            if src is not c.work:
                 np.copyto(c.work[: 32 * n], np.frombuffer(src, dtype=np.uint8, count=32 * n))
-            split_swap(c.work, n, c.positions(n), pub, seg[: 4 * n].view(np.uint32))
-        # Seal the private words in place; their tag keys the public pad.
-        _seal(self.keys.seg, _Keys.nonce(c.chunk + 1, False), seg, 4 * n, self.keys.bind)
-        pad = AESGCM(self.keys.pad_key(c.chunk, bytes(seg[4 * n: 4 * n + TAG])))
-        _seal(pad, bytes(12), pub, 28 * n, self.puf_header)
+            pub_a = np.frombuffer(pub, dtype=np.uint8)
+            seg_a = np.frombuffer(seg, dtype=np.uint8)
+            split_swap(c.work, n, c.positions(n), pub_a, seg_a[: 4 * n].view(np.uint32))
+
+    def _seal(self, n: int, pub: memoryview, seg: memoryview) -> None:
+        """Seal a split chunk in place: seg (4n words + tag), then pub (28n + tag)."""
+        c = self._c
+        keys = self.keys
+        # Seal the private words; their tag keys the public pad.
+        keys.seg.encrypt_into(_Keys.nonce(c.chunk + 1, False), seg[: 4 * n], keys.bind,
+                              seg[: 4 * n + TAG])
+        pad = AESGCM(keys.pad_key(c.chunk, seg[4 * n: 4 * n + TAG]))
+        pad.encrypt_into(_ZERO_NONCE, pub[: 28 * n], self.puf_header, pub[: 28 * n + TAG])
         c.chunk += 1
-        return memoryview(pub[: 28 * n + TAG]), memoryview(seg[: 4 * n + TAG])
 
     def finish(self, tail: bytes) -> bytes:
         """The final private segment: the content's last (< 32) bytes."""
@@ -329,25 +402,38 @@ class Se2Decoder:
     def chunk_units(self) -> Iterator[int]:
         return self.layout.chunk_units()
 
-    def decode_chunk(self, n: int, puf_piece, prf_seg, out: np.ndarray) -> None:
-        """Rebuild n units (32n bytes) into `out` from one public piece and one segment."""
+    def decode_chunk(self, n: int, puf_piece, prf_seg, out: np.ndarray, *,
+                     stream: bool = False, prefetch=()) -> None:
+        """Rebuild n units (32n bytes) into `out` from one public piece and one segment.
+
+        stream=True is for an output far larger than the CPU caches that is not read
+        again soon (a whole-file decode): `out` is then written around the caches,
+        and meanwhile the `prefetch` buffers (the next piece and segment, which the
+        next call reads) are read into them.
+        """
         c = self._c
+        keys = self.keys
+        seg = memoryview(prf_seg)
         try:
-            _open(self.keys.seg, _Keys.nonce(c.chunk + 1, False), prf_seg, c.seg, self.keys.bind)
+            keys.seg.decrypt_into(_Keys.nonce(c.chunk + 1, False), seg, keys.bind,
+                                  c.seg_v[: len(seg) - TAG])
         except InvalidTag:
             raise IntegrityError(f"private container segment {c.chunk + 1} (chunk {c.chunk}) "
                                  "failed authentication: the container was altered") from None
-        pad = AESGCM(self.keys.pad_key(c.chunk, bytes(memoryview(prf_seg)[4 * n: 4 * n + TAG])))
+        pad = AESGCM(keys.pad_key(c.chunk, seg[4 * n: 4 * n + TAG]))
         try:
-            _open(pad, bytes(12), puf_piece, c.pub, self.puf_header)
+            pad.decrypt_into(_ZERO_NONCE, puf_piece, self.puf_header,
+                             c.pub_v[: len(puf_piece) - TAG])
         except InvalidTag:
             raise IntegrityError(f"public fragment chunk {c.chunk} failed authentication: "
                                  "altered, reordered or from another file") from None
-        if _split.native is not None:
-            _split.native.merge(c.pub, c.seg, c.keystream(n), out, n)
+        native = _split.native
+        if native is not None:
+            native.merge(c.pub_v, c.seg_v, c.keystream_view(n), out, n, stream=stream,
+                         prefetch=prefetch)
         else:
-            merge_swap(c.pub, c.seg[: 4 * n].view(np.uint32), n, c.positions(n), out,
-                       c.split.col)
+            merge_swap(c.pub, c.seg[: 4 * n].view(np.uint32), n, c.positions(n),
+                       np.frombuffer(out, dtype=np.uint8), c.split.col)
         c.chunk += 1
 
     def finish(self, final_seg: bytes) -> bytes:

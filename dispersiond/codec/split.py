@@ -25,7 +25,7 @@ try:  # the fused C kernel: one pass per chunk instead of five (same bytes)
 except ImportError:  # not built (no compiler): the numpy kernels below are used
     native = None
 
-KERNEL = "c" if native is not None else "numpy"
+KERNEL = f"c ({native.KERNEL})" if native is not None else "numpy"
 
 
 class SplitBuffers:
