@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from .errors import DispersiondError
+from .units import parse_size
 
 SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
 WORKERS = 8
@@ -103,25 +104,51 @@ def _make_files(folder: Path, n: int, size: int) -> list[Path]:
     return out
 
 
-def _raw_upload(server: S3Server, files: list[Path], bucket: str) -> float:
+class _LinkReader:
+    """A file whose reads pass the same token bucket as the daemon's uploads (--link)."""
+
+    def __init__(self, f, throttle) -> None:
+        self.f, self.throttle = f, throttle
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.throttle.take(len(data))
+        return data
+
+    def seek(self, *args: int) -> int:
+        return self.f.seek(*args)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+def _raw_upload(server: S3Server, files: list[Path], bucket: str, link: int | None) -> float:
     from boto3.s3.transfer import TransferConfig
+
+    from .protect import Throttle
 
     c = server.client()
     tc = TransferConfig(max_concurrency=WORKERS, multipart_chunksize=8 << 20,
                         multipart_threshold=8 << 20)
+    throttle = Throttle(link)
     t0 = time.perf_counter()
     if len(files) == 1:
-        c.upload_file(str(files[0]), bucket, files[0].name, Config=tc)
+        with open(files[0], "rb") as f:
+            c.upload_fileobj(_LinkReader(f, throttle) if link else f, bucket, files[0].name,
+                             Config=tc)
     else:
         def put(p: Path) -> None:
-            c.put_object(Bucket=bucket, Key=p.name, Body=p.read_bytes())
+            body = p.read_bytes()
+            throttle.take(len(body))
+            c.put_object(Bucket=bucket, Key=p.name, Body=body)
 
         with ThreadPoolExecutor(WORKERS) as ex:
             list(ex.map(put, files))
     return time.perf_counter() - t0
 
 
-def _daemon_config(root: Path, server: S3Server, pub: str, prv: str) -> Path:
+def _daemon_config(root: Path, server: S3Server, pub: str, prv: str,
+                   link: int | None = None) -> Path:
     s3 = {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
           "addressing_style": "path", "access_key_id_env": _KEY_ENV,
           "secret_access_key_env": _SECRET_ENV}
@@ -136,7 +163,8 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str) -> Path:
            "public": {"mode": "replicate", "stores": ["cloud"]},
            "private": {"min_trust": "trusted", "stores": ["vault"]},
            "after": "delete", "stable_seconds": 0, "upload_workers": WORKERS,
-           "schedule": {"rescan": "1s", "manifest_backup": "1h", "verify": None}}
+           "schedule": {"rescan": "1s", "manifest_backup": "1h", "verify": None,
+                        "bandwidth_limit": link}}
     (root / "inbox").mkdir()
     path = root / "dispersiond.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -155,9 +183,9 @@ def _done(db_path: Path) -> int:
 
 
 def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
-              ) -> tuple[float, int]:
+              link: int | None = None) -> tuple[float, int]:
     """Seconds from drop to the last file done, and S3 requests in that span."""
-    cfg = _daemon_config(root, server, pub, prv)
+    cfg = _daemon_config(root, server, pub, prv, link)
     sock_path = root / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
@@ -202,7 +230,8 @@ def _empty(c, bucket: str) -> None:
             c.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
-def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int) -> dict[str, Any]:
+def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
+                link: int | None = None) -> dict[str, Any]:
     c = server.client()
     raw_t, pipe_t, raw_req, pipe_req = [], [], [], []
     for r in range(runs):
@@ -210,12 +239,12 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int) -> d
         bucket = f"raw-{n}-{size}-{r}"
         c.create_bucket(Bucket=bucket)
         before = server.requests()
-        raw_t.append(_raw_upload(server, src, bucket))
+        raw_t.append(_raw_upload(server, src, bucket, link))
         raw_req.append(server.requests() - before)
         for b in (f"pub-{n}-{size}-{r}", f"prv-{n}-{size}-{r}"):
             c.create_bucket(Bucket=b)
         took, req = _pipeline(server, src, work / f"daemon-{r}", f"pub-{n}-{size}-{r}",
-                              f"prv-{n}-{size}-{r}")
+                              f"prv-{n}-{size}-{r}", link)
         pipe_t.append(took)
         pipe_req.append(req)
         shutil.rmtree(work / f"src-{r}", ignore_errors=True)
@@ -225,7 +254,7 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int) -> d
     raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
     total = n * size
     return {
-        "files": n, "size": size, "runs": runs,
+        "files": n, "size": size, "runs": runs, "link": link,
         "raw": {"seconds": round(raw, 3), "files_per_s": round(n / raw, 1),
                 "mb_per_s": round(total / raw / 1e6, 1),
                 "requests_per_file": round(statistics.median(raw_req) / n, 2)},
@@ -245,6 +274,9 @@ def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
         shapes = [(args.files or 1000, size if size is not None else 16 << 10)]
     else:
         shapes = SHAPES
+    link = parse_size(args.link) if args.link else None
+    if link is not None and link < 1 << 20:
+        raise DispersiondError("--link must be at least 1MiB (per second)")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     results = []
     with tempfile.TemporaryDirectory(prefix="dispersiond-bench-") as tmp:
@@ -252,7 +284,7 @@ def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
         server = S3Server(work)
         try:
             for n, s in shapes:
-                results.append(bench_shape(server, work / f"{n}x{s}", n, s, args.runs))
+                results.append(bench_shape(server, work / f"{n}x{s}", n, s, args.runs, link))
                 if not args.json:
                     _print(results[-1])
         finally:
@@ -267,8 +299,9 @@ def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
 def _print(r: dict[str, Any]) -> None:
     from .units import human_size
 
+    link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
     print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
-          f"{WORKERS} upload threads each:")
+          f"{WORKERS} upload threads each{link}:")
     for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
         x = r[key]
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "

@@ -585,6 +585,21 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0
 
 
+def test_pipeline_bench_link_cap_applies_to_both_sides(tmp_path):
+    """--link caps the baseline and the daemon alike (a 1-second burst, then the rate);
+    the 24 MiB file also goes through the daemon's early uploads."""
+    res = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--files",
+                          "1", "--size", "24MiB", "--runs", "1", "--link", "8MiB", "--json"],
+                         check=False, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    (shape,) = __import__("json").loads(res.stdout)["shapes"]
+    assert shape["link"] == 8 << 20
+    assert shape["raw"]["seconds"] >= 1.9  # (24 MiB - 8 MiB burst) / 8 MiB/s
+    assert shape["pipeline"]["seconds"] >= 1.9
+    assert shape["pipeline_vs_raw"] < 3
+
+
 def test_standing_grant_gives_the_doctor_a_bundle_for_each_new_file(tmp_path):
     from dispersiond.identity import load_identity
     from dispersiond.share import open_bundle
