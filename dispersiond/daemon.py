@@ -374,15 +374,26 @@ class Daemon:
 
     def _wait_and_handle(self, timeout: float) -> None:
         try:
-            item = self.q.get(timeout=max(0.0, timeout))
+            items = [self.q.get(timeout=max(0.0, timeout))]
         except queue.Empty:
             return
         while True:
-            self._handle(item)
             try:
-                item = self.q.get_nowait()
+                items.append(self.q.get_nowait())
             except queue.Empty:
-                return
+                break
+        self._record_uploads(items)
+        for item in items:
+            self._handle(item)
+
+    def _record_uploads(self, items: list[tuple]) -> None:
+        """The confirmed uploads among `items`, recorded in one transaction."""
+        ok = [item[1] for item in items if item[0] == "uploaded" and item[3] is None]
+        if not ok:
+            return
+        self.v.db.set_objects_uploaded([obj.id for obj in ok])
+        for store in {obj.store for obj in ok}:
+            self.v.db.store_ok(store)
 
     def _handle(self, item: tuple) -> None:
         kind = item[0]
@@ -600,7 +611,7 @@ class Daemon:
     def _upload_task(self, obj: ObjectRow) -> None:
         started = time.monotonic()
         try:
-            upload_one(self.v, obj, self.throttle, self._check_cancel)
+            upload_one(self.v, obj, self.throttle, self._check_cancel, record=False)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             self.q.put(("uploaded", obj, started, exc))
             return

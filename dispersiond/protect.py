@@ -355,8 +355,12 @@ class SourceGone(DispersiondError):
     """The file to protect vanished or cannot be read: it goes to quarantine."""
 
 
-def upload_one(v: Vault, obj, throttle: Throttle, progress: Progress | None = None) -> None:
-    """Upload one planned object; an object already there under its name is a finished upload."""
+def upload_one(v: Vault, obj, throttle: Throttle, progress: Progress | None = None,
+               record: bool = True) -> None:
+    """Upload one planned object; an object already there under its name is a finished upload.
+
+    With record=False the caller records the confirmation (the daemon batches them: an
+    upload whose record a crash lost is found again under its name and accepted)."""
     path = v.staged_path(obj.file_id, obj.role, obj.shard)
     store = v.store(obj.store)
     try:
@@ -370,8 +374,9 @@ def upload_one(v: Vault, obj, throttle: Throttle, progress: Progress | None = No
         if not _same_object(store, obj):
             raise IntegrityError(f"store {obj.store!r}: object {obj.name} exists but does not "
                                  "hold the bytes planned for it") from None
-    v.db.set_object_state(obj.id, "uploaded")
-    v.db.store_ok(obj.store)
+    if record:
+        v.db.set_objects_uploaded([obj.id])
+        v.db.store_ok(obj.store)
 
 
 def _same_object(store, obj) -> bool:

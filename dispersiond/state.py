@@ -255,6 +255,13 @@ class StateDB:
         return [ObjectRow(**dict(r)) for r in
                 self.query(f"SELECT * FROM objects WHERE {where} ORDER BY role, shard, id", args)]
 
+    def set_objects_uploaded(self, object_ids: list[int]) -> None:
+        """Confirm many uploads in one transaction (one fsync, not one each)."""
+        now = time.time()
+        with self.tx() as db:
+            db.executemany("UPDATE objects SET state='uploaded', checked=? WHERE id=?",
+                           [(now, i) for i in object_ids])
+
     def set_object_state(self, object_id: int, state: str) -> None:
         with self.tx() as db:
             db.execute("UPDATE objects SET state=?, checked=? WHERE id=?",
