@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -68,9 +69,17 @@ class Vault:
     def lock(self, wait: bool = False) -> None:
         """Take the state directory for this process; Busy if another one has it."""
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        # `status` probes with a shared lock for an instant: retry for a second before
+        # taking a holder for a running daemon (or `put`).
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
             holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise Busy(f"the state directory {self.root} is in use by dispersiond pid {holder}: "
@@ -109,8 +118,6 @@ class Vault:
 
     # --- trash: deletions that must happen even if a store is down right now
     def discard(self, store: str, name: str) -> None:
-        import time
-
         with self.db.tx() as conn:
             conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)", (store, name, time.time()))
 

@@ -412,6 +412,27 @@ def test_second_daemon_on_the_same_state_is_refused(tmp_path):
         d.terminate()
 
 
+def test_a_status_probe_does_not_stop_the_daemon_from_starting(tmp_path):
+    """`status` takes a shared lock for an instant; a daemon starting just then waits
+    it out instead of taking the prober for a running daemon."""
+    import fcntl
+    import threading
+
+    from dispersiond.config import load_config
+    from dispersiond.vault import Vault
+
+    cfg = daemon_config(tmp_path)
+    v = Vault(load_config(cfg))
+    fd = os.open(v.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.3, os.close, (fd,)).start()  # the probe lets go
+    try:
+        v.lock()
+        assert (v.root / "lock").read_text() == str(os.getpid())
+    finally:
+        v.close()
+
+
 def test_unreadable_and_vanished_files_go_to_quarantine(tmp_path):
     """Unreadable: mode 000 under a daemon without capabilities (the unit's empty bounding
     set). Vanished: a claimed original removed behind the daemon's back."""
