@@ -213,3 +213,67 @@ def test_a_put_killed_mid_encode_leaves_no_orphan(tmp_path):
     fid = res["files"][0]["file_id"]
     cli(cfg, "restore", fid, "--to", str(tmp_path / "back"))
     assert sha(tmp_path / "back") == sha(src)
+
+
+def test_an_unreachable_store_leaves_its_early_upload_pending(tmp_path):
+    """Early uploads are an optimisation: the one to a store that is down just stays
+    pending for the normal retries, and the others land."""
+    stores = [{"name": "disk", "type": "local", "trust": "untrusted", "path": str(tmp_path / "d")},
+              {"name": "dead", "type": "s3", "trust": "untrusted", "bucket": "nowhere",
+               "endpoint_url": "http://127.0.0.1:9", "region": "us-east-1",
+               "addressing_style": "path", "access_key_id_env": "DSP_TEST_KEY",
+               "secret_access_key_env": "DSP_TEST_KEY", "max_attempts": 1},
+              {"name": "vault", "type": "local", "trust": "trusted", "path": str(tmp_path / "v")}]
+    cfg_path = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["disk", "dead"]},
+                            {"min_trust": "trusted", "stores": ["vault"]})
+    os.environ["DSP_TEST_KEY"] = "test"
+    src = big_file(tmp_path / "study.dcm")
+    with open_vault(load_config(cfg_path), exclusive=True) as v:
+        fid = admit(v, src, "study.dcm")
+        encode(v, fid, None, Eager(frozenset({"disk", "dead", "vault"}), Throttle(None)))
+        assert {o.store: o.state for o in v.db.objects(fid)} == {
+            "disk": "uploaded", "dead": "pending", "vault": "uploaded"}
+        assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
+        assert (Path(v.root) / "work" / fid / "puf").exists()  # kept for the retries
+
+
+def test_sigterm_during_early_uploads_then_the_daemon_finishes(tmp_path):
+    from daemonctl import DaemonProc, daemon_config, edit_config, status, wait_until
+
+    cfg = daemon_config(tmp_path, "replicate", after="delete",
+                        schedule={"bandwidth_limit": "4MiB"})
+    src = big_file(tmp_path / "study.dcm")
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    db_path = tmp_path / "state" / "state.db"
+
+    def planned() -> int:
+        try:
+            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+            try:
+                return db.execute("SELECT COUNT(*) FROM planned").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return 0
+
+    try:
+        wait_until(lambda: db_path.exists(), 30, "the daemon to start", d)
+        want = sha(src)
+        os.rename(src, tmp_path / "inbox" / "study.dcm")
+        wait_until(planned, 30, "early uploads to begin", d)
+        code, took = d.terminate(timeout=30)
+    finally:
+        d.kill()
+    assert code == 0 and took < 20, (code, took, d.tail())
+    assert status(cfg)["files"].get("done", 0) == 0  # it really was stopped mid-way
+
+    edit_config(cfg, schedule={"bandwidth_limit": None})
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    try:
+        wait_until(lambda: status(cfg)["files"].get("done") == 1, 60, "done after restart", d)
+    finally:
+        d.terminate()
+    assert store_names(cfg) == recorded_names(cfg)  # the interrupted uploads left nothing
+    fid = cli_json(cfg, "ls")[0]["file_id"]
+    cli(cfg, "restore", fid, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == want
