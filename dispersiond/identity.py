@@ -10,6 +10,9 @@ caught when the string is read, not when a share fails to open:
   public key  "dspk1" + base32(pk || check)  lower case, no padding (63 characters)
   secret key  "DSPSK1" + base32(sk || check) upper case, no padding, in a file whose
               other lines are '#' comments
+  or, with a passphrase,
+              "DSPSKE1" + base32(salt || nonce || AES-256-GCM(Argon2id(passphrase,
+              salt), nonce, sk, label)), so a copied file alone opens nothing
 
 check = SHA-256(label || key)[0:4], label "dispersiond public key v1" or
 "dispersiond secret key v1".
@@ -24,13 +27,17 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DispersiondError
 from .fsutil import atomic_output
+from .keys import derive_key
 
 PUBLIC_PREFIX = "dspk1"
 SECRET_PREFIX = "DSPSK1"
+SEALED_PREFIX = "DSPSKE1"
 _PUB_LABEL = b"dispersiond public key v1"
 _SEC_LABEL = b"dispersiond secret key v1"
 _RID_LABEL = b"dispersiond share v1 recipient"
@@ -94,17 +101,24 @@ class Identity:
     def generate(cls) -> "Identity":
         return cls(X25519PrivateKey.generate())
 
-    def secret_text(self) -> str:
+    def secret_text(self, passphrase: bytes | None = None) -> str:
         sk = self.secret.private_bytes_raw()
-        return SECRET_PREFIX + _b32(sk + _check(_SEC_LABEL, sk))
+        if passphrase is None:
+            return SECRET_PREFIX + _b32(sk + _check(_SEC_LABEL, sk))
+        salt, nonce = os.urandom(16), os.urandom(12)
+        sealed = AESGCM(derive_key(passphrase, salt)).encrypt(nonce, sk, _SEC_LABEL)
+        return SEALED_PREFIX + _b32(salt + nonce + sealed)
 
-    def save(self, path: Path) -> None:
-        """Write the identity file (mode 0600); never replaces an existing file."""
+    def save(self, path: Path, passphrase: bytes | None = None) -> None:
+        """Write the identity file (mode 0600); never replaces an existing file. With a
+        passphrase the secret key is sealed under a key derived from it (Argon2id)."""
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        keep = ("# Protected by a passphrase: the file and the passphrase together open "
+                "every share sent to this key.\n" if passphrase is not None else
+                "# Keep this file secret: whoever holds it opens every share sent to this key.\n")
         text = (f"# dispersiond identity (X25519), created {now}\n"
-                f"# public key: {self.public}\n"
-                "# Keep this file secret: whoever holds it opens every share sent to this key.\n"
-                f"{self.secret_text()}\n")
+                f"# public key: {self.public}\n{keep}"
+                f"{self.secret_text(passphrase)}\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_output(path, overwrite=False, mode=0o600) as f:
@@ -113,7 +127,16 @@ class Identity:
             raise IdentityError(f"{path} already exists; keygen never overwrites a key") from None
 
 
-def load_identity(path: str | os.PathLike) -> Identity:
+def is_sealed(path: str | os.PathLike) -> bool:
+    """Whether an identity file needs its passphrase (False if unreadable: load says why)."""
+    try:
+        return any(ln.strip().upper().startswith(SEALED_PREFIX)
+                   for ln in Path(path).read_text().splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def load_identity(path: str | os.PathLike, passphrase: bytes | None = None) -> Identity:
     """Read an identity file written by `keygen`; actionable errors for anything else."""
     path = Path(path)
     try:
@@ -122,23 +145,41 @@ def load_identity(path: str | os.PathLike) -> Identity:
         reason = getattr(exc, "strerror", None) or "not a text file"
         raise IdentityError(f"cannot read identity file {path}: {reason}") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    if len(lines) != 1 or not lines[0].upper().startswith(SECRET_PREFIX):
+    if len(lines) != 1 or not lines[0].upper().startswith((SECRET_PREFIX, SEALED_PREFIX)):
         if any(ln.lower().startswith(PUBLIC_PREFIX) for ln in lines):
             raise IdentityError(f"{path} holds a public key; open-share needs the secret "
                                 "identity file that keygen wrote")
         raise IdentityError(f"{path} is not a dispersiond identity file (made by 'dispersiond "
                             "keygen')")
+    sealed = lines[0].upper().startswith(SEALED_PREFIX)
     try:
-        raw = _unb32(lines[0][len(SECRET_PREFIX):])
+        raw = _unb32(lines[0][len(SEALED_PREFIX if sealed else SECRET_PREFIX):])
     except ValueError:
         raw = b""
-    if len(raw) != 36 or raw[32:] != _check(_SEC_LABEL, raw[:32]):
+    if sealed:
+        sk = _unseal(path, raw, passphrase)
+    elif len(raw) != 36 or raw[32:] != _check(_SEC_LABEL, raw[:32]):
         raise IdentityError(f"identity file {path} is damaged (wrong length or checksum)")
+    else:
+        sk = raw[:32]
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         from .logs import log
 
         log.warning("identity file %s is readable by others (mode %o): chmod 600 it", path,
                     stat.S_IMODE(mode))
-    return Identity(X25519PrivateKey.from_private_bytes(raw[:32]))
+    return Identity(X25519PrivateKey.from_private_bytes(sk))
+
+
+def _unseal(path: Path, raw: bytes, passphrase: bytes | None) -> bytes:
+    if passphrase is None:
+        raise IdentityError(f"identity file {path} is protected by a passphrase: give it "
+                            "(DISPERSIOND_PASSPHRASE, or at the prompt)")
+    if len(raw) != 16 + 12 + 32 + 16:
+        raise IdentityError(f"identity file {path} is damaged (wrong length)")
+    try:
+        return AESGCM(derive_key(passphrase, raw[:16])).decrypt(raw[16:28], raw[28:], _SEC_LABEL)
+    except InvalidTag:
+        raise IdentityError(f"identity file {path}: wrong passphrase (or the file is "
+                            "damaged)") from None
 

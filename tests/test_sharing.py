@@ -136,6 +136,39 @@ def test_keygen_writes_a_secret_identity_and_a_checked_public_key(tmp_path: Path
         load_identity(tmp_path / "broken.key")
 
 
+def test_a_passphrase_protected_identity_opens_shares_only_with_its_passphrase(
+        tmp_path: Path, monkeypatch) -> None:
+    key = tmp_path / "recipient" / "dr-lee.key"
+    monkeypatch.setenv("DISPERSIOND_PASSPHRASE", "correct horse battery")
+    pub = cli(None, "keygen", "--out", str(key), "--passphrase")[1].strip()
+    monkeypatch.delenv("DISPERSIOND_PASSPHRASE")
+    secret_line = key.read_text().splitlines()[-1]
+    assert secret_line.startswith("DSPSKE1") and (key.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(IdentityError, match="protected by a passphrase"):
+        load_identity(key)
+    with pytest.raises(IdentityError, match="wrong passphrase"):
+        load_identity(key, b"correct horse battery!")
+    assert load_identity(key, b"correct horse battery").public == pub
+    damaged = tmp_path / "damaged.key"
+    damaged.write_text(key.read_text().replace(secret_line, secret_line[:-3] + "AAA"))
+    with pytest.raises(IdentityError, match="wrong passphrase .or the file is damaged"):
+        load_identity(damaged, b"correct horse battery")
+
+    cfg = local_setup(tmp_path, (key, pub))
+    bundle = Path(share_cli(cfg, put(cfg, CT), "dr-lee", tmp_path / "ct.dspshare")["path"])
+    env, home = recipient_env(tmp_path)  # a separate process with no terminal
+    args = ("open-share", str(bundle), "--identity", str(key), "--out", "ct.bin")
+    proc = run_cli(*args, env=env, cwd=home)
+    assert proc.returncode == 2 and "a passphrase is needed" in proc.stderr, proc.stderr
+    proc = run_cli(*args, env={**env, "DISPERSIOND_PASSPHRASE": "wrong horse"}, cwd=home)
+    assert proc.returncode == 2 and "wrong passphrase" in proc.stderr, proc.stderr
+    assert not (home / "ct.bin").exists()
+    proc = run_cli(*args, env={**env, "DISPERSIOND_PASSPHRASE": "correct horse battery"},
+                   cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    assert sha(home / "ct.bin") == sha(CT)
+
+
 # ------------------------------------------------------------------ emulators
 
 def test_bundle_opens_with_no_config_over_three_clouds_from_any_k(

@@ -24,6 +24,29 @@ def config(args: argparse.Namespace) -> Config:
     return load_config(find_config(getattr(args, "config", None)))
 
 
+PASSPHRASE_ENV = "DISPERSIOND_PASSPHRASE"
+
+
+def ask_passphrase(confirm: bool = False, min_len: int = 0) -> str:
+    """$DISPERSIOND_PASSPHRASE, or asked for at the terminal (twice with confirm)."""
+    import getpass
+    import os
+
+    from ..errors import DispersiondError
+
+    phrase = os.environ.get(PASSPHRASE_ENV)
+    if not phrase:
+        if not sys.stdin.isatty():
+            raise DispersiondError(f"a passphrase is needed: set {PASSPHRASE_ENV} or run this "
+                                   "in a terminal")
+        phrase = getpass.getpass("passphrase: ")
+        if confirm and phrase != getpass.getpass("again: "):
+            raise DispersiondError("the passphrases differ")
+    if len(phrase) < min_len:
+        raise DispersiondError(f"use a passphrase of at least {min_len} characters")
+    return phrase
+
+
 def emit_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=1, sort_keys=True, default=str)
     sys.stdout.write("\n")

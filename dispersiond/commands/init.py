@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 from pathlib import Path
 
 from ..errors import DispersiondError
 from ..fsutil import atomic_output
 from ..keys import derive_key, key_id, write_key_file
+from ._common import ask_passphrase
 
 TEMPLATE = """\
 # dispersiond configuration, written by 'dispersiond init'.
@@ -63,13 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     if cfg_path.exists():
         raise DispersiondError(f"{cfg_path} already exists; init never overwrites a config")
     if args.passphrase:
-        phrase = os.environ.get("DISPERSIOND_PASSPHRASE")
-        if not phrase:
-            phrase = getpass.getpass("passphrase: ")
-            if phrase != getpass.getpass("again: "):
-                raise DispersiondError("the passphrases differ")
-        if len(phrase) < 12:
-            raise DispersiondError("use a passphrase of at least 12 characters")
+        phrase = ask_passphrase(confirm=True, min_len=12)
         salt = os.urandom(16)
         kid = key_id(derive_key(phrase.encode(), salt))
         key = (f"  passphrase_env: DISPERSIOND_PASSPHRASE   # set it in the service environment\n"

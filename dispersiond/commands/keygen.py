@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..identity import Identity
-from ._common import add_json, emit_json
+from ._common import add_json, ask_passphrase, emit_json
 
 
 def register(sub) -> None:
@@ -17,6 +17,10 @@ def register(sub) -> None:
                                    "runs this and keeps NAME; the public key goes into the "
                                    "sender's config under 'recipients:'.")
     p.add_argument("--out", required=True, metavar="NAME", help="identity file to write")
+    p.add_argument("--passphrase", action="store_true",
+                   help="seal the secret key under a passphrase (read from "
+                        "$DISPERSIOND_PASSPHRASE, or asked for twice): a copied file alone "
+                        "then opens nothing")
     p.add_argument("--role", default="doctor",
                    choices=["doctor", "institute", "authority", "other"],
                    help="role shown in the config snippet (default: doctor)")
@@ -26,8 +30,9 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    phrase = ask_passphrase(confirm=True, min_len=12).encode() if args.passphrase else None
     ident = Identity.generate()
-    ident.save(out)
+    ident.save(out, phrase)
     pub = out.with_name(out.name + ".pub")
     pub.write_text(ident.public + "\n")
     if args.json:
