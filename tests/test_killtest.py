@@ -18,6 +18,7 @@ import yaml
 from daemonctl import DaemonProc, daemon_config, drop, sha, status, wait_until
 
 from backends import open_store
+from dispersiond.protect import EAGER_MIN
 
 
 def sizes() -> tuple[int, int]:
@@ -35,9 +36,10 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path):
                         upload_workers=4, schedule={"manifest_backup": "1s"})
     inbox = tmp_path / "inbox"
     originals: dict[str, bytes] = {}
-    for i in range(n_files):  # mostly small records, some images, a few edge sizes
-        r = rng.random()
+    for i in range(n_files):  # mostly small records, some images, a few edge sizes, and a
+        r = rng.random()      # few large enough to upload while they are encoded
         size = (rng.choice([0, 1, 100, 4096]) if i % 50 == 7 else
+                rng.randrange(EAGER_MIN, EAGER_MIN + (8 << 20)) if i % 50 == 21 else
                 rng.randrange(1, 64 << 10) if r < 0.7 else
                 rng.randrange(64 << 10, 1 << 20) if r < 0.95 else
                 rng.randrange(1 << 20, 4 << 20))
@@ -113,6 +115,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path):
             f"{f.file_id}.prf" for f in rows)
         # No store holds anything the manifest does not name; nothing waits in the trash.
         assert not v.db.query("SELECT * FROM trash")
+        assert not v.db.query("SELECT * FROM planned")
         objects = collections.defaultdict(set)
         for o in v.db.objects():
             assert o.state == "uploaded"
