@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from . import audit, manifest
 from .codec import se2
 from .errors import DispersiondError, IntegrityError
 from .fsutil import Discard, atomic_output
-from .keys import KEY_LEN, write_key_file
+from .keys import KEY_LEN, derive_key, key_id, write_key_file
 from .logs import event, log
 from .placement import HashingWriter, new_object_name, rebuild_shards
 from .restore import fetch_object, first_intact, gather_shards, private_container
@@ -324,18 +327,66 @@ def recover(v: Vault, progress: Progress | None = None) -> dict:
 
 # --------------------------------------------------------------- rotate-key
 
-def rotate_key(v: Vault, progress: Progress | None = None) -> dict:
+_SALT_LINE = r"(\bsalt:[ \t]*[\"']?){}(?![0-9a-fA-F])"
+
+
+def _new_key(v: Vault, new_passphrase: bytes | None,
+             config_path: Path | None) -> tuple[bytes, Callable[[], None]] | None:
+    """The key to rotate to, and what makes it the configured one once everything is
+    re-wrapped; None if an interrupted passphrase rotation had already got that far.
+
+    A key file: a new random key, kept in KEY.new until the end. A passphrase: a new
+    salt, kept in the state database until the config file carries it (the config is
+    rewritten before that record is dropped, so a crash never loses the salt)."""
+    k = v.cfg.key
+    if k.file is not None:
+        key_path = v.cfg.path(k.file)
+        new_path = key_path.with_name(key_path.name + ".new")
+        new_key = new_path.read_bytes() if new_path.exists() else write_key_file(new_path)
+        if len(new_key) != KEY_LEN:
+            raise DispersiondError(f"{new_path} is damaged; delete it and run rotate-key again")
+        return new_key, lambda: os.replace(new_path, key_path)
+    salt = v.db.get_meta("rotate_salt")
+    if salt is not None and salt == k.salt:  # config already rewritten: only tidy up
+        v.db.delete_meta("rotate_salt", "rotate_key_id")
+        return None
+    if new_passphrase is None or config_path is None:
+        raise DispersiondError("a passphrase key is rotated to a new passphrase: set "
+                               "DISPERSIOND_NEW_PASSPHRASE or run rotate-key in a terminal")
+    text = config_path.read_text()
+    if len(re.findall(_SALT_LINE.format(k.salt), text)) != 1:
+        raise DispersiondError(f"{config_path}: cannot find the line 'salt: {k.salt}' to update; "
+                               "nothing was changed")
+    if salt is None:
+        salt = os.urandom(16).hex()
+        v.db.set_meta("rotate_salt", salt)
+    new_key = derive_key(new_passphrase, bytes.fromhex(salt), k.kdf)
+    want = v.db.get_meta("rotate_key_id")
+    if want is None:
+        v.db.set_meta("rotate_key_id", key_id(new_key))
+    elif want != key_id(new_key):
+        raise DispersiondError("an interrupted rotation began with another new passphrase: "
+                               "give that one again")
+
+    def install() -> None:
+        with atomic_output(config_path, mode=stat.S_IMODE(config_path.stat().st_mode)) as out:
+            out.write(re.sub(_SALT_LINE.format(k.salt), lambda m: m.group(1) + salt,
+                             text).encode())
+        v.db.delete_meta("rotate_salt", "rotate_key_id")
+
+    return new_key, install
+
+
+def rotate_key(v: Vault, progress: Progress | None = None, new_passphrase: bytes | None = None,
+               config_path: Path | None = None) -> dict:
     """New master key: re-wrap every private container (local and backups) and re-seal the
     manifest backups. Public objects are not touched. Resumable after a crash."""
-    if v.cfg.key.file is None:
-        raise DispersiondError("rotate-key works with a key file (key.file); a passphrase "
-                               "key is rotated by choosing a new passphrase, which this "
-                               "version does not support yet")
-    key_path = v.cfg.path(v.cfg.key.file)
-    new_path = key_path.with_name(key_path.name + ".new")
-    new_key = new_path.read_bytes() if new_path.exists() else write_key_file(new_path)
-    if len(new_key) != KEY_LEN:
-        raise DispersiondError(f"{new_path} is damaged; delete it and run rotate-key again")
+    got = _new_key(v, new_passphrase, config_path)
+    if got is None:
+        return {"new_key_id": key_id(v.key), "containers_rewrapped": 0,
+                "private_backups_rewritten": 0, "old_objects_deleted": 0,
+                "deletions_pending": 0, "public_objects_rewritten": 0}
+    new_key, install = got
     old_key, new_id = v.key, se2.key_id(new_key).hex()
     public_before = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
     rewrapped = uploaded = 0
@@ -376,7 +427,7 @@ def rotate_key(v: Vault, progress: Progress | None = None) -> dict:
         raise DispersiondError("no private store took the re-sealed manifest; the rotation "
                                "is not finished: run rotate-key again when a store answers")
     drop_all_backups_but_newest(v)
-    os.replace(new_path, key_path)
+    install()
     deleted, waiting = v.empty_trash()
     public_after = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
     v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped,

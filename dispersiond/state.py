@@ -198,6 +198,10 @@ class StateDB:
             db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                        "value=excluded.value", (key, value))
 
+    def delete_meta(self, *keys: str) -> None:
+        with self.tx() as db:
+            db.executemany("DELETE FROM meta WHERE key=?", [(k,) for k in keys])
+
     # --- files
     def add_file(self, **fields: Any) -> None:
         now = time.time()

@@ -343,6 +343,60 @@ def test_passphrase_key(tmp_path, monkeypatch):
     assert ok.returncode == 0 and sha(tmp_path / "y") == sha(f)
 
 
+def test_rotate_key_moves_a_passphrase_key_to_a_new_passphrase(tmp_path):
+    from dsp import run_cli
+
+    old = {"DISPERSIOND_PASSPHRASE": "correct horse battery staple"}
+    new = {"DISPERSIOND_PASSPHRASE": "a brand new passphrase here"}
+    assert run_cli("init", "--passphrase", str(tmp_path / "p"), env=old).returncode == 0
+    cfg = tmp_path / "p" / "dispersiond.yaml"
+    salt_before = yaml.safe_load(cfg.read_text())["key"]["salt"]
+    files = real_files()[:2]
+    for f in files:
+        assert run_cli("-c", str(cfg), "put", str(f), env=old).returncode == 0
+    stores = tmp_path / "p" / "stores"
+    public = {p: p.read_bytes() for p in stores.rglob("*") if p.is_file() and "vault" not in
+              p.parts and "manifest" not in p.parts}
+
+    r = run_cli("-c", str(cfg), "rotate-key", env=old)  # no terminal, no new passphrase
+    assert r.returncode == 2 and "DISPERSIOND_NEW_PASSPHRASE" in r.stderr, r.stderr
+    # What a crash right after the rotation recorded its new salt leaves behind:
+    import sqlite3
+
+    from dispersiond.keys import derive_key, key_id
+
+    salt = os.urandom(16)
+    db = sqlite3.connect(tmp_path / "p" / "state" / "state.db")
+    with db:
+        db.execute("INSERT INTO meta VALUES ('rotate_salt', ?)", (salt.hex(),))
+        db.execute("INSERT INTO meta VALUES ('rotate_key_id', ?)", (key_id(derive_key(
+            new["DISPERSIOND_PASSPHRASE"].encode(), salt)),))
+    db.close()
+    r = run_cli("-c", str(cfg), "rotate-key",  # the resumed rotation must use the same one
+                env={**old, "DISPERSIOND_NEW_PASSPHRASE": "yet another passphrase"})
+    assert r.returncode == 2 and "give that one again" in r.stderr, r.stderr
+    r = run_cli("-c", str(cfg), "rotate-key", "--json",
+                env={**old, "DISPERSIOND_NEW_PASSPHRASE": new["DISPERSIOND_PASSPHRASE"]})
+    assert r.returncode == 0, r.stderr
+    res = __import__("json").loads(r.stdout)
+    assert res["containers_rewrapped"] == 2 and res["public_objects_rewritten"] == 0
+    text = cfg.read_text()
+    assert salt.hex() in text  # the salt the interrupted run chose
+    assert salt_before not in text and "# set it in the service environment" in text
+    assert {p: p.read_bytes() for p in public} == public  # byte-identical public objects
+
+    for env, ok in ((new, True), (old, False)):
+        r = run_cli("-c", str(cfg), "restore", files[0].name, "--to",
+                    str(tmp_path / f"out-{ok}"), env=env)
+        assert (r.returncode == 0) == ok, r.stderr
+    assert sha(tmp_path / "out-True") == sha(files[0])
+    # a blank device with the new passphrase and the rewritten config gets everything back
+    shutil.rmtree(tmp_path / "p" / "state")
+    assert run_cli("-c", str(cfg), "recover", env=new).returncode == 0
+    r = run_cli("-c", str(cfg), "restore", files[1].name, "--to", str(tmp_path / "o2"), env=new)
+    assert r.returncode == 0 and sha(tmp_path / "o2") == sha(files[1])
+
+
 def test_os_errors_are_one_line_not_a_traceback(tmp_path):
     cfg = local_config(tmp_path)
     f = real_files()[3]

@@ -27,23 +27,23 @@ def config(args: argparse.Namespace) -> Config:
 PASSPHRASE_ENV = "DISPERSIOND_PASSPHRASE"
 
 
-def ask_passphrase(confirm: bool = False, min_len: int = 0) -> str:
-    """$DISPERSIOND_PASSPHRASE, or asked for at the terminal (twice with confirm)."""
+def ask_passphrase(confirm: bool = False, min_len: int = 0, env: str = PASSPHRASE_ENV,
+                   what: str = "passphrase") -> str:
+    """$DISPERSIOND_PASSPHRASE (or `env`), or asked for at the terminal (twice with confirm)."""
     import getpass
     import os
 
     from ..errors import DispersiondError
 
-    phrase = os.environ.get(PASSPHRASE_ENV)
+    phrase = os.environ.get(env)
     if not phrase:
         if not sys.stdin.isatty():
-            raise DispersiondError(f"a passphrase is needed: set {PASSPHRASE_ENV} or run this "
-                                   "in a terminal")
-        phrase = getpass.getpass("passphrase: ")
+            raise DispersiondError(f"a {what} is needed: set {env} or run this in a terminal")
+        phrase = getpass.getpass(f"{what}: ")
         if confirm and phrase != getpass.getpass("again: "):
             raise DispersiondError("the passphrases differ")
     if len(phrase) < min_len:
-        raise DispersiondError(f"use a passphrase of at least {min_len} characters")
+        raise DispersiondError(f"use a {what} of at least {min_len} characters")
     return phrase
 
 

@@ -2,32 +2,47 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..maintenance import rotate_key
 from ..vault import open_vault
-from ._common import add_config, add_json, config, emit_json
+from ..config import find_config, load_config
+from ._common import add_config, add_json, ask_passphrase, emit_json
+
+NEW_PASSPHRASE_ENV = "DISPERSIOND_NEW_PASSPHRASE"
 
 
 def register(sub) -> None:
     p = sub.add_parser("rotate-key", help="switch to a new master key (re-wraps private "
                                           "containers only)",
-                       description="Write a new random master key, re-wrap every private "
-                                   "container (on this device and on the private stores) and "
-                                   "re-seal the manifest backups. No public object is "
-                                   "rewritten. Safe to run again after an interruption.")
+                       description="Switch to a new master key: a new random key file, "
+                                   "or, for a passphrase key, a new passphrase (from "
+                                   "$DISPERSIOND_NEW_PASSPHRASE, or asked for) and a new salt "
+                                   "written into the config. Re-wrap every private container "
+                                   "(on this device and on the private stores) and re-seal "
+                                   "the manifest backups. No public object is rewritten. Safe "
+                                   "to run again after an interruption.")
     add_config(p)
     add_json(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = config(args)
+    path = find_config(getattr(args, "config", None))
+    cfg = load_config(path)
     with open_vault(cfg, exclusive=True) as v:
-        res = rotate_key(v)
+        phrase = None
+        if cfg.key.passphrase_env is not None and v.db.get_meta("rotate_salt") != cfg.key.salt:
+            phrase = ask_passphrase(confirm=True, min_len=12, env=NEW_PASSPHRASE_ENV,
+                                    what="new passphrase").encode()
+        res = rotate_key(v, new_passphrase=phrase, config_path=path)
     if args.json:
         emit_json(res)
     else:
         print(f"new master key {res['new_key_id']}: {res['containers_rewrapped']} private "
               f"containers re-wrapped, {res['private_backups_rewritten']} backups rewritten, "
               f"{res['public_objects_rewritten']} public objects rewritten")
+        if cfg.key.passphrase_env is not None:
+            print(f"{path} now holds the new salt; set {cfg.key.passphrase_env} to the new "
+                  "passphrase wherever the service reads it", file=sys.stderr)
     return 0
