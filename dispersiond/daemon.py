@@ -46,8 +46,8 @@ from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
 from .maintenance import backup_manifest, finalize, verify
-from .protect import (Cancelled, Eager, SourceGone, Throttle, abandon_planned, commit, encode,
-                      upload_one)
+from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned, commit,
+                      encode, upload_one)
 from .sdnotify import Notifier
 from .state import ObjectRow
 from .units import human_size, parse_size
@@ -207,6 +207,7 @@ class Daemon:
         self.health = {s.name: StoreHealth(self.retry_base, self.retry_max) for s in cfg.stores}
         self.uploads = ThreadPoolExecutor(cfg.upload_workers, thread_name_prefix="upload")
         self.encoders = ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode")
+        self.streamer = ThreadPoolExecutor(1, thread_name_prefix="encode-upload")
         self.maint = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self.in_flight: dict[int, ObjectRow] = {}
         self.to_encode: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -214,6 +215,7 @@ class Daemon:
             s.name: collections.OrderedDict() for s in cfg.stores}
         self.reload_at = 0.0
         self.encoding: set[str] = set()
+        self.streaming: set[str] = set()  # of those, the one uploading while it is encoded
         self.encode_not_before: dict[str, float] = {}
         self.paused: str | None = None
         self.space_need = 0
@@ -329,7 +331,7 @@ class Daemon:
         self.cancel.set()
         stuck = len(self.in_flight) + len(self.encoding)
         self._write_status(state="stopped")
-        for pool in (self.uploads, self.encoders, self.maint):
+        for pool in (self.uploads, self.encoders, self.streamer, self.maint):
             pool.shutdown(wait=False, cancel_futures=True)
         event(logging.INFO, "daemon stopped", interrupted=stuck)
         if stuck or self.verifying:
@@ -490,31 +492,39 @@ class Daemon:
             self._advance_if_settled(fid)  # safety net: restorable files are committed
 
     def _start_encodes(self) -> None:
-        room = ENCODERS + 1 - len(self.encoding)
-        if room <= 0 or self.stop.is_set() or not self.to_encode:
+        """Files in arrival order. A large one uploads while it is encoded, on its own
+        thread (that can take as long as its upload), if that thread is free; otherwise,
+        like every other file, it is encoded by the encoder pool and uploaded after."""
+        if self.stop.is_set() or not self.to_encode:
             return
         now = time.monotonic()
         for fid, size in list(self.to_encode.items()):
-            if room <= 0 or self.paused is not None:
+            if self.paused is not None:
                 return
             if self.encode_not_before.get(fid, 0) > now:
                 continue
+            eager = self._eager() if size >= EAGER_MIN and not self.streaming else None
+            if eager is None and len(self.encoding) - len(self.streaming) > ENCODERS:
+                return  # the pool is busy (one file queued ahead)
             if self._free() < self.min_free + self._need(size):
                 self.space_need = self._need(size)
                 self._check_space()
                 return
             del self.to_encode[fid]
             self.encoding.add(fid)
-            self.encoders.submit(self._encode_task, fid, self._eager())
-            room -= 1
+            if eager is not None:
+                self.streaming.add(fid)
+                self.streamer.submit(self._encode_task, fid, eager)
+            else:
+                self.encoders.submit(self._encode_task, fid, None)
 
     def _eager(self) -> Eager | None:
         """Stores a large file may start uploading to while it is encoded: the healthy
         ones, inside the upload window."""
-        if not self._uploads_open():
+        stores = frozenset(s for s, h in self.health.items() if h.failures == 0)
+        if not stores or not self._uploads_open():
             return None
-        return Eager(frozenset(s for s, h in self.health.items() if h.failures == 0),
-                     self.throttle, self._check_cancel)
+        return Eager(stores, self.throttle, self._check_cancel)
 
     def _encode_task(self, fid: str, eager: Eager | None) -> None:
         try:
@@ -530,6 +540,7 @@ class Daemon:
 
     def _on_encoded(self, fid: str, exc: BaseException | None) -> None:
         self.encoding.discard(fid)
+        self.streaming.discard(fid)
         if exc is None:
             self.encode_not_before.pop(fid, None)
             for obj in self.v.db.objects(fid, "state='pending'"):

@@ -276,7 +276,7 @@ class EagerRun:
             self.v.store(row["store"]).put(
                 row["name"], UploadReader(tap.reader(), e.throttle, e.progress), tap.size)
         except Exception as exc:  # noqa: BLE001 - the object stays pending and is retried
-            if not isinstance(exc, Cancelled):
+            if not isinstance(exc, Cancelled) and not isinstance(exc.__cause__, Cancelled):
                 event(logging.WARNING, "early upload failed; it is retried from the staged "
                       "copy", file_id=self.fid, store=row["store"], error=type(exc).__name__)
             return

@@ -115,12 +115,21 @@ def test_tap_reader_follows_the_writer_and_fails_with_it(tmp_path):
 def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
     cfg_path = s3_config(tmp_path, make_store_settings)
     src = big_file(tmp_path / "study.dcm")
-    events: list[tuple[str, int]] = []  # (thread, bytes) in the order they happened
-    lock = threading.Lock()
+    me = threading.current_thread()
+    read = sent = 0
+    sending = threading.Event()
+    overlapped = []
 
     def progress(n: int) -> None:
-        with lock:
-            events.append((threading.current_thread().name, n))
+        nonlocal read, sent
+        if threading.current_thread() is not me:  # an upload thread
+            sent += n
+            sending.set()
+            return
+        read += n
+        if read == BIG:  # the encoder's last read: its last chunk is not written yet.
+            # Uploads that only began after the encode would never come: wait for them.
+            overlapped.append(sending.wait(30))
 
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
@@ -131,12 +140,8 @@ def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
         assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
         for o in objs:  # each store holds exactly the bytes whose digest the manifest keeps
             assert hashlib.sha256(v.store(o.store).get_bytes(o.name)).hexdigest() == o.sha256
-
-    me = threading.current_thread().name
-    last_read = max(i for i, (t, _) in enumerate(events) if t == me)
-    first_sent = min(i for i, (t, _) in enumerate(events) if t != me)
-    assert first_sent < last_read  # uploading began long before the source was read through
-    assert sum(n for t, n in events if t == me) == BIG
+    assert overlapped == [True]  # uploads moved while the encoder was still at work
+    assert read == BIG and sent == sum(o.object_size for o in objs)
 
     res = cli_json(cfg_path, "put", "--resume")  # nothing left to send: it commits and ends
     assert [f["state"] for f in res["files"]] == ["done"]
@@ -277,3 +282,32 @@ def test_sigterm_during_early_uploads_then_the_daemon_finishes(tmp_path):
     fid = cli_json(cfg, "ls")[0]["file_id"]
     cli(cfg, "restore", fid, "--to", str(tmp_path / "back"))
     assert sha(tmp_path / "back") == want
+
+
+def test_small_files_keep_flowing_while_large_ones_upload(tmp_path):
+    """One large file at a time uploads while it is encoded, on its own thread (which
+    takes as long as its upload: here ~10 s); the next large one and the small files are
+    encoded meanwhile and queue for upload as usual."""
+    from daemonctl import DaemonProc, daemon_config, drop, status, wait_until
+
+    cfg = daemon_config(tmp_path, "replicate", after="delete",
+                        schedule={"bandwidth_limit": "2MiB"})  # ~20 s for the two large ones
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    try:
+        wait_until(lambda: status(cfg)["running"], 30, "start-up", d)
+        for i in range(2):
+            drop(tmp_path / "inbox", f"scan-{i}.dcm", os.urandom(EAGER_MIN + (2 << 20)))
+        time.sleep(1.0)
+        for i in range(5):
+            drop(tmp_path / "inbox", f"note-{i}.hl7", os.urandom(2000 + i))
+
+
+        def others_encoded() -> bool:  # all but the one uploading while it is encoded
+            files = status(cfg)["files"]
+            past = sum(files.get(s, 0) for s in ("encoded", "committed", "done"))
+            return files.get("claimed") == 1 and past == 6
+
+        wait_until(others_encoded, 10, "every other file encoded while one large one "
+                   "uploads", d)
+    finally:
+        d.terminate(timeout=30)
