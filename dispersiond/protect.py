@@ -102,7 +102,9 @@ class UploadReader:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = 1 << 20
-        data = self.f.read(min(n, 1 << 20) if self.throttle.rate else n)
+        # Under a cap, small slices: every transfer then waits its turn in slices of
+        # 64 KiB, so a small file is not held up behind megabytes of a large one.
+        data = self.f.read(min(n, 64 << 10) if self.throttle.rate else n)
         self.throttle.take(len(data))
         if self.progress and data:
             self.progress(len(data))

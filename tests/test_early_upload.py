@@ -309,5 +309,10 @@ def test_small_files_keep_flowing_while_large_ones_upload(tmp_path):
 
         wait_until(others_encoded, 10, "every other file encoded while one large one "
                    "uploads", d)
+        # Under the cap the small files share the link with the large ones in small
+        # slices: done in ~5 s here, where 1 MiB slices took ~20 s.
+        wait_until(lambda: status(cfg)["files"].get("done", 0) >= 5, 12,
+                   "the small files done while the large ones still upload", d)
+        assert status(cfg)["files"].get("done", 0) == 5
     finally:
         d.terminate(timeout=30)
