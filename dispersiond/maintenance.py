@@ -382,10 +382,13 @@ def rotate_key(v: Vault, progress: Progress | None = None, new_passphrase: bytes
     """New master key: re-wrap every private container (local and backups) and re-seal the
     manifest backups. Public objects are not touched. Resumable after a crash."""
     got = _new_key(v, new_passphrase, config_path)
-    if got is None:
+    if got is None:  # the config already names the new key: finish what came after that
+        deleted, waiting = v.empty_trash()
+        v.audit("rotate-key", None, new_key_id=key_id(v.key), containers=0,
+                audit_rechained=True)
         return {"new_key_id": key_id(v.key), "containers_rewrapped": 0,
-                "private_backups_rewritten": 0, "old_objects_deleted": 0,
-                "deletions_pending": 0, "public_objects_rewritten": 0}
+                "private_backups_rewritten": 0, "old_objects_deleted": deleted,
+                "deletions_pending": waiting, "public_objects_rewritten": 0}
     new_key, install = got
     old_key, new_id = v.key, se2.key_id(new_key).hex()
     public_before = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
