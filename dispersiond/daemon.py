@@ -547,8 +547,7 @@ class Daemon:
                 self.to_upload[obj.store][obj.id] = obj
             self._advance_if_settled(fid)  # early uploads may have finished it already
             return
-        if self.v.db.query("SELECT 1 FROM trash LIMIT 1"):
-            self.maint.submit(self.v.empty_trash)  # early uploads of the failed encode
+        self.maint.submit(self.v.empty_trash)  # early uploads of the failed encode, if any
         if isinstance(exc, Cancelled) or self.cancel.is_set():
             return
         shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,17 +128,11 @@ class Identity:
             raise IdentityError(f"{path} already exists; keygen never overwrites a key") from None
 
 
-def is_sealed(path: str | os.PathLike) -> bool:
-    """Whether an identity file needs its passphrase (False if unreadable: load says why)."""
-    try:
-        return any(ln.strip().upper().startswith(SEALED_PREFIX)
-                   for ln in Path(path).read_text().splitlines())
-    except (OSError, UnicodeDecodeError):
-        return False
+def load_identity(path: str | os.PathLike,
+                  passphrase: bytes | Callable[[], bytes] | None = None) -> Identity:
+    """Read an identity file written by `keygen`; actionable errors for anything else.
 
-
-def load_identity(path: str | os.PathLike, passphrase: bytes | None = None) -> Identity:
-    """Read an identity file written by `keygen`; actionable errors for anything else."""
+    A sealed file needs `passphrase` (or a callable giving it, called only then)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -171,7 +166,9 @@ def load_identity(path: str | os.PathLike, passphrase: bytes | None = None) -> I
     return Identity(X25519PrivateKey.from_private_bytes(sk))
 
 
-def _unseal(path: Path, raw: bytes, passphrase: bytes | None) -> bytes:
+def _unseal(path: Path, raw: bytes, passphrase: bytes | Callable[[], bytes] | None) -> bytes:
+    if callable(passphrase):
+        passphrase = passphrase()
     if passphrase is None:
         raise IdentityError(f"identity file {path} is protected by a passphrase: give it "
                             "(DISPERSIOND_PASSPHRASE, or at the prompt)")

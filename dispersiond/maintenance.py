@@ -330,7 +330,7 @@ def recover(v: Vault, progress: Progress | None = None) -> dict:
 _SALT_LINE = r"(\bsalt:[ \t]*[\"']?){}(?![0-9a-fA-F])"
 
 
-def _new_key(v: Vault, new_passphrase: bytes | None,
+def _new_key(v: Vault, new_passphrase: Callable[[], bytes] | None,
              config_path: Path | None) -> tuple[bytes, Callable[[], None]] | None:
     """The key to rotate to, and what makes it the configured one once everything is
     re-wrapped; None if an interrupted passphrase rotation had already got that far.
@@ -357,10 +357,11 @@ def _new_key(v: Vault, new_passphrase: bytes | None,
     if len(re.findall(_SALT_LINE.format(k.salt), text)) != 1:
         raise DispersiondError(f"{config_path}: cannot find the line 'salt: {k.salt}' to update; "
                                "nothing was changed")
+    phrase = new_passphrase()  # asked for only now, when it is really needed
     if salt is None:
         salt = os.urandom(16).hex()
         v.db.set_meta("rotate_salt", salt)
-    new_key = derive_key(new_passphrase, bytes.fromhex(salt), k.kdf)
+    new_key = derive_key(phrase, bytes.fromhex(salt), k.kdf)
     want = v.db.get_meta("rotate_key_id")
     if want is None:
         v.db.set_meta("rotate_key_id", key_id(new_key))
@@ -377,10 +378,13 @@ def _new_key(v: Vault, new_passphrase: bytes | None,
     return new_key, install
 
 
-def rotate_key(v: Vault, progress: Progress | None = None, new_passphrase: bytes | None = None,
+def rotate_key(v: Vault, progress: Progress | None = None,
+               new_passphrase: Callable[[], bytes] | None = None,
                config_path: Path | None = None) -> dict:
     """New master key: re-wrap every private container (local and backups) and re-seal the
-    manifest backups. Public objects are not touched. Resumable after a crash."""
+    manifest backups. Public objects are not touched. Resumable after a crash.
+
+    For a passphrase key, `new_passphrase` is called for the new one if it is needed."""
     got = _new_key(v, new_passphrase, config_path)
     if got is None:  # the config already names the new key: finish what came after that
         deleted, waiting = v.empty_trash()

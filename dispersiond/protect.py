@@ -220,7 +220,7 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     if (enc.puf_len, enc.prf_len) != (layout.puf_len, layout.prf_len):
         raise IntegrityError("the encoder wrote other sizes than its layout says")
     writers = {**dict(zip(names, outs)), "prf": prf}
-    for name, w in writers.items():
+    for w in writers.values():
         if w.tap:
             w.tap.finish()
     return Staged(layout, size, reader.h.hexdigest(),
@@ -305,6 +305,8 @@ def abandon_planned(v: Vault, fid: str | None = None) -> int:
     """Names planned for eager uploads of an encode that never finished (of `fid`, or
     of every file): to the trash, whether or not their objects exist."""
     where, args = ("file_id=?", (fid,)) if fid else ("1", ())
+    if not v.db.query(f"SELECT 1 FROM planned WHERE {where} LIMIT 1", args):
+        return 0  # the usual case: no write transaction (and no lock) for every encode
     with v.db.tx() as conn:
         rows = conn.execute(f"SELECT store, name FROM planned WHERE {where}", args).fetchall()
         conn.executemany("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)",

@@ -157,18 +157,15 @@ class _Chunker:
                             memoryview(_aligned(self.seg.size)))
         return self._second
 
-    def keystream(self, n: int) -> np.ndarray:
+    def keystream(self, n: int) -> memoryview:
         """The next n position bytes (one per unit; the low 3 bits are the word index)."""
-        self.keys.pos.update_into(self._zeros[:n], self._ks)
-        return self._ks[:n]
-
-    def keystream_view(self, n: int) -> memoryview:
-        """keystream(n) as a memoryview (for the C kernel)."""
         self.keys.pos.update_into(self._zeros[:n], self._ks)
         return self._ks_v[:n]
 
     def positions(self, n: int) -> np.ndarray:
-        return self.split.positions(self.keystream(n))
+        """The next n word indexes, for the numpy kernels."""
+        self.keystream(n)
+        return self.split.positions(self._ks[:n])
 
 
 class Se2Encoder:
@@ -251,7 +248,7 @@ class Se2Encoder:
         c = self._c
         scratch = ((c.pub_v, c.seg_v), c.second_scratch())
         n = sizes[0]
-        native.split(src[: 32 * n], c.keystream_view(n), c.pub_v, c.seg_v, n)
+        native.split(src[: 32 * n], c.keystream(n), c.pub_v, c.seg_v, n)
         q = p = off = 0
         for i, n in enumerate(sizes):
             pub, seg = scratch[i & 1]
@@ -262,7 +259,7 @@ class Se2Encoder:
             if i + 1 < len(sizes):  # split the next chunk while this one is written out
                 m = sizes[i + 1]
                 npub, nseg = scratch[~i & 1]
-                native.split(src[off: off + 32 * m], c.keystream_view(m), npub, nseg, m,
+                native.split(src[off: off + 32 * m], c.keystream(m), npub, nseg, m,
                              flush=out)
             else:
                 for dst, piece in out:
@@ -273,7 +270,7 @@ class Se2Encoder:
         c = self._c
         native = _split.native
         if native is not None:
-            native.split(src, c.keystream_view(n), pub, seg, n)
+            native.split(src, c.keystream(n), pub, seg, n)
         else:
             if src is not c.work:
                 np.copyto(c.work[: 32 * n], np.frombuffer(src, dtype=np.uint8, count=32 * n))
@@ -429,7 +426,7 @@ class Se2Decoder:
                                  "altered, reordered or from another file") from None
         native = _split.native
         if native is not None:
-            native.merge(c.pub_v, c.seg_v, c.keystream_view(n), out, n, stream=stream,
+            native.merge(c.pub_v, c.seg_v, c.keystream(n), out, n, stream=stream,
                          prefetch=prefetch)
         else:
             merge_swap(c.pub, c.seg[: 4 * n].view(np.uint32), n, c.positions(n),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..identity import is_sealed, load_identity
+from ..identity import load_identity
 from ..share import open_bundle
 from ._common import add_json, ask_passphrase, emit_json, transfer_progress
 
@@ -28,8 +28,7 @@ def register(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    phrase = ask_passphrase().encode() if is_sealed(args.identity) else None
-    ident = load_identity(args.identity, phrase)
+    ident = load_identity(args.identity, lambda: ask_passphrase().encode())
     with transfer_progress("fetching", None, not args.json) as adv:
         res = open_bundle(Path(args.bundle), ident, Path(args.out), force=args.force,
                           progress=adv)

@@ -55,8 +55,7 @@ def _run(args: argparse.Namespace) -> int:
                     continue
             out.append({"file_id": fid, "name": path.name if path else v.db.file(fid).name,
                         "state": v.db.file(fid).state})
-        if v.db.query("SELECT 1 FROM trash LIMIT 1"):
-            v.empty_trash()  # best effort; what a store refuses now waits for the next run
+        v.empty_trash()  # best effort; what a store refuses now waits for the next run
         if out:
             backup_manifest(v)
             for item in out:

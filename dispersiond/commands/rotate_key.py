@@ -31,11 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     path = find_config(getattr(args, "config", None))
     cfg = load_config(path)
     with open_vault(cfg, exclusive=True) as v:
-        phrase = None
-        if cfg.key.passphrase_env is not None and v.db.get_meta("rotate_salt") != cfg.key.salt:
-            phrase = ask_passphrase(confirm=True, min_len=12, env=NEW_PASSPHRASE_ENV,
-                                    what="new passphrase").encode()
-        res = rotate_key(v, new_passphrase=phrase, config_path=path)
+        res = rotate_key(v, config_path=path, new_passphrase=lambda: ask_passphrase(
+            confirm=True, min_len=12, env=NEW_PASSPHRASE_ENV, what="new passphrase").encode())
     if args.json:
         emit_json(res)
     else:
