@@ -50,6 +50,7 @@ from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon
                       encode, upload_one)
 from .sdnotify import Notifier
 from .state import ObjectRow
+from .tap import DirectUploadFailed
 from .units import human_size, parse_size
 from .vault import Busy, Vault
 
@@ -527,18 +528,19 @@ class Daemon:
         return Eager(stores, self.throttle, self._check_cancel)
 
     def _encode_task(self, fid: str, eager: Eager | None) -> None:
+        started = time.monotonic()
         try:
             encode(self.v, fid, self._check_cancel, eager)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
-            self.q.put(("encoded", fid, exc))
+            self.q.put(("encoded", fid, started, exc))
             return
-        self.q.put(("encoded", fid, None))
+        self.q.put(("encoded", fid, started, None))
 
     def _check_cancel(self, n: int) -> None:
         if self.cancel.is_set():
             raise Cancelled()
 
-    def _on_encoded(self, fid: str, exc: BaseException | None) -> None:
+    def _on_encoded(self, fid: str, started: float, exc: BaseException | None) -> None:
         self.encoding.discard(fid)
         self.streaming.discard(fid)
         if exc is None:
@@ -551,6 +553,14 @@ class Daemon:
         if isinstance(exc, Cancelled) or self.cancel.is_set():
             return
         shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
+        if isinstance(exc, DirectUploadFailed) and isinstance(exc.cause, StoreError):
+            # Not the file's fault: the store backs off, so the next encode (at once) stages
+            # the object for it and sends the others early from the staged files.
+            self._store_failed(exc.store, started, exc.cause)
+            self.v.db.update_file(fid, error=str(exc)[:500])
+            f = self.v.db.file(fid)
+            self.to_encode[fid] = f.size if f else 0
+            return
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             f = self.v.db.file(fid)
             self.space_need = self._need(f.size if f else 0) + (64 << 20)
@@ -650,14 +660,20 @@ class Daemon:
                   store=obj.store, error=type(exc).__name__)
             return
         self.to_upload[obj.store][obj.id] = obj  # still pending: tried again after the wait
-        self.v.db.store_error(obj.store, msg[:500])
-        delay = h.fail(started, msg)
+        self._store_failed(obj.store, started, exc)
         with self.v.db.tx() as conn:
             conn.execute("UPDATE files SET attempts=attempts+1, next_try=?, error=?, updated=? "
                          "WHERE file_id=?", (h.retry_at(), f"upload to {obj.store} failed: "
                                              f"{msg}"[:500], time.time(), obj.file_id))
+
+    def _store_failed(self, store: str, started: float, exc: BaseException) -> None:
+        """A request to `store` that began at `started` failed: back off."""
+        h = self.health[store]
+        msg = str(exc) or type(exc).__name__
+        self.v.db.store_error(store, msg[:500])
+        delay = h.fail(started, msg)
         if delay is not None:
-            event(logging.WARNING, "store unavailable; backing off", store=obj.store,
+            event(logging.WARNING, "store unavailable; backing off", store=store,
                   error=type(exc).__name__, retry_in=round(delay, 1), failures=h.failures)
             if h.failures == 1:
                 self._write_status()

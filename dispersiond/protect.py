@@ -26,12 +26,15 @@ from .errors import DispersiondError, IntegrityError
 from .formats import PROBE, head_len
 from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
-from .placement import (DEFAULT_BLOCK, HashingWriter, ShardWriter, new_object_name, padded,
-                        shard_length)
-from .tap import Tap
+from .placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, new_object_name,
+                        padded, shard_length)
+from .tap import DirectUploadFailed, Pipe, Tap
 from .vault import Progress, Vault
 
 import logging
+
+
+Feeds = dict[str, "Tap | list[Pipe]"]  # staged file name -> what its uploads read from
 
 
 class HashingReader:
@@ -187,12 +190,13 @@ class Staged:
 
 def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
           progress: Progress | None = None,
-          on_layout: Callable[[se2.Layout], dict[str, Tap]] | None = None) -> Staged:
+          on_layout: Callable[[se2.Layout], Feeds] | None = None) -> Staged:
     """Encode `src` with a fresh secret: the container to `prf_path` (atomically,
     fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`.
 
     `on_layout`, if given, is called once the sizes are known and before any byte is
-    written; the Taps it returns (by staged file name) are fed as the files grow."""
+    written; the Taps it returns (by staged file name) are fed as the files grow, and a
+    staged file given Pipes instead is not written at all: its bytes go to them."""
     cfg, pol = v.cfg, v.cfg.public
     size = os.fstat(src.fileno()).st_size
     hl = head_len(src.read(PROBE), size, cfg.dicom_header)
@@ -201,9 +205,14 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     taps = on_layout(layout) if on_layout else {}
     reader = HashingReader(src, progress)
     names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
-    outs = [HashingWriter(open(stage_dir / name, "w+b"), taps.get(name)) for name in names]
-    sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs, DEFAULT_BLOCK)
+    outs: list[HashingWriter] = []
     try:
+        for name in names:
+            t = taps.get(name)
+            outs.append(PipeWriter(t) if isinstance(t, list)
+                        else HashingWriter(open(stage_dir / name, "w+b"), t))
+        sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
+                                                                   DEFAULT_BLOCK)
         with atomic_output(prf_path) as prf_file:
             prf = HashingWriter(prf_file, taps.get("prf"))
             enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
@@ -211,11 +220,10 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
             sink.close()
         for o in outs:
             o.pad_random(padded(o.n, pol.pad))
-            o.f.flush()
-            os.fsync(o.f.fileno())
+            o.sync()
     finally:
         for o in outs:
-            o.f.close()
+            o.close()
     fsync_dir(stage_dir)
     if (enc.puf_len, enc.prf_len) != (layout.puf_len, layout.prf_len):
         raise IntegrityError("the encoder wrote other sizes than its layout says")
@@ -235,12 +243,16 @@ EAGER_MIN = 16 << 20  # below this a file goes up in one request, which cannot s
 class Eager:
     """Start uploads to these stores while a large file is still being encoded.
 
-    Correctness never rests on it: an eager upload that fails leaves its object
-    pending, to be sent from the staged copy like any other."""
+    With `direct` (and every public object bound for one of these stores) the public
+    objects are not staged at all: the encoder feeds the uploads through memory, and
+    if one fails the encode fails with DirectUploadFailed, to be redone. Otherwise
+    the uploads read the staged files behind the encoder, and one that fails just
+    leaves its object pending, to be sent from the staged copy like any other."""
 
     stores: frozenset[str]
     throttle: Throttle
     progress: Progress | None = None
+    direct: bool = True
 
 
 class EagerRun:
@@ -251,53 +263,79 @@ class EagerRun:
     def __init__(self, v: Vault, fid: str, eager: Eager) -> None:
         self.v, self.fid, self.eager = v, fid, eager
         self.planned: list[tuple[dict, str]] = []
-        self.taps: dict[str, Tap] = {}
+        self.feeds: Feeds = {}
         self.threads: list[threading.Thread] = []
         self.sent: set[str] = set()
         self.lock = threading.Lock()
 
-    def start(self, layout: se2.Layout) -> dict[str, Tap]:
+    def start(self, layout: se2.Layout) -> Feeds:
         self.planned = plan_rows(self.v.cfg, self.fid, layout)
         sizes = staged_sizes(self.v.cfg, layout)
         chosen = [(row, key) for row, key in self.planned if row["store"] in self.eager.stores]
+        direct = self.eager.direct and all(row["store"] in self.eager.stores
+                                           for row, _ in self.planned if row["role"] == "public")
         with self.v.db.tx() as conn:
             conn.executemany("INSERT INTO planned VALUES (?, ?, ?, ?)",
                              [(row["store"], row["name"], self.fid, time.time())
                               for row, _ in chosen])
         for row, key in chosen:
-            tap = self.taps.setdefault(key, Tap(sizes[key]))
-            t = threading.Thread(target=self._send, args=(row, tap), daemon=True,
+            feed: Tap | Pipe
+            if direct and row["role"] == "public":
+                feed = Pipe(sizes[key], row["store"])
+                pipes = self.feeds.setdefault(key, [])
+                assert isinstance(pipes, list)
+                pipes.append(feed)
+            else:
+                tap = self.feeds.setdefault(key, Tap(sizes[key]))
+                assert isinstance(tap, Tap)
+                feed = tap
+            t = threading.Thread(target=self._send, args=(row, feed), daemon=True,
                                  name=f"eager-{row['store']}")
             self.threads.append(t)
             t.start()
-        return self.taps
+        return self.feeds
 
-    def _send(self, row: dict, tap: Tap) -> None:
+    def _all(self) -> list[Tap | Pipe]:
+        return [f for v in self.feeds.values() for f in (v if isinstance(v, list) else [v])]
+
+    def _send(self, row: dict, feed: Tap | Pipe) -> None:
         e = self.eager
         try:
             self.v.store(row["store"]).put(
-                row["name"], UploadReader(tap.reader(), e.throttle, e.progress), tap.size)
-        except Exception as exc:  # noqa: BLE001 - the object stays pending and is retried
-            if not isinstance(exc, Cancelled) and not isinstance(exc.__cause__, Cancelled):
-                event(logging.WARNING, "early upload failed; it is retried from the staged "
-                      "copy", file_id=self.fid, store=row["store"], error=type(exc).__name__)
+                row["name"], UploadReader(feed.reader(), e.throttle, e.progress), feed.size)
+        except Exception as exc:  # noqa: BLE001 - reported to the encoder, or left pending
+            cancelled = isinstance(exc, Cancelled) or isinstance(exc.__cause__, Cancelled)
+            if isinstance(feed, Pipe):
+                feed.broken(Cancelled() if cancelled else DirectUploadFailed(row["store"], exc))
+            if not cancelled and feed.error is None:  # else the encode failed: said there
+                event(logging.WARNING, "direct upload failed; the file is encoded again"
+                      if isinstance(feed, Pipe) else "early upload failed; it is retried "
+                      "from the staged copy", file_id=self.fid, store=row["store"],
+                      error=type(exc).__name__)
             return
         with self.lock:
             self.sent.add(row["name"])
 
     def join(self) -> set[str]:
-        """Wait for every eager upload; returns the names that landed."""
+        """Wait for every eager upload; returns the names that landed. Raises the failure
+        of a direct upload: its bytes are nowhere else."""
         for t in self.threads:
             t.join()
-        for tap in self.taps.values():
-            tap.close()
+        for feed in self._all():
+            feed.close()
+        for feed in self._all():
+            if isinstance(feed, Pipe) and feed.reader_error is not None:
+                raise feed.reader_error
         return self.sent
 
     def abort(self, exc: BaseException) -> None:
         """The encode failed: stop the uploads and send what landed to the trash."""
-        for tap in self.taps.values():
-            tap.fail(exc)
-        self.join()
+        for feed in self._all():
+            feed.fail(exc)
+        for t in self.threads:
+            t.join()
+        for feed in self._all():
+            feed.close()
         abandon_planned(self.v, self.fid)
 
 
@@ -335,12 +373,12 @@ def encode(v: Vault, fid: str, progress: Progress | None = None,
     try:
         with src:
             st = stage(v, src, work, v.prf_path(fid), progress, run.start if run else None)
+        sent = run.join() if run else set()
     except BaseException as exc:
         if run:
             run.abort(exc)
         shutil.rmtree(work, ignore_errors=True)  # e.g. a full disk: give the space back
         raise
-    sent = run.join() if run else set()
     planned = run.planned if run else plan_rows(v.cfg, fid, st.layout)
     rows = [dict(row, state="uploaded" if row["name"] in sent else "pending")
             for row, _ in st.complete(planned)]
@@ -469,8 +507,13 @@ def resume(v: Vault, fid: str, progress: Progress | None = None,
     if f.state == "claimed":
         if on_step:
             on_step("encode")
-        encode(v, fid, progress, Eager(frozenset(s.name for s in v.cfg.stores), throttle,
-                                       progress))
+        stores = frozenset(s.name for s in v.cfg.stores)
+        try:
+            encode(v, fid, progress, Eager(stores, throttle, progress))
+        except DirectUploadFailed as exc:  # again, staged: what fails now is kept for resume
+            log.warning("file %s: %s; encoding it again with a staged copy for that store",
+                        fid, exc)
+            encode(v, fid, progress, Eager(stores - {exc.store}, throttle, progress))
     if on_step:
         on_step("upload")
     failures = upload(v, fid, throttle, progress)

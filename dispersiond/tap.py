@@ -1,16 +1,25 @@
-"""A staged file that an upload reads while the encoder is still writing it.
+"""Uploads fed by the encoder while it runs: from a staged file, or from memory.
 
 Uploading only after encoding costs the sum of both; reading behind the writer
-costs about the larger. The writer reports each flushed write to the Tap; a
-TapReader blocks until the bytes it wants are on disk, and fails at once if the
-writer fails. Reads go through `os.pread` on a duplicate of the writer's
-descriptor, so they neither move the writer's offset nor depend on the file's
-name (the private container is written under a temporary name and renamed).
+costs about the larger.
+
+- A Tap is a staged file that an upload reads behind the writer. The writer reports
+  each flushed write; a TapReader blocks until the bytes it wants are on disk, and
+  fails at once if the writer fails. Reads go through `os.pread` on a duplicate of
+  the writer's descriptor, so they neither move the writer's offset nor depend on the
+  file's name (the private container is written under a temporary name and renamed).
+- A Pipe hands the encoder's output straight to an upload, with no staged copy: the
+  public fragment of a large file never touches the local disk (no second write of
+  the file to flash, no fsync of it). At most `cap` bytes wait in memory; beyond that
+  the encoder waits for the upload. If the upload fails, the encoder's next write
+  raises DirectUploadFailed, and the whole encode is redone later (staged, if the
+  store is still failing then).
 """
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 
 from backends import SourceError
 
@@ -95,6 +104,115 @@ class TapReader:
             raise SourceError("the staged object is shorter on disk than its writer reported")
         self.pos += n
         return data
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(memoryview(buf)))
+        memoryview(buf)[: len(data)] = data
+        return len(data)
+
+
+class DirectUploadFailed(Exception):
+    """An upload fed from a Pipe failed: there is no staged copy to retry it from."""
+
+    def __init__(self, store: str, cause: BaseException) -> None:
+        super().__init__(f"the upload to store {store!r} failed: {type(cause).__name__}: {cause}")
+        self.store, self.cause = store, cause
+
+
+class Pipe:
+    """Writer side: `put` each piece (it is copied), then `finish` or `fail`. An upload
+    that gives up calls `broken` with what the writer's next `put` is to raise."""
+
+    def __init__(self, size: int, store: str, cap: int = 16 << 20) -> None:
+        self.size, self.store, self.cap = size, store, cap
+        self.cond = threading.Condition()
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.written = 0
+        self.done = False
+        self.error: BaseException | None = None  # the writer's
+        self.reader_error: BaseException | None = None  # the upload's
+
+    def put(self, data) -> None:
+        piece = bytes(data)
+        with self.cond:
+            while self.buffered >= self.cap and self.reader_error is None:
+                self.cond.wait(1.0)
+            if self.reader_error is not None:
+                raise self.reader_error
+            if self.written + len(piece) > self.size:  # else it would wait for ever
+                raise ValueError(f"the encoder wrote more than the {self.size} bytes planned")
+            if piece:
+                self.chunks.append(piece)
+                self.buffered += len(piece)
+                self.written += len(piece)
+                self.cond.notify_all()
+
+    def finish(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if not self.done:
+                self.error = exc
+            self.done = True
+            self.cond.notify_all()
+
+    def broken(self, exc: BaseException) -> None:
+        with self.cond:
+            self.reader_error = exc
+            self.chunks.clear()
+            self.buffered = 0
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.chunks.clear()
+            self.buffered = 0
+
+    def reader(self) -> "PipeReader":
+        return PipeReader(self)
+
+
+class PipeReader:
+    """File-like over a Pipe: read(n) returns what is there, up to n bytes (at least one
+    until `size`), waiting for the writer as needed; SourceError if the writer failed or
+    wrote a different number of bytes than planned."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        p = self.pipe
+        left = p.size - self.pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        with p.cond:
+            while not p.chunks:
+                if p.error is not None:
+                    raise SourceError("the encode feeding this upload stopped "
+                                      f"({type(p.error).__name__})")
+                if p.done:
+                    raise SourceError(f"the encoder wrote {p.written} bytes; {p.size} were "
+                                      "planned")
+                p.cond.wait(1.0)
+            out: list[bytes] = []
+            got = 0
+            while p.chunks and got < n:
+                piece = p.chunks.popleft()
+                if got + len(piece) > n:
+                    p.chunks.appendleft(piece[n - got:])
+                    piece = piece[: n - got]
+                out.append(piece)
+                got += len(piece)
+            p.buffered -= got
+            p.cond.notify_all()
+        self.pos += got
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def readinto(self, buf) -> int:
         data = self.read(len(memoryview(buf)))

@@ -22,7 +22,7 @@ import yaml
 from backends import SourceError, open_store
 from dispersiond.config import load_config
 from dispersiond.protect import EAGER_MIN, Eager, Throttle, abandon_planned, admit, encode
-from dispersiond.tap import Tap
+from dispersiond.tap import DirectUploadFailed, Pipe, Tap
 from dispersiond.vault import open_vault
 from dsp import cli, cli_json, real_files, write_config
 
@@ -110,6 +110,52 @@ def test_tap_reader_follows_the_writer_and_fails_with_it(tmp_path):
         t.close()
 
 
+def test_pipe_hands_over_in_order_holds_at_most_cap_and_fails_both_ways():
+    pipe = Pipe(10, "aws", cap=4)
+    got: list[bytes] = []
+    rd = pipe.reader()
+    pipe.put(b"0123")
+    blocked = threading.Thread(target=pipe.put, args=(b"45",))
+    blocked.start()
+    time.sleep(0.2)
+    assert blocked.is_alive() and pipe.buffered == 4  # full: the writer waits
+    got.append(rd.read(3))
+    blocked.join(5)
+    assert not blocked.is_alive()
+    pipe.put(memoryview(bytearray(b"6789")))  # a view into a reused buffer is copied
+    pipe.finish()
+    while len(b"".join(got)) < 10:
+        got.append(rd.read(100))
+    assert b"".join(got) == b"0123456789" and rd.read(5) == b""
+    with pytest.raises(ValueError, match="more than the 10 bytes"):
+        pipe.put(b"x")
+
+    short = Pipe(10, "aws")
+    short.put(b"01234")
+    short.finish()
+    srd = short.reader()
+    assert srd.read(10) == b"01234"
+    with pytest.raises(SourceError, match="wrote 5 bytes; 10 were planned"):
+        srd.read(5)
+
+    failing = Pipe(10, "aws")
+    failing.fail(OSError(28, "No space left on device"))
+    with pytest.raises(SourceError, match="stopped"):
+        failing.reader().read(4)
+
+    broken = Pipe(10, "aws", cap=2)
+    broken.put(b"01")
+    waiting = []
+    t = threading.Thread(target=lambda: waiting.append(pytest.raises(
+        DirectUploadFailed, broken.put, b"23")))
+    t.start()
+    time.sleep(0.2)
+    broken.broken(DirectUploadFailed("aws", OSError("connection reset")))
+    t.join(5)
+    assert waiting and waiting[0].value.store == "aws"  # the waiting writer is told at once
+    assert broken.buffered == 0
+
+
 # ------------------------------------------------------------------ through real stores
 
 def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
@@ -138,6 +184,8 @@ def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
         objs = v.db.objects(fid)
         assert len(objs) == 3 and {o.state for o in objs} == {"uploaded"}
         assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
+        # The public fragment went straight from memory to both stores: never staged.
+        assert not (Path(v.root) / "work" / fid / "puf").exists()
         for o in objs:  # each store holds exactly the bytes whose digest the manifest keeps
             assert hashlib.sha256(v.store(o.store).get_bytes(o.name)).hexdigest() == o.sha256
     assert overlapped == [True]  # uploads moved while the encoder was still at work
@@ -235,11 +283,48 @@ def test_an_unreachable_store_leaves_its_early_upload_pending(tmp_path):
     src = big_file(tmp_path / "study.dcm")
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
-        encode(v, fid, None, Eager(frozenset({"disk", "dead", "vault"}), Throttle(None)))
+        encode(v, fid, None, Eager(frozenset({"disk", "dead", "vault"}), Throttle(None),
+                                   direct=False))
         assert {o.store: o.state for o in v.db.objects(fid)} == {
             "disk": "uploaded", "dead": "pending", "vault": "uploaded"}
         assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
         assert (Path(v.root) / "work" / fid / "puf").exists()  # kept for the retries
+
+
+def test_a_failed_direct_upload_fails_the_encode_and_put_falls_back(tmp_path):
+    """Sent straight from memory, the public object has no staged copy to retry from:
+    its failure fails the encode (nothing is left behind but trash), and `put` then
+    encodes again with a staged copy for the store that failed, kept for resume."""
+    stores = [{"name": "disk", "type": "local", "trust": "untrusted", "path": str(tmp_path / "d")},
+              {"name": "dead", "type": "s3", "trust": "untrusted", "bucket": "nowhere",
+               "endpoint_url": "http://127.0.0.1:9", "region": "us-east-1",
+               "addressing_style": "path", "access_key_id_env": "DSP_TEST_KEY",
+               "secret_access_key_env": "DSP_TEST_KEY", "max_attempts": 1},
+              {"name": "vault", "type": "local", "trust": "trusted", "path": str(tmp_path / "v")}]
+    cfg_path = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["disk", "dead"]},
+                            {"min_trust": "trusted", "stores": ["vault"]})
+    os.environ["DSP_TEST_KEY"] = "test"
+    src = big_file(tmp_path / "study.dcm")
+    with open_vault(load_config(cfg_path), exclusive=True) as v:
+        fid = admit(v, src, "study.dcm")
+        with pytest.raises(DirectUploadFailed) as err:
+            encode(v, fid, None, Eager(frozenset({"disk", "dead", "vault"}), Throttle(None)))
+        assert err.value.store == "dead" and "Unavailable" in str(err.value)
+        assert v.db.file(fid).state == "claimed" and v.db.objects(fid) == []
+        assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
+        assert v.db.query("SELECT COUNT(*) FROM trash")[0][0] == 3  # whatever landed goes
+        assert not (Path(v.root) / "work" / fid).exists()
+        v.empty_trash()  # the dead store's entry waits there for it to come back
+        assert not any(list(v.store(s).list("")) for s in ("disk", "vault"))
+
+    res = cli_json(cfg_path, "put", "--resume", expect=None)
+    assert res["files"][0]["state"] == "committed"  # restorable from disk; dead still owed
+    with open_vault(load_config(cfg_path), exclusive=True) as v:
+        assert {o.store: o.state for o in v.db.objects(fid)} == {
+            "disk": "uploaded", "dead": "pending", "vault": "uploaded"}
+        assert (Path(v.root) / "work" / fid / "puf").exists()  # the copy the retries send
+    cli(cfg_path, "restore", fid, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == sha(src)
 
 
 def test_sigterm_during_early_uploads_then_the_daemon_finishes(tmp_path):

@@ -25,6 +25,9 @@ def register(sub) -> None:
                    help="runs for paper-v1 (slow by design; default: --runs)")
     p.add_argument("--scheme", default="se2", help="stream: scheme to encode with")
     p.add_argument("--files", type=int, default=None, help="pipeline: number of files")
+    p.add_argument("--nice", type=int, default=None, metavar="N",
+                   help="pipeline: run the daemon at this niceness (default: the Nice= of "
+                        "deploy/dispersiond.service)")
     p.add_argument("--link", default=None, metavar="RATE",
                    help="pipeline: cap both the baseline and the daemon at RATE bytes per "
                         "second (e.g. 50MB), as an uplink would")
