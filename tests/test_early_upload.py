@@ -401,3 +401,66 @@ def test_small_files_keep_flowing_while_large_ones_upload(tmp_path):
         assert status(cfg)["files"].get("done", 0) == 5
     finally:
         d.terminate(timeout=30)
+
+
+def test_daemon_store_dying_under_a_direct_upload_reencodes_staged(tmp_path, make_store_settings,
+                                                                   spawn_server):
+    """The S3 server dies while a large file streams to it from memory: the encode fails,
+    the store backs off, the file is encoded again at once with a staged copy for S3 and
+    becomes restorable from the other replica; when S3 is back, it completes."""
+    from conftest import create_bucket
+    from daemonctl import DaemonProc, status, wait_until
+
+    s3 = spawn_server("s3")
+    aws = make_store_settings("s3", s3)
+    stores = [{"name": "aws", "type": "s3", "trust": "untrusted", **aws},
+              {"name": "disk", "type": "local", "trust": "untrusted",
+               "path": str(tmp_path / "disk")},
+              {"name": "vault", "type": "local", "trust": "trusted", "path": str(tmp_path / "v")}]
+    (tmp_path / "inbox").mkdir()
+    cfg = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["aws", "disk"]},
+                       {"min_trust": "trusted", "stores": ["vault"]},
+                       inbox=str(tmp_path / "inbox"), after="delete", stable_seconds=0.2,
+                       schedule={"rescan": "1s", "retry_base": "1s", "retry_max": "2s",
+                                 "bandwidth_limit": "4MiB"})  # ~5 s: caught mid-way
+    src = big_file(tmp_path / "study.dcm")
+    want = sha(src)
+    db_path = tmp_path / "state" / "state.db"
+
+    def planned() -> int:
+        try:
+            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+            try:
+                return db.execute("SELECT COUNT(*) FROM planned").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return 0
+
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    try:
+        wait_until(lambda: status(cfg)["running"], 30, "start-up", d)
+        os.rename(src, tmp_path / "inbox" / "study.dcm")
+        wait_until(planned, 30, "direct uploads to begin", d, every=0.02)
+        time.sleep(0.5)
+        s3.stop()
+        wait_until(lambda: status(cfg)["files"].get("committed", 0) == 1, 60,
+                   "restorable from the other replica", d)
+        st = status(cfg)
+        assert st["stores"]["aws"]["failing"] and st["stores"]["aws"]["pending_objects"] == 1
+        work = tmp_path / "state" / "work"
+        assert [p.name for p in work.iterdir() for p in p.iterdir()] == ["puf"]  # staged now
+        s3.start()
+        create_bucket(s3, aws["bucket"])
+        wait_until(lambda: status(cfg)["files"].get("done", 0) == 1, 60, "done after", d)
+    finally:
+        code, _ = d.terminate()
+    assert code == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert "direct upload failed" in log and "study.dcm" not in log
+    fid = cli_json(cfg, "ls")[0]["file_id"]
+    cli(cfg, "restore", fid, "--to", str(tmp_path / "back"))
+    assert sha(tmp_path / "back") == want
+    names = store_names(cfg)
+    assert names["disk"] == recorded_names(cfg)["disk"]  # the first attempt's object: gone
+    assert cli_json(cfg, "verify")["problems"] == []
