@@ -202,19 +202,20 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     hl = head_len(src.read(PROBE), size, cfg.dicom_header)
     src.seek(0)
     layout = se2.Layout(se2.DEFAULT_CHUNK_LOG2, size - hl, hl)
-    taps = on_layout(layout) if on_layout else {}
+    feeds = on_layout(layout) if on_layout else {}
     reader = HashingReader(src, progress)
     names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
     outs: list[HashingWriter] = []
     try:
         for name in names:
-            t = taps.get(name)
-            outs.append(PipeWriter(t) if isinstance(t, list)
-                        else HashingWriter(open(stage_dir / name, "w+b"), t))
+            feed = feeds.get(name)
+            outs.append(PipeWriter(feed) if isinstance(feed, list)
+                        else HashingWriter(open(stage_dir / name, "w+b"), feed))
         sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
                                                                    DEFAULT_BLOCK)
         with atomic_output(prf_path) as prf_file:
-            prf = HashingWriter(prf_file, taps.get("prf"))
+            prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
+            prf = HashingWriter(prf_file, prf_feed if isinstance(prf_feed, Tap) else None)
             enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
         if pol.mode == "erasure":
             sink.close()
@@ -263,7 +264,8 @@ class EagerRun:
     def __init__(self, v: Vault, fid: str, eager: Eager) -> None:
         self.v, self.fid, self.eager = v, fid, eager
         self.planned: list[tuple[dict, str]] = []
-        self.feeds: Feeds = {}
+        self.taps: dict[str, Tap] = {}  # one per staged file, however many uploads read it
+        self.pipes: dict[str, list[Pipe]] = {}  # one per upload: each drains its own
         self.threads: list[threading.Thread] = []
         self.sent: set[str] = set()
         self.lock = threading.Lock()
@@ -282,21 +284,17 @@ class EagerRun:
             feed: Tap | Pipe
             if direct and row["role"] == "public":
                 feed = Pipe(sizes[key], row["store"])
-                pipes = self.feeds.setdefault(key, [])
-                assert isinstance(pipes, list)
-                pipes.append(feed)
+                self.pipes.setdefault(key, []).append(feed)
             else:
-                tap = self.feeds.setdefault(key, Tap(sizes[key]))
-                assert isinstance(tap, Tap)
-                feed = tap
+                feed = self.taps.setdefault(key, Tap(sizes[key]))
             t = threading.Thread(target=self._send, args=(row, feed), daemon=True,
                                  name=f"eager-{row['store']}")
             self.threads.append(t)
             t.start()
-        return self.feeds
+        return {**self.taps, **self.pipes}
 
     def _all(self) -> list[Tap | Pipe]:
-        return [f for v in self.feeds.values() for f in (v if isinstance(v, list) else [v])]
+        return [*self.taps.values(), *(p for ps in self.pipes.values() for p in ps)]
 
     def _send(self, row: dict, feed: Tap | Pipe) -> None:
         e = self.eager
@@ -323,9 +321,10 @@ class EagerRun:
             t.join()
         for feed in self._all():
             feed.close()
-        for feed in self._all():
-            if isinstance(feed, Pipe) and feed.reader_error is not None:
-                raise feed.reader_error
+        for pipes in self.pipes.values():
+            for p in pipes:
+                if p.reader_error is not None:
+                    raise p.reader_error
         return self.sent
 
     def abort(self, exc: BaseException) -> None:
