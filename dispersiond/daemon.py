@@ -429,10 +429,13 @@ class Daemon:
     def _free(self) -> int:
         return shutil.disk_usage(self.v.root).free
 
-    def _need(self, size: int) -> int:
+    def _need(self, size: int, eager: Eager | None = None) -> int:
         """Local bytes an encode stages: the public fragment (n/k of it for erasure),
-        padding, the private container, and slack."""
+        padding, the private container, and slack. Sent directly (every public store
+        healthy), only the private container (an eighth, plus its header) is written."""
         pol = self.cfg.public
+        if eager is not None and eager.direct and set(pol.stores) <= eager.stores:
+            return int(size * 0.15) + (1 << 20)
         factor = pol.n / pol.k if pol.mode == "erasure" else 1.0
         return int(size * factor * 1.15) + (1 << 20)
 
@@ -507,8 +510,8 @@ class Daemon:
             eager = self._eager() if size >= EAGER_MIN and not self.streaming else None
             if eager is None and len(self.encoding) - len(self.streaming) > ENCODERS:
                 return  # the pool is busy (one file queued ahead)
-            if self._free() < self.min_free + self._need(size):
-                self.space_need = self._need(size)
+            if self._free() < self.min_free + self._need(size, eager):
+                self.space_need = self._need(size, eager)
                 self._check_space()
                 return
             del self.to_encode[fid]

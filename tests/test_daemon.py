@@ -510,6 +510,28 @@ def test_full_disk_pauses_intake_and_resumes(tmp_path):
     assert "intake resumed" in msgs and any("intake paused" in m for m in msgs)
 
 
+def test_a_large_file_sent_directly_needs_room_only_for_its_private_container(tmp_path):
+    """With 60 MiB to spare above min_free_space, a 100 MiB file could not be staged
+    (~170 MiB with 2-of-3 erasure: intake would pause before encoding it); sent directly
+    to healthy stores, only its private container (~13 MiB) is written locally."""
+    data = os.urandom(100 << 20)
+    staged = tmp_path / "ct-series.dcm"
+    staged.write_bytes(data)  # on this filesystem already: moving it in takes no space
+    free = shutil.disk_usage(tmp_path).free
+    assert free > (1 << 30), "this test needs 1 GiB free in the temp folder"
+    cfg = daemon_config(tmp_path, after="delete", min_free_space=free - (60 << 20))
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    try:
+        wait_until(lambda: status(cfg)["running"], 30, "start-up", d)
+        os.rename(staged, tmp_path / "inbox" / staged.name)
+        # The local "cloud" stores fill this disk as the file lands there, which pauses
+        # intake for later files; this one was encoded, and finishes.
+        wait_until(lambda: status(cfg)["files"].get("done") == 1, 60, "done", d)
+    finally:
+        d.terminate()
+    restore_and_compare(cfg, {"ct-series.dcm": data}, tmp_path / "out")
+
+
 # ------------------------------------------------------------------ schedules
 
 def test_upload_window_arithmetic():
