@@ -24,28 +24,15 @@ from collections import deque
 from backends import SourceError
 
 
-class Tap:
-    """Writer side: `attach` the open file, `advance` after each flushed write, then
-    `finish` (every byte written) or `fail` (the encode stopped)."""
+class _Feed:
+    """What both kinds share: the writer's end (`finish`, or `fail` with its error)."""
 
     def __init__(self, size: int) -> None:
         self.size = size  # the bytes the object will hold, known before encoding
         self.cond = threading.Condition()
-        self.fd: int | None = None
         self.written = 0
         self.done = False
         self.error: BaseException | None = None
-
-    def attach(self, fileno: int) -> None:
-        """Share the writer's descriptor, which must be open for reading too ("w+b")."""
-        with self.cond:
-            self.fd = os.dup(fileno)
-            self.cond.notify_all()
-
-    def advance(self, written: int) -> None:
-        with self.cond:
-            self.written = written
-            self.cond.notify_all()
 
     def finish(self) -> None:
         with self.cond:
@@ -57,6 +44,26 @@ class Tap:
             if not self.done:
                 self.error = exc
             self.done = True
+            self.cond.notify_all()
+
+
+class Tap(_Feed):
+    """Writer side: `attach` the open file, `advance` after each flushed write, then
+    `finish` (every byte written) or `fail` (the encode stopped)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.fd: int | None = None
+
+    def attach(self, fileno: int) -> None:
+        """Share the writer's descriptor, which must be open for reading too ("w+b")."""
+        with self.cond:
+            self.fd = os.dup(fileno)
+            self.cond.notify_all()
+
+    def advance(self, written: int) -> None:
+        with self.cond:
+            self.written = written
             self.cond.notify_all()
 
     def close(self) -> None:
@@ -119,18 +126,15 @@ class DirectUploadFailed(Exception):
         self.store, self.cause = store, cause
 
 
-class Pipe:
+class Pipe(_Feed):
     """Writer side: `put` each piece (it is copied), then `finish` or `fail`. An upload
     that gives up calls `broken` with what the writer's next `put` is to raise."""
 
     def __init__(self, size: int, store: str, cap: int = 16 << 20) -> None:
-        self.size, self.store, self.cap = size, store, cap
-        self.cond = threading.Condition()
+        super().__init__(size)
+        self.store, self.cap = store, cap
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
-        self.written = 0
-        self.done = False
-        self.error: BaseException | None = None  # the writer's
         self.reader_error: BaseException | None = None  # the upload's
 
     def put(self, data) -> None:
@@ -147,18 +151,6 @@ class Pipe:
                 self.buffered += len(piece)
                 self.written += len(piece)
                 self.cond.notify_all()
-
-    def finish(self) -> None:
-        with self.cond:
-            self.done = True
-            self.cond.notify_all()
-
-    def fail(self, exc: BaseException) -> None:
-        with self.cond:
-            if not self.done:
-                self.error = exc
-            self.done = True
-            self.cond.notify_all()
 
     def broken(self, exc: BaseException) -> None:
         with self.cond:

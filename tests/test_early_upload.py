@@ -71,6 +71,31 @@ def recorded_names(cfg_path: Path) -> dict[str, set[str]]:
         db.close()
 
 
+def dead_store_config(tmp_path: Path) -> Path:
+    """Replicas on a local folder and on an S3 endpoint nobody listens on."""
+    stores = [{"name": "disk", "type": "local", "trust": "untrusted", "path": str(tmp_path / "d")},
+              {"name": "dead", "type": "s3", "trust": "untrusted", "bucket": "nowhere",
+               "endpoint_url": "http://127.0.0.1:9", "region": "us-east-1",
+               "addressing_style": "path", "access_key_id_env": "DSP_TEST_KEY",
+               "secret_access_key_env": "DSP_TEST_KEY", "max_attempts": 1},
+              {"name": "vault", "type": "local", "trust": "trusted", "path": str(tmp_path / "v")}]
+    os.environ["DSP_TEST_KEY"] = "test"
+    return write_config(tmp_path, stores, {"mode": "replicate", "stores": ["disk", "dead"]},
+                        {"min_trust": "trusted", "stores": ["vault"]})
+
+
+def planned(db_path: Path) -> int:
+    """Names recorded for early uploads (a running daemon's database, read-only)."""
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+        try:
+            return db.execute("SELECT COUNT(*) FROM planned").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
 # ------------------------------------------------------------------ the tap itself
 
 def test_tap_reader_follows_the_writer_and_fails_with_it(tmp_path):
@@ -271,15 +296,7 @@ def test_a_put_killed_mid_encode_leaves_no_orphan(tmp_path):
 def test_an_unreachable_store_leaves_its_early_upload_pending(tmp_path):
     """Early uploads are an optimisation: the one to a store that is down just stays
     pending for the normal retries, and the others land."""
-    stores = [{"name": "disk", "type": "local", "trust": "untrusted", "path": str(tmp_path / "d")},
-              {"name": "dead", "type": "s3", "trust": "untrusted", "bucket": "nowhere",
-               "endpoint_url": "http://127.0.0.1:9", "region": "us-east-1",
-               "addressing_style": "path", "access_key_id_env": "DSP_TEST_KEY",
-               "secret_access_key_env": "DSP_TEST_KEY", "max_attempts": 1},
-              {"name": "vault", "type": "local", "trust": "trusted", "path": str(tmp_path / "v")}]
-    cfg_path = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["disk", "dead"]},
-                            {"min_trust": "trusted", "stores": ["vault"]})
-    os.environ["DSP_TEST_KEY"] = "test"
+    cfg_path = dead_store_config(tmp_path)
     src = big_file(tmp_path / "study.dcm")
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
@@ -295,15 +312,7 @@ def test_a_failed_direct_upload_fails_the_encode_and_put_falls_back(tmp_path):
     """Sent straight from memory, the public object has no staged copy to retry from:
     its failure fails the encode (nothing is left behind but trash), and `put` then
     encodes again with a staged copy for the store that failed, kept for resume."""
-    stores = [{"name": "disk", "type": "local", "trust": "untrusted", "path": str(tmp_path / "d")},
-              {"name": "dead", "type": "s3", "trust": "untrusted", "bucket": "nowhere",
-               "endpoint_url": "http://127.0.0.1:9", "region": "us-east-1",
-               "addressing_style": "path", "access_key_id_env": "DSP_TEST_KEY",
-               "secret_access_key_env": "DSP_TEST_KEY", "max_attempts": 1},
-              {"name": "vault", "type": "local", "trust": "trusted", "path": str(tmp_path / "v")}]
-    cfg_path = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["disk", "dead"]},
-                            {"min_trust": "trusted", "stores": ["vault"]})
-    os.environ["DSP_TEST_KEY"] = "test"
+    cfg_path = dead_store_config(tmp_path)
     src = big_file(tmp_path / "study.dcm")
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
@@ -336,21 +345,11 @@ def test_sigterm_during_early_uploads_then_the_daemon_finishes(tmp_path):
     d = DaemonProc(cfg, tmp_path / "daemon.log").start()
     db_path = tmp_path / "state" / "state.db"
 
-    def planned() -> int:
-        try:
-            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
-            try:
-                return db.execute("SELECT COUNT(*) FROM planned").fetchone()[0]
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return 0
-
     try:
         wait_until(lambda: db_path.exists(), 30, "the daemon to start", d)
         want = sha(src)
         os.rename(src, tmp_path / "inbox" / "study.dcm")
-        wait_until(planned, 30, "early uploads to begin", d)
+        wait_until(lambda: planned(db_path), 30, "early uploads to begin", d)
         code, took = d.terminate(timeout=30)
     finally:
         d.kill()
@@ -427,21 +426,11 @@ def test_daemon_store_dying_under_a_direct_upload_reencodes_staged(tmp_path, mak
     want = sha(src)
     db_path = tmp_path / "state" / "state.db"
 
-    def planned() -> int:
-        try:
-            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
-            try:
-                return db.execute("SELECT COUNT(*) FROM planned").fetchone()[0]
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return 0
-
     d = DaemonProc(cfg, tmp_path / "daemon.log").start()
     try:
         wait_until(lambda: status(cfg)["running"], 30, "start-up", d)
         os.rename(src, tmp_path / "inbox" / "study.dcm")
-        wait_until(planned, 30, "direct uploads to begin", d, every=0.02)
+        wait_until(lambda: planned(db_path), 30, "direct uploads to begin", d, every=0.02)
         time.sleep(0.5)
         s3.stop()
         wait_until(lambda: status(cfg)["files"].get("committed", 0) == 1, 60,
