@@ -434,7 +434,7 @@ class Daemon:
         padding, the private container, and slack. Sent directly (every public store
         healthy), only the private container (an eighth, plus its header) is written."""
         pol = self.cfg.public
-        if eager is not None and eager.direct and set(pol.stores) <= eager.stores:
+        if eager is not None and eager.sends_directly(self.cfg):
             return int(size * 0.15) + (1 << 20)
         factor = pol.n / pol.k if pol.mode == "erasure" else 1.0
         return int(size * factor * 1.15) + (1 << 20)

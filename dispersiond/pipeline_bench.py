@@ -36,7 +36,7 @@ from .units import parse_size
 SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
 WORKERS = 8
 #: The niceness deploy/dispersiond.service gives the daemon (Nice=): it is measured as it
-#: runs. Against a server on the same cores this lets the server go first; --nice 0 does not.
+#: runs. --nice 0 measures it at normal priority (no difference we could measure).
 DAEMON_NICE = 10
 _REQUEST = re.compile(rb'"(GET|PUT|POST|HEAD|DELETE) ')
 _KEY_ENV, _SECRET_ENV = "DISPERSIOND_BENCH_S3_KEY", "DISPERSIOND_BENCH_S3_SECRET"

@@ -28,7 +28,7 @@ from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
 from .placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, new_object_name,
                         padded, shard_length)
-from .tap import DirectUploadFailed, Pipe, Tap
+from .tap import DirectUploadFailed, Pipe, Reader, Tap
 from .vault import Progress, Vault
 
 import logging
@@ -96,7 +96,7 @@ class Cancelled(Exception):
     """Raised inside a transfer or encode when the daemon is stopping."""
 
 
-class UploadReader:
+class UploadReader(Reader):
     """File-like handed to a store's put: exact size, optional throttle and progress."""
 
     def __init__(self, f: BinaryIO, throttle: Throttle, progress: Progress | None) -> None:
@@ -112,11 +112,6 @@ class UploadReader:
         if self.progress and data:
             self.progress(len(data))
         return data
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        memoryview(buf)[: len(data)] = data
-        return len(data)
 
 
 def admit(v: Vault, source: Path, name: str | None = None) -> str:
@@ -255,6 +250,11 @@ class Eager:
     progress: Progress | None = None
     direct: bool = True
 
+    def sends_directly(self, cfg) -> bool:
+        """Are the public objects sent from memory (never staged)?"""
+        pol = cfg.public
+        return self.direct and set(pol.stores[: pol.n]) <= self.stores
+
 
 class EagerRun:
     """The eager uploads of one encode. Their names are recorded in `planned` before
@@ -274,8 +274,7 @@ class EagerRun:
         self.planned = plan_rows(self.v.cfg, self.fid, layout)
         sizes = staged_sizes(self.v.cfg, layout)
         chosen = [(row, key) for row, key in self.planned if row["store"] in self.eager.stores]
-        direct = self.eager.direct and all(row["store"] in self.eager.stores
-                                           for row, _ in self.planned if row["role"] == "public")
+        direct = self.eager.sends_directly(self.v.cfg)
         with self.v.db.tx() as conn:
             conn.executemany("INSERT INTO planned VALUES (?, ?, ?, ?)",
                              [(row["store"], row["name"], self.fid, time.time())

@@ -24,6 +24,18 @@ from collections import deque
 from backends import SourceError
 
 
+class Reader:
+    """`readinto` for file-likes that only know `read` (some SDKs call one, some the other)."""
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(memoryview(buf)))
+        memoryview(buf)[: len(data)] = data
+        return len(data)
+
+
 class _Feed:
     """What both kinds share: the writer's end (`finish`, or `fail` with its error)."""
 
@@ -77,7 +89,7 @@ class Tap(_Feed):
         return TapReader(self)
 
 
-class TapReader:
+class TapReader(Reader):
     """File-like over a Tap: read(n) returns n bytes (fewer only at `size`), waiting
     for the writer as needed. Raises SourceError if the writer failed or wrote a
     different number of bytes than planned."""
@@ -111,11 +123,6 @@ class TapReader:
             raise SourceError("the staged object is shorter on disk than its writer reported")
         self.pos += n
         return data
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(memoryview(buf)))
-        memoryview(buf)[: len(data)] = data
-        return len(data)
 
 
 class DirectUploadFailed(Exception):
@@ -168,7 +175,7 @@ class Pipe(_Feed):
         return PipeReader(self)
 
 
-class PipeReader:
+class PipeReader(Reader):
     """File-like over a Pipe: read(n) returns what is there, up to n bytes (at least one
     until `size`), waiting for the writer as needed; SourceError if the writer failed or
     wrote a different number of bytes than planned."""
@@ -205,8 +212,3 @@ class PipeReader:
             p.cond.notify_all()
         self.pos += got
         return out[0] if len(out) == 1 else b"".join(out)
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(memoryview(buf)))
-        memoryview(buf)[: len(data)] = data
-        return len(data)
