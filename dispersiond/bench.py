@@ -16,12 +16,14 @@ from typing import Callable
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from . import codec
+from . import codec, digests
 from .fsutil import Discard
 from .codec import se2
 
 NAMES = ["aes-128-cbc", "aes-256-gcm", "se2-encode", "se2-decode", "paper-v1-encode",
          "paper-v1-decode"]
+#: The hashes a file's digests can be made with (the daemon runs one over every byte twice).
+DIGEST_NAMES = [f"digest-{alg}" for alg in digests.ALGORITHMS]
 
 
 def _interleaved_mbps(plan: list[tuple[str, Callable[[], None], int]], size: int,
@@ -44,7 +46,7 @@ def _interleaved_mbps(plan: list[tuple[str, Callable[[], None], int]], size: int
 
 def codec_bench(size: int, runs: int = 5, paper_runs: int | None = None,
                 progress: Callable[[str], None] = lambda name: None) -> dict[str, float]:
-    """MB/s (10^6 bytes/s of plaintext) for each name in NAMES."""
+    """MB/s (10^6 bytes/s of plaintext) for each name in NAMES and DIGEST_NAMES."""
     # One numpy-allocated buffer (numpy asks Linux for huge pages on large arrays),
     # read by every algorithm.
     data = np.frombuffer(os.urandom(size), dtype=np.uint8).copy()
@@ -84,6 +86,8 @@ def codec_bench(size: int, runs: int = 5, paper_runs: int | None = None,
         ("se2-decode", lambda: codec.se2_decode_into(k32, puf, prf, back), runs),
         ("paper-v1-encode", p_enc, paper_runs or runs),
         ("paper-v1-decode", p_dec, paper_runs or runs),
+        *((f"digest-{alg}", lambda alg=alg: digests.of(alg, data), runs)
+          for alg in digests.ALGORITHMS),
     ]
     results.update(_interleaved_mbps(plan, size, progress))
     if not np.array_equal(back, data):

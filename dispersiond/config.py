@@ -232,6 +232,9 @@ class Config(_Strict):
     key: KeyConfig
     # Stored files always use se2; paper-v1 exists for `se`, `bench` and `analyze` only.
     scheme: Literal["se2"] = "se2"
+    # What new files' digests are made with (see docs/FORMAT.md §3); sha256 for sites
+    # that require a FIPS 180-4 hash. Files keep the algorithm they were protected with.
+    digest: Literal["blake3", "sha256"] = "blake3"
     trust_levels: list[str] = Field(default_factory=lambda: ["untrusted", "trusted"], min_length=2)
     stores: list[StoreConfig] = Field(min_length=1)
     public: PublicPolicy

@@ -485,7 +485,7 @@ class Daemon:
         queues: dict[str, collections.OrderedDict[int, ObjectRow]] = {
             s: collections.OrderedDict() for s in self.health}
         for r in self.v.db.query(
-                "SELECT o.* FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
+                "SELECT o.*, f.digest_alg FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
                 "o.state='pending' AND f.state IN ('encoded', 'committed') "
                 "ORDER BY f.created, o.id"):
             obj = ObjectRow(**dict(r))

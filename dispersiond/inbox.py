@@ -32,7 +32,6 @@ suffix. Each of these is idempotent: re-running after a crash finds the job done
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -41,6 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import digests
 from .fsutil import fsync_dir
 from .logs import event
 from .state import FileRow
@@ -162,15 +162,11 @@ def move_into(src: Path, dest: Path, sync: bool = True) -> None:
         fsync_dir(dest.parent)
 
 
-def _same_bytes(path: Path, size: int, sha256: str | None) -> bool:
+def _same_bytes(path: Path, f: FileRow) -> bool:
     try:
-        if path.stat().st_size != size or sha256 is None:
+        if path.stat().st_size != f.size or f.digest is None:
             return False
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest() == sha256
+        return digests.of_path(f.digest_alg, path) == f.digest
     except OSError:
         return False
 
@@ -185,7 +181,7 @@ def place(src: Path, folder: Path, f: FileRow) -> Path:
     second = folder / f"{stem}.{f.file_id[:12]}{suffix}"
     for dest in (first, second):
         if dest.exists():
-            if dest == second or _same_bytes(dest, f.size, f.sha256):
+            if dest == second or _same_bytes(dest, f):
                 src.unlink()  # moved by an earlier attempt that died before this unlink
                 fsync_dir(src.parent)
                 return dest

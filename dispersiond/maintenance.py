@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backends import AlreadyExists, NotFound, StoreError, Unavailable
 
-from . import audit, manifest
+from . import audit, digests, manifest
 from .codec import se2
 from .errors import DispersiondError, IntegrityError
 from .fsutil import Discard, atomic_output
@@ -179,8 +179,8 @@ def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> s
     v.db.store_ok(obj.store)
     if info.size != obj.object_size:
         return "wrong-size"
-    theirs = info.checksums.get("sha256")
-    if theirs and theirs != obj.sha256:
+    theirs = info.checksums.get(obj.digest_alg)
+    if theirs and theirs != obj.digest:
         return "checksum-mismatch"
     return None
 
@@ -235,20 +235,17 @@ def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) 
         src = _good_replica(v, f, tmp, progress)
     else:
         src = _rebuilt_shard(v, f, obj, tmp, progress)
+    digest = digests.of_path(f.digest_alg, src)
     with open(src, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        h = HashingWriter(Discard())
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.write(block)
-        fh.seek(0)
         name = new_object_name()
         try:
             v.store(obj.store).put(name, fh, size)
         except AlreadyExists:  # 128-bit random names: only a bug gets here
             raise IntegrityError(f"store {obj.store!r}: fresh object name already taken") from None
     with v.db.tx() as conn:
-        conn.execute("UPDATE objects SET name=?, sha256=?, object_size=?, state='uploaded', "
-                     "checked=strftime('%s','now') WHERE id=?", (name, h.hexdigest(), size, obj.id))
+        conn.execute("UPDATE objects SET name=?, digest=?, object_size=?, state='uploaded', "
+                     "checked=strftime('%s','now') WHERE id=?", (name, digest, size, obj.id))
         conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
                      (obj.store, obj.name))
     event(logging.INFO, "copy rebuilt", file_id=f.file_id, store=obj.store, role=obj.role)
@@ -274,7 +271,7 @@ def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | 
     readers = {i: open(p, "rb") for i, p in good.items()}
     try:
         with open(out, "wb") as fo:
-            w = HashingWriter(fo)
+            w = HashingWriter(fo, f.digest_alg)
             rebuild_shards(f.puf_len, f.k, f.n, f.block, readers, [obj.shard], {obj.shard: w})
             w.pad_random(obj.object_size)
     finally:
@@ -395,7 +392,7 @@ def rotate_key(v: Vault, progress: Progress | None = None,
                 "deletions_pending": waiting, "public_objects_rewritten": 0}
     new_key, install = got
     old_key, new_id = v.key, se2.key_id(new_key).hex()
-    public_before = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
+    public_before = {(o.store, o.name, o.digest) for o in v.db.objects(None, "role='public'")}
     rewrapped = uploaded = 0
     for f in v.db.files("state IN ('encoded', 'committed', 'done')"):
         local = v.prf_path(f.file_id)
@@ -409,17 +406,15 @@ def rotate_key(v: Vault, progress: Progress | None = None,
             with atomic_output(local) as out:
                 out.write(data)
             rewrapped += 1
-        import hashlib
-
-        digest = hashlib.sha256(data).hexdigest()
-        v.db.update_file(f.file_id, key_id=new_id, prf_sha256=digest)
+        digest = digests.of(f.digest_alg, data)
+        v.db.update_file(f.file_id, key_id=new_id, prf_digest=digest)
         for obj in v.db.objects(f.file_id, "role='private'"):
-            if obj.sha256 == digest and obj.state == "uploaded":
+            if obj.digest == digest and obj.state == "uploaded":
                 continue  # this backup already carries the new wrap
             name = new_object_name()
             v.store(obj.store).put(name, io.BytesIO(data), len(data))
             with v.db.tx() as conn:
-                conn.execute("UPDATE objects SET name=?, sha256=?, state='uploaded' WHERE id=?",
+                conn.execute("UPDATE objects SET name=?, digest=?, state='uploaded' WHERE id=?",
                              (name, digest, obj.id))
                 conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
                              (obj.store, obj.name))
@@ -436,7 +431,7 @@ def rotate_key(v: Vault, progress: Progress | None = None,
     drop_all_backups_but_newest(v)
     install()
     deleted, waiting = v.empty_trash()
-    public_after = {(o.store, o.name, o.sha256) for o in v.db.objects(None, "role='public'")}
+    public_after = {(o.store, o.name, o.digest) for o in v.db.objects(None, "role='public'")}
     v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped,
             audit_rechained=rechained)
     return {"new_key_id": new_id, "containers_rewrapped": rewrapped,

@@ -14,20 +14,22 @@ import zlib
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import digests
 from .codec import se2
 from .errors import IntegrityError, WrongKey
 from .keys import subkey
 from .state import FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
-VERSION = 1
+VERSION = 1  # of the sealed envelope
+FORMAT = 2  # of the JSON inside: 2 names every digest for its algorithm (digest_alg)
 PREFIX = "manifest/"
 KEEP_BACKUPS = 3
 
-FILE_FIELDS = ("file_id", "name", "size", "sha256", "mtime", "scheme", "head_len", "chunk_log2",
-               "puf_len", "prf_len", "prf_sha256", "key_id", "public_mode", "k", "n", "block",
-               "created")
-OBJECT_FIELDS = ("role", "shard", "store", "name", "offset", "length", "object_size", "sha256")
+FILE_FIELDS = ("file_id", "name", "size", "digest", "digest_alg", "mtime", "scheme", "head_len",
+               "chunk_log2", "puf_len", "prf_len", "prf_digest", "key_id", "public_mode", "k",
+               "n", "block", "created")
+OBJECT_FIELDS = ("role", "shard", "store", "name", "offset", "length", "object_size", "digest")
 
 
 def entry(db: StateDB, f: FileRow) -> dict:
@@ -40,7 +42,7 @@ def entry(db: StateDB, f: FileRow) -> dict:
 def snapshot(db: StateDB, seq: int) -> dict:
     files = db.files("state IN ('committed', 'done')")
     audit = [dict(r) for r in db.query("SELECT * FROM audit ORDER BY seq")]
-    return {"format": VERSION, "seq": seq, "created": time.time(),
+    return {"format": FORMAT, "seq": seq, "created": time.time(),
             "audit_head": db.get_meta("audit_head"), "audit": audit,
             "files": [entry(db, f) for f in files]}
 
@@ -68,8 +70,26 @@ def open_sealed(master_key: bytes, blob: bytes) -> dict:
     return json.loads(zlib.decompress(body))
 
 
+def _upgrade(doc: dict) -> dict:
+    """A format 1 document as format 2: its digests were all SHA-256, named sha256."""
+    fmt = doc.get("format")
+    if fmt == FORMAT:
+        return doc
+    if fmt != 1:
+        raise IntegrityError(f"manifest format {fmt!r} is not read by this build; upgrade "
+                             "dispersiond")
+    files = []
+    for e in doc["files"]:
+        e = dict(e, digest=e.pop("sha256"), prf_digest=e.pop("prf_sha256"),
+                 digest_alg=digests.LEGACY)
+        e["objects"] = [dict(o, digest=o.pop("sha256")) for o in e["objects"]]
+        files.append(e)
+    return dict(doc, format=FORMAT, files=files)
+
+
 def load_into(db: StateDB, doc: dict) -> int:
     """Rebuild file, object and audit rows from a backup; returns the number of files."""
+    doc = _upgrade(doc)
     with db.tx() as conn:
         for e in doc["files"]:
             fields = {k: e[k] for k in FILE_FIELDS}

@@ -9,11 +9,12 @@ of the (already encrypted) public fragment and shards k..n-1 are parity.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 import zfec
+
+from . import digests
 
 if TYPE_CHECKING:
     from .tap import Pipe, Tap
@@ -56,11 +57,11 @@ def shard_length(length: int, k: int, block: int) -> int:
 
 
 class HashingWriter:
-    """Writes through to a file while counting and hashing (SHA-256) what passes."""
+    """Writes through to a file while counting and hashing (by `alg`) what passes."""
 
-    def __init__(self, f: BinaryIO, tap: "Tap | None" = None) -> None:
+    def __init__(self, f: BinaryIO, alg: str, tap: "Tap | None" = None) -> None:
         self.f = f
-        self.h = hashlib.sha256()
+        self.h = digests.new(alg)
         self.n = 0
         self.tap = tap  # an upload reading behind us: told after each flushed write
         if tap is not None:
@@ -95,8 +96,8 @@ class HashingWriter:
 class PipeWriter(HashingWriter):
     """Hashes and hands each write to uploads (Pipes): nothing is written locally."""
 
-    def __init__(self, pipes: "list[Pipe]") -> None:
-        self.h = hashlib.sha256()
+    def __init__(self, pipes: "list[Pipe]", alg: str) -> None:
+        self.h = digests.new(alg)
         self.n = 0
         self.tap = None
         self.pipes = pipes

@@ -8,7 +8,6 @@ exists under its recorded name is a finished upload.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -20,7 +19,7 @@ from typing import BinaryIO, Callable
 
 from backends import AlreadyExists, StoreError
 
-from . import codec
+from . import codec, digests
 from .codec import se2
 from .errors import DispersiondError, IntegrityError
 from .formats import PROBE, head_len
@@ -40,8 +39,8 @@ Feeds = dict[str, "Tap | list[Pipe]"]  # staged file name -> what its uploads re
 class HashingReader:
     """Reads through while hashing, so the original's digest costs no second pass."""
 
-    def __init__(self, f: BinaryIO, progress: Progress | None = None) -> None:
-        self.f, self.h, self.progress = f, hashlib.sha256(), progress
+    def __init__(self, f: BinaryIO, alg: str, progress: Progress | None = None) -> None:
+        self.f, self.h, self.progress = f, digests.new(alg), progress
 
     def readinto(self, buf) -> int:
         n = self.f.readinto(buf)
@@ -163,22 +162,23 @@ class Staged:
 
     layout: se2.Layout
     size: int
-    sha256: str  # of the original bytes
+    alg: str  # what every digest below is made with
+    digest: str  # of the original bytes
     paths: dict[str, Path]  # staged file name ("puf", "shard-<i>", "prf") -> path
-    digests: dict[str, str]  # staged file name -> SHA-256 of its bytes
+    sums: dict[str, str]  # staged file name -> digest of its bytes
 
     def complete(self, planned: list[tuple[dict, str]]) -> list[tuple[dict, Path]]:
         """Planned rows with their digests filled in, and the staged file each uploads."""
-        return [(dict(row, sha256=self.digests[key]), self.paths[key]) for row, key in planned]
+        return [(dict(row, digest=self.sums[key]), self.paths[key]) for row, key in planned]
 
     def rows(self, cfg, fid: str) -> list[tuple[dict, Path]]:
         return self.complete(plan_rows(cfg, fid, self.layout))
 
     def file_fields(self, cfg, key: bytes) -> dict:
         pol, lay = cfg.public, self.layout
-        return dict(size=self.size, sha256=self.sha256, head_len=lay.head_len,
-                    chunk_log2=lay.chunk_log2, puf_len=lay.puf_len, prf_len=lay.prf_len,
-                    prf_sha256=self.digests["prf"], key_id=se2.key_id(key).hex(),
+        return dict(size=self.size, digest=self.digest, digest_alg=self.alg,
+                    head_len=lay.head_len, chunk_log2=lay.chunk_log2, puf_len=lay.puf_len,
+                    prf_len=lay.prf_len, prf_digest=self.sums["prf"], key_id=se2.key_id(key).hex(),
                     public_mode=pol.mode, k=pol.k if pol.mode == "erasure" else None, n=pol.n,
                     block=DEFAULT_BLOCK if pol.mode == "erasure" else None)
 
@@ -198,19 +198,20 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     src.seek(0)
     layout = se2.Layout(se2.DEFAULT_CHUNK_LOG2, size - hl, hl)
     feeds = on_layout(layout) if on_layout else {}
-    reader = HashingReader(src, progress)
+    alg = cfg.digest
+    reader = HashingReader(src, alg, progress)
     names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
     outs: list[HashingWriter] = []
     try:
         for name in names:
             feed = feeds.get(name)
-            outs.append(PipeWriter(feed) if isinstance(feed, list)
-                        else HashingWriter(open(stage_dir / name, "w+b"), feed))
+            outs.append(PipeWriter(feed, alg) if isinstance(feed, list)
+                        else HashingWriter(open(stage_dir / name, "w+b"), alg, feed))
         sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
                                                                    DEFAULT_BLOCK)
         with atomic_output(prf_path) as prf_file:
             prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
-            prf = HashingWriter(prf_file, prf_feed if isinstance(prf_feed, Tap) else None)
+            prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
             enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
         if pol.mode == "erasure":
             sink.close()
@@ -227,7 +228,7 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     for w in writers.values():
         if w.tap:
             w.tap.finish()
-    return Staged(layout, size, reader.h.hexdigest(),
+    return Staged(layout, size, alg, reader.h.hexdigest(),
                   {**{name: stage_dir / name for name in names}, "prf": prf_path},
                   {name: w.hexdigest() for name, w in writers.items()})
 
@@ -423,13 +424,13 @@ def _same_object(store, obj) -> bool:
     info = store.stat(obj.name)
     if info.size != obj.object_size:
         return False
-    theirs = info.checksums.get("sha256")
+    theirs = info.checksums.get(obj.digest_alg)  # the store's own, when of the same kind
     if theirs:
-        return theirs == obj.sha256
-    h = hashlib.sha256()
+        return theirs == obj.digest
+    h = digests.new(obj.digest_alg)
     for chunk in store.get(obj.name):
         h.update(chunk)
-    return h.hexdigest() == obj.sha256
+    return h.hexdigest() == obj.digest
 
 
 def upload(v: Vault, fid: str, throttle: Throttle | None = None,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from backends import AlreadyExists, StoreError
 
+from . import digests
 from .errors import DispersiondError, IntegrityError
 from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
@@ -143,7 +144,10 @@ def _encode(v: Vault, f, plain: Path, stage: Path) -> tuple[list[dict], dict, di
     """Encode `plain` with a fresh secret into `stage`, as protect.encode lays objects out."""
     with open(plain, "rb") as src:
         st = stage_file(v, src, stage, stage / "prf")
-    if st.sha256 != f.sha256 or st.size != f.size:
+    # A file re-keyed to another digest algorithm (the config's) is checked under its old one.
+    same = (st.digest == f.digest if st.alg == f.digest_alg
+            else digests.of_path(f.digest_alg, plain) == f.digest)
+    if not same or st.size != f.size:
         raise IntegrityError(f"file {f.file_id}: the decoded bytes changed while re-keying")
     planned = st.rows(v.cfg, f.file_id)
     staged = {"prf": stage / "prf", **{row["name"]: path for row, path in planned}}

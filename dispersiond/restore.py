@@ -1,13 +1,12 @@
 """Fetching and checking fragments, and rebuilding a file bit-exact.
 
-Every object is checked against the manifest's SHA-256 before use; a bad or
+Every object is checked against the manifest's digest before use; a bad or
 missing copy is marked and the next copy (or shard) is tried. The output is
 written to a temporary file and renamed into place only after the codec's own
-authentication and the original's SHA-256 both passed.
+authentication and the original's digest both passed.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -16,7 +15,7 @@ from typing import BinaryIO
 
 from backends import NotFound, StoreError, Unavailable
 
-from . import codec
+from . import codec, digests
 from .errors import DispersiondError, IntegrityError
 from .fsutil import atomic_output
 from .logs import event
@@ -31,8 +30,8 @@ class Unrestorable(DispersiondError):
 
 def fetch_object(v: Vault, obj: ObjectRow, dest: BinaryIO,
                  progress: Progress | None = None) -> None:
-    """Download one object into `dest`, checking size and SHA-256; marks the object's state."""
-    w = HashingWriter(dest)
+    """Download one object into `dest`, checking size and digest; marks the object's state."""
+    w = HashingWriter(dest, obj.digest_alg)
     try:
         for chunk in v.store(obj.store).get(obj.name):
             w.write(chunk)
@@ -41,7 +40,7 @@ def fetch_object(v: Vault, obj: ObjectRow, dest: BinaryIO,
     except NotFound:
         v.db.set_object_state(obj.id, "missing")
         raise
-    if w.n != obj.object_size or w.hexdigest() != obj.sha256:
+    if w.n != obj.object_size or w.hexdigest() != obj.digest:
         v.db.set_object_state(obj.id, "corrupt")
         event(logging.WARNING, "object failed its digest", file_id=obj.file_id, store=obj.store,
               object=obj.name)
@@ -96,11 +95,7 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
     """The local container if intact, else a verified copy from a private store."""
     local = v.prf_path(f.file_id)
     if local.exists():
-        h = hashlib.sha256()
-        with open(local, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() == f.prf_sha256:
+        if digests.of_path(f.digest_alg, local) == f.prf_digest:
             return local
         event(logging.WARNING, "local private container damaged; using a backup",
               file_id=f.file_id)
@@ -154,11 +149,11 @@ def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
 
 
 def decode_to(v: Vault, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:
-    """Decode into `out`, then check the original's SHA-256."""
-    w = HashingWriter(out)
+    """Decode into `out`, then check the original's digest."""
+    w = HashingWriter(out, f.digest_alg)
     with open(puf, "rb") as pu, open(prf, "rb") as pr:
         codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.prf_len, w)
-    if w.n != f.size or (f.sha256 and w.hexdigest() != f.sha256):
+    if w.n != f.size or (f.digest and w.hexdigest() != f.digest):
         raise IntegrityError(f"file {f.file_id}: rebuilt bytes do not match the recorded "
                              "digest of the original")
 

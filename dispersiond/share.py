@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import codec
+from . import codec, digests
 from .codec import se2
 from .errors import DispersiondError, FragmentMismatch, IntegrityError, WrongKey
 from .fsutil import atomic_output
@@ -51,6 +51,7 @@ from .state import dumps
 
 MAGIC = b"DSPS"
 VERSION = 1
+PAYLOAD_VERSION = 2  # of the sealed JSON: 2 names every digest for its algorithm (digest_alg)
 SUITE = 1  # X25519 + HKDF-SHA256 + ChaCha20-Poly1305
 HEADER = struct.Struct(">4sBBH8s32sI")  # magic version suite flags recipient_id epk sealed_len
 HEADER_LEN = HEADER.size  # 52
@@ -163,6 +164,18 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
+def _upgrade_payload(p: dict, bad) -> dict:
+    """A version 1 payload (every digest SHA-256, named sha256) in version 2's shape."""
+    objs = p.get("objects")
+    if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+        raise bad("objects")
+    rest = {k: v for k, v in p.items() if k not in ("sha256", "prf_sha256", "objects")}
+    return dict(rest, v=PAYLOAD_VERSION, digest_alg=digests.LEGACY, digest=p.get("sha256"),
+                prf_digest=p.get("prf_sha256"),
+                objects=[dict({k: v for k, v in o.items() if k != "sha256"},
+                              digest=o.get("sha256")) for o in objs])
+
+
 def _check_payload(p) -> dict:
     """Strict shape check of an (authenticated) payload: defence against a buggy issuer."""
     def bad(what: str):
@@ -171,8 +184,12 @@ def _check_payload(p) -> dict:
     def is_int(x, lo=0):
         return isinstance(x, int) and not isinstance(x, bool) and x >= lo
 
-    if not isinstance(p, dict) or p.get("v") != 1:
+    if isinstance(p, dict) and p.get("v") == 1:
+        p = _upgrade_payload(p, bad)
+    if not isinstance(p, dict) or p.get("v") != PAYLOAD_VERSION:
         raise bad("version")
+    if p.get("digest_alg") not in digests.ALGORITHMS:
+        raise bad("digest algorithm")
     if p.get("scheme") != "se2":
         raise bad(f"scheme {p.get('scheme')!r}")
     for k in ("size", "puf_len", "prf_len", "created", "expires"):
@@ -180,7 +197,7 @@ def _check_payload(p) -> dict:
             raise bad(k)
     if not (isinstance(p.get("file"), str) and _HEX32.fullmatch(p["file"])):
         raise bad("file id")
-    for k in ("sha256", "prf_sha256", "share_key"):
+    for k in ("digest", "prf_digest", "share_key"):
         if not (isinstance(p.get(k), str) and _HEX64.fullmatch(p[k])):
             raise bad(k)
     if "name" in p and not (isinstance(p["name"], str) and p["name"]):
@@ -202,7 +219,7 @@ def _check_payload(p) -> dict:
             raise bad("object sizes")
         if o["offset"] + o["length"] > o["size"]:
             raise bad("object range")
-        if not (isinstance(o.get("sha256"), str) and _HEX64.fullmatch(o["sha256"])):
+        if not (isinstance(o.get("digest"), str) and _HEX64.fullmatch(o["digest"])):
             raise bad("object digest")
         shard = o.get("shard")
         if pub["mode"] == "erasure":
@@ -317,7 +334,8 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
                 new_head = se2.rewrap(old_head, v.key, share_key)
             except (WrongKey, IntegrityError) as exc:
                 raise fail(f"its private container cannot be unwrapped: {exc}") from None
-            h = hashlib.sha256(new_head)
+            h = digests.new(f.digest_alg)
+            h.update(new_head)
             prf_len = len(new_head)
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -325,9 +343,10 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
             if prf_len != f.prf_len:
                 raise fail("its private container has the wrong length")
             payload = {
-                "v": 1, "scheme": f.scheme, "file": f.file_id, "share_key": share_key.hex(),
-                "size": f.size, "sha256": f.sha256, "puf_len": f.puf_len, "prf_len": prf_len,
-                "prf_sha256": h.hexdigest(), "public": _public_params(f), "objects": links,
+                "v": PAYLOAD_VERSION, "scheme": f.scheme, "file": f.file_id,
+                "share_key": share_key.hex(), "size": f.size, "digest_alg": f.digest_alg,
+                "digest": f.digest, "puf_len": f.puf_len, "prf_len": prf_len,
+                "prf_digest": h.hexdigest(), "public": _public_params(f), "objects": links,
                 "created": now, "expires": now + int(life.total_seconds()),
             }
             if with_name:
@@ -386,7 +405,7 @@ def _links(v, f, life: timedelta) -> tuple[list[dict], list[str]]:
             problems.append(f"{obj.store}: {exc}")
             continue
         links.append({"shard": obj.shard, "url": url, "offset": obj.offset,
-                      "length": obj.length, "size": obj.object_size, "sha256": obj.sha256})
+                      "length": obj.length, "size": obj.object_size, "digest": obj.digest})
     return links, problems
 
 
@@ -433,14 +452,16 @@ def _note(errors: list[str] | None, msg: str) -> None:
 class Opened:
     path: Path
     size: int
-    sha256: str
+    digest_alg: str
+    digest: str
     file_id: str
     name: str | None
     expires: float
     fetched: int
 
     def as_dict(self) -> dict:
-        return {"path": str(self.path), "size": self.size, "sha256": self.sha256,
+        return {"path": str(self.path), "size": self.size, "digest_alg": self.digest_alg,
+                "digest": self.digest,
                 "file_id": self.file_id, "name": self.name, "expires": _iso(self.expires),
                 "objects_fetched": self.fetched}
 
@@ -482,7 +503,7 @@ def open_bundle(bundle: Path, identity: Identity, out: Path, *, force: bool = Fa
             puf, fetched = _public_fragment(p, tmp, timeout, progress)
             key = bytes.fromhex(p["share_key"])
             with atomic_output(out, overwrite=force, mode=0o600) as fo:
-                w = HashingWriter(fo)
+                w = HashingWriter(fo, p["digest_alg"])
                 try:
                     with open(puf, "rb") as pu, open(prf, "rb") as pr:
                         codec.decode_stream("se2", key, pu, p["puf_len"], pr, p["prf_len"], w)
@@ -494,10 +515,10 @@ def open_bundle(bundle: Path, identity: Identity, out: Path, *, force: bool = Fa
                 except (WrongKey, IntegrityError) as exc:
                     raise ObjectTampered(f"the shared file failed authentication while "
                                          f"decoding ({exc})") from None
-                if w.n != p["size"] or w.hexdigest() != p["sha256"]:
+                if w.n != p["size"] or w.hexdigest() != p["digest"]:
                     raise ObjectTampered("the rebuilt file does not match the original's "
-                                         "SHA-256 recorded in the bundle")
-    return Opened(out, w.n, w.hexdigest(), p["file"], p.get("name"), p["expires"],
+                                         "digest recorded in the bundle")
+    return Opened(out, w.n, p["digest_alg"], w.hexdigest(), p["file"], p.get("name"), p["expires"],
                   fetched)
 
 
@@ -510,7 +531,7 @@ def _safe_name(name: str) -> str:
 
 def _copy_prf(fb: BinaryIO, dest: Path, p: dict) -> None:
     """The re-wrapped private container that follows the sealed part, checked exactly."""
-    h = hashlib.sha256()
+    h = digests.new(p["digest_alg"])
     n = 0
     with open(dest, "wb") as fo:
         while n < p["prf_len"]:
@@ -525,7 +546,7 @@ def _copy_prf(fb: BinaryIO, dest: Path, p: dict) -> None:
                              "bytes)")
     if fb.read(1):
         raise BundleTampered("the bundle has unexpected bytes at its end (altered)")
-    if h.hexdigest() != p["prf_sha256"]:
+    if h.hexdigest() != p["prf_digest"]:
         raise BundleTampered("the bundle's private part does not match its digest (altered)")
 
 
@@ -541,13 +562,13 @@ class _LinkFailure(Exception):
         self.kind = kind  # expired | gone | tampered | refused | unavailable
 
 
-def _fetch(o: dict, label: str, dest: Path, expires: int, timeout: float,
+def _fetch(o: dict, alg: str, label: str, dest: Path, expires: int, timeout: float,
            progress: Callable[[int], None] | None) -> None:
-    """Download one object through its link, checking length and SHA-256 as it comes."""
+    """Download one object through its link, checking length and digest as it comes."""
     url, where = o["url"], f"{label} on {_where(o['url'])}"
     if urlsplit(url).scheme not in ("https", "http", "file"):
         raise _LinkFailure("refused", f"{where}: unsupported link type")
-    h = hashlib.sha256()
+    h = digests.new(alg)
     n = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as fo:
@@ -580,7 +601,7 @@ def _fetch(o: dict, label: str, dest: Path, expires: int, timeout: float,
         raise _LinkFailure("unavailable", f"{where}: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise _LinkFailure("unavailable", f"{where}: {type(exc).__name__}: {exc}") from None
-    if n != o["size"] or h.hexdigest() != o["sha256"]:
+    if n != o["size"] or h.hexdigest() != o["digest"]:
         raise _LinkFailure("tampered", f"{where}: object does not match the digest in the "
                                        "bundle (altered or replaced on the store)")
 
@@ -601,7 +622,7 @@ def _public_fragment(p: dict, tmp: Path, timeout: float,
         path = tmp / f"obj-{i}"
         label = f"shard {key}" if pub["mode"] == "erasure" else f"copy {i + 1}"
         try:
-            _fetch(o, label, path, p["expires"], timeout, progress)
+            _fetch(o, p["digest_alg"], label, path, p["expires"], timeout, progress)
         except _LinkFailure as exc:
             failures.append(exc)
             continue

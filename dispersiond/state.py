@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+from . import digests
+
+SCHEMA_VERSION = 2  # 2: digests named for their algorithm (files.digest_alg)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -23,14 +25,15 @@ CREATE TABLE IF NOT EXISTS files (
     file_id     TEXT PRIMARY KEY,           -- 32 hex digits, random
     name        TEXT NOT NULL,              -- original file name: never logged, never uploaded in clear
     size        INTEGER NOT NULL,
-    sha256      TEXT,                       -- of the original bytes
+    digest      TEXT,                       -- of the original bytes (by digest_alg)
     mtime       REAL,
     scheme      TEXT NOT NULL,
     head_len    INTEGER NOT NULL DEFAULT 0,
     chunk_log2  INTEGER,
     puf_len     INTEGER,
     prf_len     INTEGER,
-    prf_sha256  TEXT,
+    prf_digest  TEXT,                       -- of the private container
+    digest_alg  TEXT,                       -- blake3 | sha256: every digest of this file
     key_id      TEXT,
     public_mode TEXT,                       -- replicate | erasure
     k           INTEGER,
@@ -56,7 +59,7 @@ CREATE TABLE IF NOT EXISTS objects (
     offset      INTEGER NOT NULL DEFAULT 0, -- where the fragment starts inside the object
     length      INTEGER NOT NULL,           -- fragment bytes inside the object
     object_size INTEGER NOT NULL,           -- stored bytes, padding included
-    sha256      TEXT NOT NULL,              -- of the stored object
+    digest      TEXT NOT NULL,              -- of the stored object (by its file's digest_alg)
     state       TEXT NOT NULL,              -- pending | uploaded | missing | corrupt
     checked     REAL,
     UNIQUE (store, name)
@@ -104,14 +107,15 @@ class FileRow:
     file_id: str
     name: str
     size: int
-    sha256: str | None
+    digest: str | None
     mtime: float | None
     scheme: str
     head_len: int
     chunk_log2: int | None
     puf_len: int | None
     prf_len: int | None
-    prf_sha256: str | None
+    prf_digest: str | None
+    digest_alg: str | None
     key_id: str | None
     public_mode: str | None
     k: int | None
@@ -138,9 +142,10 @@ class ObjectRow:
     offset: int
     length: int
     object_size: int
-    sha256: str
+    digest: str
     state: str
     checked: float | None
+    digest_alg: str | None  # its file's: what `digest` is made with
 
 
 class StateDB:
@@ -157,16 +162,19 @@ class StateDB:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA)  # creates what is missing; leaves old tables as they are
         with self.tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 from .errors import DispersiondError
 
                 raise DispersiondError(f"state database {path} was written by a newer "
                                        "dispersiond; upgrade before using it")
+            if row is not None and int(row[0]) == 1:
+                _migrate_v1(db)
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                           (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
@@ -256,8 +264,9 @@ class StateDB:
                 args: tuple = ()) -> list[ObjectRow]:
         if file_id is not None:
             where, args = f"file_id=? AND ({where})", (file_id, *args)
-        return [ObjectRow(**dict(r)) for r in
-                self.query(f"SELECT * FROM objects WHERE {where} ORDER BY role, shard, id", args)]
+        return [ObjectRow(**dict(r)) for r in self.query(
+            "SELECT *, (SELECT digest_alg FROM files f WHERE f.file_id=objects.file_id) AS "
+            f"digest_alg FROM objects WHERE {where} ORDER BY role, shard, id", args)]
 
     def set_objects_uploaded(self, object_ids: list[int]) -> None:
         """Confirm many uploads in one transaction (one fsync, not one each)."""
@@ -295,6 +304,16 @@ class StateDB:
 
     def integrity_check(self) -> str:
         return self.query("PRAGMA integrity_check")[0][0]
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Schema 1 named every digest sha256 (it was the only algorithm)."""
+    db.execute("ALTER TABLE files RENAME COLUMN sha256 TO digest")
+    db.execute("ALTER TABLE files RENAME COLUMN prf_sha256 TO prf_digest")
+    db.execute("ALTER TABLE files ADD COLUMN digest_alg TEXT")
+    db.execute("UPDATE files SET digest_alg=? WHERE digest IS NOT NULL OR prf_digest IS NOT NULL",
+               (digests.LEGACY,))
+    db.execute("ALTER TABLE objects RENAME COLUMN sha256 TO digest")
 
 
 def dumps(obj: Any) -> str:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from backends import SourceError, open_store
+from dispersiond import digests
 from dispersiond.config import load_config
 from dispersiond.protect import EAGER_MIN, Eager, Throttle, abandon_planned, admit, encode
 from dispersiond.tap import DirectUploadFailed, Pipe, Tap
@@ -212,7 +213,7 @@ def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
         # The public fragment went straight from memory to both stores: never staged.
         assert not (Path(v.root) / "work" / fid / "puf").exists()
         for o in objs:  # each store holds exactly the bytes whose digest the manifest keeps
-            assert hashlib.sha256(v.store(o.store).get_bytes(o.name)).hexdigest() == o.sha256
+            assert digests.of(o.digest_alg, v.store(o.store).get_bytes(o.name)) == o.digest
     assert overlapped == [True]  # uploads moved while the encoder was still at work
     assert read == BIG and sent == sum(o.object_size for o in objs)
 

@@ -37,7 +37,7 @@ def test_padme_reduces_distinct_sizes():
        block=st.sampled_from([16, 64, 1000]), cut=st.integers(0, 3000))
 def test_any_k_shards_rebuild_the_fragment(data, kn, block, cut):
     k, n = kn
-    outs = [HashingWriter(io.BytesIO()) for _ in range(n)]
+    outs = [HashingWriter(io.BytesIO(), "blake3") for _ in range(n)]
     w = ShardWriter(k, n, outs, block)
     w.write(data[:cut])
     w.write(data[cut:])
@@ -52,7 +52,7 @@ def test_any_k_shards_rebuild_the_fragment(data, kn, block, cut):
         others = [i for i in range(n) if i != lost][:k]
         if len(others) < k:
             continue
-        new = HashingWriter(io.BytesIO())
+        new = HashingWriter(io.BytesIO(), "blake3")
         rebuild_shards(len(data), k, n, block, {i: io.BytesIO(outs[i].f.getvalue()) for i in others},
                        [lost], {lost: new})
         assert new.f.getvalue() == outs[lost].f.getvalue()
@@ -60,7 +60,7 @@ def test_any_k_shards_rebuild_the_fragment(data, kn, block, cut):
 
 def test_no_single_erasure_shard_holds_the_whole_fragment():
     data = os.urandom(100_000)
-    outs = [HashingWriter(io.BytesIO()) for _ in range(3)]
+    outs = [HashingWriter(io.BytesIO(), "blake3") for _ in range(3)]
     w = ShardWriter(2, 3, outs, 4096)
     w.write(data)
     w.close()

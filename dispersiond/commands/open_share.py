@@ -35,5 +35,5 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(res.as_dict())
     else:
-        print(f"wrote {res.path} ({res.size} bytes, sha256 {res.sha256} verified)")
+        print(f"wrote {res.path} ({res.size} bytes, {res.digest_alg} {res.digest} verified)")
     return 0

@@ -33,7 +33,8 @@ def _run(args: argparse.Namespace) -> int:
             restore(v, args.ref, dest, force=args.force, progress=adv)
     out = dest / f.name if dest.is_dir() else dest
     if args.json:
-        emit_json({"file_id": f.file_id, "path": str(out), "size": f.size, "sha256": f.sha256})
+        emit_json({"file_id": f.file_id, "path": str(out), "size": f.size,
+                   "digest_alg": f.digest_alg, "digest": f.digest})
     else:
-        print(f"restored {f.file_id} to {out} ({f.size} bytes, sha256 verified)")
+        print(f"restored {f.file_id} to {out} ({f.size} bytes, {f.digest_alg} verified)")
     return 0
