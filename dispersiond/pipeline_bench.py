@@ -25,11 +25,13 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import digests
 from .errors import DispersiondError
 from .units import parse_size
 
@@ -38,6 +40,18 @@ WORKERS = 8
 #: The niceness deploy/dispersiond.service gives the daemon (Nice=): it is measured as it
 #: runs. --nice 0 measures it at normal priority (no difference we could measure).
 DAEMON_NICE = 10
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run can vary: an uplink cap for both sides, the daemon's niceness and the
+    hash its digests are made with."""
+
+    link: int | None = None
+    nice: int = DAEMON_NICE
+    digest: str = digests.DEFAULT
+
+
 _REQUEST = re.compile(rb'"(GET|PUT|POST|HEAD|DELETE) ')
 _KEY_ENV, _SECRET_ENV = "DISPERSIOND_BENCH_S3_KEY", "DISPERSIOND_BENCH_S3_SECRET"
 
@@ -150,8 +164,7 @@ def _raw_upload(server: S3Server, files: list[Path], bucket: str, link: int | No
     return time.perf_counter() - t0
 
 
-def _daemon_config(root: Path, server: S3Server, pub: str, prv: str,
-                   link: int | None = None) -> Path:
+def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setup) -> Path:
     s3 = {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
           "addressing_style": "path", "access_key_id_env": _KEY_ENV,
           "secret_access_key_env": _SECRET_ENV}
@@ -166,8 +179,9 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str,
            "public": {"mode": "replicate", "stores": ["cloud"]},
            "private": {"min_trust": "trusted", "stores": ["vault"]},
            "after": "delete", "stable_seconds": 0, "upload_workers": WORKERS,
+           "digest": setup.digest,
            "schedule": {"rescan": "1s", "manifest_backup": "1h", "verify": None,
-                        "bandwidth_limit": link}}
+                        "bandwidth_limit": setup.link}}
     (root / "inbox").mkdir()
     path = root / "dispersiond.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -186,9 +200,10 @@ def _done(db_path: Path) -> int:
 
 
 def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
-              link: int | None = None, nice: int = 0) -> tuple[float, int]:
+              setup: Setup) -> tuple[float, int]:
     """Seconds from drop to the last file done, and S3 requests in that span."""
-    cfg = _daemon_config(root, server, pub, prv, link)
+    cfg = _daemon_config(root, server, pub, prv, setup)
+    nice = setup.nice
     sock_path = root / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
@@ -234,7 +249,7 @@ def _empty(c, bucket: str) -> None:
 
 
 def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
-                link: int | None = None, nice: int = DAEMON_NICE) -> dict[str, Any]:
+                setup: Setup = Setup()) -> dict[str, Any]:
     c = server.client()
     raw_t, pipe_t, raw_req, pipe_req = [], [], [], []
     for r in range(runs):
@@ -245,12 +260,12 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
 
         def raw() -> None:
             before = server.requests()
-            raw_t.append(_raw_upload(server, src, bucket, link))
+            raw_t.append(_raw_upload(server, src, bucket, setup.link))
             raw_req.append(server.requests() - before)
             _empty(c, bucket)  # the server holds objects in memory: each side starts level
 
         def pipe() -> None:
-            took, req = _pipeline(server, src, work / f"daemon-{r}", pub, prv, link, nice)
+            took, req = _pipeline(server, src, work / f"daemon-{r}", pub, prv, setup)
             pipe_t.append(took)
             pipe_req.append(req)
             for b in (pub, prv):
@@ -264,7 +279,8 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
     raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
     total = n * size
     return {
-        "files": n, "size": size, "runs": runs, "link": link, "daemon_nice": nice,
+        "files": n, "size": size, "runs": runs, "link": setup.link, "daemon_nice": setup.nice,
+        "digest": setup.digest,
         "raw": {"seconds": round(raw, 3), "files_per_s": round(n / raw, 1),
                 "mb_per_s": round(total / raw / 1e6, 1),
                 "requests_per_file": round(statistics.median(raw_req) / n, 2)},
@@ -290,6 +306,7 @@ def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
     nice = DAEMON_NICE if args.nice is None else args.nice
     if not 0 <= nice <= 19:
         raise DispersiondError("--nice must be between 0 and 19")
+    setup = Setup(link, nice, args.digest)
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     results = []
     with tempfile.TemporaryDirectory(prefix="dispersiond-bench-") as tmp:
@@ -297,8 +314,7 @@ def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
         server = S3Server(work)
         try:
             for n, s in shapes:
-                results.append(bench_shape(server, work / f"{n}x{s}", n, s, args.runs, link,
-                                           nice))
+                results.append(bench_shape(server, work / f"{n}x{s}", n, s, args.runs, setup))
                 if not args.json:
                     _print(results[-1])
         finally:
@@ -315,7 +331,8 @@ def _print(r: dict[str, Any]) -> None:
 
     link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
     print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
-          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}:")
+          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
+          f"{r['digest']} digests:")
     for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
         x = r[key]
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "

@@ -620,12 +620,13 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     """`dispersiond bench pipeline` end to end on a tiny shape (the numbers are for a
     real run; here only their shape and sanity)."""
     res = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--files",
-                          "20", "--size", "4KiB", "--runs", "1", "--json"], check=False, capture_output=True,
+                          "20", "--size", "4KiB", "--runs", "1", "--digest", "sha256", "--json"],
+                         check=False, capture_output=True,
                          text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
     out = __import__("json").loads(res.stdout)
     (shape,) = out["shapes"]
-    assert shape["files"] == 20 and shape["size"] == 4096
+    assert shape["files"] == 20 and shape["size"] == 4096 and shape["digest"] == "sha256"
     assert shape["raw"]["requests_per_file"] == 1.0
     # one public and one private object per file, plus the manifest backup
     assert 2.0 <= shape["pipeline"]["requests_per_file"] <= 2.3

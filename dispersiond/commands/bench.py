@@ -5,6 +5,7 @@ import argparse
 import json
 import platform
 
+from .. import digests
 from ..errors import DispersiondError
 from ..units import parse_size
 
@@ -28,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--nice", type=int, default=None, metavar="N",
                    help="pipeline: run the daemon at this niceness (default: the Nice= of "
                         "deploy/dispersiond.service)")
+    p.add_argument("--digest", choices=digests.ALGORITHMS, default=digests.DEFAULT,
+                   help="pipeline: the hash the daemon's digests are made with (default: "
+                        "%(default)s, as in a new config)")
     p.add_argument("--link", default=None, metavar="RATE",
                    help="pipeline: cap both the baseline and the daemon at RATE bytes per "
                         "second (e.g. 50MB), as an uplink would")
