@@ -78,12 +78,14 @@ def _upgrade(doc: dict) -> dict:
     if fmt != 1:
         raise IntegrityError(f"manifest format {fmt!r} is not read by this build; upgrade "
                              "dispersiond")
-    files = []
-    for e in doc["files"]:
-        e = dict(e, digest=e.pop("sha256"), prf_digest=e.pop("prf_sha256"),
-                 digest_alg=digests.LEGACY)
-        e["objects"] = [dict(o, digest=o.pop("sha256")) for o in e["objects"]]
-        files.append(e)
+    def renamed(d: dict, **new_from_old: str) -> dict:
+        kept = {k: v for k, v in d.items() if k not in new_from_old.values()}
+        return {**kept, **{new: d[old] for new, old in new_from_old.items()}}
+
+    files = [dict(renamed(e, digest="sha256", prf_digest="prf_sha256"),
+                  digest_alg=digests.LEGACY,
+                  objects=[renamed(o, digest="sha256") for o in e["objects"]])
+             for e in doc["files"]]
     return dict(doc, format=FORMAT, files=files)
 
 

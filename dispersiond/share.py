@@ -518,8 +518,8 @@ def open_bundle(bundle: Path, identity: Identity, out: Path, *, force: bool = Fa
                 if w.n != p["size"] or w.hexdigest() != p["digest"]:
                     raise ObjectTampered("the rebuilt file does not match the original's "
                                          "digest recorded in the bundle")
-    return Opened(out, w.n, p["digest_alg"], w.hexdigest(), p["file"], p.get("name"), p["expires"],
-                  fetched)
+    return Opened(out, w.n, p["digest_alg"], w.hexdigest(), p["file"], p.get("name"),
+                  p["expires"], fetched)
 
 
 def _safe_name(name: str) -> str:
