@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from backends import SourceError, StoreError, Unavailable
 
@@ -45,9 +45,9 @@ from . import inbox as ib
 from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
-from .maintenance import backup_manifest, finalize, verify
-from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned, commit,
-                      encode, upload_one)
+from .maintenance import backup_manifest, finalize_many, verify
+from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned,
+                      all_uploaded, commit_many, encode, upload_one)
 from .sdnotify import Notifier
 from .state import ObjectRow
 from .tap import DirectUploadFailed
@@ -216,6 +216,7 @@ class Daemon:
             s.name: collections.OrderedDict() for s in cfg.stores}
         self.reload_at = 0.0
         self.encoding: set[str] = set()
+        self.settled: set[str] = set()  # last upload in flight came back: advance after the batch
         self.streaming: set[str] = set()  # of those, the one uploading while it is encoded
         self.encode_not_before: dict[str, float] = {}
         self.paused: str | None = None
@@ -388,6 +389,7 @@ class Daemon:
         self._record_uploads(items)
         for item in items:
             self._handle(item)
+        self._advance_settled()
 
     def _record_uploads(self, items: list[tuple]) -> None:
         """The confirmed uploads among `items`, recorded in one transaction."""
@@ -494,6 +496,7 @@ class Daemon:
         self.to_upload = queues
         for (fid,) in self.v.db.query("SELECT file_id FROM files WHERE state='encoded'"):
             self._advance_if_settled(fid)  # safety net: restorable files are committed
+        self._advance_settled()
 
     def _start_encodes(self) -> None:
         """Files in arrival order. A large one uploads while it is encoded, on its own
@@ -682,26 +685,30 @@ class Daemon:
                 self._write_status()
 
     def _advance_if_settled(self, fid: str) -> None:
-        """Look at a file once its last upload in flight has come back, not at each one."""
+        """Look at a file once its last upload in flight has come back, not at each one:
+        noted here, advanced with the rest of the batch (`_advance_settled`)."""
         if not any(o.file_id == fid for o in self.in_flight.values()):
-            self._advance(fid)
+            self.settled.add(fid)
 
-    def _advance(self, fid: str) -> None:
-        """Commit once restorable; drop the staged copies once every object is confirmed."""
-        f = self.v.db.file(fid)
-        if f is None:
-            return
-        if f.state == "encoded":
-            if commit(self.v, fid) == "committed":
-                self.manifest_dirty = True
-        elif f.state == "committed" and not self.v.db.objects(fid, "state!='uploaded'"):
-            shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
-            self.finish_due = True
+    def _advance_settled(self) -> None:
+        fids, self.settled = self.settled, set()
+        if fids:
+            self._advance(fids)
+
+    def _advance(self, fids: Iterable[str]) -> None:
+        """Commit the files that became restorable (one transaction for all); drop the
+        staged copies of committed ones whose every object is now confirmed."""
+        rows = [f for f in map(self.v.db.file, fids) if f is not None]
+        if commit_many(self.v, [f.file_id for f in rows if f.state == "encoded"]):
+            self.manifest_dirty = True
+        for f in rows:
+            if f.state == "committed" and all_uploaded(self.v, f.file_id):
+                shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
+                self.finish_due = True
 
     def _advance_all(self) -> None:
         """At start-up: files a crash left between steps (uploads done, commit not)."""
-        for f in self.v.db.files("state IN ('encoded', 'committed')"):
-            self._advance(f.file_id)
+        self._advance(f.file_id for f in self.v.db.files("state IN ('encoded', 'committed')"))
 
     # ----------------------------------------------------------------- manifest, after-policy
 
@@ -781,27 +788,30 @@ class Daemon:
             "SELECT file_id FROM files f WHERE state='committed' AND backed_up=1 AND NOT EXISTS "
             "(SELECT 1 FROM objects o WHERE o.file_id=f.file_id AND o.state!='uploaded') "
             "ORDER BY created")
-        for (fid,) in rows:
-            if self.stop.is_set():
-                self.finish_due = True
-                return
-            f = self.v.db.file(fid)
-            if self.cfg.grants:  # standing shares, before the original may go (idempotent)
-                from .share import apply_grants
+        handled: dict[str, str] = {}  # file id -> what became of the original
+        try:
+            for (fid,) in rows:
+                if self.stop.is_set():
+                    self.finish_due = True
+                    return
+                f = self.v.db.file(fid)
+                if self.cfg.grants:  # standing shares, before the original may go (idempotent)
+                    from .share import apply_grants
 
-                apply_grants(self.v, fid)
-            try:
-                how = ib.apply_after(self.v, f)
-            except OSError as exc:
-                self.v.db.update_file(fid, error=f"after-policy failed: {exc}")
-                log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s", fid,
-                          self.cfg.after, exc.strerror or exc, self.retry_max)
-                self.finish_not_before = now + min(self.retry_max, 60.0)
-                self.finish_due = True
-                return
-            shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
-            if finalize(self.v, fid):
-                event(logging.INFO, "file done", file_id=fid, original=how)
+                    apply_grants(self.v, fid)
+                try:
+                    handled[fid] = ib.apply_after(self.v, f)
+                except OSError as exc:
+                    self.v.db.update_file(fid, error=f"after-policy failed: {exc}")
+                    log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s",
+                              fid, self.cfg.after, exc.strerror or exc, self.retry_max)
+                    self.finish_not_before = now + min(self.retry_max, 60.0)
+                    self.finish_due = True
+                    return
+                shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
+        finally:  # one transaction for the lot (a crash before it: the after-policy is redone)
+            for fid in finalize_many(self.v, handled):
+                event(logging.INFO, "file done", file_id=fid, original=handled[fid])
 
     # ----------------------------------------------------------------- verify
 

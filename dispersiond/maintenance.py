@@ -91,11 +91,18 @@ def drop_all_backups_but_newest(v: Vault) -> None:
 
 def finalize(v: Vault, fid: str) -> bool:
     """committed -> done once every object is confirmed and a manifest backup holds it."""
-    f = v.db.file(fid)
-    if f.state != "committed" or not f.backed_up or v.db.objects(fid, "state!='uploaded'"):
-        return False
-    v.db.update_file(fid, state="done")
-    return True
+    return bool(finalize_many(v, [fid]))
+
+
+def finalize_many(v: Vault, fids) -> list[str]:
+    """`finalize` for many files in one transaction; returns the ids now done."""
+    ready = [fid for fid in fids if (f := v.db.file(fid)) is not None and f.state == "committed"
+             and f.backed_up and not v.db.objects(fid, "state!='uploaded'")]
+    if ready:
+        with v.db.tx() as conn:
+            for fid in ready:
+                v.db.update_file(fid, conn, state="done")
+    return ready
 
 
 # --------------------------------------------------------------- verify

@@ -445,3 +445,45 @@ def test_a_write_failure_mid_encode_is_clear_and_resumes(tmp_path):
     assert [f["state"] for f in res["files"]] == ["done"]
     cli(cfg, "restore", big.name, "--to", str(tmp_path / "back"))
     assert sha(tmp_path / "back") == sha(big)
+
+
+def test_files_that_settle_together_commit_and_finish_in_one_transaction(tmp_path):
+    """The daemon commits the files a batch of confirmed uploads made restorable, and
+    marks done the ones whose after-policy ran, one transaction (one fsync) per step."""
+    from contextlib import contextmanager
+
+    from dispersiond.config import load_config
+    from dispersiond.maintenance import finalize_many
+    from dispersiond.protect import Throttle, admit, commit_many, encode, upload, upload_one
+    from dispersiond.vault import open_vault
+
+    cfg = load_config(local_config(tmp_path, "replicate"))
+    with open_vault(cfg, exclusive=True) as v:
+        fids = [admit(v, p) for p in real_files()[:4]]
+        for fid in fids:
+            encode(v, fid)
+        for fid in fids[:2]:
+            assert upload(v, fid) == []
+        (prf,) = v.db.objects(fids[2], "role='private'")
+        upload_one(v, prf, Throttle(None))  # its private backup only: not restorable yet
+        real_tx, count = v.db.tx, [0]
+
+        @contextmanager
+        def counted():
+            count[0] += 1
+            with real_tx() as conn:
+                yield conn
+
+        v.db.tx = counted
+        assert commit_many(v, fids) == fids[:2]
+        assert count[0] == 1
+        assert [v.db.file(fid).state for fid in fids] == ["committed"] * 2 + ["encoded"] * 2
+        assert commit_many(v, fids) == []  # nothing new: no transaction at all
+        assert count[0] == 1
+        v.db.tx = real_tx
+        with v.db.tx() as conn:
+            conn.execute("UPDATE files SET backed_up=1")
+        v.db.tx = counted
+        assert finalize_many(v, fids) == fids[:2]
+        assert count[0] == 2
+        assert [v.db.file(fid).state for fid in fids] == ["done"] * 2 + ["encoded"] * 2
