@@ -142,4 +142,7 @@ def _phase(cfg: Path) -> str:
         return "starting"
     files = st["files"]
     busy = [s for s in ("claiming", "claimed", "encoded", "committed") if files.get(s)]
+    inbox = cfg.parent / "inbox"
+    if any(not p.name.startswith(".") for p in inbox.iterdir()):
+        busy.insert(0, "inbox")  # dropped, waiting to be seen stable and claimed
     return "+".join(busy) or "idle"
