@@ -45,7 +45,7 @@ from . import inbox as ib
 from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
-from .maintenance import backup_manifest, finalize_many, verify
+from .maintenance import FINISHABLE, backup_manifest, finalize_many, verify
 from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned,
                       all_uploaded, commit_many, encode, upload_one)
 from .sdnotify import Notifier
@@ -699,7 +699,7 @@ class Daemon:
         """Commit the files that became restorable (one transaction for all); drop the
         staged copies of committed ones whose every object is now confirmed."""
         rows = [f for f in map(self.v.db.file, fids) if f is not None]
-        if commit_many(self.v, [f.file_id for f in rows if f.state == "encoded"]):
+        if commit_many(self.v, [f for f in rows if f.state == "encoded"]):
             self.manifest_dirty = True
         for f in rows:
             if f.state == "committed" and all_uploaded(self.v, f.file_id):
@@ -784,10 +784,7 @@ class Daemon:
         if not self.finish_due or now < self.finish_not_before:
             return
         self.finish_due = False
-        rows = self.v.db.query(
-            "SELECT file_id FROM files f WHERE state='committed' AND backed_up=1 AND NOT EXISTS "
-            "(SELECT 1 FROM objects o WHERE o.file_id=f.file_id AND o.state!='uploaded') "
-            "ORDER BY created")
+        rows = self.v.db.query(f"SELECT file_id FROM files WHERE {FINISHABLE} ORDER BY created")
         handled: dict[str, str] = {}  # file id -> what became of the original
         try:
             for (fid,) in rows:

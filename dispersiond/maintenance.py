@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,20 +90,25 @@ def drop_all_backups_but_newest(v: Vault) -> None:
         _prune_backups(v, store, keep=1)
 
 
+#: A file that may become done: committed, every object confirmed, and held by a landed
+#: manifest backup (SQL over the files table).
+FINISHABLE = ("state='committed' AND backed_up=1 AND NOT EXISTS (SELECT 1 FROM objects o "
+              "WHERE o.file_id=files.file_id AND o.state!='uploaded')")
+
+
 def finalize(v: Vault, fid: str) -> bool:
     """committed -> done once every object is confirmed and a manifest backup holds it."""
     return bool(finalize_many(v, [fid]))
 
 
 def finalize_many(v: Vault, fids) -> list[str]:
-    """`finalize` for many files in one transaction; returns the ids now done."""
-    ready = [fid for fid in fids if (f := v.db.file(fid)) is not None and f.state == "committed"
-             and f.backed_up and not v.db.objects(fid, "state!='uploaded'")]
-    if ready:
-        with v.db.tx() as conn:
-            for fid in ready:
-                v.db.update_file(fid, conn, state="done")
-    return ready
+    """`finalize` for many files in one transaction, each checked inside it; returns
+    the ids now done."""
+    now = time.time()
+    with v.db.tx() as conn:
+        return [fid for fid in fids if conn.execute(
+            f"UPDATE files SET state='done', updated=? WHERE file_id=? AND {FINISHABLE}",
+            (now, fid)).rowcount]
 
 
 # --------------------------------------------------------------- verify

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import yaml
 
 from . import digests
 from .errors import DispersiondError
+from .state import peek
 from .units import parse_size
 
 SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
@@ -188,17 +188,6 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setu
     return path
 
 
-def _done(db_path: Path) -> int:
-    try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute("SELECT COUNT(*) FROM files WHERE state='done'").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
-
-
 def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
               setup: Setup) -> tuple[float, int]:
     """Seconds from drop to the last file done, and S3 requests in that span."""
@@ -224,7 +213,7 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
         db = root / "state" / "state.db"
-        while _done(db) < len(files):
+        while peek(db, "SELECT COUNT(*) FROM files WHERE state='done'") < len(files):
             if proc.poll() is not None:
                 raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
                                        f"{root / 'daemon.log'}")

@@ -27,6 +27,7 @@ from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
 from .placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, new_object_name,
                         padded, shard_length)
+from .state import FileRow
 from .tap import DirectUploadFailed, Pipe, Reader, Tap
 from .vault import Progress, Vault
 
@@ -460,29 +461,33 @@ def transfer_bytes(cfg, size: int) -> int:
     return size + sum(row["object_size"] for row, _ in rows)
 
 
-def restorable(v: Vault, fid: str) -> bool:
-    f = v.db.file(fid)
-    objs = v.db.objects(fid, "state='uploaded'")
-    pub = sum(1 for o in objs if o.role == "public")
+def _readiness(v: Vault, f: FileRow) -> tuple[bool, bool]:
+    """(restorable from its confirmed uploads, every upload confirmed), from one read of
+    the file's objects."""
+    objs = v.db.objects(f.file_id)
+    up = [o for o in objs if o.state == "uploaded"]
     need = f.k if f.public_mode == "erasure" else 1
-    return pub >= need and any(o.role == "private" for o in objs)
+    restorable = (sum(1 for o in up if o.role == "public") >= need
+                  and any(o.role == "private" for o in up))
+    return restorable, len(up) == len(objs)
 
 
 def commit(v: Vault, fid: str) -> str:
     """Advance an encoded file as far as its confirmed uploads allow; returns the new state."""
-    commit_many(v, [fid])
+    commit_many(v, [v.db.file(fid)])
     return v.db.file(fid).state
 
 
-def commit_many(v: Vault, fids) -> list[str]:
-    """Commit every encoded file among `fids` that its confirmed uploads make restorable,
-    all in one transaction (one fsync, however many files: a stream of small files
-    settles many at a time). Returns the ids committed."""
+def commit_many(v: Vault, files: list[FileRow]) -> list[str]:
+    """Commit every encoded file among `files` that its confirmed uploads make
+    restorable, all in one transaction (one fsync, however many files: a stream of small
+    files settles many at a time). Returns the ids committed."""
     ready: list[tuple[str, bool]] = []
-    for fid in fids:
-        f = v.db.file(fid)
-        if f is not None and f.state == "encoded" and restorable(v, fid):
-            ready.append((fid, all_uploaded(v, fid)))
+    for f in files:
+        if f.state == "encoded":
+            restorable, complete = _readiness(v, f)
+            if restorable:
+                ready.append((f.file_id, complete))
     if not ready:
         return []
     with v.db.tx() as conn:

@@ -306,6 +306,19 @@ class StateDB:
         return self.query("PRAGMA integrity_check")[0][0]
 
 
+def peek(db_path: Path, sql: str, timeout: float = 5.0) -> int:
+    """One number from another process's state database, read-only (it is neither
+    created nor written); 0 while it does not exist yet or is being created."""
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=timeout)
+        try:
+            return db.execute(sql).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
 def _migrate_v1(db: sqlite3.Connection) -> None:
     """Schema 1 named every digest sha256 (it was the only algorithm)."""
     db.execute("ALTER TABLE files RENAME COLUMN sha256 TO digest")

@@ -475,10 +475,10 @@ def test_files_that_settle_together_commit_and_finish_in_one_transaction(tmp_pat
                 yield conn
 
         v.db.tx = counted
-        assert commit_many(v, fids) == fids[:2]
+        assert commit_many(v, [v.db.file(fid) for fid in fids]) == fids[:2]
         assert count[0] == 1
         assert [v.db.file(fid).state for fid in fids] == ["committed"] * 2 + ["encoded"] * 2
-        assert commit_many(v, fids) == []  # nothing new: no transaction at all
+        assert commit_many(v, [v.db.file(fid) for fid in fids]) == []  # nothing new: no tx
         assert count[0] == 1
         v.db.tx = real_tx
         with v.db.tx() as conn:

@@ -23,6 +23,7 @@ from backends import SourceError, open_store
 from dispersiond import digests
 from dispersiond.config import load_config
 from dispersiond.protect import EAGER_MIN, Eager, Throttle, abandon_planned, admit, encode
+from dispersiond.state import peek
 from dispersiond.tap import DirectUploadFailed, Pipe, Tap
 from dispersiond.vault import open_vault
 from dsp import cli, cli_json, real_files, write_config
@@ -87,14 +88,7 @@ def dead_store_config(tmp_path: Path) -> Path:
 
 def planned(db_path: Path) -> int:
     """Names recorded for early uploads (a running daemon's database, read-only)."""
-    try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
-        try:
-            return db.execute("SELECT COUNT(*) FROM planned").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
+    return peek(db_path, "SELECT COUNT(*) FROM planned", timeout=1)
 
 
 # ------------------------------------------------------------------ the tap itself
