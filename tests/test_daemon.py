@@ -328,7 +328,7 @@ def test_unit_file_is_valid_and_hardened(tmp_path):
     assert "78" in one["RestartPreventExitStatus"].split()
     assert int(one["TimeoutStopSec"].rstrip("s")) > 10  # SIGTERM exits within ~10 s
     # A background job; the pipeline bench runs the daemon at the same niceness.
-    from dispersiond.pipeline_bench import DAEMON_NICE
+    from dispersiond.research.pipeline_bench import DAEMON_NICE
 
     assert int(one["Nice"]) == DAEMON_NICE > 0 and one["IOSchedulingClass"] == "best-effort"
     exec_start = one["ExecStart"].split()

@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot and args.key_leak:
         raise DispersiondError("--plot draws byte distributions; run it without --key-leak")
     if args.plot:
-        from ..plots import _pyplot
+        from ..research.plots import _pyplot
 
         _pyplot()  # fail on a missing matplotlib before the work, not after
     datas = _read_all(args.files)
@@ -92,13 +92,13 @@ def _fmt_p(p: float | None) -> str:
 
 
 def _stats(args: argparse.Namespace, datas: list[bytes]) -> int:
-    from .. import analysis
+    from ..research import entropy
 
     schemes = _schemes(args.scheme)
-    rows = [(path, analysis.analyze_bytes(d, schemes))
+    rows = [(path, entropy.analyze_bytes(d, schemes))
             for path, d in zip(args.files, datas, strict=True)]
     if args.plot:
-        from ..plots import distribution_plot
+        from ..research.plots import distribution_plot
 
         distribution_plot([(Path(path).name,
                             [("input", st.input.hist)]
@@ -141,7 +141,7 @@ def _dur(seconds: float) -> str:
 
 
 def _key_leak(args: argparse.Namespace, datas: list[bytes]) -> int:
-    from .. import analysis as A
+    from ..research import key_leak as A
 
     schemes = _schemes(args.scheme)
     max_units = args.max_units or None

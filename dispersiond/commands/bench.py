@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 
 from .. import digests
 from ..errors import DispersiondError
-from ..units import parse_size
+from ..units import human_size, parse_size
 
 
 def register(sub) -> None:
@@ -40,24 +39,6 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import os
-
-    from ..codec.split import KERNEL
-
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"{KERNEL} split kernel")
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise DispersiondError("--runs must be at least 1")
@@ -69,23 +50,22 @@ def _run(args: argparse.Namespace) -> int:
         return _codec(args, size or 64 << 20)
     if args.what == "stream":
         return _stream(args, size or 1 << 30)
-    from ..pipeline_bench import run_pipeline_bench
-
-    return run_pipeline_bench(args, size)
+    return _pipeline(args, size)
 
 
 def _codec(args: argparse.Namespace, size: int) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench import DIGEST_NAMES, NAMES, codec_bench
+    from ..research.codec_bench import DIGEST_NAMES, NAMES, codec_bench
+    from ..research.machine import describe
 
     err = Console(stderr=True)
     with err.status("benchmarking") as status:
         res = codec_bench(size, args.runs, args.paper_runs,
                           progress=lambda n: status.update(f"benchmarking {n}"))
     if args.plot:
-        from ..plots import bench_plot
+        from ..research.plots import bench_plot
 
         bench_plot({k: res[k] for k in NAMES}, args.plot)
     if args.json:
@@ -93,7 +73,7 @@ def _codec(args: argparse.Namespace, size: int) -> int:
         return 0
     base = res["aes-128-cbc"]
     t = Table(title=f"codec throughput, {size / 2**20:.0f} MiB buffer, median of {args.runs} runs",
-              caption=machine())
+              caption=describe())
     t.add_column("algorithm")
     t.add_column("MB/s", justify="right")
     t.add_column("x AES-128-CBC", justify="right")
@@ -104,7 +84,7 @@ def _codec(args: argparse.Namespace, size: int) -> int:
 
 
 def _stream(args: argparse.Namespace, size: int) -> int:
-    from ..bench import stream_rss
+    from ..research.codec_bench import stream_rss
 
     res = stream_rss(size, args.scheme)
     if args.json:
@@ -114,3 +94,40 @@ def _stream(args: argparse.Namespace, size: int) -> int:
               f"{res['mb_per_s']:.0f} MB/s, peak RSS {res['peak_rss_mib']:.1f} MiB "
               f"(before the run: {res['rss_before_mib']:.1f} MiB)")
     return 0
+
+
+def _pipeline(args: argparse.Namespace, size: int | None) -> int:
+    from ..research import pipeline_bench as pb
+    from ..research.machine import describe
+
+    if args.files is not None and args.files < 1:
+        raise DispersiondError("--files must be at least 1")
+    if args.files is not None or size is not None:
+        shapes = [(args.files or 1000, size if size is not None else 16 << 10)]
+    else:
+        shapes = pb.SHAPES
+    link = parse_size(args.link) if args.link else None
+    if link is not None and link < 1 << 20:
+        raise DispersiondError("--link must be at least 1MiB (per second)")
+    nice = pb.DAEMON_NICE if args.nice is None else args.nice
+    if not 0 <= nice <= 19:
+        raise DispersiondError("--nice must be between 0 and 19")
+    results = pb.run(shapes, args.runs, pb.Setup(link, nice, args.digest),
+                     on_shape=(lambda r: None) if args.json else _print_shape)
+    if args.json:
+        print(json.dumps({"machine": describe(), "workers": pb.WORKERS, "shapes": results}))
+    return 0
+
+
+def _print_shape(r: dict) -> None:
+    from ..research.pipeline_bench import WORKERS
+
+    link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
+    print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
+          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
+          f"{r['digest']} digests:")
+    for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
+        x = r[key]
+        print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
+              f"{x['mb_per_s']:8.1f} MB/s {x['requests_per_file']:6.2f} requests/file")
+    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x")

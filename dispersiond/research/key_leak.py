@@ -1,10 +1,9 @@
-"""Statistics of public fragments (the paper's Table 2 and Fig. 4) and the key-leak experiment.
+"""The key-leak experiment: what someone holding the key but not the private fragment recovers.
 
-Pure computations, bytes in and numbers out; the CLI (commands/analyze.py) reads
-files and prints, plots.py draws. Why both exist: the paper judges protection by
-the byte entropy of the public fragment, and docs/SECURITY.md shows that figure
-stays above 7.99 even where an attacker holding the leaked key recovers most of
-the file under paper-v1. The key-leak attack here is real: it only ever sees the
+Pure computations, bytes in and numbers out; the `analyze --key-leak` command reads
+files and prints. Why it exists: the byte entropy of the public fragment (entropy.py)
+stays above 7.99 even where an attacker holding the leaked key recovers most of the
+file under paper-v1 (docs/SECURITY.md). The attack here is real: it only ever sees the
 key and the public fragment, and is scored against the plaintext afterwards.
 """
 from __future__ import annotations
@@ -12,10 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -25,106 +23,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import codec
-from .codec import se2
-from .codec.split import UNIT, WORDS, paper_index
+from .. import codec
+from ..codec import se2
+from ..codec.split import UNIT, WORDS, paper_index
+from .entropy import SCHEMES, new_key
 
-SCHEMES = ("paper-v1", "se2")
 PUB = UNIT - 4  # public bytes per unit (7 words)
-
-# --------------------------------------------------------------------------- statistics
-
-
-def byte_histogram(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """Counts of each byte value 0..255 (int64, length 256)."""
-    return np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256).astype(np.int64)
-
-
-def entropy(hist: np.ndarray) -> float:
-    """Shannon entropy of a byte histogram in bits per byte: 8.0 only for a flat histogram."""
-    n = int(hist.sum())
-    if n == 0:
-        return 0.0
-    p = hist[hist > 0] / n
-    return float(-(p * np.log2(p)).sum())
-
-
-def chi_square(hist: np.ndarray) -> float:
-    """Pearson chi-square of a byte histogram against uniform (255 degrees of freedom).
-
-    For uniform random bytes it is about 255 +- 23; structured data gives far more.
-    """
-    n = int(hist.sum())
-    if n == 0:
-        return 0.0
-    expected = n / 256
-    return float(((hist - expected) ** 2).sum() / expected)
-
-
-def chi_square_p(stat: float, df: int = 255) -> float | None:
-    """Upper-tail p-value, or None without scipy (an optional extra, never required)."""
-    try:
-        from scipy.stats import chi2
-    except ImportError:
-        return None
-    return float(chi2.sf(stat, df))
-
-
-def random_entropy(n: int) -> float:
-    """Expected entropy of n uniform random bytes (Miller-Madow bias, 255 / (2n ln 2)).
-
-    A short random file cannot reach 8.0: compare a fragment with this, not with 8.
-    """
-    return 8.0 - 255 / (2 * n * math.log(2)) if n else 0.0
-
-
-@dataclass
-class ByteStats:
-    size: int
-    entropy: float
-    chi2: float
-    p_value: float | None
-    random_entropy: float
-    hist: np.ndarray = field(repr=False, compare=False)
-
-    @classmethod
-    def of(cls, data) -> "ByteStats":
-        h = byte_histogram(data)
-        c = chi_square(h)
-        n = int(h.sum())
-        return cls(n, entropy(h), c, chi_square_p(c), random_entropy(n), h)
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "hist"}
-        if d["p_value"] is None:
-            del d["p_value"]
-        return d
-
-
-@dataclass
-class FileStats:
-    """Table 2 row: the input and the public fragment of each scheme (fresh random keys)."""
-
-    size: int
-    input: ByteStats
-    puf: dict[str, ByteStats]
-
-    def to_dict(self) -> dict:
-        return {"size": self.size, "input": self.input.to_dict(),
-                "puf": {k: v.to_dict() for k, v in self.puf.items()}}
-
-
-def new_key(scheme: str) -> bytes:
-    return os.urandom(codec.KEY_LENGTHS[scheme])
-
-
-def analyze_bytes(data: bytes, schemes: Sequence[str] = SCHEMES) -> FileStats:
-    """Encode `data` (whole file as content, no header split) and measure every fragment."""
-    puf = {s: ByteStats.of(codec.encode(s, new_key(s), data)[0]) for s in schemes}
-    return FileStats(len(data), ByteStats.of(data), puf)
-
-
-# --------------------------------------------------------------------------- key leak
 
 # Guesses for a unit's private word: values that fill dark image regions, padding,
 # indentation and empty fields. Small on purpose: each guess costs one SHA-256 per unit.

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from . import codec, digests
-from .fsutil import Discard
-from .codec import se2
+from .. import codec, digests
+from ..codec import se2
+from ..fsutil import Discard
 
 NAMES = ["aes-128-cbc", "aes-256-gcm", "se2-encode", "se2-decode", "paper-v1-encode",
          "paper-v1-decode"]

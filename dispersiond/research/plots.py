@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import DispersiondError
+from ..errors import DispersiondError
 
 BASELINE = "aes-128-cbc"
 

@@ -10,8 +10,6 @@ for large ones). Requests are counted from the S3 server's own request log.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shutil
@@ -26,14 +24,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from . import digests
-from .errors import DispersiondError
-from .state import peek
-from .units import parse_size
+from .. import digests
+from ..errors import DispersiondError
+from ..state import peek
 
 SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
 WORKERS = 8
@@ -142,7 +139,7 @@ class _LinkReader:
 def _raw_upload(server: S3Server, files: list[Path], bucket: str, link: int | None) -> float:
     from boto3.s3.transfer import TransferConfig
 
-    from .protect import Throttle
+    from ..protect import Throttle
 
     c = server.client()
     tc = TransferConfig(max_concurrency=WORKERS, multipart_chunksize=8 << 20,
@@ -282,20 +279,11 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
     }
 
 
-def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
-    if args.files is not None and args.files < 1:
-        raise DispersiondError("--files must be at least 1")
-    if args.files is not None or size is not None:
-        shapes = [(args.files or 1000, size if size is not None else 16 << 10)]
-    else:
-        shapes = SHAPES
-    link = parse_size(args.link) if args.link else None
-    if link is not None and link < 1 << 20:
-        raise DispersiondError("--link must be at least 1MiB (per second)")
-    nice = DAEMON_NICE if args.nice is None else args.nice
-    if not 0 <= nice <= 19:
-        raise DispersiondError("--nice must be between 0 and 19")
-    setup = Setup(link, nice, args.digest)
+def run(shapes: list[tuple[int, int]], runs: int, setup: Setup = Setup(),
+        on_shape: Callable[[dict[str, Any]], None] = lambda result: None
+        ) -> list[dict[str, Any]]:
+    """Every (files, size) shape on one local S3 server; `on_shape` sees each result as it
+    lands, so a long run shows progress."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     results = []
     with tempfile.TemporaryDirectory(prefix="dispersiond-bench-") as tmp:
@@ -303,27 +291,8 @@ def run_pipeline_bench(args: argparse.Namespace, size: int | None) -> int:
         server = S3Server(work)
         try:
             for n, s in shapes:
-                results.append(bench_shape(server, work / f"{n}x{s}", n, s, args.runs, setup))
-                if not args.json:
-                    _print(results[-1])
+                results.append(bench_shape(server, work / f"{n}x{s}", n, s, runs, setup))
+                on_shape(results[-1])
         finally:
             server.stop()
-    if args.json:
-        from .commands.bench import machine
-
-        print(json.dumps({"machine": machine(), "workers": WORKERS, "shapes": results}))
-    return 0
-
-
-def _print(r: dict[str, Any]) -> None:
-    from .units import human_size
-
-    link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
-    print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
-          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
-          f"{r['digest']} digests:")
-    for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
-        x = r[key]
-        print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
-              f"{x['mb_per_s']:8.1f} MB/s {x['requests_per_file']:6.2f} requests/file")
-    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x")
+    return results
