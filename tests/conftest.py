@@ -5,8 +5,9 @@
 test's buckets, so outage tests take a private server from `spawn_server` instead.
 `make_store(kind, server=None, **overrides)`: a `Store` on a new, uniquely named bucket
 (or directory), closed after the test; `make_store_settings(kind, server=None)`: the
-settings for such a bucket, for tests that write a configuration instead. Test credentials are set here, explicitly, and no
-SDK may fall back to a cloud metadata address.
+settings for such a bucket, for tests that write a configuration instead. Test credentials
+are set here, explicitly, and no SDK may fall back to a cloud metadata address. Plain
+helpers tests import (bucket names, store settings) live in buckets.py.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import pytest
 
 from backends import Store, open_store
 
-from servers import AZURITE_ACCOUNT, AZURITE_KEY, Emulator
+from buckets import (AZURE_KEY_ENV, GCS_SIGNER_ENV, S3_KEY_ID_ENV, S3_SECRET_ENV, create_bucket,
+                     store_settings, unique_bucket)
+from servers import AZURITE_KEY, Emulator
 
 # Before any SDK client exists: never look for cloud metadata or machine-wide config.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -32,14 +35,6 @@ os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"  # discard port: any probe fails
 os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
     filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
-
-#: Environment variables holding the test credentials; store settings name them.
-S3_KEY_ID_ENV = "DISPERSIOND_TEST_S3_KEY_ID"
-S3_SECRET_ENV = "DISPERSIOND_TEST_S3_SECRET"
-GCS_SIGNER_ENV = "DISPERSIOND_TEST_GCS_SIGNING_KEY"
-AZURE_KEY_ENV = "DISPERSIOND_TEST_AZURE_KEY"
-
-STORE_KINDS = ("local", "s3", "gcs", "azure")
 
 
 def _service_account_key() -> str:
@@ -114,42 +109,6 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
     yield spawn
     for server in servers:
         server.stop()
-
-
-def unique_bucket() -> str:
-    return "t" + uuid.uuid4().hex[:20]
-
-
-def create_bucket(server: Emulator, bucket: str) -> None:
-    """Buckets are made with the SDKs directly: creating them is not a store's job."""
-    if server.kind == "s3":
-        import boto3
-
-        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-    elif server.kind == "gcs":
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        storage.Client(project="test", credentials=AnonymousCredentials(),
-                       client_options={"api_endpoint": server.endpoint}).create_bucket(bucket)
-    else:
-        from azure.storage.blob import BlobServiceClient
-
-        BlobServiceClient.from_connection_string(server.connection_string).create_container(bucket)
-
-
-def store_settings(server: Emulator, bucket: str, signer_env: str | None = None) -> dict[str, Any]:
-    """Settings for `open_store` that reach `server` with the test credentials."""
-    if server.kind == "s3":
-        return {"bucket": bucket, "endpoint_url": server.endpoint, "region": "us-east-1",
-                "addressing_style": "path", "access_key_id_env": S3_KEY_ID_ENV,
-                "secret_access_key_env": S3_SECRET_ENV}
-    if server.kind == "gcs":
-        return {"bucket": bucket, "endpoint": server.endpoint, "anonymous": True, "project": "test",
-                "signing_key_env": signer_env}
-    return {"container": bucket, "account_url": server.endpoint, "account_name": AZURITE_ACCOUNT,
-            "account_key_env": AZURE_KEY_ENV}
 
 
 @pytest.fixture

@@ -72,3 +72,16 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     """The CLI as a separate process, the way a user runs it."""
     return subprocess.run([sys.executable, "-m", "dispersiond", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+def put(cfg: Path, *paths: Path) -> list[str]:
+    """`dispersiond put`, which must take every file to done; returns their ids."""
+    res = cli_json(cfg, "put", *map(str, paths))
+    assert res["errors"] == [] and {f["state"] for f in res["files"]} == {"done"}
+    return [f["file_id"] for f in res["files"]]
+
+
+def restores(cfg: Path, fid: str, original: Path, out: Path) -> None:
+    """`dispersiond restore` must give back the original's bytes."""
+    cli(cfg, "restore", fid, "--to", str(out))
+    assert out.read_bytes() == original.read_bytes()

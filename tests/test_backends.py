@@ -36,7 +36,7 @@ from backends import (
 )
 from backends.base import redact
 
-from conftest import STORE_KINDS, create_bucket, store_settings, unique_bucket
+from buckets import STORE_KINDS, create_bucket, store_settings, unique_bucket
 from servers import AZURITE_KEY, Emulator
 
 MiB = 1 << 20

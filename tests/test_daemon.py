@@ -214,7 +214,7 @@ def test_store_outage_mid_batch_then_everything_completes(tmp_path, make_store_s
         assert len(list((tmp_path / "inbox").iterdir())) == 0
         time.sleep(2)
         s3.start()
-        from conftest import create_bucket
+        from buckets import create_bucket
 
         create_bucket(s3, aws["bucket"])
         wait_until(lambda: status(cfg)["files"]["done"] == len(names), 60, "all done after", d)

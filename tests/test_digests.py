@@ -1,11 +1,10 @@
-"""Digest algorithms: the `digest` setting, and files, databases, manifest backups and share
-bundles written when every digest was SHA-256 (state schema 1, manifest format 1, bundle
-payload version 1), which this build still reads."""
+"""Digest algorithms: the `digest` setting, and manifest backups and share bundles written
+when every digest was SHA-256 (manifest format 1, bundle payload version 1), which this
+build still reads. Databases of that time (state schema 1): test_state_migrations.py."""
 from __future__ import annotations
 
 import hashlib
 import shutil
-import sqlite3
 from pathlib import Path
 
 import blake3
@@ -19,22 +18,11 @@ from dispersiond.identity import load_identity
 from dispersiond.placement import new_object_name
 from dispersiond.state import dumps
 from dispersiond.vault import open_vault
-from dsp import cli, cli_json, local_config, real_files
+from dsp import cli, cli_json, local_config, put, real_files, restores
 
 # Independent of dispersiond.digests: what each algorithm's own library says.
 REFERENCE = {"blake3": lambda b: blake3.blake3(b).hexdigest(),
              "sha256": lambda b: hashlib.sha256(b).hexdigest()}
-
-
-def put(cfg: Path, *paths: Path) -> list[str]:
-    res = cli_json(cfg, "put", *map(str, paths))
-    assert res["errors"] == [] and {f["state"] for f in res["files"]} == {"done"}
-    return [f["file_id"] for f in res["files"]]
-
-
-def restores(cfg: Path, fid: str, original: Path, out: Path) -> None:
-    cli(cfg, "restore", fid, "--to", str(out))
-    assert out.read_bytes() == original.read_bytes()
 
 
 def test_known_answers() -> None:
@@ -70,36 +58,6 @@ def test_every_digest_is_made_with_the_configured_algorithm(tmp_path: Path, alg:
                 assert o.digest == ref(v.store(o.store).get_bytes(o.name))
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
     restores(cfg, ids[0], files[0], tmp_path / "out")
-
-
-def _to_schema_1(db_path: Path) -> None:
-    """Turn a schema 2 database into what schema 1 was: digests named sha256, no algorithm."""
-    db = sqlite3.connect(db_path)
-    with db:
-        db.execute("ALTER TABLE files RENAME COLUMN digest TO sha256")
-        db.execute("ALTER TABLE files RENAME COLUMN prf_digest TO prf_sha256")
-        db.execute("ALTER TABLE files DROP COLUMN digest_alg")
-        db.execute("ALTER TABLE objects RENAME COLUMN digest TO sha256")
-        db.execute("UPDATE meta SET value='1' WHERE key='schema'")
-    db.close()
-
-
-def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
-    cfg = local_config(tmp_path, "erasure", digest="sha256")
-    old, new = real_files()[:2]
-    (old_id,) = put(cfg, old)
-    db_path = load_config(cfg).state_path / "state.db"
-    _to_schema_1(db_path)
-    cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
-    (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
-    db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
-    algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
-    db.close()
-    assert algs == {old_id: "sha256", new_id: "blake3"}
-    assert cli_json(cfg, "verify", "--deep")["problems"] == []
-    restores(cfg, old_id, old, tmp_path / "old")
-    restores(cfg, new_id, new, tmp_path / "new")
 
 
 def _as_format_1(doc: dict) -> dict:

@@ -269,7 +269,7 @@ def test_erasure_across_three_clouds_survives_an_outage(tmp_path, make_store_set
     assert {p["store"] for p in rep["problems"]} == {"gcp"} and rep["unrestorable"] == []
 
     gcs.start()  # it comes back empty (in-memory server): repair rebuilds its shards
-    from conftest import create_bucket
+    from buckets import create_bucket
 
     create_bucket(gcs, yaml.safe_load(cfg.read_text())["stores"][1]["bucket"])
     assert {p["problem"] for p in cli_json(cfg, "verify", expect=1)["problems"]} == {"missing"}

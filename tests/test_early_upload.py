@@ -402,7 +402,7 @@ def test_daemon_store_dying_under_a_direct_upload_reencodes_staged(tmp_path, mak
     """The S3 server dies while a large file streams to it from memory: the encode fails,
     the store backs off, the file is encoded again at once with a staged copy for S3 and
     becomes restorable from the other replica; when S3 is back, it completes."""
-    from conftest import create_bucket
+    from buckets import create_bucket
     from daemonctl import DaemonProc, status, wait_until
 
     s3 = spawn_server("s3")

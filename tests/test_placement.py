@@ -1,22 +1,15 @@
-"""Placement and manifest formats: erasure coding, padding, manifest backups, config example."""
+"""Placement: erasure coding of public fragments and padding of their sizes."""
 from __future__ import annotations
 
 import io
 import itertools
 import os
-from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispersiond import manifest
-from dispersiond.config import load_config
-from dispersiond.errors import IntegrityError, WrongKey
 from dispersiond.placement import (HashingWriter, ShardWriter, decode_shards, padme,
                                    rebuild_shards, shard_length)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @given(st.integers(0, 1 << 40))
@@ -65,23 +58,3 @@ def test_no_single_erasure_shard_holds_the_whole_fragment():
     w.write(data)
     w.close()
     assert all(o.n < 0.55 * len(data) for o in outs)
-
-
-def test_manifest_backup_seal_and_open():
-    key = os.urandom(32)
-    doc = {"format": 1, "seq": 7, "files": [{"file_id": "ab" * 16, "name": "scan.dcm"}]}
-    blob = manifest.seal(key, doc)
-    assert blob[:5] == b"DSPM\x01" and b"scan.dcm" not in blob
-    assert manifest.open_sealed(key, blob) == doc
-    with pytest.raises(WrongKey):
-        manifest.open_sealed(os.urandom(32), blob)
-    bad = bytearray(blob)
-    bad[40] ^= 1
-    with pytest.raises(IntegrityError):
-        manifest.open_sealed(key, bytes(bad))
-
-
-def test_example_config_is_valid():
-    cfg = load_config(ROOT / "config" / "dispersiond.example.yaml")
-    assert cfg.public.mode == "erasure" and cfg.public.k == 2 and cfg.public.n == 3
-    assert cfg.private.stores == ["vault"]
