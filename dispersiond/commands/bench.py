@@ -1,4 +1,5 @@
-"""`dispersiond bench`: codec throughput (the paper's Fig. 6 analogue) and streaming memory."""
+"""`dispersiond bench`: codec throughput (the paper's Fig. 6 analogue), streaming memory and the
+whole pipeline against a plain upload; the measuring is in dispersiond/research/."""
 from __future__ import annotations
 
 import argparse
