@@ -51,8 +51,8 @@ def retrying(
 class RetryingStore(Store):
     """A store whose verbs retry `Unavailable` with backoff before giving up.
 
-    - `put` retries only when the source can be rewound (`seekable()`): a stream already
-      partly sent cannot be replayed. A retried conditional create whose first response
+    - `put` rewinds a seekable source for each attempt; any other source is retried only
+      if the failed attempt read none of it (a stream partly sent cannot be replayed). A retried conditional create whose first response
       was lost may report AlreadyExists for an object it wrote itself; compare
       `stat(key).checksums` with the data's digest to tell.
     - `get` resumes a transfer cut off part way from the byte where it stopped (objects
@@ -79,14 +79,22 @@ class RetryingStore(Store):
             rewind = src.tell() if src.seekable() else None
         except (AttributeError, OSError, ValueError):
             rewind = None
-        if rewind is None:
-            return self.inner.put(key, src, size)
+        counted = _Counting(src)
 
         def attempt() -> ObjectInfo:
-            src.seek(rewind)
-            return self.inner.put(key, src, size)
+            if rewind is not None:
+                src.seek(rewind)
+            try:
+                return self.inner.put(key, src if rewind is not None else counted, size)
+            except Unavailable as exc:
+                if rewind is None and counted.taken:
+                    raise _Spent(exc) from None
+                raise
 
-        return self._call(attempt)
+        try:
+            return self._call(attempt)
+        except _Spent as spent:
+            raise spent.error from None
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
         check_key(key)
@@ -114,6 +122,7 @@ class RetryingStore(Store):
             chunks = self._call(lambda: self.inner.get(key, start + got, left))
 
     def stat(self, key: str) -> ObjectInfo:
+        check_key(key)
         return self._call(lambda: self.inner.stat(key))
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -133,12 +142,34 @@ class RetryingStore(Store):
                 self.sleep(policy.fail(0.0, exc))
 
     def delete(self, key: str) -> None:
+        check_key(key)
         # A retried delete whose first response was lost finds nothing: NotFound, as for
         # any absent object (the object is gone either way).
         self._call(lambda: self.inner.delete(key))
 
     def presign(self, key: str, expires: timedelta) -> str:
+        check_key(key)
         return self._call(lambda: self.inner.presign(key, expires))
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _Spent(Exception):
+    """A put failed after reading from a source that cannot be rewound: do not retry."""
+
+    def __init__(self, error: Unavailable) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Counting:
+    """Reads through to a source and remembers whether anything was taken from it."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src, self.taken = src, False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.taken = self.taken or bool(data)
+        return data
