@@ -52,9 +52,10 @@ class RetryingStore(Store):
     """A store whose verbs retry `Unavailable` with backoff before giving up.
 
     - `put` rewinds a seekable source for each attempt; any other source is retried only
-      if the failed attempt read none of it (a stream partly sent cannot be replayed). A retried conditional create whose first response
-      was lost may report AlreadyExists for an object it wrote itself; compare
-      `stat(key).checksums` with the data's digest to tell.
+      if the failed attempt read none of it (a stream partly sent cannot be replayed).
+      A retried conditional create whose first response was lost may report
+      AlreadyExists for an object it wrote itself; compare `stat(key).checksums` with the
+      data's digest to tell.
     - `get` resumes a transfer cut off part way from the byte where it stopped (objects
       are immutable), so the caller sees one unbroken stream.
     - `list` restarts a cut-off listing and skips the names already yielded.

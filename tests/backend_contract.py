@@ -1,4 +1,4 @@
-"""What every store promises, as test functions over a `store` fixture (restic-style: one suite, every backend).
+"""What every store promises: test functions over a `store` fixture (one suite, every backend).
 
 It lives with the tests, not in `backends/`: it needs pytest and the suite's servers, and
 no code outside the tests runs it. A test module imports these functions (`from
