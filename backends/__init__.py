@@ -3,6 +3,8 @@
 `open_store` is the one way in: the daemon builds stores from the YAML `stores:` section,
 where each entry has a `type` and type-specific settings. Modules are imported on demand,
 so a device that only uses a directory does not need any cloud SDK installed.
+Wrappers (`prefixed.PrefixedStore`, `retrying.RetryingStore`) are Stores around a Store;
+`backoff.Backoff` is the one retry-wait policy.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from .base import (
     Store,
     StoreError,
     Unavailable,
-    retrying,
 )
+from .retrying import RetryingStore, retrying
 
 #: Store type -> (module, class).
 KINDS: dict[str, tuple[str, str]] = {
@@ -28,6 +30,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "s3": ("s3", "S3Store"),
     "gcs": ("gcs", "GCSStore"),
     "azure": ("azure", "AzureStore"),
+    # Tests and dry runs only: the configuration schema does not accept it (data would not
+    # outlive the process).
+    "memory": ("memory", "MemoryStore"),
 }
 
 
@@ -51,5 +56,5 @@ def open_store(kind: str, name: str, **settings: Any) -> Store:
 
 __all__ = [
     "AlreadyExists", "Denied", "KINDS", "NotFound", "ObjectInfo", "SourceError", "Store",
-    "StoreError", "Unavailable", "open_store", "retrying",
+    "StoreError", "Unavailable", "RetryingStore", "open_store", "retrying",
 ]

@@ -7,18 +7,13 @@ and ciphertext only.
 from __future__ import annotations
 
 import os
-import random
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import BinaryIO, Iterator, TypeVar
-
-T = TypeVar("T")
-
+from typing import BinaryIO, Iterator
 
 class StoreError(Exception):
     """Base of every store failure. The message always names the store."""
@@ -75,7 +70,7 @@ class Store(ABC):
 
     #: The store's name from the configuration; used in every error message.
     name: str
-    #: "local", "s3", "gcs" or "azure".
+    #: "local", "s3", "gcs", "azure" or "memory".
     kind: str
 
     @abstractmethod
@@ -247,29 +242,3 @@ def translating(
         detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
         raise family(store, f"{what}: {detail}") from None
 
-
-def retrying(
-    fn: Callable[[], T],
-    *,
-    attempts: int = 5,
-    base_delay: float = 0.2,
-    max_delay: float = 10.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call `fn` until it stops raising Unavailable, at most `attempts` times.
-
-    Waits between attempts grow exponentially with full jitter (uniform in
-    [0, min(max_delay, base_delay * 2**n)]), so many devices recovering from the same
-    outage do not hammer a store in lockstep. Other errors are raised at once: a missing
-    object or refused credential will not change by waiting. The SDKs retry briefly on
-    their own; this is the slower, outer loop for callers whose work can be redone
-    (a put must be handed a fresh stream, so wrap the whole step, not the put alone).
-    """
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Unavailable:
-            if attempt == attempts - 1:
-                raise
-            sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
-    raise AssertionError("unreachable")

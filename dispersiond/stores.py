@@ -1,46 +1,12 @@
-"""Stores built from the configuration, plus a prefix wrapper shared by every type."""
+"""Stores built from the configuration (a configured `prefix` wraps the store in `PrefixedStore`)."""
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import BinaryIO, Iterator
-
-from backends import ObjectInfo, Store, open_store
+from backends import Store, open_store
+from backends.prefixed import PrefixedStore
 
 from .config import Config, StoreConfig
 
-
-class PrefixedStore(Store):
-    """Keeps every object of ours under one prefix of a shared bucket."""
-
-    def __init__(self, inner: Store, prefix: str) -> None:
-        self.inner, self.prefix = inner, prefix
-        self.name, self.kind = inner.name, inner.kind
-
-    def put(self, key: str, src: BinaryIO, size: int) -> ObjectInfo:
-        return self._strip(self.inner.put(self.prefix + key, src, size))
-
-    def get(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        return self.inner.get(self.prefix + key, start, length)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self._strip(self.inner.stat(self.prefix + key))
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        for name in self.inner.list(self.prefix + prefix):
-            yield name[len(self.prefix):]
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(self.prefix + key)
-
-    def presign(self, key: str, expires: timedelta) -> str:
-        return self.inner.presign(self.prefix + key, expires)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def _strip(self, info: ObjectInfo) -> ObjectInfo:
-        return ObjectInfo(info.name[len(self.prefix):] if info.name.startswith(self.prefix)
-                          else info.name, info.size, info.checksums)
+__all__ = ["PrefixedStore", "Stores", "open_configured"]
 
 
 def open_configured(cfg: Config, sc: StoreConfig) -> Store:

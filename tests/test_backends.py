@@ -1,8 +1,10 @@
-"""One suite for every store type, run over real HTTP against local servers.
+"""What each store type does beyond the shared contract, over real HTTP against local servers.
 
-What each server does not enforce is written next to the test that would show it
-(docs/BACKENDS.md has the list). Part sizes are small here so that the multi-part path
-of every store runs on objects of a few MiB.
+The contract every store keeps (round trips, ranges, listing, conditional create, names,
+failed puts, links) is tests/backend_contract.py, run by tests/test_backend_contract.py.
+Here: each type's own checksums, outages (servers killed mid-transfer), credentials,
+link expiry, configuration. What each server does not enforce is written next to the
+test that would show it (docs/BACKENDS.md has the list).
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import os
 import threading
 import time
 import urllib.error
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable
@@ -36,53 +37,18 @@ from backends import (
 )
 from backends.base import redact
 
+from backend_contract import DATA, MiB, PART, SETTING, Source, fetch, sizes
 from buckets import STORE_KINDS, create_bucket, store_settings, unique_bucket
 from servers import AZURITE_KEY, Emulator
 
-MiB = 1 << 20
-#: The unit each store reads from a source at a time (and, but for local, sends per part).
-PART = {"local": MiB // 4, "s3": 5 * MiB, "gcs": MiB, "azure": MiB}  # 5 MiB: S3's minimum part
-SETTING = {"local": "chunk_size", "s3": "part_size", "gcs": "chunk_size", "azure": "block_size"}
-DATA = os.urandom(2 * PART["s3"] + 12345)
 #: A dead or dying server must be reported within this many seconds (default settings).
 OUTAGE_BOUND = 8.0
-
-
-def sizes(kind: str) -> dict[str, int]:
-    return {"0 B": 0, "1 B": 1, "5 MiB": 5 * MiB, "multipart": 2 * PART[kind] + 12345}
-
-
-class Source(io.RawIOBase):
-    """A stream over `data` that returns short reads and records the largest read asked of it.
-
-    `on_half` runs once when half the bytes have been handed out (to kill a server or fail).
-    """
-
-    def __init__(self, data: bytes, on_half: Callable[[], None] | None = None) -> None:
-        self.data, self.pos, self.max_ask, self.on_half = data, 0, 0, on_half
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            raise AssertionError("a store read the whole source at once")
-        self.max_ask = max(self.max_ask, n)
-        if self.on_half and self.pos >= len(self.data) // 2:
-            action, self.on_half = self.on_half, None
-            action()
-        piece = self.data[self.pos:self.pos + min(n, 100_000)]
-        self.pos += len(piece)
-        return piece
 
 
 def every_verb(store: Store, key: str) -> list[Callable[[], object]]:
     """One call of each verb on `key` (list with no prefix), for tests that expect one error from all."""
     return [lambda: store.stat(key), lambda: store.get(key), lambda: list(store.list()),
             lambda: store.put_bytes(key + "-new", b"y"), lambda: store.delete(key)]
-
-
-def absent(store: Store, key: str) -> bool:
-    with pytest.raises(NotFound):
-        store.stat(key)
-    return key not in set(store.list())
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -95,18 +61,7 @@ def store(kind: str, make_store: Callable[..., Store]) -> Store:
     return make_store(kind, **{SETTING[kind]: PART[kind]})
 
 
-# --- the five verbs -----------------------------------------------------------------
-
-@pytest.mark.parametrize("label", ["0 B", "1 B", "5 MiB", "multipart"])
-def test_round_trip(store: Store, label: str) -> None:
-    size = sizes(store.kind)[label]
-    src = Source(DATA[:size])
-    info = store.put(f"rt/{label}", src, size)
-    assert (info.name, info.size) == (f"rt/{label}", size)
-    assert src.max_ask <= PART[store.kind], "reads from the source must be bounded by the part size"
-    assert store.get_bytes(f"rt/{label}") == DATA[:size]
-    assert store.stat(f"rt/{label}").size == size
-
+# --- what each type does beyond the contract ---------------------------------------------
 
 @pytest.mark.parametrize("label", ["1 B", "multipart"])
 def test_stat_reports_the_stores_own_checksums(store: Store, label: str) -> None:
@@ -128,93 +83,6 @@ def test_stat_reports_the_stores_own_checksums(store: Store, label: str) -> None
         assert set(stat.checksums) == {"etag"} and stat.checksums["etag"].endswith("-3")
     else:
         assert stat.checksums == expected
-
-
-def test_list_by_prefix(store: Store) -> None:
-    names = ["p/a", "p/b/c", "p/b/d%", "pa", "q/a", "a", "a/b"]  # "a" and "a/b" side by side
-    for name in names:
-        store.put_bytes(name, name.encode())
-    assert sorted(store.list()) == sorted(names)
-    assert sorted(store.list("p/")) == ["p/a", "p/b/c", "p/b/d%"]
-    assert sorted(store.list("p")) == ["p/a", "p/b/c", "p/b/d%", "pa"]
-    assert sorted(store.list("p/b/")) == ["p/b/c", "p/b/d%"]
-    assert sorted(store.list("a")) == ["a", "a/b"]
-    assert list(store.list("zz")) == [] and list(store.list("p/x/")) == []
-    assert list(store.list("../")) == [] and list(store.list("/")) == []
-    assert store.get_bytes("a") == b"a" and store.get_bytes("p/b/d%") == b"p/b/d%"
-
-
-@pytest.mark.parametrize("label", ["1 B", "multipart"])
-def test_conditional_create_refuses_and_keeps_the_first(store: Store, label: str) -> None:
-    size = sizes(store.kind)[label]
-    first, second = DATA[:size], DATA[:size][::-1]
-    assert first != second or size < 2
-    store.put("once", io.BytesIO(first), size)
-    with pytest.raises(AlreadyExists, match=store.name):
-        store.put("once", Source(second), size)
-    assert store.get_bytes("once") == first
-    assert store.stat("once").size == size
-
-
-def test_delete_then_not_found(store: Store) -> None:
-    store.put_bytes("gone", b"x")
-    store.delete("gone")
-    for call in (lambda: store.get("gone"), lambda: store.stat("gone"), lambda: store.delete("gone")):
-        with pytest.raises(NotFound, match=store.name):
-            call()
-    assert "gone" not in set(store.list())
-    store.put_bytes("gone", b"again")  # the name is free again
-    assert store.get_bytes("gone") == b"again"
-
-
-def test_ranged_get(store: Store) -> None:
-    part, size = PART[store.kind], sizes(store.kind)["multipart"]
-    data = DATA[:size]
-    store.put("r", io.BytesIO(data), size)
-    for start, length in [(0, 0), (0, 10), (7, 1), (part - 5, 10), (part - 1, part + 2),
-                          (size - 7, None), (size - 3, 10), (size, 5), (size + 100, None), (5, None)]:
-        want = data[start:] if length is None else data[start:start + length]
-        assert store.get_bytes("r", start, length) == want, (start, length)
-    store.put_bytes("empty", b"")
-    assert store.get_bytes("empty") == b"" and store.get_bytes("empty", 0, 5) == b""
-    with pytest.raises(ValueError):
-        store.get_bytes("r", -1)
-    with pytest.raises(NotFound):
-        store.get_bytes("missing", 3, 4)
-
-
-def test_get_streams_in_chunks(store: Store) -> None:
-    size = sizes(store.kind)["multipart"]
-    store.put("big", io.BytesIO(DATA[:size]), size)
-    chunks = list(store.get("big"))
-    assert len(chunks) > 1 and max(map(len, chunks)) <= max(PART[store.kind], MiB)
-
-
-@pytest.mark.parametrize("name", ["", "/abs", "a/", "a//b", "a/../b", "..", "./a", "a\\b", "a\0b"])
-def test_invalid_names_are_refused_before_any_io(store: Store, name: str) -> None:
-    for call in (lambda: store.put_bytes(name, b"x"), lambda: store.get(name), lambda: store.stat(name),
-                 lambda: store.delete(name), lambda: store.presign(name, timedelta(minutes=1))):
-        with pytest.raises(ValueError):
-            call()
-
-
-# --- failures leave nothing behind ----------------------------------------------------
-
-@pytest.mark.parametrize("label", ["1 B", "5 MiB", "multipart"])
-def test_failing_source_leaves_no_object(store: Store, label: str) -> None:
-    size = sizes(store.kind)[label]
-
-    def fail() -> None:
-        raise OSError("disk read error")
-
-    with pytest.raises(SourceError) as caught:
-        store.put("half", Source(DATA[:size], on_half=fail), size)
-    assert isinstance(caught.value.__cause__, OSError)
-    with pytest.raises(SourceError, match="ended after"):
-        store.put("short", io.BytesIO(DATA[:size - 1]), size)
-    assert absent(store, "half") and absent(store, "short")
-    store.put("half", io.BytesIO(DATA[:size]), size)  # nothing in the way of a retry
-    assert store.get_bytes("half") == DATA[:size]
 
 
 def test_failed_s3_multipart_upload_is_aborted(make_store: Callable[..., Store], s3_server: Emulator) -> None:
@@ -329,22 +197,6 @@ def test_retrying_backs_off_with_jitter_and_only_for_unavailable() -> None:
 
 
 # --- links ------------------------------------------------------------------------------
-
-def fetch(url: str) -> bytes:
-    """Plain HTTP (or file://), no SDK: what a recipient of a link has."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.read()
-
-
-def test_presigned_link_reads_the_object(store: Store) -> None:
-    data = DATA[:3000]
-    store.put_bytes("shared/one", data)
-    url = store.presign("shared/one", timedelta(minutes=5))
-    assert fetch(url) == data
-    for bad in (timedelta(0), timedelta(days=8)):
-        with pytest.raises(ValueError):
-            store.presign("shared/one", bad)
-
 
 def test_presigned_link_expires_azure(make_store: Callable[..., Store]) -> None:
     """Only Azurite enforces expiry and signatures; moto and fake-gcs-server serve any link."""
