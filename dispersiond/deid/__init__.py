@@ -88,7 +88,8 @@ def deidentify(data: bytes, kind_hint: str | None, policy: DeidPolicy, key: byte
         kind = "csv"
     if kind_hint is not None:
         if kind_hint not in KINDS:
-            raise DeidRefused(f"de-identification: unknown kind {kind_hint!r}; use one of {', '.join(KINDS)}")
+            raise DeidRefused(f"de-identification: unknown kind {kind_hint!r}; "
+                              f"use one of {', '.join(KINDS)}")
         if kind_hint != kind:
             raise DeidRefused(f"de-identification: the file was declared {kind_hint} but reads as "
                               f"{kind}; fix the declared kind or the file")
@@ -108,7 +109,8 @@ def deidentify(data: bytes, kind_hint: str | None, policy: DeidPolicy, key: byte
     except RecursionError:
         raise DeidRefused(f"{kind}: the file nests too deeply to de-identify; the file was not "
                           "shared") from None
-    except Exception as e:  # a library's own error: its message may quote the file, so only its type
-        raise DeidRefused(f"{kind}: de-identification failed ({type(e).__name__}); the file was not "
-                          f"shared: check that it opens in a {kind} reader, then try again") from None
+    except Exception as e:  # a library's error may quote the file: only its type is reported
+        raise DeidRefused(f"{kind}: de-identification failed ({type(e).__name__}); the file was "
+                          f"not shared: check that it opens in a {kind} reader, then try again"
+                          ) from None
     return tally.result(out, kind)

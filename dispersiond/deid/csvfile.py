@@ -14,7 +14,8 @@ from . import pseudonym as ps
 from .outcome import DeidRefused, Tally
 from .policy import CsvPolicy
 
-_YEAR = re.compile(r"^\s*(\d{4})(?:[-/]\d{1,2}(?:[-/]\d{1,2})?)?(?:[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)?\s*$")
+_YEAR = re.compile(r"^\s*(\d{4})(?:[-/]\d{1,2}(?:[-/]\d{1,2})?)?"
+                   r"(?:[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)?\s*$")
 
 
 def deidentify(data: bytes, policy: CsvPolicy, secret: bytes, tally: Tally) -> bytes:
@@ -44,8 +45,8 @@ def deidentify(data: bytes, policy: CsvPolicy, secret: bytes, tally: Tally) -> b
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise DeidRefused(f"CSV: a row has {len(row)} cells where the header has {len(header)}; "
-                              "fix the export so every row matches the header")
+            raise DeidRefused(f"CSV: a row has {len(row)} cells where the header has "
+                              f"{len(header)}; fix the export so every row matches the header")
         writer.writerow([_cell(row[i], actions[i], secret, tally) for i in keep])
     tally.add("column_dropped", len(header) - len(keep))
     return out.getvalue().encode("utf-8")

@@ -38,7 +38,8 @@ from .policy import DicomPolicy
 
 PROFILE_EDITION = "dicomfields_2026c"
 _CATEGORY = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D",
-             "X_Z_TAGS": "X/Z", "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
+             "X_Z_TAGS": "X/Z", "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D",
+             "X_Z_U_STAR_TAGS": "X/Z/U*"}
 # The profile's combined codes depend on the attribute's Type in the IOD, which pydicom does
 # not know. The choice that is valid for every Type is taken; it reveals nothing more, since a
 # zero-length or dummy value carries no information: X/Z -> Z, X/D and Z/D and X/Z/D -> D.
@@ -126,14 +127,15 @@ class _Context:
 def deidentify(data: bytes, policy: DicomPolicy, secret: bytes, tally: Tally) -> bytes:
     ds = read(data)
     _guard_burned_in(ds, policy, tally)
-    patient = str(ds.get("PatientID", "") or "").strip() or str(ds.get("PatientName", "") or "").strip()
+    patient = str(ds.get("PatientID", "") or "").strip() \
+        or str(ds.get("PatientName", "") or "").strip()
     shift = ps.date_shift_days(secret, patient, policy.max_date_shift_days) \
         if policy.retain_modified_dates else None
     ctx = _Context(secret, policy, shift, tally, patient)
     keep = {Tag(tag_for_keyword(k)) for k in RETAIN_DEVICE_IDENTITY} \
         if policy.retain_device_identity else set()
     private = sum(1 for e in ds.iterall() if e.tag.is_private)
-    ds.remove_private_tags()  # the profile's X for private attributes (Retain Safe Private not offered)
+    ds.remove_private_tags()  # the profile's X for private attributes (no Retain Safe Private)
     tally.add("private_removed", private)
     ds.walk(lambda d, e: _apply(d, e, ctx, keep))
     _mark(ds, policy)
@@ -153,9 +155,10 @@ def read(data: bytes) -> Dataset:
         ds.decode()
         for _ in ds.iterall():
             pass
-    except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError, NotImplementedError) as e:
-        raise DeidRefused(f"DICOM: the file could not be parsed ({type(e).__name__}); check that it "
-                          "opens in a DICOM viewer, then share it again") from None
+    except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError,
+            NotImplementedError) as e:
+        raise DeidRefused(f"DICOM: the file could not be parsed ({type(e).__name__}); check "
+                          "that it opens in a DICOM viewer, then share it again") from None
     return ds
 
 
@@ -240,7 +243,8 @@ def _dummy(elem: DataElement, ctx: _Context) -> None:
     text = ps.pseudonym(ctx.secret, str(elem.value), 16, domain="dummy")
     dummies: dict[str, Callable[[], object]] = {
         "PN": lambda: f"ANON^{text[:10]}", "CS": lambda: "ANONYMIZED", "AE": lambda: text,
-        "SH": lambda: text, "LO": lambda: f"ANON-{text}", "UI": lambda: ps.uid(ctx.secret, str(elem.value)),
+        "SH": lambda: text, "LO": lambda: f"ANON-{text}",
+        "UI": lambda: ps.uid(ctx.secret, str(elem.value)),
         "DA": lambda: "19000101", "DT": lambda: "19000101000000", "TM": lambda: "000000",
         "DS": lambda: "0", "IS": lambda: "0", "AS": lambda: "000Y",
         "UR": lambda: "urn:uuid:00000000-0000-0000-0000-000000000000",
@@ -287,8 +291,8 @@ def _mark(ds: Dataset, policy: DicomPolicy) -> None:
     used = ["basic"] + (["dates"] if policy.retain_modified_dates else []) \
         + (["device"] if policy.retain_device_identity else [])
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "PS3.15 Basic Profile" + "".join(
-        {"dates": ", modified dates", "device": ", device identity retained"}.get(u, "") for u in used)
+    suffix = {"dates": ", modified dates", "device": ", device identity retained"}
+    ds.DeidentificationMethod = "PS3.15 Basic Profile" + "".join(suffix.get(u, "") for u in used)
     items = []
     for u in used:
         item = Dataset()
@@ -296,7 +300,8 @@ def _mark(ds: Dataset, policy: DicomPolicy) -> None:
         item.CodingSchemeDesignator = "DCM"
         items.append(item)
     ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = "MODIFIED" if policy.retain_modified_dates else "REMOVED"
+    ds.LongitudinalTemporalInformationModified = \
+        "MODIFIED" if policy.retain_modified_dates else "REMOVED"
 
 
 def _file_meta(ds: Dataset) -> FileMetaDataset:

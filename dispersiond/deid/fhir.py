@@ -21,19 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import pseudonym as ps
+from . import safeharbor
 from .outcome import DeidRefused, Tally
 from .policy import FhirPolicy
 
 PSEUDONYM_SYSTEM = "urn:dispersiond:deid:pseudonym"
 NEUTRAL_BASE = "http://deid.invalid/fhir/"  # .invalid is reserved (RFC 2606): resolves nowhere
-_DATE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01])(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?)?$")
+_DATE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])"
+                   r"(-(0[1-9]|[12]\d|3[01])(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?)?$")
 _REL_REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
-_ABS_REF = re.compile(r"^https?://.+?/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
-_ZIP = re.compile(r"^(\d{3})\d{2}(-\d{4})?$")
-# Three-digit ZIP areas with 20,000 people or fewer (HHS de-identification guidance, 2000
-# Census): Safe Harbor requires 000 for them.
-_SMALL_ZIP3 = frozenset({"036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830",
-                         "831", "878", "879", "884", "890", "893"})
+_ABS_REF = re.compile(r"^https?://.+?/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"
+                      r"(/_history/[A-Za-z0-9\-.]{1,64})?$")
 # R4 elements of type instant: a year alone is not a valid instant, so they are removed.
 _INSTANT_KEYS = frozenset({"lastUpdated", "timestamp", "issued", "recorded", "when"})
 _REMOVE_KEYS = {"telecom": "telecom_removed", "valueContactPoint": "telecom_removed",
@@ -42,6 +40,8 @@ _REMOVE_KEYS = {"telecom": "telecom_removed", "valueContactPoint": "telecom_remo
 _ADDRESS_KEYS = frozenset({"address", "valueAddress"})
 _IDENTIFIER_KEYS = frozenset({"identifier", "valueIdentifier"})
 _ADDRESS_KEEP = ("use", "type")
+_CONDITIONS = frozenset({"ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince", "etag",
+                         "lastModified"})
 
 
 @dataclass
@@ -74,12 +74,14 @@ def _resource(res: dict, ctx: _Ctx, contained: bool) -> dict:
             out[key] = new_id(ctx.secret, f"{rtype}/{value}")
             ctx.tally.add("id_rewritten")
         elif key == "meta":
-            kept = {k: v for k, v in value.items() if k == "profile"} if isinstance(value, dict) else {}
+            kept = {k: v for k, v in value.items() if k == "profile"} \
+                if isinstance(value, dict) else {}
             if kept:
                 out[key] = kept
             ctx.tally.add("meta_cleaned")
         elif key == "contained" and isinstance(value, list):
-            out[key] = [_resource(r, ctx, contained=True) if isinstance(r, dict) else r for r in value]
+            out[key] = [_resource(r, ctx, contained=True) if isinstance(r, dict) else r
+                        for r in value]
         elif key == "entry" and rtype == "Bundle" and isinstance(value, list):
             out[key] = [_entry(e, ctx) if isinstance(e, dict) else e for e in value]
         elif key == "birthDate" and isinstance(value, str):
@@ -121,7 +123,7 @@ def _request(req: dict, ctx: _Ctx) -> dict:
             ref = _reference(value, ctx)
             # a search URL (conditional create/update) may carry an identifier: keep its type only
             out[key] = ref if ref is not None else value.split("?", 1)[0].split("/", 1)[0]
-        elif key in ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince", "etag", "lastModified"):
+        elif key in _CONDITIONS:
             ctx.tally.add("request_condition_removed")
         else:
             _put(out, key, _field(key, value, ctx), ctx)
@@ -209,21 +211,11 @@ def _address(addr: dict, ctx: _Ctx) -> Any:
         out["state"] = addr["state"]
     if isinstance(addr.get("country"), str):
         out["country"] = addr["country"]
-    zip3 = _zip3(addr.get("postalCode"), addr.get("country")) if ctx.policy.zip3 else None
+    zip3 = safeharbor.zip3(addr.get("postalCode"), addr.get("country")) if ctx.policy.zip3 else None
     if zip3 is not None:
         out["postalCode"] = zip3
     ctx.tally.add("address_generalised")
     return out if set(out) - set(_ADDRESS_KEEP) else _DROP
-
-
-def _zip3(code: Any, country: Any) -> str | None:
-    """Safe Harbor's ZIP rule applies to US ZIP codes only; any other postal code is removed."""
-    if not isinstance(code, str) or (country not in (None, "US", "USA", "United States")):
-        return None
-    m = _ZIP.match(code.strip())
-    if m is None:
-        return None
-    return "000" if m.group(1) in _SMALL_ZIP3 else m.group(1)
 
 
 def _identifier(ident: dict, ctx: _Ctx) -> Any:

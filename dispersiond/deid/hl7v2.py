@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import hl7
 
 from . import pseudonym as ps
+from . import safeharbor
 from .outcome import DeidRefused, Tally
 from .policy import Hl7Policy
 
@@ -33,11 +34,10 @@ DEFAULT_FIELDS: dict[str, dict[int, str]] = {
     "OBX": {12: _Y, 14: _Y, 15: _R, 16: _R, 19: _Y, 23: _R, 24: _R, 25: _R},
     "SPM": {2: _P, 3: _P, 17: _Y, 18: _Y},
 }
+_COUNTED = {"remove": "removed", "pseudonym": "pseudonymised", "patient": "pseudonymised",
+            "year": "date_generalised", "address": "address_generalised"}
 _FREE_TEXT_TYPES = frozenset({"TX", "FT", "ST"})
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
-_ZIP = re.compile(r"^(\d{3})\d{2}(-\d{4})?$")
-_SMALL_ZIP3 = frozenset({"036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830",
-                         "831", "878", "879", "884", "890", "893"})
 
 
 @dataclass
@@ -141,8 +141,7 @@ def _segment(msg: hl7.Message, seg, sid: str, ctx: _Ctx) -> None:
             continue  # the separators themselves
         new = _apply(msg, seg, n, action, ctx)
         seg[n] = new
-        ctx.tally.add({"remove": "removed", "pseudonym": "pseudonymised", "patient": "pseudonymised",
-                       "year": "date_generalised", "address": "address_generalised"}[action])
+        ctx.tally.add(_COUNTED[action])
 
 
 def _apply(msg: hl7.Message, seg, n: int, action: str, ctx: _Ctx) -> str:
@@ -166,10 +165,7 @@ def _address(msg: hl7.Message, text: str) -> str:
     state = parts[3] if len(parts) > 3 else ""
     country = parts[5] if len(parts) > 5 else ""
     zip_code = parts[4] if len(parts) > 4 else ""
-    m = _ZIP.match(zip_code.strip())
-    zip3 = "" if m is None or country not in ("", "US", "USA") else \
-        ("000" if m.group(1) in _SMALL_ZIP3 else m.group(1))
-    out = ["", "", "", state, zip3, country]
+    out = ["", "", "", state, safeharbor.zip3(zip_code, country) or "", country]
     while out and not out[-1]:
         out.pop()
     return comp.join(out)

@@ -20,7 +20,8 @@ SECRET_LEN = 32
 _INFO = b"dispersiond deid recipient secret v1"
 
 
-def recipient_secret(device_key: bytes, recipient_public_key: str | bytes, recipient_name: str) -> bytes:
+def recipient_secret(device_key: bytes, recipient_public_key: str | bytes,
+                     recipient_name: str) -> bytes:
     """Derive the per-recipient secret from the device key (HKDF-SHA256).
 
     Binding the recipient's public key as well as the name means a recipient re-enrolled
@@ -28,9 +29,11 @@ def recipient_secret(device_key: bytes, recipient_public_key: str | bytes, recip
     """
     if len(device_key) < 16:
         raise ValueError("device key too short for HKDF (need at least 16 bytes)")
-    pub = recipient_public_key.encode() if isinstance(recipient_public_key, str) else recipient_public_key
+    pub = recipient_public_key.encode() if isinstance(recipient_public_key, str) \
+        else recipient_public_key
     info = _INFO + b"\x00" + _lp(recipient_name.encode()) + _lp(pub)
-    return HKDF(algorithm=hashes.SHA256(), length=SECRET_LEN, salt=None, info=info).derive(device_key)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=SECRET_LEN, salt=None, info=info)
+    return hkdf.derive(device_key)
 
 
 def _lp(b: bytes) -> bytes:
