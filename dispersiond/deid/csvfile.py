@@ -38,6 +38,7 @@ def deidentify(data: bytes, policy: CsvPolicy, secret: bytes, tally: Tally) -> b
     header = [h.strip() for h in rows[0]]
     actions = _actions(header, policy, tally)
     keep = [i for i, a in enumerate(actions) if a != "drop"]
+    seen: dict[str, str] = {}  # one export repeats a patient id on every row: one HMAC each
     out = io.StringIO(newline="")
     writer = csv.writer(out, delimiter=dialect.delimiter, lineterminator="\n")
     writer.writerow([header[i] for i in keep])
@@ -47,7 +48,7 @@ def deidentify(data: bytes, policy: CsvPolicy, secret: bytes, tally: Tally) -> b
         if len(row) != len(header):
             raise DeidRefused(f"CSV: a row has {len(row)} cells where the header has "
                               f"{len(header)}; fix the export so every row matches the header")
-        writer.writerow([_cell(row[i], actions[i], secret, tally) for i in keep])
+        writer.writerow([_cell(row[i], actions[i], secret, tally, seen) for i in keep])
     tally.add("column_dropped", len(header) - len(keep))
     return out.getvalue().encode("utf-8")
 
@@ -68,12 +69,15 @@ def _actions(header: list[str], policy: CsvPolicy, tally: Tally) -> list[str]:
     return [policy.columns.get(h, default) for h in header]
 
 
-def _cell(value: str, action: str, secret: bytes, tally: Tally) -> str:
+def _cell(value: str, action: str, secret: bytes, tally: Tally, seen: dict[str, str]) -> str:
     if action == "keep" or not value.strip():
         return value
     if action == "pseudonym":
         tally.add("pseudonymised")
-        return ps.pseudonym(secret, value.strip(), 16)
+        key = value.strip()
+        if key not in seen:
+            seen[key] = ps.pseudonym(secret, key, 16)
+        return seen[key]
     m = _YEAR.match(value)  # action == "year"
     tally.add("date_generalised" if m else "removed")
     return m.group(1) if m else ""
