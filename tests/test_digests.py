@@ -64,7 +64,7 @@ def test_every_digest_is_made_with_the_configured_algorithm(tmp_path: Path, alg:
         for fid, path in zip(ids, files):
             f = v.db.file(fid)
             assert f.digest_alg == alg and f.digest == ref(path.read_bytes())
-            assert f.prf_digest == ref(v.prf_path(fid).read_bytes())
+            assert f.container_digest == ref(v.prf_path(fid).read_bytes())
             for o in v.db.objects(fid):
                 assert o.digest_alg == alg
                 assert o.digest == ref(v.store(o.store).get_bytes(o.name))
@@ -73,11 +73,13 @@ def test_every_digest_is_made_with_the_configured_algorithm(tmp_path: Path, alg:
 
 
 def _to_schema_1(db_path: Path) -> None:
-    """Turn a schema 2 database into what schema 1 was: digests named sha256, no algorithm."""
+    """Turn a fresh database into what schema 1 was: digests named sha256, no algorithm,
+    the container's columns named prf_*."""
     db = sqlite3.connect(db_path)
     with db:
         db.execute("ALTER TABLE files RENAME COLUMN digest TO sha256")
-        db.execute("ALTER TABLE files RENAME COLUMN prf_digest TO prf_sha256")
+        db.execute("ALTER TABLE files RENAME COLUMN container_digest TO prf_sha256")
+        db.execute("ALTER TABLE files RENAME COLUMN container_len TO prf_len")
         db.execute("ALTER TABLE files DROP COLUMN digest_alg")
         db.execute("ALTER TABLE objects RENAME COLUMN digest TO sha256")
         db.execute("UPDATE meta SET value='1' WHERE key='schema'")
@@ -93,7 +95,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
     (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
     algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
     db.close()
     assert algs == {old_id: "sha256", new_id: "blake3"}
