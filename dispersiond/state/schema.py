@@ -12,7 +12,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     file_id     TEXT PRIMARY KEY,           -- 32 hex digits, random
-    name        TEXT NOT NULL,              -- original file name: never logged, never uploaded in clear
+    name        TEXT NOT NULL,              -- original name: never logged, never uploaded in clear
     size        INTEGER NOT NULL,
     digest      TEXT,                       -- of the original bytes (by digest_alg)
     mtime       REAL,
