@@ -33,17 +33,15 @@ def append(db: StateDB, master_key: bytes, event: str, file_id: str | None = Non
     key = subkey(master_key, "audit")
     text = dumps(detail)
     with db.tx() as conn:
-        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        tail = db.audit_tail(conn)
+        seq, prev = (tail[0] + 1, tail[1]) if tail else (1, GENESIS)
         ts = round(time.time(), 6)
         h = _mac(key, prev, seq, ts, event, file_id, text)
-        conn.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (seq, ts, event, file_id, text, prev, h))
-        conn.execute("INSERT INTO meta VALUES ('audit_head', ?) ON CONFLICT(key) DO UPDATE SET "
-                     "value=excluded.value", (f"{seq}:{h}",))
+        db.add_audit_row(conn, seq, ts, event, file_id, text, prev, h)
+        db.set_audit_head(f"{seq}:{h}", conn)
         # The next manifest backup carries the new head, so cutting entries off the
         # end of the log is caught against it too.
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
+        db.mark_manifest_dirty(conn)
     return seq
 
 
@@ -59,7 +57,7 @@ class Entry:
 
 def entries(db: StateDB) -> list[Entry]:
     return [Entry(r["seq"], r["ts"], r["event"], r["file_id"], json.loads(r["detail"]), r["hash"])
-            for r in db.query("SELECT * FROM audit ORDER BY seq")]
+            for r in db.audit_rows()]
 
 
 def verify(db: StateDB, master_key: bytes, anchor: str | None = None) -> list[str]:
@@ -67,7 +65,7 @@ def verify(db: StateDB, master_key: bytes, anchor: str | None = None) -> list[st
     key = subkey(master_key, "audit")
     problems = []
     prev, expect_seq = GENESIS, 1
-    rows = db.query("SELECT * FROM audit ORDER BY seq")
+    rows = db.audit_rows()
     for r in rows:
         if r["seq"] != expect_seq:
             problems.append(f"entry {expect_seq} is missing (next is {r['seq']})")
@@ -81,7 +79,7 @@ def verify(db: StateDB, master_key: bytes, anchor: str | None = None) -> list[st
         if not hmac.compare_digest(good, r["hash"]):
             problems.append(f"entry {r['seq']}: content was altered (hash mismatch)")
         prev, expect_seq = r["hash"], r["seq"] + 1
-    head = db.get_meta("audit_head")
+    head = db.audit_head()
     for label, mark in (("recorded head", head), ("manifest backup head", anchor)):
         if not mark:
             continue
@@ -104,13 +102,12 @@ def rechain(db: StateDB, old_key: bytes, new_key: bytes) -> bool:
         return False
     key = subkey(new_key, "audit")
     with db.tx() as conn:
-        rows = conn.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        rows = db.audit_rows(conn)
         prev = GENESIS
         for r in rows:
             h = _mac(key, prev, r["seq"], r["ts"], r["event"], r["file_id"], r["detail"])
-            conn.execute("UPDATE audit SET prev=?, hash=? WHERE seq=?", (prev, h, r["seq"]))
+            db.rechain_row(conn, r["seq"], prev, h)
             prev = h
         if rows:
-            conn.execute("INSERT INTO meta VALUES ('audit_head', ?) ON CONFLICT(key) DO UPDATE "
-                         "SET value=excluded.value", (f"{rows[-1]['seq']}:{prev}",))
+            db.set_audit_head(f"{rows[-1]['seq']}:{prev}", conn)
     return True

@@ -45,11 +45,11 @@ from . import inbox as ib
 from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
-from .maintenance import FINISHABLE, backup_manifest, finalize_many, verify
+from .maintenance import backup_manifest, finalize_many, verify
 from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned,
                       all_uploaded, commit_many, encode, upload_one)
 from .sdnotify import Notifier
-from .state import ObjectRow
+from .state import PROTECTED, FileState, ObjectRow
 from .tap import DirectUploadFailed
 from .units import human_size, parse_size
 from .vault import Busy, Vault
@@ -481,20 +481,14 @@ class Daemon:
         a safety net. The queues only spare the loop a query per step; the rows decide."""
         self.reload_at = time.monotonic() + 10.0
         self.to_encode = collections.OrderedDict(
-            (fid, size) for fid, size in self.v.db.query(
-                "SELECT file_id, size FROM files WHERE state='claimed' ORDER BY created")
-            if fid not in self.encoding)
+            (fid, size) for fid, size in self.v.db.claimed_sizes() if fid not in self.encoding)
         queues: dict[str, collections.OrderedDict[int, ObjectRow]] = {
             s: collections.OrderedDict() for s in self.health}
-        for r in self.v.db.query(
-                "SELECT o.*, f.digest_alg FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
-                "o.state='pending' AND f.state IN ('encoded', 'committed') "
-                "ORDER BY f.created, o.id"):
-            obj = ObjectRow(**dict(r))
+        for obj in self.v.db.upload_queue():
             if obj.id not in self.in_flight and obj.store in queues:
                 queues[obj.store][obj.id] = obj
         self.to_upload = queues
-        for (fid,) in self.v.db.query("SELECT file_id FROM files WHERE state='encoded'"):
+        for fid in self.v.db.file_ids_in(FileState.ENCODED):
             self._advance_if_settled(fid)  # safety net: restorable files are committed
         self._advance_settled()
 
@@ -551,7 +545,7 @@ class Daemon:
         self.streaming.discard(fid)
         if exc is None:
             self.encode_not_before.pop(fid, None)
-            for obj in self.v.db.objects(fid, "state='pending'"):
+            for obj in self.v.db.objects(fid, states=("pending",)):
                 self.to_upload[obj.store][obj.id] = obj
             self._advance_if_settled(fid)  # early uploads may have finished it already
             return
@@ -667,10 +661,8 @@ class Daemon:
             return
         self.to_upload[obj.store][obj.id] = obj  # still pending: tried again after the wait
         self._store_failed(obj.store, started, exc)
-        with self.v.db.tx() as conn:
-            conn.execute("UPDATE files SET attempts=attempts+1, next_try=?, error=?, updated=? "
-                         "WHERE file_id=?", (h.retry_at(), f"upload to {obj.store} failed: "
-                                             f"{msg}"[:500], time.time(), obj.file_id))
+        self.v.db.note_upload_failure(obj.file_id, h.retry_at(),
+                                      f"upload to {obj.store} failed: {msg}"[:500])
 
     def _store_failed(self, store: str, started: float, exc: BaseException) -> None:
         """A request to `store` that began at `started` failed: back off."""
@@ -699,16 +691,17 @@ class Daemon:
         """Commit the files that became restorable (one transaction for all); drop the
         staged copies of committed ones whose every object is now confirmed."""
         rows = [f for f in map(self.v.db.file, fids) if f is not None]
-        if commit_many(self.v, [f for f in rows if f.state == "encoded"]):
+        if commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED]):
             self.manifest_dirty = True
         for f in rows:
-            if f.state == "committed" and all_uploaded(self.v, f.file_id):
+            if f.state == FileState.COMMITTED and all_uploaded(self.v, f.file_id):
                 shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
                 self.finish_due = True
 
     def _advance_all(self) -> None:
         """At start-up: files a crash left between steps (uploads done, commit not)."""
-        self._advance(f.file_id for f in self.v.db.files("state IN ('encoded', 'committed')"))
+        self._advance(f.file_id for f in self.v.db.files_in(FileState.ENCODED,
+                                                            FileState.COMMITTED))
 
     # ----------------------------------------------------------------- manifest, after-policy
 
@@ -719,7 +712,7 @@ class Daemon:
         now = time.monotonic()
         if now < self.backup_due or not self.manifest_dirty:
             return
-        if self.v.db.get_meta("manifest_dirty", "1") != "1":
+        if not self.v.db.manifest_dirty():
             self.manifest_dirty = False
             return
         interval = self.cfg.schedule.seconds("manifest_backup") or 900
@@ -753,7 +746,7 @@ class Daemon:
         from . import manifest
         from .maintenance import _backups
 
-        seq = int(self.v.db.get_meta("manifest_seq", "0") or 0)
+        seq = self.v.db.manifest_seq()
         found = 0
         for store in self.cfg.private.stores:
             recorded = {name for _, name in _backups(self.v, store)}
@@ -784,10 +777,10 @@ class Daemon:
         if not self.finish_due or now < self.finish_not_before:
             return
         self.finish_due = False
-        rows = self.v.db.query(f"SELECT file_id FROM files WHERE {FINISHABLE} ORDER BY created")
+        rows = self.v.db.finishable_ids()
         handled: dict[str, str] = {}  # file id -> what became of the original
         try:
-            for (fid,) in rows:
+            for fid in rows:
                 if self.stop.is_set():
                     self.finish_due = True
                     return
@@ -832,8 +825,7 @@ class Daemon:
             down = getattr(self.v, "down", None)
             if isinstance(down, set):
                 down.clear()  # what failed in an earlier run says nothing about this one
-            fids = [r[0] for r in self.v.db.query(
-                "SELECT file_id FROM files WHERE state IN ('committed', 'done') ORDER BY file_id")]
+            fids = self.v.db.file_ids_in(*PROTECTED)
             for i in range(0, len(fids), 200):
                 if self.stop.is_set():
                     res["interrupted"] = True
@@ -861,10 +853,11 @@ class Daemon:
 
     def _status_line(self) -> str:
         counts = self.v.db.counts()
-        busy = sum(counts.get(s, 0) for s in ("claiming", "claimed", "encoded", "committed"))
-        parts = [f"{busy} in the pipeline, {counts.get('done', 0)} done"]
-        if counts.get("failed"):
-            parts.append(f"{counts['failed']} quarantined")
+        S = FileState
+        busy = sum(counts.get(s, 0) for s in (S.CLAIMING, S.CLAIMED, S.ENCODED, S.COMMITTED))
+        parts = [f"{busy} in the pipeline, {counts.get(S.DONE, 0)} done"]
+        if counts.get(S.FAILED):
+            parts.append(f"{counts[S.FAILED]} quarantined")
         if self.paused:
             parts.insert(0, f"intake paused ({self.paused})")
         opens = window_opens(self.window, dt.datetime.now())
@@ -896,7 +889,7 @@ class Daemon:
                        for s, h in self.health.items()},
             "last_manifest_backup": self.last_backup, "last_verify": self.last_verify,
         }
-        self.v.db.set_meta("daemon", json.dumps(doc))
+        self.v.db.set_daemon_status(json.dumps(doc))
         if state == "running":
             self.notifier.status(self._status_line())
 

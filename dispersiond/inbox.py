@@ -43,7 +43,7 @@ from pathlib import Path
 from . import digests
 from .fsutil import fsync_dir
 from .logs import event
-from .state import FileRow
+from .state import FileRow, FileState
 from .vault import Vault
 
 PARTIAL_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload", ".swp")
@@ -226,12 +226,8 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
     """
     rows = [(os.urandom(16).hex(), path, st) for path, st in items]
     now = time.time()
-    with v.db.tx() as conn:
-        conn.executemany(
-            "INSERT INTO files (file_id, name, size, mtime, scheme, state, source, created, "
-            "updated) VALUES (?, ?, ?, ?, ?, 'claiming', ?, ?, ?)",
-            [(fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p), now, now)
-             for fid, p, st in rows])
+    v.db.add_claims([(fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p))
+                     for fid, p, st in rows], now)
     cdir = claimed_dir(v)
     moved: list[tuple[str, Path, os.stat_result]] = []
     failed: list[tuple[Path, os.stat_result, OSError]] = []
@@ -248,20 +244,16 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
     finally:
         # Whatever happens, no row stays 'claiming' while this process runs.
         fsync_dir(cdir)
-        with v.db.tx() as conn:
-            conn.executemany("UPDATE files SET state='claimed', source=?, updated=? WHERE "
-                             "file_id=?", [(str(cdir / fid), now, fid) for fid, _, _ in moved])
-            done = {fid for fid, _, _ in moved}
-            conn.executemany("DELETE FROM files WHERE file_id=? AND state='claiming'",
-                             [(fid,) for fid, _, _ in rows if fid not in done])
+        done = {fid for fid, _, _ in moved}
+        v.db.claimed_many([(fid, str(cdir / fid)) for fid, _, _ in moved],
+                          [fid for fid, _, _ in rows if fid not in done], now)
     for fid, _, st in moved:
         event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
     return [(fid, st.st_size) for fid, _, st in moved], failed
 
 
 def _drop_row(v: Vault, fid: str) -> None:
-    with v.db.tx() as conn:
-        conn.execute("DELETE FROM files WHERE file_id=? AND state='claiming'", (fid,))
+    v.db.drop_claiming([fid])
 
 
 def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
@@ -273,7 +265,7 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
         tmp.unlink(missing_ok=True)
     for tmp in (v.root / "prf").glob(".*.part"):  # an encode killed mid-write
         tmp.unlink(missing_ok=True)
-    for f in v.db.files("state='claiming'"):
+    for f in v.db.files_in(FileState.CLAIMING):
         dest, orig = cdir / f.file_id, Path(f.source or "")
         if dest.exists():
             try:
@@ -282,7 +274,7 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
                     orig.unlink()  # a cross-filesystem copy finished; its source is ours
             except OSError:
                 pass
-            v.db.update_file(f.file_id, state="claimed", source=str(dest))
+            v.db.set_state(f.file_id, FileState.CLAIMED, source=str(dest))
             counts["claims_finished"] += 1
             continue
         try:
@@ -301,18 +293,18 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
             _drop_row(v, f.file_id)
             counts["claims_dropped"] += 1
             continue
-        v.db.update_file(f.file_id, state="claimed", source=str(dest))
+        v.db.set_state(f.file_id, FileState.CLAIMED, source=str(dest))
         counts["claims_retried"] += 1
     # Quarantines interrupted between marking the row and moving the file.
-    for f in v.db.files("state='failed'"):
+    for f in v.db.files_in(FileState.FAILED):
         if f.source and Path(f.source).parent == cdir and Path(f.source).exists():
             finish_quarantine(v, f, quarantine)
             counts["quarantines_finished"] += 1
-    known = {r[0]: r[1] for r in v.db.query("SELECT file_id, state FROM files")}
+    known = v.db.file_states()
     for entry in cdir.iterdir():
         if entry.name.startswith("."):
             continue
-        if known.get(entry.name) == "done":  # an after-policy a power cut undid
+        if known.get(entry.name) == FileState.DONE:  # an after-policy a power cut undid
             f = v.db.file(entry.name)
             apply_after(v, FileRow(**{**f.__dict__, "source": str(entry)}))
             counts["after_policy_redone"] = counts.get("after_policy_redone", 0) + 1
@@ -334,7 +326,7 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
 
 def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
     """Set a file aside for a person to look at; never retried, never deleted."""
-    v.db.update_file(fid, state="failed", error=reason)
+    v.db.set_state(fid, FileState.FAILED, error=reason)
     f = v.db.file(fid)
     finish_quarantine(v, f, quarantine)
     v.audit("quarantine", fid, reason=reason)

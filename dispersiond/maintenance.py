@@ -23,7 +23,7 @@ from .keys import KEY_LEN, derive_key, key_id, write_key_file
 from .logs import event, log
 from .placement import HashingWriter, new_object_name, rebuild_shards
 from .restore import fetch_object, first_intact, gather_shards, private_container
-from .state import ObjectRow
+from .state import PROTECTED, FileState, ObjectRow
 from .vault import Progress, Vault
 
 
@@ -35,10 +35,10 @@ def backup_manifest(v: Vault, force: bool = False) -> int:
     Older backups beyond the newest few are deleted. Files included are marked
     backed up (the daemon deletes an original only after that).
     """
-    if not force and v.db.get_meta("manifest_dirty", "1") == "0":
+    if not force and not v.db.manifest_dirty():
         return 0
-    seq = int(v.db.get_meta("manifest_seq", "0")) + 1
-    included = [f.file_id for f in v.db.files("state IN ('committed', 'done')")]
+    seq = v.db.manifest_seq() + 1
+    included = [f.file_id for f in v.db.protected_files()]
     blob = manifest.seal(v.key, manifest.snapshot(v.db, seq))
     ok = 0
     for store in v.cfg.private.stores:
@@ -51,28 +51,16 @@ def backup_manifest(v: Vault, force: bool = False) -> int:
             continue
         ok += 1
         v.db.store_ok(store)
-        with v.db.tx() as conn:
-            conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                         "value=value || ',' || excluded.value",
-                         (f"manifest_backups:{store}", f"{seq}={name}"))
+        v.db.record_backup(store, seq, name)
         _prune_backups(v, store)
     if ok:
-        with v.db.tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_seq', ?)", (str(seq),))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '0')")
-            conn.executemany("UPDATE files SET backed_up=1 WHERE file_id=?",
-                             [(fid,) for fid in included])
+        v.db.manifest_backed_up(seq, included)
         event(logging.INFO, "manifest backed up", seq=seq, stores=ok, files=len(included))
     return ok
 
 
 def _backups(v: Vault, store: str) -> list[tuple[int, str]]:
-    raw = v.db.get_meta(f"manifest_backups:{store}", "") or ""
-    out = []
-    for item in filter(None, raw.split(",")):
-        seq, name = item.split("=", 1)
-        out.append((int(seq), name))
-    return sorted(out)
+    return v.db.backups(store)
 
 
 def _prune_backups(v: Vault, store: str, keep: int = manifest.KEEP_BACKUPS) -> None:
@@ -80,7 +68,7 @@ def _prune_backups(v: Vault, store: str, keep: int = manifest.KEEP_BACKUPS) -> N
     old, kept = items[:-keep] if keep else items, items[-keep:] if keep else []
     for _, name in old:
         v.discard(store, name)
-    v.db.set_meta(f"manifest_backups:{store}", ",".join(f"{s}={n}" for s, n in kept))
+    v.db.set_backups(store, kept)
     v.empty_trash()
 
 
@@ -88,12 +76,6 @@ def drop_all_backups_but_newest(v: Vault) -> None:
     """After forget or rotation: older backups still name the file or use the old key."""
     for store in v.cfg.private.stores:
         _prune_backups(v, store, keep=1)
-
-
-#: A file that may become done: committed, every object confirmed, and held by a landed
-#: manifest backup (SQL over the files table).
-FINISHABLE = ("state='committed' AND backed_up=1 AND NOT EXISTS (SELECT 1 FROM objects o "
-              "WHERE o.file_id=files.file_id AND o.state!='uploaded')")
 
 
 def finalize(v: Vault, fid: str) -> bool:
@@ -104,11 +86,7 @@ def finalize(v: Vault, fid: str) -> bool:
 def finalize_many(v: Vault, fids) -> list[str]:
     """`finalize` for many files in one transaction, each checked inside it; returns
     the ids now done."""
-    now = time.time()
-    with v.db.tx() as conn:
-        return [fid for fid in fids if conn.execute(
-            f"UPDATE files SET state='done', updated=? WHERE file_id=? AND {FINISHABLE}",
-            (now, fid)).rowcount]
+    return v.db.finish_many(fids)
 
 
 # --------------------------------------------------------------- verify
@@ -145,13 +123,13 @@ def verify(v: Vault, deep: bool = False, progress: Progress | None = None,
     """Shallow: stat every object (size, the store's own SHA-256 where it has one).
     Deep: download every object and check its SHA-256."""
     rep = VerifyReport()
-    rows = v.db.files("state IN ('committed', 'done')")
+    rows = v.db.protected_files()
     if files is not None:
         rows = [f for f in rows if f.file_id in files]
     for f in rows:
         rep.files += 1
         good_pub = good_prv = 0
-        for obj in v.db.objects(f.file_id, "state!='pending'"):
+        for obj in v.db.objects(f.file_id, not_state="pending"):
             rep.objects += 1
             problem = _check(v, obj, deep, progress)
             if problem is None:
@@ -213,15 +191,14 @@ def repair(v: Vault, deep: bool = False, progress: Progress | None = None) -> Re
     """Verify, then rebuild every missing or corrupt copy from the survivors."""
     verify(v, deep=deep, progress=progress)
     rep = RepairReport()
-    bad_files = {r[0] for r in v.db.query(
-        "SELECT DISTINCT file_id FROM objects WHERE state IN ('missing', 'corrupt', 'pending')")}
+    bad_files = v.db.broken_file_ids()
     for fid in sorted(bad_files):
         f = v.db.file(fid)
-        if f is None or f.state not in ("committed", "done"):
+        if f is None or f.state not in PROTECTED:
             continue
         with tempfile.TemporaryDirectory(prefix=".repair-", dir=v.root / "work") as tmpd:
             tmp = Path(tmpd)
-            for obj in v.db.objects(fid, "state IN ('missing', 'corrupt', 'pending')"):
+            for obj in v.db.objects(fid, states=("missing", "corrupt", "pending")):
                 try:
                     _rebuild(v, f, obj, tmp, progress)
                     rep.repaired.append({"file_id": fid, "store": obj.store, "role": obj.role,
@@ -231,7 +208,7 @@ def repair(v: Vault, deep: bool = False, progress: Progress | None = None) -> Re
                                        "shard": obj.shard, "error": str(exc)})
     v.empty_trash()
     if rep.repaired:
-        v.db.set_meta("manifest_dirty", "1")
+        v.db.mark_manifest_dirty()
         backup_manifest(v)
     return rep
 
@@ -256,17 +233,13 @@ def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) 
             v.store(obj.store).put(name, fh, size)
         except AlreadyExists:  # 128-bit random names: only a bug gets here
             raise IntegrityError(f"store {obj.store!r}: fresh object name already taken") from None
-    with v.db.tx() as conn:
-        conn.execute("UPDATE objects SET name=?, digest=?, object_size=?, state='uploaded', "
-                     "checked=strftime('%s','now') WHERE id=?", (name, digest, size, obj.id))
-        conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
-                     (obj.store, obj.name))
+    v.db.replace_object(obj, name, digest, object_size=size, checked=time.time())
     event(logging.INFO, "copy rebuilt", file_id=f.file_id, store=obj.store, role=obj.role)
 
 
 def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
-    got = first_intact(v, v.db.objects(f.file_id, "role='public' AND state='uploaded'"), tmp,
+    got = first_intact(v, v.db.objects(f.file_id, role="public", states=("uploaded",)), tmp,
                        "replica", errors, progress)
     if got:
         return got[1]
@@ -276,7 +249,7 @@ def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
 def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
     good = gather_shards(v, f, tmp, errors, progress, exclude=obj.shard,
-                         where="state='uploaded'")
+                         states=("uploaded",))
     if len(good) < f.k:
         raise DispersiondError(f"file {f.file_id}: only {len(good)} intact shards, {f.k} needed "
                                f"to rebuild shard {obj.shard} ({'; '.join(errors)})")
@@ -297,7 +270,7 @@ def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | 
 
 def recover(v: Vault, progress: Progress | None = None) -> dict:
     """Rebuild a blank state from the newest manifest backup on the private stores."""
-    if v.db.files():
+    if v.db.has_files():
         raise DispersiondError(f"the state database in {v.root} already holds files; recover "
                                "only into an empty state directory")
     best, errors = None, []
@@ -320,7 +293,7 @@ def recover(v: Vault, progress: Progress | None = None) -> dict:
                                + (f" ({'; '.join(errors)})" if errors else ""))
     doc, store, name = best
     count = manifest.load_into(v.db, doc)
-    v.db.set_meta(f"manifest_backups:{store}", f"{doc['seq']}={name}")
+    v.db.set_backups(store, [(doc["seq"], name)])
     fetched = 0
     with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
         for f in v.db.files():
@@ -328,8 +301,8 @@ def recover(v: Vault, progress: Progress | None = None) -> dict:
             if src != v.prf_path(f.file_id):
                 os.replace(src, v.prf_path(f.file_id))
                 fetched += 1
-    v.db.set_meta("manifest_dirty", "0")
-    v.db.query("UPDATE files SET backed_up=1")
+    v.db.mark_manifest_clean()
+    v.db.mark_backed_up()
     v.audit("recover", None, files=count, manifest_seq=doc["seq"])
     return {"files": count, "manifest_seq": doc["seq"], "from_store": store,
             "private_containers_fetched": fetched, "unreadable_backups": errors}
@@ -356,9 +329,9 @@ def _new_key(v: Vault, new_passphrase: Callable[[], bytes] | None,
         if len(new_key) != KEY_LEN:
             raise DispersiondError(f"{new_path} is damaged; delete it and run rotate-key again")
         return new_key, lambda: os.replace(new_path, key_path)
-    salt = v.db.get_meta("rotate_salt")
+    salt, want = v.db.rotation()
     if salt is not None and salt == k.salt:  # config already rewritten: only tidy up
-        v.db.delete_meta("rotate_salt", "rotate_key_id")
+        v.db.end_rotation()
         return None
     if new_passphrase is None or config_path is None:
         raise DispersiondError("a passphrase key is rotated to a new passphrase: set "
@@ -370,11 +343,10 @@ def _new_key(v: Vault, new_passphrase: Callable[[], bytes] | None,
     phrase = new_passphrase()  # asked for only now, when it is really needed
     if salt is None:
         salt = os.urandom(16).hex()
-        v.db.set_meta("rotate_salt", salt)
+        v.db.set_rotation_salt(salt)
     new_key = derive_key(phrase, bytes.fromhex(salt), k.kdf)
-    want = v.db.get_meta("rotate_key_id")
     if want is None:
-        v.db.set_meta("rotate_key_id", key_id(new_key))
+        v.db.set_rotation_key_id(key_id(new_key))
     elif want != key_id(new_key):
         raise DispersiondError("an interrupted rotation began with another new passphrase: "
                                "give that one again")
@@ -383,7 +355,7 @@ def _new_key(v: Vault, new_passphrase: Callable[[], bytes] | None,
         with atomic_output(config_path, mode=stat.S_IMODE(config_path.stat().st_mode)) as out:
             out.write(re.sub(_SALT_LINE.format(k.salt), lambda m: m.group(1) + salt,
                              text).encode())
-        v.db.delete_meta("rotate_salt", "rotate_key_id")
+        v.db.end_rotation()
 
     return new_key, install
 
@@ -405,9 +377,9 @@ def rotate_key(v: Vault, progress: Progress | None = None,
                 "deletions_pending": waiting, "public_objects_rewritten": 0}
     new_key, install = got
     old_key, new_id = v.key, se2.key_id(new_key).hex()
-    public_before = {(o.store, o.name, o.digest) for o in v.db.objects(None, "role='public'")}
+    public_before = {(o.store, o.name, o.digest) for o in v.db.objects(None, role="public")}
     rewrapped = uploaded = 0
-    for f in v.db.files("state IN ('encoded', 'committed', 'done')"):
+    for f in v.db.files_in(FileState.ENCODED, *PROTECTED):
         local = v.prf_path(f.file_id)
         with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
             if not local.exists():
@@ -420,31 +392,27 @@ def rotate_key(v: Vault, progress: Progress | None = None,
                 out.write(data)
             rewrapped += 1
         digest = digests.of(f.digest_alg, data)
-        v.db.update_file(f.file_id, key_id=new_id, prf_digest=digest)
-        for obj in v.db.objects(f.file_id, "role='private'"):
+        v.db.update_file(f.file_id, key_id=new_id, container_digest=digest)
+        for obj in v.db.objects(f.file_id, role="private"):
             if obj.digest == digest and obj.state == "uploaded":
                 continue  # this backup already carries the new wrap
             name = new_object_name()
             v.store(obj.store).put(name, io.BytesIO(data), len(data))
-            with v.db.tx() as conn:
-                conn.execute("UPDATE objects SET name=?, digest=?, state='uploaded' WHERE id=?",
-                             (name, digest, obj.id))
-                conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
-                             (obj.store, obj.name))
+            v.db.replace_object(obj, name, digest)
             uploaded += 1
     rechained = audit.rechain(v.db, old_key, new_key)  # the audit MAC key derives from it
     if not rechained:
         log.warning("the audit log does not verify under the old key; it is left as it is "
                     "(see 'dispersiond audit verify')")
     v.key = new_key
-    v.db.set_meta("manifest_dirty", "1")
+    v.db.mark_manifest_dirty()
     if not backup_manifest(v, force=True):
         raise DispersiondError("no private store took the re-sealed manifest; the rotation "
                                "is not finished: run rotate-key again when a store answers")
     drop_all_backups_but_newest(v)
     install()
     deleted, waiting = v.empty_trash()
-    public_after = {(o.store, o.name, o.digest) for o in v.db.objects(None, "role='public'")}
+    public_after = {(o.store, o.name, o.digest) for o in v.db.objects(None, role="public")}
     v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped,
             audit_rechained=rechained)
     return {"new_key_id": new_id, "containers_rewrapped": rewrapped,
@@ -487,12 +455,10 @@ def forget(v: Vault, ref: str, keep_public: bool = False) -> dict:
 
     shutil.rmtree(v.work_dir(f.file_id), ignore_errors=True)
     with v.db.tx() as conn:
-        for x in failed:  # public copies on a store that is down: delete later
-            conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
-                         (x["store"], x["object"]))
-        conn.execute("DELETE FROM objects WHERE file_id=?", (f.file_id,))
-        conn.execute("DELETE FROM files WHERE file_id=?", (f.file_id,))
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
+        # public copies on a store that is down: delete later
+        v.db.trash_many([(x["store"], x["object"]) for x in failed], conn)
+        v.db.delete_file(f.file_id, conn)
+        v.db.mark_manifest_dirty(conn)
     v.audit("forget", f.file_id, keep_public=keep_public)
     backup_manifest(v, force=True)
     drop_all_backups_but_newest(v)

@@ -18,7 +18,7 @@ from . import digests
 from .codec import se2
 from .errors import IntegrityError, WrongKey
 from .keys import subkey
-from .state import FileRow, StateDB, dumps
+from .state import PROTECTED, FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
 VERSION = 1  # of the sealed envelope
@@ -30,20 +30,22 @@ FILE_FIELDS = ("file_id", "name", "size", "digest", "digest_alg", "mtime", "sche
                "chunk_log2", "puf_len", "prf_len", "prf_digest", "key_id", "public_mode", "k",
                "n", "block", "created")
 OBJECT_FIELDS = ("role", "shard", "store", "name", "offset", "length", "object_size", "digest")
+#: Document key -> state database field, where they differ (the document keeps its keys).
+ROW_FIELD = {"prf_len": "container_len", "prf_digest": "container_digest"}
 
 
 def entry(db: StateDB, f: FileRow) -> dict:
     """One file's manifest entry (what restore needs, nothing more)."""
-    e = {k: getattr(f, k) for k in FILE_FIELDS}
+    e = {k: getattr(f, ROW_FIELD.get(k, k)) for k in FILE_FIELDS}
     e["objects"] = [{k: getattr(o, k) for k in OBJECT_FIELDS} for o in db.objects(f.file_id)]
     return e
 
 
 def snapshot(db: StateDB, seq: int) -> dict:
-    files = db.files("state IN ('committed', 'done')")
-    audit = [dict(r) for r in db.query("SELECT * FROM audit ORDER BY seq")]
+    files = db.files_in(*PROTECTED)
+    audit = [dict(r) for r in db.audit_rows()]
     return {"format": FORMAT, "seq": seq, "created": time.time(),
-            "audit_head": db.get_meta("audit_head"), "audit": audit,
+            "audit_head": db.audit_head(), "audit": audit,
             "files": [entry(db, f) for f in files]}
 
 
@@ -92,22 +94,8 @@ def _upgrade(doc: dict) -> dict:
 def load_into(db: StateDB, doc: dict) -> int:
     """Rebuild file, object and audit rows from a backup; returns the number of files."""
     doc = _upgrade(doc)
-    with db.tx() as conn:
-        for e in doc["files"]:
-            fields = {k: e[k] for k in FILE_FIELDS}
-            conn.execute(f"INSERT OR REPLACE INTO files ({', '.join(fields)}, state, updated) "
-                         f"VALUES ({', '.join('?' for _ in fields)}, 'done', ?)",
-                         (*fields.values(), time.time()))
-            conn.execute("DELETE FROM objects WHERE file_id=?", (e["file_id"],))
-            for o in e["objects"]:
-                conn.execute(f"INSERT INTO objects (file_id, {', '.join(OBJECT_FIELDS)}, state) "
-                             f"VALUES (?, {', '.join('?' for _ in OBJECT_FIELDS)}, 'uploaded')",
-                             (e["file_id"], *(o[k] for k in OBJECT_FIELDS)))
-        for a in doc.get("audit", []):
-            conn.execute("INSERT OR IGNORE INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (a["seq"], a["ts"], a["event"], a["file_id"], a["detail"], a["prev"],
-                          a["hash"]))
-        if doc.get("audit_head"):
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (doc["audit_head"],))
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_seq', ?)", (str(doc["seq"]),))
+    db.load_backup([({ROW_FIELD.get(k, k): e[k] for k in FILE_FIELDS},
+                     [{k: o[k] for k in OBJECT_FIELDS} for o in e["objects"]])
+                    for e in doc["files"]],
+                   doc.get("audit", []), doc.get("audit_head"), doc["seq"])
     return len(doc["files"])

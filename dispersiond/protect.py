@@ -27,7 +27,7 @@ from .fsutil import atomic_output, fsync_dir
 from .logs import event, log
 from .placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, new_object_name,
                         padded, shard_length)
-from .state import FileRow
+from .state import FileRow, FileState
 from .tap import DirectUploadFailed, Pipe, Reader, Tap
 from .vault import Progress, Vault
 
@@ -119,7 +119,7 @@ def admit(v: Vault, source: Path, name: str | None = None) -> str:
     st = source.stat()
     fid = os.urandom(16).hex()
     v.db.add_file(file_id=fid, name=name or source.name, size=st.st_size, mtime=st.st_mtime,
-                  scheme=v.cfg.scheme, state="claimed", source=str(source))
+                  scheme=v.cfg.scheme, state=FileState.CLAIMED, source=str(source))
     event(logging.INFO, "file admitted", file_id=fid, size=st.st_size)
     return fid
 
@@ -179,7 +179,8 @@ class Staged:
         pol, lay = cfg.public, self.layout
         return dict(size=self.size, digest=self.digest, digest_alg=self.alg,
                     head_len=lay.head_len, chunk_log2=lay.chunk_log2, puf_len=lay.puf_len,
-                    prf_len=lay.prf_len, prf_digest=self.sums["prf"], key_id=se2.key_id(key).hex(),
+                    container_len=lay.prf_len, container_digest=self.sums["prf"],
+                    key_id=se2.key_id(key).hex(),
                     public_mode=pol.mode, k=pol.k if pol.mode == "erasure" else None, n=pol.n,
                     block=DEFAULT_BLOCK if pol.mode == "erasure" else None)
 
@@ -277,10 +278,7 @@ class EagerRun:
         sizes = staged_sizes(self.v.cfg, layout)
         chosen = [(row, key) for row, key in self.planned if row["store"] in self.eager.stores]
         direct = self.eager.sends_directly(self.v.cfg)
-        with self.v.db.tx() as conn:
-            conn.executemany("INSERT INTO planned VALUES (?, ?, ?, ?)",
-                             [(row["store"], row["name"], self.fid, time.time())
-                              for row, _ in chosen])
+        self.v.db.plan_uploads(self.fid, [(row["store"], row["name"]) for row, _ in chosen])
         for row, key in chosen:
             feed: Tap | Pipe
             if direct and row["role"] == "public":
@@ -342,15 +340,7 @@ class EagerRun:
 def abandon_planned(v: Vault, fid: str | None = None) -> int:
     """Names planned for eager uploads of an encode that never finished (of `fid`, or
     of every file): to the trash, whether or not their objects exist."""
-    where, args = ("file_id=?", (fid,)) if fid else ("1", ())
-    if not v.db.query(f"SELECT 1 FROM planned WHERE {where} LIMIT 1", args):
-        return 0  # the usual case: no write transaction (and no lock) for every encode
-    with v.db.tx() as conn:
-        rows = conn.execute(f"SELECT store, name FROM planned WHERE {where}", args).fetchall()
-        conn.executemany("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)",
-                         [(r[0], r[1], time.time()) for r in rows])
-        conn.execute(f"DELETE FROM planned WHERE {where}", args)
-    return len(rows)
+    return v.db.abandon_planned(fid)
 
 
 def encode(v: Vault, fid: str, progress: Progress | None = None,
@@ -383,10 +373,10 @@ def encode(v: Vault, fid: str, progress: Progress | None = None,
     rows = [dict(row, state="uploaded" if row["name"] in sent else "pending")
             for row, _ in st.complete(planned)]
     with v.db.tx() as conn:
-        conn.execute("DELETE FROM objects WHERE file_id=? AND state='pending'", (fid,))
-        conn.execute("DELETE FROM planned WHERE file_id=?", (fid,))
+        v.db.drop_objects(fid, conn, pending_only=True)
+        v.db.drop_planned(fid, conn)
         v.db.add_objects(conn, rows)
-        v.db.update_file(fid, conn, state="encoded", error=None, **st.file_fields(v.cfg, v.key))
+        v.db.set_state(fid, FileState.ENCODED, conn, error=None, **st.file_fields(v.cfg, v.key))
     for store in {row["store"] for row in rows if row["state"] == "uploaded"}:
         v.db.store_ok(store)
     event(logging.INFO, "file encoded", file_id=fid, size=st.size,
@@ -438,7 +428,7 @@ def upload(v: Vault, fid: str, throttle: Throttle | None = None,
            progress: Progress | None = None) -> list[tuple[str, Exception]]:
     """Upload every pending object of a file in parallel; returns the failures."""
     throttle = throttle or Throttle(v.cfg.schedule.bandwidth())
-    pending = v.db.objects(fid, "state='pending'")
+    pending = v.db.objects(fid, states=("pending",))
     failures: list[tuple[str, Exception]] = []
 
     def one(obj):
@@ -484,16 +474,15 @@ def commit_many(v: Vault, files: list[FileRow]) -> list[str]:
     files settles many at a time). Returns the ids committed."""
     ready: list[tuple[str, bool]] = []
     for f in files:
-        if f.state == "encoded":
+        if f.state == FileState.ENCODED:
             restorable, complete = _readiness(v, f)
             if restorable:
                 ready.append((f.file_id, complete))
     if not ready:
         return []
     with v.db.tx() as conn:
-        for fid, _ in ready:
-            v.db.update_file(fid, conn, state="committed", error=None)
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
+        v.db.set_states([fid for fid, _ in ready], FileState.COMMITTED, conn, error=None)
+        v.db.mark_manifest_dirty(conn)
     for fid, complete in ready:
         if complete:
             shutil.rmtree(v.work_dir(fid), ignore_errors=True)
@@ -502,7 +491,7 @@ def commit_many(v: Vault, files: list[FileRow]) -> list[str]:
 
 
 def all_uploaded(v: Vault, fid: str) -> bool:
-    return not v.db.objects(fid, "state!='uploaded'")
+    return not v.db.objects(fid, not_state="uploaded")
 
 
 def protect_file(v: Vault, path: Path, name: str | None = None,
@@ -519,7 +508,7 @@ def resume(v: Vault, fid: str, progress: Progress | None = None,
     """Run the remaining steps of one file; returns its state."""
     f = v.db.file(fid)
     throttle = Throttle(v.cfg.schedule.bandwidth())
-    if f.state == "claimed":
+    if f.state == FileState.CLAIMED:
         if on_step:
             on_step("encode")
         stores = frozenset(s.name for s in v.cfg.stores)
@@ -538,13 +527,13 @@ def resume(v: Vault, fid: str, progress: Progress | None = None,
         first = failures[0][1]
         v.db.update_file(fid, error=f"upload to {', '.join(stores)} failed: {first}",
                          attempts=f.attempts + 1)
-        if state != "committed":
+        if state != FileState.COMMITTED:
             raise DispersiondError(
                 f"file {fid}: upload to store(s) {', '.join(stores)} failed ({first}). The file "
                 "is encoded and kept in the state directory; it is retried by 'dispersiond run' "
                 "or 'dispersiond put --resume'")
         log.warning("file %s is restorable but store(s) %s still lack copies; 'dispersiond "
                     "repair' or the daemon will finish them", fid, ", ".join(stores))
-    if all_uploaded(v, fid) and state == "committed":
+    if all_uploaded(v, fid) and state == FileState.COMMITTED:
         shutil.rmtree(v.work_dir(fid), ignore_errors=True)
     return state

@@ -7,10 +7,10 @@ claw back a copy the recipient already downloaded and opened.
 Crash safety (the file is never lost):
 1. the current version is decoded (every digest checked) to a temporary file in the
    state directory, and encoded again with a fresh secret into a staging folder;
-2. the new objects' names are recorded (meta `rekey_plan:<id>`) before any upload, so
+2. the new objects' names are recorded (table `rekey_plan`) before any upload, so
    a crash here leaves only objects that the next run puts in the trash;
 3. one transaction swaps the object rows and the file row, drops the plan and records
-   the old objects as `rekey_retire:<id>`; then the local private container is
+   the old objects in `rekey_retire`; then the local private container is
    replaced (if a crash comes between the two, its digest no longer matches and restore
    uses the new backup on the private stores);
 4. the old objects are deleted only once a manifest backup naming the new ones has
@@ -19,7 +19,6 @@ Crash safety (the file is never lost):
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -37,11 +36,8 @@ from .maintenance import backup_manifest, drop_all_backups_but_newest, finalize
 from .protect import Throttle, UploadReader
 from .protect import stage as stage_file
 from .restore import decode_to, private_container, public_fragment
-from .state import dumps
+from .state import PROTECTED, FileState
 from .vault import Progress, Vault
-
-PLAN = "rekey_plan:"
-RETIRE = "rekey_retire:"
 
 
 def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
@@ -52,9 +48,9 @@ def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
     finish_retirements(v)
     f = v.resolve(ref)
     fid = f.file_id
-    if f.state not in ("committed", "done"):
+    if f.state not in PROTECTED:
         raise DispersiondError(f"file {fid} is not protected yet (state {f.state})")
-    if v.db.objects(fid, "state='pending'"):
+    if v.db.objects(fid, states=("pending",)):
         raise DispersiondError(f"file {fid} still has uploads pending: let them finish "
                                "('dispersiond put --resume' or the daemon) first")
     _abandon_plan(v, fid)
@@ -70,7 +66,7 @@ def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
                 decode_to(v, f, puf, prf, out)
         rows, staged, fields = _encode(v, f, plain, stage)
         plain.unlink()
-        v.db.set_meta(PLAN + fid, dumps([[r["store"], r["name"]] for r in rows]))
+        v.db.plan_rekey(fid, [(r["store"], r["name"]) for r in rows])
         failures = _upload(v, rows, staged, progress)
         if failures:
             _abandon_plan(v, fid)
@@ -79,14 +75,14 @@ def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
                 f"file {fid}: upload of the re-keyed objects to {stores} failed "
                 f"({failures[0][1]}); nothing changed, the file and earlier shares are as "
                 "before. Run rekey again when the stores answer")
-        old = [[o.store, o.name] for o in v.db.objects(fid)]
+        old = [(o.store, o.name) for o in v.db.objects(fid)]
         with v.db.tx() as conn:
-            conn.execute("DELETE FROM objects WHERE file_id=?", (fid,))
+            v.db.drop_objects(fid, conn)
             v.db.add_objects(conn, [{**r, "state": "uploaded"} for r in rows])
-            v.db.update_file(fid, conn, state="committed", backed_up=0, error=None, **fields)
-            conn.execute("DELETE FROM meta WHERE key=?", (PLAN + fid,))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (RETIRE + fid, dumps(old)))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
+            v.db.set_state(fid, FileState.COMMITTED, conn, backed_up=0, error=None, **fields)
+            v.db.drop_rekey_plan(fid, conn)
+            v.db.retire(fid, old, conn)
+            v.db.mark_manifest_dirty(conn)
         os.replace(staged["prf"], v.prf_path(fid))
         fsync_dir(v.prf_path(fid).parent)
         shutil.rmtree(v.work_dir(fid), ignore_errors=True)
@@ -104,23 +100,18 @@ def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
 
 def finish_retirements(v: Vault) -> dict:
     """Delete the old objects of re-keyed files once a manifest backup names the new ones."""
-    rows = v.db.query("SELECT key, value FROM meta WHERE key LIKE ?", (RETIRE + "%",))
+    retiring = v.db.retirements()
     res = {"finished": [], "pending": [], "waiting": 0}
-    if not rows:
+    if not retiring:
         return res
-    fids = [r["key"][len(RETIRE):] for r in rows]
-    if v.db.get_meta("manifest_dirty", "1") != "0" and not backup_manifest(v):
+    fids = list(retiring)
+    if v.db.manifest_dirty() and not backup_manifest(v):
         log.warning("no private store took a manifest backup: the old objects of re-keyed "
                     "file(s) %s stay until one does (earlier shares still open until then)",
                     ", ".join(fids))
         res["pending"] = fids
         return res
-    with v.db.tx() as conn:
-        for r in rows:
-            for store, name in json.loads(r["value"]):
-                conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
-                             (store, name))
-            conn.execute("DELETE FROM meta WHERE key=?", (r["key"],))
+    v.db.trash_retired(retiring)
     drop_all_backups_but_newest(v)  # older backups name the objects about to go
     _, res["waiting"] = v.empty_trash()
     res["finished"] = fids
@@ -129,15 +120,8 @@ def finish_retirements(v: Vault) -> dict:
 
 def _abandon_plan(v: Vault, fid: str) -> None:
     """Objects uploaded by a rekey that never committed: to the trash with them."""
-    raw = v.db.get_meta(PLAN + fid)
-    if raw is None:
-        return
-    with v.db.tx() as conn:
-        for store, name in json.loads(raw):
-            conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, strftime('%s','now'))",
-                         (store, name))
-        conn.execute("DELETE FROM meta WHERE key=?", (PLAN + fid,))
-    v.empty_trash()
+    if v.db.abandon_rekey_plan(fid):
+        v.empty_trash()
 
 
 def _encode(v: Vault, f, plain: Path, stage: Path) -> tuple[list[dict], dict, dict]:

@@ -20,7 +20,7 @@ from .errors import DispersiondError, IntegrityError
 from .fsutil import atomic_output
 from .logs import event
 from .placement import HashingWriter, decode_shards
-from .state import FileRow, ObjectRow
+from .state import PROTECTED, FileRow, ObjectRow
 from .vault import Progress, Vault
 
 
@@ -95,12 +95,12 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
     """The local container if intact, else a verified copy from a private store."""
     local = v.prf_path(f.file_id)
     if local.exists():
-        if digests.of_path(f.digest_alg, local) == f.prf_digest:
+        if digests.of_path(f.digest_alg, local) == f.container_digest:
             return local
         event(logging.WARNING, "local private container damaged; using a backup",
               file_id=f.file_id)
     errors: list[str] = []
-    got = first_intact(v, v.db.objects(f.file_id, "role='private'"), tmp, "prf", errors, progress)
+    got = first_intact(v, v.db.objects(f.file_id, role="private"), tmp, "prf", errors, progress)
     if got:
         return got[1]
     raise Unrestorable(f"file {f.file_id}: no intact private container ({'; '.join(errors) or 'none recorded'})")
@@ -110,7 +110,7 @@ def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None =
     """A verified public fragment file (replica, or rebuilt from any k shards)."""
     errors: list[str] = []
     if f.public_mode != "erasure":
-        got = first_intact(v, v.db.objects(f.file_id, "role='public'"), tmp, "puf", errors,
+        got = first_intact(v, v.db.objects(f.file_id, role="public"), tmp, "puf", errors,
                            progress)
         if got:
             obj, path = got
@@ -134,10 +134,11 @@ def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None =
 
 def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
                   progress: Progress | None = None, exclude: int | None = None,
-                  where: str = "1") -> dict[int, Path]:
-    """Download intact shards (shard number -> file) until k are had or none are left."""
+                  states: tuple[str, ...] | None = None) -> dict[int, Path]:
+    """Download intact shards (shard number -> file) until k are had or none are left
+    (of those in `states`, when given)."""
     good: dict[int, Path] = {}
-    for obj in _order(v, v.db.objects(f.file_id, f"role='public' AND ({where})")):
+    for obj in _order(v, v.db.objects(f.file_id, role="public", states=states)):
         if len(good) == f.k:
             break
         if obj.shard == exclude:
@@ -152,7 +153,7 @@ def decode_to(v: Vault, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None
     """Decode into `out`, then check the original's digest."""
     w = HashingWriter(out, f.digest_alg)
     with open(puf, "rb") as pu, open(prf, "rb") as pr:
-        codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.prf_len, w)
+        codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.container_len, w)
     if w.n != f.size or (f.digest and w.hexdigest() != f.digest):
         raise IntegrityError(f"file {f.file_id}: rebuilt bytes do not match the recorded "
                              "digest of the original")
@@ -162,7 +163,7 @@ def restore(v: Vault, ref: str, dest: Path, *, force: bool = False,
             progress: Progress | None = None) -> FileRow:
     """Rebuild one file at `dest` bit-exact; never writes unverified bytes over anything."""
     f = v.resolve(ref)
-    if f.state not in ("committed", "done"):
+    if f.state not in PROTECTED:
         raise DispersiondError(f"file {f.file_id} is not protected yet (state {f.state})")
     if dest.is_dir():
         dest = dest / f.name

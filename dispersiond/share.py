@@ -47,7 +47,7 @@ from .fsutil import atomic_output
 from .identity import Identity, IdentityError, decode_public, recipient_id
 from .logs import event, log
 from .placement import HashingWriter, decode_shards
-from .state import dumps
+from .state import PROTECTED, FileState, dumps
 
 MAGIC = b"DSPS"
 VERSION = 1
@@ -281,7 +281,7 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
         _audit(v, "share-refused", fid, recipient=recipient, reason=reason, via=via)
         return ShareRefused(f"share refused: {reason}")
 
-    rows = [r for r in v.db.find(ref) if r.state != "failed"]
+    rows = [r for r in v.db.find(ref) if r.state != FileState.FAILED]
     fid = rows[0].file_id if len(rows) == 1 else None
     rcpt = v.cfg.recipient(recipient)
     if rcpt is None:
@@ -301,7 +301,7 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
         raise refuse("no protected file matches that id or name" if not rows else
                      f"{len(rows)} files match that name; give the file id")
     f = rows[0]
-    if f.state not in ("committed", "done"):
+    if f.state not in PROTECTED:
         raise refuse(f"file {f.file_id} is not protected yet (state {f.state})", f.file_id)
     if f.scheme != "se2":
         raise refuse(f"file {f.file_id} uses scheme {f.scheme}; only se2 files can be shared",
@@ -340,7 +340,7 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
                 prf_len += len(block)
-            if prf_len != f.prf_len:
+            if prf_len != f.container_len:
                 raise fail("its private container has the wrong length")
             payload = {
                 "v": PAYLOAD_VERSION, "scheme": f.scheme, "file": f.file_id,
@@ -375,7 +375,7 @@ def _audit(v, event_name: str, file_id: str | None, **detail) -> None:
     """Append to the audit log and have the next manifest backup carry the new head, so
     that entries cut off the end of the log are caught against the trusted store."""
     v.audit(event_name, file_id, **detail)
-    v.db.set_meta("manifest_dirty", "1")
+    v.db.mark_manifest_dirty()
 
 
 def _public_params(f) -> dict:
@@ -389,7 +389,7 @@ def _links(v, f, life: timedelta) -> tuple[list[dict], list[str]]:
     from backends import NotFound, StoreError
 
     links, problems = [], []
-    for obj in v.db.objects(f.file_id, "role='public' AND state='uploaded'"):
+    for obj in v.db.objects(f.file_id, role="public", states=("uploaded",)):
         try:
             store = v.store(obj.store)
             info = store.stat(obj.name)

@@ -24,7 +24,7 @@ from .config import Config
 from .errors import DispersiondError
 from .keys import load_master_key
 from .logs import log
-from .state import FileRow, StateDB
+from .state import FileRow, FileState, StateDB
 from .stores import Stores
 
 Progress = Callable[[int], None]
@@ -105,7 +105,7 @@ class Vault:
     # --- lookups
     def resolve(self, ref: str) -> FileRow:
         """A file by id, id prefix or original name; an actionable error otherwise."""
-        rows = [r for r in self.db.find(ref) if r.state != "failed"]
+        rows = [r for r in self.db.find(ref) if r.state != FileState.FAILED]
         if not rows:
             raise DispersiondError(f"no protected file matches {ref!r} (see 'dispersiond ls')")
         if len(rows) > 1:
@@ -118,23 +118,21 @@ class Vault:
 
     # --- trash: deletions that must happen even if a store is down right now
     def discard(self, store: str, name: str) -> None:
-        with self.db.tx() as conn:
-            conn.execute("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)", (store, name, time.time()))
+        self.db.trash(store, name)
 
     def empty_trash(self) -> tuple[int, int]:
         """Delete what the trash holds; returns (deleted, still waiting)."""
         done = waiting = 0
-        for row in self.db.query("SELECT store, name FROM trash"):
+        for store, name in self.db.trashed():
             try:
-                self.store(row["store"]).delete(row["name"])
+                self.store(store).delete(name)
             except NotFound:
                 pass
             except (StoreError, KeyError) as exc:
-                log.warning("could not delete an object from store %s yet: %s", row["store"], exc)
+                log.warning("could not delete an object from store %s yet: %s", store, exc)
                 waiting += 1
                 continue
-            with self.db.tx() as conn:
-                conn.execute("DELETE FROM trash WHERE store=? AND name=?", (row["store"], row["name"]))
+            self.db.untrash(store, name)
             done += 1
         return done, waiting
 

@@ -361,16 +361,13 @@ def test_rotate_key_moves_a_passphrase_key_to_a_new_passphrase(tmp_path):
     r = run_cli("-c", str(cfg), "rotate-key", env=old)  # no terminal, no new passphrase
     assert r.returncode == 2 and "DISPERSIOND_NEW_PASSPHRASE" in r.stderr, r.stderr
     # What a crash right after the rotation recorded its new salt leaves behind:
-    import sqlite3
-
     from dispersiond.keys import derive_key, key_id
+    from dispersiond.state import StateDB
 
     salt = os.urandom(16)
-    db = sqlite3.connect(tmp_path / "p" / "state" / "state.db")
-    with db:
-        db.execute("INSERT INTO meta VALUES ('rotate_salt', ?)", (salt.hex(),))
-        db.execute("INSERT INTO meta VALUES ('rotate_key_id', ?)", (key_id(derive_key(
-            new["DISPERSIOND_PASSPHRASE"].encode(), salt)),))
+    db = StateDB(tmp_path / "p" / "state" / "state.db")
+    db.set_rotation_salt(salt.hex())
+    db.set_rotation_key_id(key_id(derive_key(new["DISPERSIOND_PASSPHRASE"].encode(), salt)))
     db.close()
     r = run_cli("-c", str(cfg), "rotate-key",  # the resumed rotation must use the same one
                 env={**old, "DISPERSIOND_NEW_PASSPHRASE": "yet another passphrase"})
@@ -386,13 +383,13 @@ def test_rotate_key_moves_a_passphrase_key_to_a_new_passphrase(tmp_path):
     assert {p: p.read_bytes() for p in public} == public  # byte-identical public objects
     # A crash after the config got the new salt but before the record was dropped: the
     # next run only tidies up.
-    db = sqlite3.connect(tmp_path / "p" / "state" / "state.db")
-    with db:
-        db.execute("INSERT INTO meta VALUES ('rotate_salt', ?)", (salt.hex(),))
+    db = StateDB(tmp_path / "p" / "state" / "state.db")
+    db.set_rotation_salt(salt.hex())
+    db.close()
     r = run_cli("-c", str(cfg), "rotate-key", "--json", env=new)
     assert r.returncode == 0 and '"containers_rewrapped": 0' in r.stdout, r.stderr
-    with db:
-        assert db.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'rotate%'").fetchone() == (0,)
+    db = StateDB(tmp_path / "p" / "state" / "state.db")
+    assert db.rotation() == (None, None)  # the record was dropped
     db.close()
 
     for env, ok in ((new, True), (old, False)):

@@ -1,5 +1,5 @@
 """State databases written by earlier builds are migrated in place on open and keep
-restoring: schema 1 (every digest SHA-256, columns named for it) to schema 2."""
+restoring: schema 1 (every digest SHA-256, columns named for it) to the current schema."""
 from __future__ import annotations
 
 import sqlite3
@@ -10,11 +10,13 @@ from dsp import cli_json, local_config, put, real_files, restores
 
 
 def _to_schema_1(db_path: Path) -> None:
-    """Turn a schema 2 database into what schema 1 was: digests named sha256, no algorithm."""
+    """Turn a fresh database into what schema 1 was: digests named sha256, no algorithm,
+    the container's columns named prf_*."""
     db = sqlite3.connect(db_path)
     with db:
         db.execute("ALTER TABLE files RENAME COLUMN digest TO sha256")
-        db.execute("ALTER TABLE files RENAME COLUMN prf_digest TO prf_sha256")
+        db.execute("ALTER TABLE files RENAME COLUMN container_digest TO prf_sha256")
+        db.execute("ALTER TABLE files RENAME COLUMN container_len TO prf_len")
         db.execute("ALTER TABLE files DROP COLUMN digest_alg")
         db.execute("ALTER TABLE objects RENAME COLUMN digest TO sha256")
         db.execute("UPDATE meta SET value='1' WHERE key='schema'")
@@ -30,7 +32,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
     (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
     algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
     db.close()
     assert algs == {old_id: "sha256", new_id: "blake3"}

@@ -67,7 +67,7 @@ def _verify(args: argparse.Namespace) -> int:
     with open_vault(cfg) as v:
         anchor = None if args.offline else _backup_anchor(v, notes)
         problems = audit.verify(v.db, v.key, anchor)
-        count = len(v.db.query("SELECT seq FROM audit"))
+        count = v.db.audit_count()
     if args.json:
         emit_json({"ok": not problems, "entries": count, "problems": problems,
                    "backup_anchor": anchor, "notes": notes})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from ..state import PROTECTED
 from ..units import human_size
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json
@@ -24,7 +25,7 @@ def health(objs, f) -> str:
     good_prv = sum(o.state == "uploaded" for o in prv)
     need = f.k if f.public_mode == "erasure" else 1
     if good_pub < need or not good_prv:
-        return "at-risk" if f.state in ("committed", "done") else "pending"
+        return "at-risk" if f.state in PROTECTED else "pending"
     if good_pub < len(pub) or good_prv < len(prv):
         return "degraded"
     return "ok"
@@ -34,8 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
     rows = []
     with open_vault(cfg) as v:
-        where = "1" if args.all else "state IN ('committed', 'done')"
-        for f in v.db.files(where):
+        for f in (v.db.files() if args.all else v.db.protected_files()):
             objs = v.db.objects(f.file_id)
             rows.append({
                 "file_id": f.file_id, "name": f.name, "size": f.size, "state": f.state,

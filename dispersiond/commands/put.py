@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import DispersiondError
 from ..maintenance import backup_manifest, finalize
 from ..protect import abandon_planned, protect_file, resume, transfer_bytes
+from ..state import PROTECTED, FileState
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
@@ -39,8 +40,8 @@ def _run(args: argparse.Namespace) -> int:
         abandon_planned(v)  # early uploads of an encode that was killed: to the trash
         todo = []
         if args.resume:
-            todo += [("resume", f.file_id, None) for f in v.db.files("state IN ('claimed', "
-                                                                     "'encoded', 'committed')")]
+            todo += [("resume", f.file_id, None) for f in v.db.files_in(
+                FileState.CLAIMED, FileState.ENCODED, FileState.COMMITTED)]
         todo += [("put", None, p) for p in paths]
         for kind, fid, path in todo:
             total = transfer_bytes(v.cfg, path.stat().st_size) if path else None
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
             for item in out:
                 finalize(v, item["file_id"])
                 item["state"] = v.db.file(item["file_id"]).state
-                if v.cfg.grants and item["state"] in ("committed", "done"):
+                if v.cfg.grants and item["state"] in PROTECTED:
                     from ..share import apply_grants
 
                     item["bundles"] = [str(p) for p in

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DispersiondError
-from ..state import STATES
+from ..state import STATES, FileState, read_status
 from ._common import add_config, add_json, config, emit_json
 
-PENDING = ("claiming", "claimed", "encoded", "committed")
+PENDING = (FileState.CLAIMING, FileState.CLAIMED, FileState.ENCODED, FileState.COMMITTED)
 
 
 def register(sub) -> None:
@@ -47,67 +47,45 @@ def daemon_running(state_dir: Path) -> bool:
     return False
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        db.execute("SELECT 1 FROM files LIMIT 1")
-    except sqlite3.Error:
-        db = sqlite3.connect(path, timeout=10)  # no -shm yet: a plain connection makes it
-    db.row_factory = sqlite3.Row
-    return db
-
-
 def collect(state_dir: Path, store_names: list[str]) -> dict[str, Any]:
     db_path = state_dir / "state.db"
     out: dict[str, Any] = {"running": daemon_running(state_dir)}
-    empty = {"files": {s: 0 for s in STATES}, "oldest_pending": None,
+    empty = {"files": {s.value: 0 for s in STATES}, "oldest_pending": None,
              "stores": {s: {"last_ok": None, "last_error": None, "error_at": None,
                             "retry_at": None, "failing": False, "pending_objects": 0}
                         for s in store_names},
              "manifest": {"seq": 0, "dirty": False}, "daemon": None, "next_runs": None}
     if not db_path.exists():
         return {**out, **empty}
-    db = _connect(db_path)
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"files", "objects", "meta", "store_status"} <= tables:
-            return {**out, **empty}  # being created by a daemon starting right now
-        counts = {s: 0 for s in STATES}
-        for r in db.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
-            counts[r[0]] = r[1]
-        out["files"] = counts
-        marks = ",".join("?" for _ in PENDING)
-        row = db.execute(f"SELECT file_id, state, created, error, next_try FROM files WHERE "
-                         f"state IN ({marks}) ORDER BY created LIMIT 1", PENDING).fetchone()
-        out["oldest_pending"] = None if row is None else {
-            "file_id": row["file_id"], "state": row["state"], "since": row["created"],
-            "age_seconds": round(time.time() - row["created"], 1), "error": row["error"],
-            "next_try": row["next_try"]}
-        meta = {r[0]: r[1] for r in db.execute("SELECT key, value FROM meta WHERE key IN "
-                                               "('daemon', 'manifest_seq', 'manifest_dirty')")}
-        daemon = json.loads(meta["daemon"]) if "daemon" in meta else None
-        stores: dict[str, Any] = {s: {"last_ok": None, "last_error": None, "error_at": None}
-                                  for s in store_names}
-        for r in db.execute("SELECT * FROM store_status"):
-            stores[r["store"]] = {"last_ok": r["last_ok"], "last_error": r["last_error"],
-                                  "error_at": r["error_at"]}
-        for name, s in stores.items():
-            live = ((daemon or {}).get("stores") or {}).get(name) or {}
-            s["retry_at"] = live.get("retry_at") if out["running"] else None
-            # Failing: the last thing heard from it was an error (or the daemon says so).
-            s["failing"] = (bool(live.get("failures")) and out["running"]) or (
-                (s["error_at"] or 0) > (s["last_ok"] or 0))
-        pending_objs = {r[0]: r[1] for r in db.execute(
-            "SELECT store, COUNT(*) FROM objects WHERE state='pending' GROUP BY store")}
-        for name, s in stores.items():
-            s["pending_objects"] = pending_objs.get(name, 0)
-        out["stores"] = stores
-        out["manifest"] = {"seq": int(meta.get("manifest_seq", 0) or 0),
-                           "dirty": meta.get("manifest_dirty", "1") == "1"}
-        out["daemon"] = daemon
-        out["next_runs"] = (daemon or {}).get("next_runs") if out["running"] else None
-    finally:
-        db.close()
+    rows = read_status(db_path, PENDING)
+    if rows is None:
+        return {**out, **empty}  # being created by a daemon starting right now
+    out["files"] = {**{s.value: 0 for s in STATES}, **rows.counts}
+    row = rows.oldest_pending
+    out["oldest_pending"] = None if row is None else {
+        "file_id": row["file_id"], "state": row["state"], "since": row["created"],
+        "age_seconds": round(time.time() - row["created"], 1), "error": row["error"],
+        "next_try": row["next_try"]}
+    meta = rows.meta
+    daemon = json.loads(meta["daemon"]) if "daemon" in meta else None
+    stores: dict[str, Any] = {s: {"last_ok": None, "last_error": None, "error_at": None}
+                              for s in store_names}
+    for r in rows.stores:
+        stores[r["store"]] = {"last_ok": r["last_ok"], "last_error": r["last_error"],
+                              "error_at": r["error_at"]}
+    for name, s in stores.items():
+        live = ((daemon or {}).get("stores") or {}).get(name) or {}
+        s["retry_at"] = live.get("retry_at") if out["running"] else None
+        # Failing: the last thing heard from it was an error (or the daemon says so).
+        s["failing"] = (bool(live.get("failures")) and out["running"]) or (
+            (s["error_at"] or 0) > (s["last_ok"] or 0))
+    for name, s in stores.items():
+        s["pending_objects"] = rows.pending_objects.get(name, 0)
+    out["stores"] = stores
+    out["manifest"] = {"seq": int(meta.get("manifest_seq", 0) or 0),
+                       "dirty": meta.get("manifest_dirty", "1") == "1"}
+    out["daemon"] = daemon
+    out["next_runs"] = (daemon or {}).get("next_runs") if out["running"] else None
     return out
 
 
@@ -152,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("daemon: not running")
     files = st["files"]
-    print("files: " + ", ".join(f"{k} {v}" for k, v in files.items() if v or k in ("done",)))
+    print("files: " + ", ".join(f"{k} {v}" for k, v in files.items()
+                                if v or k == FileState.DONE))
     op = st.get("oldest_pending")
     if op:
         line = f"oldest pending: {op['file_id']} ({op['state']}, since {_when(op['since'])})"

@@ -1,0 +1,176 @@
+"""Queries on `files`: adding, reading, and every state change (through `set_state`)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from .db import Conn, Database
+from .model import PROTECTED, FileRow, FileState, check_transition, sources_of
+
+S = FileState
+
+#: A file that may become done: committed, every object confirmed, and held by a landed
+#: manifest backup.
+FINISHABLE = (f"state='{S.COMMITTED.value}' AND backed_up=1 AND NOT EXISTS (SELECT 1 FROM "
+              "objects o WHERE o.file_id=files.file_id AND o.state!='uploaded')")
+check_transition("-", S.COMMITTED, S.DONE)  # what FINISHABLE moves
+
+
+def _in(states: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+    vals = tuple(FileState(s).value for s in states)
+    return f"state IN ({', '.join('?' for _ in vals)})", vals
+
+
+class FilesMixin(Database):
+    def add_file(self, **fields: Any) -> None:
+        """A new row; its state must be one a file may start in."""
+        fields["state"] = check_transition(fields["file_id"], None, fields["state"]).value
+        now = time.time()
+        fields.setdefault("created", now)
+        fields.setdefault("updated", now)
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        with self.tx() as db:
+            db.execute(f"INSERT INTO files ({cols}) VALUES ({marks})", tuple(fields.values()))
+
+    def update_file(self, file_id: str, db: Conn | None = None, **fields: Any) -> None:
+        """Change a file's other fields; its state changes only through `set_state`."""
+        if "state" in fields:
+            raise TypeError("update_file does not change a file's state: use set_state")
+        fields["updated"] = time.time()
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self._writing(db) as conn:
+            conn.execute(f"UPDATE files SET {sets} WHERE file_id=?", (*fields.values(), file_id))
+
+    def set_state(self, file_id: str, new: FileState, db: Conn | None = None,
+                  **fields: Any) -> None:
+        """Move a file to `new` (and set `fields` with it) if the move is legal; raises
+        IllegalTransition otherwise, writing nothing. A file with no row is left alone."""
+        self.set_states([file_id], new, db, **fields)
+
+    def set_states(self, file_ids: Iterable[str], new: FileState, db: Conn | None = None,
+                   **fields: Any) -> None:
+        """`set_state` for many files with the same fields, in one transaction."""
+        new = FileState(new)
+        fields = {**fields, "updated": fields.get("updated", time.time())}
+        guard, sources = _in(sources_of(new))
+        sets = ", ".join(f"{k}=?" for k in fields)
+        sql = f"UPDATE files SET state=?, {sets} WHERE file_id=? AND {guard}"
+        with self._writing(db) as conn:
+            for fid in file_ids:
+                if conn.execute(sql, (new.value, *fields.values(), fid, *sources)).rowcount:
+                    continue
+                row = conn.execute("SELECT state FROM files WHERE file_id=?", (fid,)).fetchone()
+                if row is not None:
+                    check_transition(fid, row[0], new)  # raises: the move is illegal
+
+    def claimed_many(self, moved: list[tuple[str, str]], dropped: list[str],
+                     updated: float) -> None:
+        """One transaction: claims whose rename landed are claimed (with their new source),
+        the others' rows go."""
+        with self.tx() as conn:
+            for fid, source in moved:
+                self.set_state(fid, S.CLAIMED, conn, source=source, updated=updated)
+            self.drop_claiming(dropped, conn)
+
+    def add_claims(self, rows: list[tuple[str, str, int, float, str, str]],
+                   now: float) -> None:
+        """Inbox files being claimed: (file_id, name, size, mtime, scheme, source)."""
+        state = check_transition("-", None, S.CLAIMING).value
+        with self.tx() as conn:
+            conn.executemany(
+                "INSERT INTO files (file_id, name, size, mtime, scheme, state, source, created, "
+                "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(fid, name, size, mtime, scheme, state, source, now, now)
+                 for fid, name, size, mtime, scheme, source in rows])
+
+    def drop_claiming(self, file_ids: Iterable[str], db: Conn | None = None) -> None:
+        """Forget claims that did not happen (only rows still 'claiming')."""
+        with self._writing(db) as conn:
+            conn.executemany("DELETE FROM files WHERE file_id=? AND state=?",
+                             [(fid, S.CLAIMING.value) for fid in file_ids])
+
+    def delete_file(self, file_id: str, db: Conn | None = None) -> None:
+        """The file's row and its objects' rows (forget)."""
+        with self._writing(db) as conn:
+            conn.execute("DELETE FROM objects WHERE file_id=?", (file_id,))
+            conn.execute("DELETE FROM files WHERE file_id=?", (file_id,))
+
+    def note_upload_failure(self, file_id: str, retry_at: float, error: str) -> None:
+        """One more failed attempt, and when to try again."""
+        with self.tx() as conn:
+            conn.execute("UPDATE files SET attempts=attempts+1, next_try=?, error=?, updated=? "
+                         "WHERE file_id=?", (retry_at, error, time.time(), file_id))
+
+    def finish_many(self, file_ids: Iterable[str]) -> list[str]:
+        """committed -> done for each of `file_ids` that is finishable, checked inside one
+        transaction; returns the ids now done."""
+        now = time.time()
+        with self.tx() as conn:
+            return [fid for fid in file_ids if conn.execute(
+                f"UPDATE files SET state=?, updated=? WHERE file_id=? AND {FINISHABLE}",
+                (S.DONE.value, now, fid)).rowcount]
+
+    def mark_backed_up(self, file_ids: Iterable[str] | None = None,
+                       db: Conn | None = None) -> None:
+        """A landed manifest backup holds these files (all of them: None)."""
+        with self._writing(db) as conn:
+            if file_ids is None:
+                conn.execute("UPDATE files SET backed_up=1")
+            else:
+                conn.executemany("UPDATE files SET backed_up=1 WHERE file_id=?",
+                                 [(fid,) for fid in file_ids])
+
+    # --- reads
+    def file(self, file_id: str) -> FileRow | None:
+        rows = self.query("SELECT * FROM files WHERE file_id=?", (file_id,))
+        return FileRow(**dict(rows[0])) if rows else None
+
+    def files(self, where: str = "1", args: tuple = ()) -> list[FileRow]:
+        return [FileRow(**dict(r)) for r in
+                self.query(f"SELECT * FROM files WHERE {where} ORDER BY created, file_id", args)]
+
+    def files_in(self, *states: FileState) -> list[FileRow]:
+        """Files in any of `states`, oldest first."""
+        return self.files(*_in(states))
+
+    def protected_files(self) -> list[FileRow]:
+        """Files a manifest backup holds (committed or done)."""
+        return self.files_in(*PROTECTED)
+
+    def file_ids_in(self, *states: FileState) -> list[str]:
+        """Ids of the files in any of `states`, by id."""
+        guard, args = _in(states)
+        return [r[0] for r in self.query(f"SELECT file_id FROM files WHERE {guard} "
+                                         "ORDER BY file_id", args)]
+
+    def claimed_sizes(self) -> list[tuple[str, int]]:
+        """(file_id, size) of the files waiting to be encoded, in arrival order."""
+        return [(r[0], r[1]) for r in self.query(
+            "SELECT file_id, size FROM files WHERE state=? ORDER BY created",
+            (S.CLAIMED.value,))]
+
+    def finishable_ids(self) -> list[str]:
+        """Files that may become done (see FINISHABLE), in arrival order."""
+        return [r[0] for r in self.query(f"SELECT file_id FROM files WHERE {FINISHABLE} "
+                                         "ORDER BY created")]
+
+    def file_states(self) -> dict[str, FileState]:
+        return {r[0]: FileState(r[1]) for r in self.query("SELECT file_id, state FROM files")}
+
+    def has_files(self) -> bool:
+        return bool(self.query("SELECT 1 FROM files LIMIT 1"))
+
+    def find(self, ref: str) -> list[FileRow]:
+        """Files matching an id, an id prefix (>= 6 hex digits) or an original name."""
+        ref = ref.strip()
+        by_id = self.files("file_id=?", (ref.lower(),))
+        if by_id:
+            return by_id
+        out = []
+        if len(ref) >= 6 and all(c in "0123456789abcdefABCDEF" for c in ref):
+            out = self.files("file_id LIKE ?", (ref.lower() + "%",))
+        return out or self.files("name=?", (ref,))
+
+    def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM files GROUP BY state")}

@@ -1,0 +1,133 @@
+"""What the state database holds, as Python values: file states and their legal moves,
+and one row of `files` and of `objects`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..errors import DispersiondError
+
+
+class FileState(str, Enum):
+    """A file's step in the pipeline; the values are what the database stores.
+
+    claiming: the daemon recorded an inbox file and is moving it into claimed/ (start-up
+    finishes or undoes it); claimed: original taken, nothing written; encoded: fragments
+    on local disk, objects planned; committed: restorable (manifest written), some uploads
+    may still be pending; done: every object confirmed, after-policy applied; failed:
+    quarantined."""
+
+    CLAIMING = "claiming"
+    CLAIMED = "claimed"
+    ENCODED = "encoded"
+    COMMITTED = "committed"
+    DONE = "done"
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # in messages and f-strings: the stored word, not the name
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class ObjectState(str, Enum):
+    """An object's upload: planned, confirmed, or found broken by verify/restore."""
+
+    PENDING = "pending"
+    UPLOADED = "uploaded"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+S = FileState
+#: The only legal moves. None: a new row (an inbox claim, a `put`, a `recover`).
+#: committed/done -> committed is a rekey (new objects, not yet in a backup).
+TRANSITIONS: dict[FileState | None, frozenset[FileState]] = {
+    None: frozenset({S.CLAIMING, S.CLAIMED, S.DONE}),
+    S.CLAIMING: frozenset({S.CLAIMED}),
+    S.CLAIMED: frozenset({S.ENCODED, S.FAILED}),
+    S.ENCODED: frozenset({S.COMMITTED}),
+    S.COMMITTED: frozenset({S.DONE, S.COMMITTED}),
+    S.DONE: frozenset({S.COMMITTED}),
+    S.FAILED: frozenset(),
+}
+STATES = tuple(FileState)
+#: Files a manifest backup holds: restorable from the stores.
+PROTECTED = (S.COMMITTED, S.DONE)
+
+
+class IllegalTransition(DispersiondError):
+    """A state change the pipeline never makes: a bug, refused before it is written."""
+
+
+def check_transition(file_id: str, old: str | None, new: str) -> FileState:
+    """`new` as a FileState if a file in state `old` may move there; raises otherwise."""
+    target = FileState(new)
+    source = None if old is None else FileState(old)
+    if target not in TRANSITIONS[source]:
+        raise IllegalTransition(
+            f"file {file_id}: refused to change its state from {source or '(new)'} to "
+            f"{target} (not a step of the pipeline); nothing was written. Please report it")
+    return target
+
+
+def sources_of(new: FileState) -> tuple[str, ...]:
+    """The states a file may be in to move to `new` (None excluded)."""
+    return tuple(s.value for s, targets in TRANSITIONS.items() if s is not None
+                 and new in targets)
+
+
+@dataclass
+class FileRow:
+    file_id: str
+    name: str
+    size: int
+    digest: str | None
+    mtime: float | None
+    scheme: str
+    head_len: int
+    chunk_log2: int | None
+    puf_len: int | None
+    container_len: int | None  # of the private container
+    container_digest: str | None
+    digest_alg: str | None
+    key_id: str | None
+    public_mode: str | None
+    k: int | None
+    n: int | None
+    block: int | None
+    state: FileState
+    source: str | None
+    created: float
+    updated: float
+    attempts: int
+    next_try: float | None
+    error: str | None
+    backed_up: int
+
+    def __post_init__(self) -> None:
+        self.state = FileState(self.state)
+
+
+@dataclass
+class ObjectRow:
+    id: int
+    file_id: str
+    role: str
+    shard: int | None
+    store: str
+    name: str
+    offset: int
+    length: int
+    object_size: int
+    digest: str
+    state: str
+    checked: float | None
+    digest_alg: str | None  # its file's: what `digest` is made with

@@ -1,0 +1,150 @@
+"""The state database's tables (schema 3) and the in-place upgrades from 1 and 2."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from .. import digests
+
+SCHEMA_VERSION = 3  # 2: digests named for their algorithm; 3: no structured data in meta
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    file_id     TEXT PRIMARY KEY,           -- 32 hex digits, random
+    name        TEXT NOT NULL,              -- original name: never logged, never uploaded in clear
+    size        INTEGER NOT NULL,
+    digest      TEXT,                       -- of the original bytes (by digest_alg)
+    mtime       REAL,
+    scheme      TEXT NOT NULL,
+    head_len    INTEGER NOT NULL DEFAULT 0,
+    chunk_log2  INTEGER,
+    puf_len     INTEGER,
+    container_len    INTEGER,               -- bytes of the private container
+    container_digest TEXT,                  -- of the private container
+    digest_alg  TEXT,                       -- blake3 | sha256: every digest of this file
+    key_id      TEXT,
+    public_mode TEXT,                       -- replicate | erasure
+    k           INTEGER,
+    n           INTEGER,
+    block       INTEGER,                    -- erasure block size
+    state       TEXT NOT NULL,              -- see model.FileState
+    source      TEXT,                       -- claimed original (daemon) or given path (put)
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try    REAL,
+    error       TEXT,
+    backed_up   INTEGER NOT NULL DEFAULT 0  -- a manifest backup with this file has landed
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE TABLE IF NOT EXISTS objects (
+    id          INTEGER PRIMARY KEY,
+    file_id     TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
+    role        TEXT NOT NULL,              -- public | private
+    shard       INTEGER,                    -- erasure shard number; NULL otherwise
+    store       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    offset      INTEGER NOT NULL DEFAULT 0, -- where the fragment starts inside the object
+    length      INTEGER NOT NULL,           -- fragment bytes inside the object
+    object_size INTEGER NOT NULL,           -- stored bytes, padding included
+    digest      TEXT NOT NULL,              -- of the stored object (by its file's digest_alg)
+    state       TEXT NOT NULL,              -- pending | uploaded | missing | corrupt
+    checked     REAL,
+    UNIQUE (store, name)
+);
+CREATE INDEX IF NOT EXISTS objects_file ON objects(file_id);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY,
+    ts      REAL NOT NULL,
+    event   TEXT NOT NULL,
+    file_id TEXT,
+    detail  TEXT NOT NULL,
+    prev    TEXT NOT NULL,
+    hash    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS planned (        -- names of uploads begun before their file is encoded
+    store   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    since   REAL NOT NULL,
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS trash (          -- objects to delete when their store answers
+    store TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    since REAL NOT NULL,                    -- time.time()
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS store_status (
+    store      TEXT PRIMARY KEY,
+    last_ok    REAL,
+    last_error TEXT,
+    error_at   REAL
+);
+CREATE TABLE IF NOT EXISTS manifest_backups ( -- the recorded (kept) backups on each private store
+    store TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    name  TEXT NOT NULL,
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS rekey_plan (     -- names of a rekey's new objects, before it commits
+    file_id TEXT NOT NULL,
+    store   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    PRIMARY KEY (file_id, store, name)
+);
+CREATE TABLE IF NOT EXISTS rekey_retire (   -- a re-keyed file's old objects, deleted once a
+    file_id TEXT NOT NULL,                  -- manifest backup naming the new ones has landed
+    store   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    PRIMARY KEY (file_id, store, name)
+);
+CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    salt   TEXT,                            -- the new salt, until the config carries it
+    key_id TEXT                             -- of the key the new passphrase gave
+);
+"""
+
+
+def migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a database of schema `version` up to SCHEMA_VERSION, one step at a time
+    (inside the caller's transaction: all of it lands, or none)."""
+    if version < 2:
+        _v1_to_v2(db)
+    if version < 3:
+        _v2_to_v3(db)
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Schema 1 named every digest sha256 (it was the only algorithm)."""
+    db.execute("ALTER TABLE files RENAME COLUMN sha256 TO digest")
+    db.execute("ALTER TABLE files RENAME COLUMN prf_sha256 TO prf_digest")
+    db.execute("ALTER TABLE files ADD COLUMN digest_alg TEXT")
+    db.execute("UPDATE files SET digest_alg=? WHERE digest IS NOT NULL OR prf_digest IS NOT NULL",
+               (digests.LEGACY,))
+    db.execute("ALTER TABLE objects RENAME COLUMN sha256 TO digest")
+
+
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """Schema 2 packed lists into meta strings and named the container's columns prf_*."""
+    db.execute("ALTER TABLE files RENAME COLUMN prf_len TO container_len")
+    db.execute("ALTER TABLE files RENAME COLUMN prf_digest TO container_digest")
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    for key, value in meta.items():
+        kind, _, ident = key.partition(":")
+        if kind == "manifest_backups":  # "seq=name,seq=name"
+            db.executemany("INSERT OR IGNORE INTO manifest_backups VALUES (?, ?, ?)",
+                           [(ident, int(seq), name) for seq, name in
+                            (item.split("=", 1) for item in value.split(",") if item)])
+        elif kind in ("rekey_plan", "rekey_retire"):  # JSON [[store, name], ...]
+            db.executemany(f"INSERT OR IGNORE INTO {kind} VALUES (?, ?, ?)",
+                           [(ident, store, name) for store, name in json.loads(value)])
+        else:
+            continue
+        db.execute("DELETE FROM meta WHERE key=?", (key,))
+    if "rotate_salt" in meta or "rotate_key_id" in meta:
+        db.execute("INSERT OR REPLACE INTO key_rotation VALUES (1, ?, ?)",
+                   (meta.get("rotate_salt"), meta.get("rotate_key_id")))
+        db.execute("DELETE FROM meta WHERE key IN ('rotate_salt', 'rotate_key_id')")
