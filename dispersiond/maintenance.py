@@ -39,7 +39,10 @@ def backup_manifest(v: Vault, force: bool = False) -> int:
         return 0
     seq = int(v.db.get_meta("manifest_seq", "0")) + 1
     included = [f.file_id for f in v.db.files("state IN ('committed', 'done')")]
-    blob = manifest.seal(v.key, manifest.snapshot(v.db, seq))
+    from .share import device
+
+    seed = device.seed_for_backup(v.root, v.key)
+    blob = manifest.seal(v.key, manifest.snapshot(v.db, seq, seed))
     ok = 0
     for store in v.cfg.private.stores:
         name = f"{manifest.PREFIX}{new_object_name()}"
@@ -320,6 +323,9 @@ def recover(v: Vault, progress: Progress | None = None) -> dict:
                                + (f" ({'; '.join(errors)})" if errors else ""))
     doc, store, name = best
     count = manifest.load_into(v.db, doc)
+    from .share import device
+
+    device.restore_from_backup(v.root, v.key, doc)
     v.db.set_meta(f"manifest_backups:{store}", f"{doc['seq']}={name}")
     fetched = 0
     with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
@@ -436,6 +442,9 @@ def rotate_key(v: Vault, progress: Progress | None = None,
     if not rechained:
         log.warning("the audit log does not verify under the old key; it is left as it is "
                     "(see 'dispersiond audit verify')")
+    from .share import device
+
+    device.rewrap(v.root, old_key, new_key)  # before the backup below, which carries it
     v.key = new_key
     v.db.set_meta("manifest_dirty", "1")
     if not backup_manifest(v, force=True):
