@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .. import codec, digests
-from ..errors import FragmentMismatch, IntegrityError, WrongKey
+from ..errors import CodecError, FragmentMismatch
 from ..fsutil import atomic_output
 from ..identity import Identity
 from ..placement import HashingWriter
@@ -107,7 +107,7 @@ def open_bundle(path: Path, identity: Identity, out: Path, *, force: bool = Fals
                                          "different file than its private container: the "
                                          "bundle was made wrongly; ask the sender for a new "
                                          "share") from None
-                except (WrongKey, IntegrityError, ValueError) as exc:
+                except (CodecError, ValueError) as exc:
                     raise ObjectTampered(f"the shared file failed authentication while "
                                          f"decoding ({str(exc).splitlines()[0]})") from None
                 if w.n != p["size"] or w.hexdigest() != p["digest"]:

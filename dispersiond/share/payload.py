@@ -113,7 +113,9 @@ def check_payload(p) -> dict:
             raise _bad("object length does not fit the fragment length")
         if not _is_hex(o.get("digest"), _HEX64):
             raise _bad("object digest")
-        shard = o.get("shard")
+        if "shard" not in o:
+            raise _bad("shard number")
+        shard = o["shard"]
         if pub["mode"] == "erasure":
             if not (_is_int(shard) and shard < pub["n"]) or shard in shards:
                 raise _bad("shard number")
