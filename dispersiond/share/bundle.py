@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -57,8 +57,10 @@ def _seal_key(shared: bytes, epk: bytes, rpk: bytes) -> bytes:
                 info=SEAL_INFO).derive(shared)
 
 
-def _seal(version: int, plain_for: "callable", plain_len: int, rpk: bytes,
+def _seal(version: int, plain_for: Callable[[bytes], bytes], plain_len: int, rpk: bytes,
           eph: X25519PrivateKey | None) -> bytes:
+    """Header || AEAD(plain_for(header)): the plaintext may depend on the header (the
+    signature covers it), so it is made once the header is known."""
     eph = eph or X25519PrivateKey.generate()
     epk = eph.public_key().public_bytes_raw()
     shared = eph.exchange(X25519PublicKey.from_public_bytes(rpk))
