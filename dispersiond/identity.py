@@ -1,4 +1,4 @@
-"""Recipient identities: X25519 key pairs for sharing (paper section 4.2).
+"""Recipient identities (X25519) and the text forms of sender keys (Ed25519).
 
 A recipient (doctor, institute, authority) makes a key pair with `dispersiond keygen`.
 The secret key stays in a file of theirs (mode 0600); the public key is a short
@@ -16,6 +16,10 @@ caught when the string is read, not when a share fails to open:
 
 check = SHA-256(label || key)[0:4], label "dispersiond public key v1" or
 "dispersiond secret key v1".
+
+A sending device signs its bundles with an Ed25519 key (dispersiond/share/device.py);
+its public half is printed as "dspsig1" + base32(pk || check), label "dispersiond
+signing key v1", with a short fingerprint a doctor can read out over the phone.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DispersiondError
@@ -42,6 +46,9 @@ SEALED_PREFIX = "DSPSKE1"
 _PUB_LABEL = b"dispersiond public key v1"
 _SEC_LABEL = b"dispersiond secret key v1"
 _RID_LABEL = b"dispersiond share v1 recipient"
+SIGNING_PREFIX = "dspsig1"
+_SIG_LABEL = b"dispersiond signing key v1"
+_FPR_LABEL = b"dispersiond sender fingerprint v1"
 
 
 class IdentityError(DispersiondError):
@@ -64,19 +71,47 @@ def encode_public(pk: bytes) -> str:
     return PUBLIC_PREFIX + _b32(pk + _check(_PUB_LABEL, pk)).lower()
 
 
-def decode_public(text: str, what: str = "public key") -> bytes:
-    """The 32 raw bytes of a 'dspk1...' string; IdentityError naming the problem otherwise."""
-    s = (text or "").strip()
-    if not s.lower().startswith(PUBLIC_PREFIX):
-        raise IdentityError(f"{what} must start with '{PUBLIC_PREFIX}' (made by 'dispersiond "
-                            "keygen')")
+def _decode_text(text: str, prefix: str, label: bytes, what: str, made_by: str) -> bytes:
+    s = text.strip() if isinstance(text, str) else ""
+    if "\0" in s or not s.lower().startswith(prefix):
+        raise IdentityError(f"{what} must start with '{prefix}' (made by {made_by})")
     try:
-        raw = _unb32(s[len(PUBLIC_PREFIX):])
+        raw = _unb32(s[len(prefix):])
     except ValueError:
         raise IdentityError(f"{what} is not valid base32: check for a copy-paste mistake") from None
-    if len(raw) != 36 or raw[32:] != _check(_PUB_LABEL, raw[:32]):
+    if len(raw) != 36 or raw[32:] != _check(label, raw[:32]):
         raise IdentityError(f"{what} is damaged (wrong length or checksum): copy it again")
     return raw[:32]
+
+
+def decode_public(text: str, what: str = "public key") -> bytes:
+    """The 32 raw bytes of a 'dspk1...' string; IdentityError naming the problem otherwise.
+
+    A low-order point (all zero, or one of the few small-order points) would make every
+    share sealed to it readable by anyone: it is refused here, where the key is read."""
+    pk = _decode_text(text, PUBLIC_PREFIX, _PUB_LABEL, what, "'dispersiond keygen'")
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(pk))
+    except ValueError:  # the shared secret is all zero for every secret key
+        raise IdentityError(f"{what} is a low-order X25519 point, not a usable key: ask the "
+                            "recipient for the key 'dispersiond keygen' printed") from None
+    return pk
+
+
+def encode_signing_public(pk: bytes) -> str:
+    return SIGNING_PREFIX + _b32(pk + _check(_SIG_LABEL, pk)).lower()
+
+
+def decode_signing_public(text: str, what: str = "sender key") -> bytes:
+    """The 32 raw bytes of a 'dspsig1...' string (a device's Ed25519 public key)."""
+    return _decode_text(text, SIGNING_PREFIX, _SIG_LABEL, what, "'dispersiond identity' on "
+                        "the sending device")
+
+
+def fingerprint(pk: bytes) -> str:
+    """Short form of a sender key to compare by eye or over the phone: 4 groups of 4 hex."""
+    h = hashlib.sha256(_FPR_LABEL + pk).hexdigest()[:16]
+    return "-".join(h[i:i + 4] for i in range(0, 16, 4))
 
 
 def recipient_id(pk: bytes) -> bytes:
@@ -89,6 +124,8 @@ class Identity:
     """A recipient's secret key and the public key that goes with it."""
 
     secret: X25519PrivateKey
+    #: the file it was read from: the known-senders file sits next to it
+    path: Path | None = None
 
     @property
     def public_bytes(self) -> bytes:
@@ -163,7 +200,7 @@ def load_identity(path: str | os.PathLike,
 
         log.warning("identity file %s is readable by others (mode %o): chmod 600 it", path,
                     stat.S_IMODE(mode))
-    return Identity(X25519PrivateKey.from_private_bytes(sk))
+    return Identity(X25519PrivateKey.from_private_bytes(sk), path)
 
 
 def _unseal(path: Path, raw: bytes, passphrase: bytes | Callable[[], bytes] | None) -> bytes:

@@ -39,7 +39,10 @@ def backup_manifest(v: Vault, force: bool = False) -> int:
         return 0
     seq = v.db.manifest_seq() + 1
     included = [f.file_id for f in v.db.protected_files()]
-    blob = manifest.seal(v.key, manifest.snapshot(v.db, seq))
+    from .share import device
+
+    seed = device.seed_for_backup(v.root, v.key)
+    blob = manifest.seal(v.key, manifest.snapshot(v.db, seq, seed))
     ok = 0
     for store in v.cfg.private.stores:
         name = f"{manifest.PREFIX}{new_object_name()}"
@@ -293,6 +296,9 @@ def recover(v: Vault, progress: Progress | None = None) -> dict:
                                + (f" ({'; '.join(errors)})" if errors else ""))
     doc, store, name = best
     count = manifest.load_into(v.db, doc)
+    from .share import device
+
+    device.restore_from_backup(v.root, v.key, doc)
     v.db.set_backups(store, [(doc["seq"], name)])
     fetched = 0
     with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
@@ -404,6 +410,9 @@ def rotate_key(v: Vault, progress: Progress | None = None,
     if not rechained:
         log.warning("the audit log does not verify under the old key; it is left as it is "
                     "(see 'dispersiond audit verify')")
+    from .share import device
+
+    device.rewrap(v.root, old_key, new_key)  # before the backup below, which carries it
     v.key = new_key
     v.db.mark_manifest_dirty()
     if not backup_manifest(v, force=True):

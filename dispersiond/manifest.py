@@ -22,7 +22,7 @@ from .state import PROTECTED, FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
 VERSION = 1  # of the sealed envelope
-FORMAT = 2  # of the JSON inside: 2 names every digest for its algorithm (digest_alg)
+FORMAT = 3  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key
 PREFIX = "manifest/"
 KEEP_BACKUPS = 3
 
@@ -41,12 +41,17 @@ def entry(db: StateDB, f: FileRow) -> dict:
     return e
 
 
-def snapshot(db: StateDB, seq: int) -> dict:
+def snapshot(db: StateDB, seq: int, sender_seed: bytes | None = None) -> dict:
+    """The backup document; `sender_seed` is the device's signing key (share/device.py),
+    so that a recovered device signs its shares as before."""
     files = db.files_in(*PROTECTED)
     audit = [dict(r) for r in db.audit_rows()]
-    return {"format": FORMAT, "seq": seq, "created": time.time(),
-            "audit_head": db.audit_head(), "audit": audit,
-            "files": [entry(db, f) for f in files]}
+    doc = {"format": FORMAT, "seq": seq, "created": time.time(),
+           "audit_head": db.audit_head(), "audit": audit,
+           "files": [entry(db, f) for f in files]}
+    if sender_seed is not None:
+        doc["sender_key"] = sender_seed.hex()
+    return doc
 
 
 def seal(master_key: bytes, doc: dict) -> bytes:
@@ -73,10 +78,13 @@ def open_sealed(master_key: bytes, blob: bytes) -> dict:
 
 
 def _upgrade(doc: dict) -> dict:
-    """A format 1 document as format 2: its digests were all SHA-256, named sha256."""
+    """An older document in today's shape: format 1's digests were all SHA-256, named
+    sha256; formats 1 and 2 carry no sender_key (the device makes a new one)."""
     fmt = doc.get("format")
     if fmt == FORMAT:
         return doc
+    if fmt == 2:
+        return dict(doc, format=FORMAT)
     if fmt != 1:
         raise IntegrityError(f"manifest format {fmt!r} is not read by this build; upgrade "
                              "dispersiond")

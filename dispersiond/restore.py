@@ -1,8 +1,10 @@
 """Fetching and checking fragments, and rebuilding a file bit-exact.
 
-Every object is checked against the manifest's digest before use; a bad or
-missing copy is marked and the next copy (or shard) is tried. The output is
-written to a temporary file and renamed into place only after the codec's own
+Every object is checked against its digest before use; a bad or missing copy is
+skipped and the next copy (or shard) is tried. One k-of-n restorer
+(`rebuild_public`) serves every `ObjectSource`: the configured stores (restore,
+repair, rekey) and the links of a share bundle (open-share). The output is written
+to a temporary file and renamed into place only after the codec's own
 authentication and the original's digest both passed.
 """
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from backends import NotFound, StoreError, Unavailable
 
@@ -26,6 +29,129 @@ from .vault import Progress, Vault
 
 class Unrestorable(DispersiondError):
     """Not enough intact copies could be fetched."""
+
+
+class ShardsDoNotFit(IntegrityError):
+    """Intact shards that still do not rebuild the fragment the sizes describe."""
+
+
+# --------------------------------------------------------------- one restorer
+
+@dataclass(frozen=True)
+class Layout:
+    """How a public fragment was placed: one replica suffices, or any k of n shards."""
+
+    mode: str  # replicate | erasure
+    puf_len: int
+    k: int = 1
+    n: int = 1
+    block: int = 0
+
+    @property
+    def need(self) -> int:
+        return self.k if self.mode == "erasure" else 1
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One public object a source can fetch: where the fragment lies inside it."""
+
+    shard: int | None
+    offset: int
+    length: int
+    handle: Any  # the source's own reference (an object row, a link)
+
+
+class ObjectSource(Protocol):
+    """Somewhere public objects come from, each checked for its digest as it arrives."""
+
+    def pieces(self) -> list[Piece]:
+        """Every object of the fragment, best first."""
+
+    def fetch(self, piece: Piece, dest: Path) -> bool:
+        """Download `piece` intact into `dest`; False (reason kept by the source) if not."""
+
+
+def gather(source: ObjectSource, need: int, tmp: Path,
+           exclude: int | None = None) -> dict[int, tuple[Path, Piece]]:
+    """Intact objects (shard number, or copy number for replicas) until `need` are had."""
+    good: dict[int, tuple[Path, Piece]] = {}
+    for i, piece in enumerate(source.pieces()):
+        if len(good) == need:
+            break
+        key = piece.shard if piece.shard is not None else i
+        if key == exclude or key in good:
+            continue
+        path = tmp / f"obj-{i}"
+        if source.fetch(piece, path):
+            good[key] = (path, piece)
+    return good
+
+
+def _extract(path: Path, piece: Piece, dest: Path) -> None:
+    """The fragment bytes [offset, offset + length) of a downloaded object (drops padding)."""
+    if piece.offset == 0:
+        os.replace(path, dest)
+        os.truncate(dest, piece.length)
+        return
+    with open(path, "rb") as src, open(dest, "wb") as fo:
+        src.seek(piece.offset)
+        left = piece.length
+        while left:
+            block = src.read(min(left, 1 << 20))
+            if not block:
+                raise ShardsDoNotFit("an object is shorter than the fragment it should hold")
+            fo.write(block)
+            left -= len(block)
+
+
+def rebuild_public(source: ObjectSource, layout: Layout, tmp: Path) -> tuple[Path, int] | int:
+    """The verified public fragment as (file, objects used), or the number of intact
+    objects found when fewer than needed were (the caller says why, in its own terms)."""
+    good = gather(source, layout.need, tmp)
+    if len(good) < layout.need:
+        return len(good)
+    out = tmp / "puf"
+    if layout.mode != "erasure":
+        path, piece = next(iter(good.values()))
+        _extract(path, piece, out)
+        return out, len(good)
+    readers = {}
+    try:
+        for shard, (path, piece) in good.items():
+            part = tmp / f"shard-{shard}"
+            _extract(path, piece, part)
+            readers[shard] = open(part, "rb")
+        with open(out, "wb") as fo:
+            try:
+                decode_shards(layout.puf_len, layout.k, layout.n, layout.block, readers, fo)
+            except ValueError as exc:
+                raise ShardsDoNotFit(f"the shards do not fit the recorded sizes ({exc})") from None
+    finally:
+        for r in readers.values():
+            r.close()
+    return out, len(good)
+
+
+class StoreSource:
+    """A file's public objects on the configured stores, failing stores tried last."""
+
+    def __init__(self, v: Vault, f: FileRow, errors: list[str], progress: Progress | None = None,
+                 states: tuple[str, ...] | None = None) -> None:
+        self.v, self.f, self.errors, self.progress, self.states = v, f, errors, progress, states
+
+    def pieces(self) -> list[Piece]:
+        objs = self.v.db.objects(self.f.file_id, role="public", states=self.states)
+        return [Piece(o.shard, o.offset, o.length, o) for o in _order(self.v, objs)]
+
+    def fetch(self, piece: Piece, dest: Path) -> bool:
+        return _try_fetch(self.v, piece.handle, dest, self.errors, self.progress)
+
+
+def layout_of(f: FileRow) -> Layout:
+    if f.public_mode == "erasure":
+        return Layout("erasure", f.puf_len, f.k, f.n, f.block)
+    return Layout("replicate", f.puf_len)
 
 
 def fetch_object(v: Vault, obj: ObjectRow, dest: BinaryIO,
@@ -109,27 +235,13 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
 def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """A verified public fragment file (replica, or rebuilt from any k shards)."""
     errors: list[str] = []
+    got = rebuild_public(StoreSource(v, f, errors, progress), layout_of(f), tmp)
+    if isinstance(got, tuple):
+        return got[0]
     if f.public_mode != "erasure":
-        got = first_intact(v, v.db.objects(f.file_id, role="public"), tmp, "puf", errors,
-                           progress)
-        if got:
-            obj, path = got
-            os.truncate(path, obj.length)  # drop the size padding
-            return path
         raise Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
-    good = gather_shards(v, f, tmp, errors, progress)
-    if len(good) < f.k:
-        raise Unrestorable(f"file {f.file_id}: only {len(good)} of the {f.k} shards needed are "
-                           f"intact ({'; '.join(errors)})")
-    out = tmp / "puf"
-    readers = {i: open(p, "rb") for i, p in good.items()}
-    try:
-        with open(out, "wb") as fo:
-            decode_shards(f.puf_len, f.k, f.n, f.block, readers, fo)
-    finally:
-        for r in readers.values():
-            r.close()
-    return out
+    raise Unrestorable(f"file {f.file_id}: only {got} of the {f.k} shards needed are "
+                       f"intact ({'; '.join(errors)})")
 
 
 def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
@@ -137,16 +249,8 @@ def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
                   states: tuple[str, ...] | None = None) -> dict[int, Path]:
     """Download intact shards (shard number -> file) until k are had or none are left
     (of those in `states`, when given)."""
-    good: dict[int, Path] = {}
-    for obj in _order(v, v.db.objects(f.file_id, role="public", states=states)):
-        if len(good) == f.k:
-            break
-        if obj.shard == exclude:
-            continue
-        path = tmp / f"shard-{obj.shard}"
-        if _try_fetch(v, obj, path, errors, progress):
-            good[obj.shard] = path
-    return good
+    good = gather(StoreSource(v, f, errors, progress, states), f.k, tmp, exclude)
+    return {shard: path for shard, (path, _) in good.items()}
 
 
 def decode_to(v: Vault, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:

@@ -658,6 +658,8 @@ def test_standing_grant_gives_the_doctor_a_bundle_for_each_new_file(tmp_path):
                         recipients=[{"name": "dr-lee", "role": "doctor", "public_key": pub}],
                         grants=[{"recipient": "dr-lee", "outbox": str(tmp_path / "outbox"),
                                  "expires": "1h"}])
+    # the doctor pins the patient's device once (bundles are signed by it)
+    cli(None, "trust", "patient", cli_json(cfg, "identity")["sender_key"], "-i", str(key))
     originals = {p.name: p.read_bytes() for p in real_files()[3:6]}
     d = DaemonProc(cfg, tmp_path / "daemon.log").start()
     try:

@@ -21,6 +21,7 @@ import yaml
 
 from backends import open_store
 from dispersiond import share
+from dispersiond.share import device
 from dispersiond.config import load_config
 from dispersiond.identity import Identity, IdentityError, decode_public, load_identity
 from dispersiond.share import (BundleFormatError, BundleTampered, LinkExpired, ObjectGone,
@@ -64,9 +65,18 @@ def doctor(tmp_path: Path) -> tuple[Path, str]:
     return key, keygen(key)
 
 
+def trust_device(cfg: Path, doctor) -> str:
+    """What a doctor does once per patient device: pin the key its owner gives them."""
+    key = cli_json(cfg, "identity")["sender_key"]
+    name = "patient-" + hashlib.sha256(str(cfg).encode()).hexdigest()[:8]
+    cli(None, "trust", name, key, "--identity", str(doctor[0]))
+    return name
+
+
 def local_setup(tmp_path: Path, doctor, mode: str = "replicate", **extra) -> Path:
     cfg = local_config(tmp_path, mode, **extra)
     add_to_config(cfg, recipients=[{"name": "dr-lee", "role": "doctor", "public_key": doctor[1]}])
+    trust_device(cfg, doctor)
     return cfg
 
 
@@ -76,9 +86,10 @@ def cloud_setup(tmp_path: Path, make_store_settings, doctor, public: dict,
               for name, kind in kinds]
     stores.append({"name": "vault", "type": "local", "trust": "trusted",
                    "path": str(tmp_path / "vault")})
-    return write_config(tmp_path, stores, public, {"min_trust": "trusted", "stores": ["vault"]},
-                        recipients=[{"name": "dr-lee", "role": "doctor",
-                                     "public_key": doctor[1]}])
+    cfg = write_config(tmp_path, stores, public, {"min_trust": "trusted", "stores": ["vault"]},
+                       recipients=[{"name": "dr-lee", "role": "doctor", "public_key": doctor[1]}])
+    trust_device(cfg, doctor)
+    return cfg
 
 
 def store_of(cfg: Path, name: str):
@@ -382,8 +393,10 @@ def test_bundle_for_one_file_never_opens_another_files_objects(tmp_path: Path, d
     # pairing check names the mix-up
     pa, pb = _payload(ba, doctor), _payload(bb, doctor)
     mixed = {**pa, "objects": pb["objects"], "puf_len": pb["puf_len"], "public": pb["public"]}
+    with open_vault(load_config(cfg)) as v:  # made wrongly by the device itself: signed
+        signer = device.load(v.root, v.key)
     (tmp_path / "mixed.dspshare").write_bytes(
-        share.seal(dumps(mixed).encode(), ident.public_bytes) + _private_part(ba))
+        share.seal_signed(dumps(mixed).encode(), ident.public_bytes, signer) + _private_part(ba))
     with pytest.raises(ObjectMismatch, match="belong to a different file"):
         open_bundle(tmp_path / "mixed.dspshare", ident, tmp_path / "mixed.out")
     assert not (tmp_path / "mixed.out").exists()

@@ -17,7 +17,11 @@ def register(sub) -> None:
     add_config(p)
     p.add_argument("ref", metavar="ID|NAME")
     p.add_argument("--keep-public", action="store_true",
-                   help="leave the (now undecipherable) public objects in place")
+                   help="leave the (now undecipherable) public objects in place. An "
+                        "earlier share bundle carries its own copy of the private "
+                        "container, so it still opens the file until its links expire: "
+                        "without this flag forget deletes the public objects and so "
+                        "revokes every bundle")
     add_json(p)
     p.set_defaults(func=_run)
 

@@ -1,4 +1,5 @@
-"""`dispersiond init`: a working starter configuration and a fresh master key."""
+"""`dispersiond init`: a working starter configuration, a fresh master key and the
+device's signing key for share bundles."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,16 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def _sender_key(cfg_path: Path, master: bytes):
+    """The device's signing key, made with the state directory (share/device.py)."""
+    from ..config import load_config
+    from ..share import device
+
+    cfg = load_config(cfg_path)
+    cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return device.load_or_create(cfg.state_path, master)
+
+
 def _run(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -65,20 +76,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.passphrase:
         phrase = ask_passphrase(confirm=True, min_len=12)
         salt = os.urandom(16)
-        kid = key_id(derive_key(phrase.encode(), salt))
+        master = derive_key(phrase.encode(), salt)
         key = (f"  passphrase_env: DISPERSIOND_PASSPHRASE   # set it in the service environment\n"
                f"  kdf: argon2id\n  salt: {salt.hex()}")
     else:
         kpath = root / "master.key"
         if kpath.exists():
             raise DispersiondError(f"{kpath} already exists; init never overwrites a key")
-        kid = key_id(write_key_file(kpath))
+        master = write_key_file(kpath)
         key = "  file: master.key          # 32 random bytes, mode 0600: back it up offline!"
     with atomic_output(cfg_path, overwrite=False, mode=0o644) as f:
         f.write(TEMPLATE.format(key=key).encode())
     for sub in ("inbox", "stores"):
         (root / sub).mkdir(exist_ok=True)
-    print(f"wrote {cfg_path} (master key id {kid})")
+    sender = _sender_key(cfg_path, master)
+    print(f"wrote {cfg_path} (master key id {key_id(master)})")
+    print(f"this device signs its shares as {sender.public} (fingerprint "
+          f"{sender.fingerprint}): give it to recipients ('dispersiond identity' prints it)")
     print("keep a copy of the key (or passphrase) and the config somewhere safe: with them, "
           "'dispersiond recover' rebuilds everything on a new device")
     return 0

@@ -18,7 +18,9 @@ def register(sub) -> None:
                                    "URL, Azure SAS; a file:// path for local stores). The "
                                    "bundle opens this one file and nothing else; no file name "
                                    "is included unless --with-name. Refused for recipients "
-                                   "not in the config. Every share and refusal is audited.")
+                                   "not in the config. Every share and refusal is audited. "
+                                   "The bundle is signed with this device's key (see "
+                                   "'dispersiond identity'), which the recipient pins.")
     add_config(p)
     p.add_argument("ref", metavar="ID|NAME", help="file id (or its first 6+ digits) or name")
     p.add_argument("--to", required=True, metavar="RECIPIENT",
@@ -44,5 +46,6 @@ def _run(args: argparse.Namespace) -> int:
         emit_json(res.as_dict())
     else:
         print(f"shared {res.file_id} with {res.recipient}: {res.path} ({res.links} links, "
-              f"valid until {res.as_dict()['expires']})")
+              f"valid until {res.as_dict()['expires']}; signed by this device, fingerprint "
+              f"{res.sender_fingerprint})")
     return 0

@@ -30,7 +30,7 @@ import yaml
 
 from .. import digests
 from ..errors import DispersiondError
-from ..state import peek
+from ..state import peek_done
 
 SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
 WORKERS = 8
@@ -210,7 +210,7 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
         db = root / "state" / "state.db"
-        while peek(db, "SELECT COUNT(*) FROM files WHERE state='done'") < len(files):
+        while peek_done(db) < len(files):
             if proc.poll() is not None:
                 raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
                                        f"{root / 'daemon.log'}")
