@@ -208,7 +208,7 @@ def encode_stream(scheme: str, key: bytes, src: BinaryIO, size: int, puf_out: Bi
     version=1 is for vectors and compatibility tests only."""
     _check_scheme(scheme)
     if scheme == "se2" and version == 2:
-        se2.key_id(key)  # checks the key before anything is read
+        se2.check_key(key)  # before anything is read
         prep = prepare(src, size, head_len=head_len, file_id=file_id, chunk_log2=chunk_log2,
                        compression=compression, digest_alg=digest_alg, spool_dir=spool_dir,
                        progress=progress)

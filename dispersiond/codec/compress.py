@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
@@ -27,7 +28,7 @@ DIGEST_NAMES = {v: k for k, v in DIGEST_IDS.items()}
 DEFAULT_LEVEL = 3
 MAX_LEVEL = 19  # 20..22 need windows of up to 128 MiB on the decoder; refused
 MAX_WINDOW = 1 << 24  # what a decoder accepts: level 19 needs 8 MiB
-TRIAL = 64 << 10  # bytes compressed per trial sample
+TRIAL = 16 << 10  # bytes compressed per trial sample
 TRIAL_LEVEL = 1
 PAYS = 0.90  # compress when a trial shrinks to at most this share of its input
 BLOCK = 1 << 20  # read size of the streaming passes
@@ -77,14 +78,26 @@ def known_compressed(start: bytes) -> bool:
     return start.startswith(_COMPRESSED_MAGIC) or start[4:8] == b"ftyp"
 
 
+_local = threading.local()
+
+
+def _trial_compressor() -> zstandard.ZstdCompressor:
+    """One per thread (a compressor is not thread-safe), kept: its first use allocates
+    the context, which would cost more than the trial itself."""
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=TRIAL_LEVEL, write_content_size=False,
+                                                   write_checksum=False)
+    return c
+
+
 def trial_pays(samples: list[bytes]) -> bool:
-    """A fast zstd pass over a few samples: do they shrink enough to be worth it?"""
-    raw = sum(len(s) for s in samples)
-    if raw == 0:
+    """A fast zstd pass over a few samples: does each shrink enough to be worth it? The
+    first that does not ends the trial (incompressible data costs one 16 KiB sample)."""
+    if not any(samples):
         return False
-    cctx = zstandard.ZstdCompressor(level=TRIAL_LEVEL, write_content_size=False,
-                                    write_checksum=False)
-    return sum(len(cctx.compress(s)) for s in samples) <= PAYS * raw
+    cctx = _trial_compressor()
+    return all(len(cctx.compress(s)) <= PAYS * len(s) for s in samples if s)
 
 
 def read_samples(src: BinaryIO, start: int, length: int) -> list[bytes]:

@@ -51,7 +51,7 @@ def _hkdf(ikm: bytes, info: bytes) -> bytes:
 
 def key_id(master_key: bytes) -> bytes:
     """8-byte public fingerprint of a master key: tells a wrong key from tampering."""
-    _check_key(master_key)
+    check_key(master_key)
     return _hkdf(master_key, b"dispersiond se2 v1 key-id")[:8]
 
 
@@ -59,7 +59,8 @@ def _wrap_key(master_key: bytes) -> bytes:
     return _hkdf(master_key, b"dispersiond se2 v1 wrap")
 
 
-def _check_key(master_key: bytes) -> None:
+def check_key(master_key: bytes) -> None:
+    """A master key of the wrong type or length is a usage error, said before any work."""
     if not isinstance(master_key, (bytes, bytearray)) or len(master_key) != KEY_LEN:
         raise ValueError(f"se2 needs a {KEY_LEN}-byte master key")
 
@@ -230,7 +231,7 @@ class Se2Encoder:
                  chunk_log2: int = DEFAULT_CHUNK_LOG2, meta: Meta | None = None) -> None:
         """`meta` given: a version 2 container (it seals `meta`; `file_id`, if given,
         replaces meta's), else version 1 (the file id in clear in both headers)."""
-        _check_key(master_key)
+        check_key(master_key)
         if not MIN_CHUNK_LOG2 <= chunk_log2 <= MAX_CHUNK_LOG2:
             raise ValueError(f"chunk_log2 must be in {MIN_CHUNK_LOG2}..{MAX_CHUNK_LOG2}")
         if len(head) > MAX_HEAD:
@@ -432,7 +433,7 @@ class Se2Decoder:
     """Streaming decoder, the mirror of Se2Encoder. Raises before releasing any bad chunk."""
 
     def __init__(self, master_key: bytes, prf_header: bytes, puf_header: bytes) -> None:
-        _check_key(master_key)
+        check_key(master_key)
         self.header = h = PrfHeader.parse(prf_header)
         secret = h.unwrap(master_key)
         self.layout = h.layout
