@@ -117,8 +117,9 @@ def prepare(src: BinaryIO, size: int, *, head_len: int = 0, file_id: bytes | Non
     if policy.mode != "off" and plain > 0:
         from ..formats import head_says_compressed  # (formats imports the codec)
 
-        samples = compress.read_samples(src, head_len, plain)
-        if compress.should_compress(policy, head_says_compressed(head), samples):
+        skip = policy.mode == "auto" and head_says_compressed(head)
+        samples = [] if skip else compress.read_samples(src, head_len, plain)
+        if not skip and compress.should_compress(policy, False, samples):
             prep, digest = _compressed(src, watch, head, plain, policy, hasher, digest_alg,
                                        spool_dir, chunk_log2, file_id)
             if prep is not None:
