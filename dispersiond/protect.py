@@ -37,28 +37,6 @@ import logging
 Feeds = dict[str, "Tap | list[Pipe]"]  # staged file name -> what its uploads read from
 
 
-class HashingReader:
-    """Reads through while hashing, so the original's digest costs no second pass."""
-
-    def __init__(self, f: BinaryIO, alg: str, progress: Progress | None = None) -> None:
-        self.f, self.h, self.progress = f, digests.new(alg), progress
-
-    def readinto(self, buf) -> int:
-        n = self.f.readinto(buf)
-        if n:
-            self.h.update(memoryview(buf)[:n])
-            if self.progress:
-                self.progress(n)
-        return n
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        if self.progress and data:
-            self.progress(len(data))
-        return data
-
-
 class Throttle:
     """A token bucket shared by all uploads: caps the average bytes per second.
 

@@ -156,9 +156,10 @@ class Spool:
         self.f.close()
 
 
-def compress_into(src: BinaryIO, length: int, out, level: int,
+def compress_into(src: BinaryIO, length: int, out: Spool, level: int,
                   on_read: Callable[[memoryview], None]) -> int:
-    """Compress exactly `length` bytes of src into out (streaming); returns bytes written.
+    """Compress exactly `length` bytes of src into the spool (streaming); returns the
+    compressed length.
 
     `on_read` sees every input block (hashing, progress)."""
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=False)
@@ -174,7 +175,7 @@ def compress_into(src: BinaryIO, length: int, out, level: int,
             on_read(view[:n])
             w.write(view[:n])
             left -= n
-    return out.n if isinstance(out, Spool) else 0
+    return out.n
 
 
 class Inflater:
