@@ -17,6 +17,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
                       field_validator, model_validator)
 
+from .codec import compress
 from .errors import ConfigError
 from .units import parse_duration, parse_size
 
@@ -240,6 +241,10 @@ class Config(_Strict):
     public: PublicPolicy
     private: PrivatePolicy
     dicom_header: bool = True
+    # Compression before selective encryption (docs/FORMAT.md 2.4): off, auto (zstd level 3
+    # when a quick trial says it pays) or zstd:LEVEL (1..19). One encode feeds every store,
+    # so it is a setting of the file, not of a store.
+    compression: str = "auto"
     after: Literal["keep", "delete", "move"] = "keep"
     after_move_to: str | None = None
     stable_seconds: float = Field(default=5.0, ge=0)
@@ -285,6 +290,10 @@ class Config(_Strict):
         if self.after == "move" and not self.after_move_to:
             raise ValueError("after: move needs 'after_move_to'")
         parse_size(self.min_free_space)
+        try:
+            compress.Policy.parse(self.compression)
+        except ValueError as exc:
+            raise ValueError(f"compression: {exc}") from None
         rnames = [r.name for r in self.recipients]
         for g in self.grants:
             if g.recipient not in rnames:

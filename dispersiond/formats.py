@@ -2,7 +2,8 @@
 
 Only DICOM is split by default: its 128-byte preamble, "DICM" and the group 0002
 file meta elements. Parsed by hand (a few bytes of explicit-VR little endian) so
-the core needs no DICOM library; anything unexpected means "no header".
+the core needs no DICOM library; anything unexpected means "no header". The same
+header tells the compression trial when the pixel data is compressed already.
 """
 from __future__ import annotations
 
@@ -13,6 +14,49 @@ from .codec.se2 import MAX_HEAD
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
 PROBE = 64 * 1024  # bytes to read from the start of a file to find its header
+# Transfer syntaxes whose pixel data is stored as it is (implicit VR, explicit VR little
+# and big endian); every other one (JPEG, JPEG-LS, JPEG 2000, RLE, MPEG, HEVC, deflate,
+# HTJ2K, ...) is encapsulated, compressed data.
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def _meta_elements(data: bytes):
+    """(group, element, value) of each group 0002 element, in order; stops at the end."""
+    pos = 132
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            return
+        vr = data[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                return
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if length == 0xFFFFFFFF:
+            return
+        yield group, elem, data[start: start + length]
+        pos = start + length
+
+
+def dicom_transfer_syntax(head: bytes) -> str | None:
+    """The transfer syntax UID of a DICOM Part 10 header, or None."""
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    for _group, elem, value in _meta_elements(head):
+        if elem == 0x0010:
+            return value.rstrip(b"\x00 ").decode("ascii", "replace")
+    return None
+
+
+def head_says_compressed(head: bytes) -> bool:
+    """Does the format header say the content is compressed already (so that a
+    compression trial is not worth its time)?"""
+    ts = dicom_transfer_syntax(head)
+    return ts is not None and ts not in NATIVE_SYNTAXES
 
 
 def dicom_head_len(data: bytes) -> int:

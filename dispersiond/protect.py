@@ -37,28 +37,6 @@ import logging
 Feeds = dict[str, "Tap | list[Pipe]"]  # staged file name -> what its uploads read from
 
 
-class HashingReader:
-    """Reads through while hashing, so the original's digest costs no second pass."""
-
-    def __init__(self, f: BinaryIO, alg: str, progress: Progress | None = None) -> None:
-        self.f, self.h, self.progress = f, digests.new(alg), progress
-
-    def readinto(self, buf) -> int:
-        n = self.f.readinto(buf)
-        if n:
-            self.h.update(memoryview(buf)[:n])
-            if self.progress:
-                self.progress(n)
-        return n
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        if self.progress and data:
-            self.progress(len(data))
-        return data
-
-
 class Throttle:
     """A token bucket shared by all uploads: caps the average bytes per second.
 
@@ -198,13 +176,15 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     size = os.fstat(src.fileno()).st_size
     hl = head_len(src.read(PROBE), size, cfg.dicom_header)
     src.seek(0)
-    layout = se2.Layout(se2.DEFAULT_CHUNK_LOG2, size - hl, hl)
-    feeds = on_layout(layout) if on_layout else {}
     alg = cfg.digest
-    reader = HashingReader(src, alg, progress)
+    # compression (if it pays) runs first, so the sizes are known before any byte is written
+    prep = codec.prepare(src, size, head_len=hl, compression=cfg.compression, digest_alg=alg,
+                         spool_dir=stage_dir, progress=progress)
+    layout = prep.layout
     names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
     outs: list[HashingWriter] = []
     try:
+        feeds = on_layout(layout) if on_layout else {}
         for name in names:
             feed = feeds.get(name)
             outs.append(PipeWriter(feed, alg) if isinstance(feed, list)
@@ -214,13 +194,14 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
         with atomic_output(prf_path) as prf_file:
             prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
             prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
-            enc = codec.encode_stream("se2", v.key, reader, size, sink, prf, head_len=hl)
+            enc = codec.write(prep, v.key, sink, prf)
         if pol.mode == "erasure":
             sink.close()
         for o in outs:
             o.pad_random(padded(o.n, pol.pad))
             o.sync()
     finally:
+        prep.close()
         for o in outs:
             o.close()
     fsync_dir(stage_dir)
@@ -230,7 +211,7 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
     for w in writers.values():
         if w.tap:
             w.tap.finish()
-    return Staged(layout, size, alg, reader.h.hexdigest(),
+    return Staged(layout, size, alg, enc.digest,
                   {**{name: stage_dir / name for name in names}, "prf": prf_path},
                   {name: w.hexdigest() for name, w in writers.items()})
 

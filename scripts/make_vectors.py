@@ -72,8 +72,51 @@ def se2_vector(content_len: int) -> dict:
         "puf_sha256": hashlib.sha256(puf).hexdigest(), "prf_sha256": hashlib.sha256(prf).hexdigest(),
     }
 
+def se2_v2_vector(content_len: int, compressed: bool = False) -> dict:
+    """A version 2 pair (same keys as above). Compressed: the content is a zstd frame of
+    the original, made here and stored in the vector (zstd builds may differ in bytes)."""
+    import blake3
+    import zstandard
+
+    mk = bytes(range(0x40, 0x60))
+    secret = bytes(range(0x80, 0xA0))
+    wrap_nonce = bytes(range(0xC0, 0xCC))
+    file_id = bytes(range(0xE0, 0xF0))
+    head = b"DICM-HEAD"
+    original = pattern(content_len, 5) if not compressed else b"OBX|1|NM|8480-6||142|mm[Hg]\r" * 40
+    content = zstandard.ZstdCompressor(level=3).compress(original) if compressed else original
+    meta = se2.Meta(file_id, 1 if compressed else 0, 1 if compressed else 0, len(original))
+    enc = se2.Se2Encoder(mk, len(content), head, secret=secret, wrap_nonce=wrap_nonce,
+                         chunk_log2=10, meta=meta)
+    puf, prf = bytearray(enc.puf_header), bytearray(enc.prf_header)
+    off = 0
+    for n in enc.chunk_units():
+        p, s = enc.encode_chunk(n, src=content[off: off + 32 * n])
+        puf += bytes(p)
+        prf += s
+        off += 32 * n
+    digest = blake3.blake3(head + original).digest() if compressed else b""
+    prf += enc.finish(content[off:], digest)
+    return {"scheme": "se2", "version": 2, "master_key": mk.hex(), "secret": secret.hex(),
+            "wrap_nonce": wrap_nonce.hex(), "file_id": file_id.hex(), "chunk_log2": 10,
+            "head": head.hex(), "original": original.hex(), "content": content.hex(),
+            "pair": se2.pair_tag(secret).hex(), "puf": bytes(puf).hex(), "prf": bytes(prf).hex(),
+            "puf_sha256": hashlib.sha256(puf).hexdigest(),
+            "prf_sha256": hashlib.sha256(prf).hexdigest()}
+
+
+def v2_vectors() -> dict:
+    return {"se2-v2": se2_v2_vector(100), "se2-v2-multichunk": se2_v2_vector(2 * 1024 + 107),
+            "se2-v2-zstd": se2_v2_vector(0, compressed=True)}
+
+
 
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["v2"]:  # tests/vectors-v2.json
+        print(json.dumps(v2_vectors(), indent=1))
+        raise SystemExit
     # "se2": one chunk, small enough to print in full; "se2-multichunk": 3 chunks + tail.
     print(json.dumps({"paper-v1": paper_v1_vector(), "se2": se2_vector(100),
                       "se2-multichunk": se2_vector(2 * 1024 + 100 + 7)}, indent=1))

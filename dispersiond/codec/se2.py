@@ -5,6 +5,7 @@ only when the caller does not pass it (test vectors pass it).
 """
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import struct
@@ -24,7 +25,8 @@ from .split import UNIT, SplitBuffers, merge_swap, split_swap
 
 PRF_MAGIC = b"DSPR"
 PUF_MAGIC = b"DSPU"
-VERSION = 1
+VERSION = 2  # what the codec's writers produce; version 1 is still read (and written for vectors)
+VERSIONS = (1, 2)
 SCHEME_ID = 2
 KEY_LEN = 32
 TAG = 16
@@ -37,6 +39,10 @@ BIND_LEN = BIND.size  # 36
 PRF_HEADER_LEN = BIND_LEN + 8 + 12 + KEY_LEN + TAG  # 104
 PUF_HEADER = struct.Struct(">4sBBBB16sQ")  # magic version scheme chunk_log2 flags file_id content_len
 PUF_HEADER_LEN = PUF_HEADER.size  # 32
+PUF_HEADER_V2 = struct.Struct(">4sBBBB24s")  # magic version scheme chunk_log2 flags pair
+META = struct.Struct(">16sBB6xQ")  # version 2, segment 1: file_id codec digest_alg plain_len
+META_LEN = META.size  # 32
+DIGEST_LEN = 32  # version 2, compressed content: digest of the original in the last segment
 
 
 def _hkdf(ikm: bytes, info: bytes) -> bytes:
@@ -45,7 +51,7 @@ def _hkdf(ikm: bytes, info: bytes) -> bytes:
 
 def key_id(master_key: bytes) -> bytes:
     """8-byte public fingerprint of a master key: tells a wrong key from tampering."""
-    _check_key(master_key)
+    check_key(master_key)
     return _hkdf(master_key, b"dispersiond se2 v1 key-id")[:8]
 
 
@@ -53,7 +59,8 @@ def _wrap_key(master_key: bytes) -> bytes:
     return _hkdf(master_key, b"dispersiond se2 v1 wrap")
 
 
-def _check_key(master_key: bytes) -> None:
+def check_key(master_key: bytes) -> None:
+    """A master key of the wrong type or length is a usage error, said before any work."""
     if not isinstance(master_key, (bytes, bytearray)) or len(master_key) != KEY_LEN:
         raise ValueError(f"se2 needs a {KEY_LEN}-byte master key")
 
@@ -65,6 +72,8 @@ class Layout:
     chunk_log2: int
     content_len: int
     head_len: int
+    version: int = VERSION
+    trailer_len: int = 0  # version 2: digest bytes after the tail in the final segment
 
     @property
     def units(self) -> int:
@@ -95,8 +104,48 @@ class Layout:
 
     @property
     def prf_len(self) -> int:
-        return (PRF_HEADER_LEN + self.head_len + TAG + 4 * self.units + TAG * self.chunks
-                + self.tail_len + TAG)
+        meta = META_LEN + TAG if self.version >= 2 else 0
+        return (PRF_HEADER_LEN + self.head_len + TAG + meta + 4 * self.units
+                + TAG * self.chunks + self.tail_len + self.trailer_len + TAG)
+
+    @property
+    def first_chunk_segment(self) -> int:
+        """Index of chunk 0's segment: after the head (and, in version 2, the metadata)."""
+        return 2 if self.version >= 2 else 1
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a version 2 container seals about the original (segment 1)."""
+
+    file_id: bytes = bytes(16)
+    codec: int = 0  # 0: content is the original; 1: content is a zstd frame of it
+    digest_alg: int = 0  # 0 with codec 0; else the digest in the last segment (1 blake3, 2 sha256)
+    plain_len: int = 0  # bytes of the original after the head
+
+    def pack(self) -> bytes:
+        return META.pack(self.file_id, self.codec, self.digest_alg, self.plain_len)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Meta":
+        if len(data) != META_LEN or any(data[18:24]):
+            raise IntegrityError("private container metadata is malformed")
+        fid, codec, alg, plain = META.unpack(data)
+        m = cls(fid, codec, alg, plain)
+        if codec not in (0, 1) or (codec == 0) != (alg == 0):
+            raise FormatError(f"private container uses codec {codec} / digest {alg}, which "
+                              "this build does not read: upgrade dispersiond")
+        return m
+
+    @property
+    def trailer_len(self) -> int:
+        return DIGEST_LEN if self.codec else 0
+
+
+def pair_tag(secret: bytes) -> bytes:
+    """The version 2 public header's pairing value: random to anyone without s, so it
+    links the fragment to nothing, yet lets the decoder tell mixed-up files apart."""
+    return _hkdf(secret, b"dispersiond se2 v2 pair")[:24]
 
 
 _ZERO_NONCE = bytes(12)
@@ -179,31 +228,46 @@ class Se2Encoder:
     def __init__(self, master_key: bytes, content_len: int, head: bytes = b"", *,
                  file_id: bytes | None = None, secret: bytes | None = None,
                  wrap_nonce: bytes | None = None,
-                 chunk_log2: int = DEFAULT_CHUNK_LOG2) -> None:
-        _check_key(master_key)
+                 chunk_log2: int = DEFAULT_CHUNK_LOG2, meta: Meta | None = None) -> None:
+        """`meta` given: a version 2 container (it seals `meta`; `file_id`, if given,
+        replaces meta's), else version 1 (the file id in clear in both headers)."""
+        check_key(master_key)
         if not MIN_CHUNK_LOG2 <= chunk_log2 <= MAX_CHUNK_LOG2:
             raise ValueError(f"chunk_log2 must be in {MIN_CHUNK_LOG2}..{MAX_CHUNK_LOG2}")
         if len(head) > MAX_HEAD:
             raise ValueError(f"format header longer than {MAX_HEAD} bytes")
         if content_len < 0:
             raise ValueError("content length must be >= 0")
-        self.file_id = file_id if file_id is not None else os.urandom(16)
+        self.file_id = file_id if file_id is not None else (
+            meta.file_id if meta is not None else os.urandom(16))
         if len(self.file_id) != 16:
             raise ValueError("file_id must be 16 bytes")
         secret = secret if secret is not None else os.urandom(KEY_LEN)
         wrap_nonce = wrap_nonce if wrap_nonce is not None else os.urandom(12)
-        self.layout = Layout(chunk_log2, content_len, len(head))
-        bind = BIND.pack(PRF_MAGIC, VERSION, SCHEME_ID, chunk_log2, 0, self.file_id,
-                         content_len, len(head))
+        version = 1 if meta is None else 2
+        self.layout = Layout(chunk_log2, content_len, len(head), version,
+                             meta.trailer_len if meta else 0)
+        if meta is not None and meta.codec == 0 and meta.plain_len != content_len:
+            raise ValueError("uncompressed content: plain_len must equal the content length")
+        # version 2 keeps the file id out of every clear header (sealed in segment 1)
+        bind = BIND.pack(PRF_MAGIC, version, SCHEME_ID, chunk_log2, 0,
+                         self.file_id if version == 1 else bytes(16), content_len, len(head))
         kid = key_id(master_key)
         wrapped = AESGCM(_wrap_key(master_key)).encrypt(wrap_nonce, secret, bind + kid)
         self.keys = _Keys(secret, bind)
         self._c = _Chunker(self.layout, self.keys)
         self.work = self._c.work
-        self.puf_header = PUF_HEADER.pack(PUF_MAGIC, VERSION, SCHEME_ID, chunk_log2, 0,
-                                          self.file_id, content_len)
+        if version == 1:
+            self.puf_header = PUF_HEADER.pack(PUF_MAGIC, 1, SCHEME_ID, chunk_log2, 0,
+                                              self.file_id, content_len)
+        else:  # no length and no id in clear: only what every fragment of this build shows
+            self.puf_header = PUF_HEADER_V2.pack(PUF_MAGIC, 2, SCHEME_ID, chunk_log2, 0,
+                                                 pair_tag(secret))
         seg0 = self.keys.seg.encrypt(_Keys.nonce(0, False), head, bind)
         self.prf_header = bind + kid + wrap_nonce + wrapped + seg0
+        if meta is not None:
+            m = dataclasses.replace(meta, file_id=self.file_id).pack()
+            self.prf_header += self.keys.seg.encrypt(_Keys.nonce(1, False), m, bind)
 
     def chunk_units(self) -> Iterator[int]:
         return self.layout.chunk_units()
@@ -283,20 +347,25 @@ class Se2Encoder:
         c = self._c
         keys = self.keys
         # Seal the private words; their tag keys the public pad.
-        keys.seg.encrypt_into(_Keys.nonce(c.chunk + 1, False), seg[: 4 * n], keys.bind,
+        keys.seg.encrypt_into(_Keys.nonce(c.chunk + self.layout.first_chunk_segment, False),
+                              seg[: 4 * n], keys.bind,
                               seg[: 4 * n + TAG])
         pad = AESGCM(keys.pad_key(c.chunk, seg[4 * n: 4 * n + TAG]))
         pad.encrypt_into(_ZERO_NONCE, pub[: 28 * n], self.puf_header, pub[: 28 * n + TAG])
         c.chunk += 1
 
-    def finish(self, tail: bytes) -> bytes:
-        """The final private segment: the content's last (< 32) bytes."""
-        if len(tail) != self.layout.tail_len:
-            raise ValueError(f"tail must be {self.layout.tail_len} bytes")
-        if self._c.chunk != self.layout.chunks:
+    def finish(self, tail: bytes, digest: bytes = b"") -> bytes:
+        """The final private segment: the content's last (< 32) bytes, and in version 2
+        with compressed content the original's digest."""
+        lay = self.layout
+        if len(tail) != lay.tail_len:
+            raise ValueError(f"tail must be {lay.tail_len} bytes")
+        if len(digest) != lay.trailer_len:
+            raise ValueError(f"digest must be {lay.trailer_len} bytes")
+        if self._c.chunk != lay.chunks:
             raise ValueError("finish() before every chunk was encoded")
-        return self.keys.seg.encrypt(_Keys.nonce(self.layout.chunks + 1, True), tail,
-                                     self.keys.bind)
+        return self.keys.seg.encrypt(_Keys.nonce(lay.chunks + lay.first_chunk_segment, True),
+                                     bytes(tail) + bytes(digest), self.keys.bind)
 
 
 @dataclass(frozen=True)
@@ -318,14 +387,17 @@ class PrfHeader:
             data[:BIND_LEN])
         if magic != PRF_MAGIC:
             raise FormatError("not an se2 private container (bad magic)")
-        if version != VERSION or scheme != SCHEME_ID:
+        if version not in VERSIONS or scheme != SCHEME_ID:
             raise FormatError(f"private container version {version} scheme {scheme} is not "
-                              f"supported by this build (reads version {VERSION})")
-        if not MIN_CHUNK_LOG2 <= log2 <= MAX_CHUNK_LOG2 or flags or head_len > MAX_HEAD:
+                              f"supported by this build (reads versions 1 and 2): upgrade "
+                              "dispersiond")
+        if (not MIN_CHUNK_LOG2 <= log2 <= MAX_CHUNK_LOG2 or flags or head_len > MAX_HEAD
+                or (version == 2 and any(file_id))):
             raise IntegrityError("private container header is malformed")
         o = BIND_LEN
         return cls(data[:BIND_LEN], data[o:o + 8], data[o + 8:o + 20],
-                   data[o + 20:PRF_HEADER_LEN], Layout(log2, content_len, head_len), file_id)
+                   data[o + 20:PRF_HEADER_LEN], Layout(log2, content_len, head_len, version),
+                   file_id)
 
     def unwrap(self, master_key: bytes) -> bytes:
         if key_id(master_key) != self.key_id:
@@ -361,10 +433,14 @@ class Se2Decoder:
     """Streaming decoder, the mirror of Se2Encoder. Raises before releasing any bad chunk."""
 
     def __init__(self, master_key: bytes, prf_header: bytes, puf_header: bytes) -> None:
-        _check_key(master_key)
+        check_key(master_key)
         self.header = h = PrfHeader.parse(prf_header)
         secret = h.unwrap(master_key)
         self.layout = h.layout
+        self.meta: Meta | None = None  # version 2: set by open_meta
+        self.file_id = h.file_id
+        self.digest = b""  # version 2, compressed: the original's digest, set by finish
+        self._pair = pair_tag(secret) if h.layout.version >= 2 else b""
         self.keys = _Keys(secret, h.bind)
         self._c = _Chunker(h.layout, self.keys)
         self._check_puf_header(puf_header)
@@ -373,12 +449,16 @@ class Se2Decoder:
     def _check_puf_header(self, puf_header: bytes) -> None:
         if len(puf_header) < PUF_HEADER_LEN:
             raise _truncated("public fragment", len(puf_header), PUF_HEADER_LEN)
+        if self.layout.version >= 2:
+            self._check_puf_header_v2(puf_header[:PUF_HEADER_LEN])
+            return
         magic, version, scheme, log2, flags, file_id, content_len = PUF_HEADER.unpack(
             puf_header[:PUF_HEADER_LEN])
         if magic != PUF_MAGIC:
             raise FormatError("not an se2 public fragment (bad magic)")
-        if version != VERSION or scheme != SCHEME_ID:
-            raise FormatError(f"public fragment version {version} is not supported")
+        if version != 1 or scheme != SCHEME_ID:
+            raise FormatError(f"public fragment version {version} does not match its version 1 "
+                              "private container")
         if file_id != self.header.file_id:
             raise FragmentMismatch(
                 f"public fragment belongs to file {file_id.hex()}, the private container to "
@@ -386,8 +466,32 @@ class Se2Decoder:
         if (log2, flags, content_len) != (self.layout.chunk_log2, 0, self.layout.content_len):
             raise IntegrityError("public fragment header does not match the private container")
 
+    def _check_puf_header_v2(self, hdr: bytes) -> None:
+        magic, version, scheme, log2, flags, pair = PUF_HEADER_V2.unpack(hdr)
+        if magic != PUF_MAGIC:
+            raise FormatError("not an se2 public fragment (bad magic)")
+        if version != 2 or scheme != SCHEME_ID:
+            raise FormatError(f"public fragment version {version} does not match its version 2 "
+                              "private container")
+        if not hmac.compare_digest(pair, self._pair):
+            raise FragmentMismatch("the public fragment does not belong to this private "
+                                   "container: the fragments of two files were mixed up (or "
+                                   "its header was altered)")
+        if (log2, flags) != (self.layout.chunk_log2, 0):
+            raise IntegrityError("public fragment header does not match the private container")
+
     def open_head(self, seg0: bytes) -> bytes:
         return self._open(0, seg0, False, "format header")
+
+    def open_meta(self, seg1: bytes) -> Meta:
+        """Version 2: open the sealed metadata; the layout then knows the trailer."""
+        self.meta = m = Meta.unpack(self._open(1, seg1, False, "file metadata"))
+        if m.codec == 0 and m.plain_len != self.layout.content_len:
+            raise IntegrityError("private container metadata does not match its header")
+        self.file_id = m.file_id
+        self.layout = dataclasses.replace(self.layout, trailer_len=m.trailer_len)
+        self._c.layout = self.layout
+        return m
 
     def _open(self, index: int, seg: bytes, last: bool, what: str) -> bytes:
         try:
@@ -412,10 +516,11 @@ class Se2Decoder:
         keys = self.keys
         seg = memoryview(prf_seg)
         try:
-            keys.seg.decrypt_into(_Keys.nonce(c.chunk + 1, False), seg, keys.bind,
-                                  c.seg_v[: len(seg) - TAG])
+            keys.seg.decrypt_into(_Keys.nonce(c.chunk + self.layout.first_chunk_segment, False),
+                                  seg, keys.bind, c.seg_v[: len(seg) - TAG])
         except InvalidTag:
-            raise IntegrityError(f"private container segment {c.chunk + 1} (chunk {c.chunk}) "
+            raise IntegrityError(f"private container segment "
+                                 f"{c.chunk + self.layout.first_chunk_segment} (chunk {c.chunk}) "
                                  "failed authentication: the container was altered") from None
         pad = AESGCM(keys.pad_key(c.chunk, seg[4 * n: 4 * n + TAG]))
         try:
@@ -434,10 +539,15 @@ class Se2Decoder:
         c.chunk += 1
 
     def finish(self, final_seg: bytes) -> bytes:
-        """The content's tail, after checking every chunk was consumed."""
-        if self._c.chunk != self.layout.chunks:
+        """The content's tail, after checking every chunk was consumed (version 2 with
+        compressed content: the sealed digest is then in `digest`)."""
+        lay = self.layout
+        if self._c.chunk != lay.chunks:
             raise ValueError("finish() before every chunk was decoded")
-        tail = self._open(self.layout.chunks + 1, final_seg, True, "tail")
-        if len(tail) != self.layout.tail_len:
+        if lay.version >= 2 and self.meta is None:
+            raise ValueError("finish() before open_meta()")
+        last = self._open(lay.chunks + lay.first_chunk_segment, final_seg, True, "tail")
+        if len(last) != lay.tail_len + lay.trailer_len:
             raise IntegrityError("private container tail has the wrong length")
-        return tail
+        self.digest = bytes(last[lay.tail_len:])
+        return last[: lay.tail_len]

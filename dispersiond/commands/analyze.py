@@ -95,8 +95,11 @@ def _stats(args: argparse.Namespace, datas: list[bytes]) -> int:
     from ..research import entropy
 
     schemes = _schemes(args.scheme)
+    from ..research.compress_bench import compression_of
+
     rows = [(path, entropy.analyze_bytes(d, schemes))
             for path, d in zip(args.files, datas, strict=True)]
+    packed = [compression_of(d) for d in datas]  # what `compression: auto` would store
     if args.plot:
         from ..research.plots import distribution_plot
 
@@ -105,7 +108,8 @@ def _stats(args: argparse.Namespace, datas: list[bytes]) -> int:
                             + [(f"{s} public fragment", st.puf[s].hist) for s in schemes])
                            for path, st in rows], args.plot)
     if args.json:
-        print(json.dumps({"files": [{"path": path, **st.to_dict()} for path, st in rows],
+        print(json.dumps({"files": [{"path": path, **st.to_dict(), "compression": c}
+                                    for (path, st), c in zip(rows, packed)],
                           "plot": args.plot}, indent=1))
         return 0
     from rich.table import Table
@@ -115,15 +119,17 @@ def _stats(args: argparse.Namespace, datas: list[bytes]) -> int:
               caption="H: Shannon entropy of the byte histogram, bits/byte. H rand: expected H "
                       "of uniform random bytes as long as the fragment. chi2: against uniform, "
                       "255 degrees of freedom (random: about 255 +- 23). Fresh random keys, "
-                      "whole file as content.")
-    for col in ("file", "bytes", "H input", "chi2 input", "scheme", "H PUF", "H rand",
+                      "whole file as content. zstd ratio: stored content / original under "
+                      "compression: auto (head split as the daemon does).")
+    for col in ("file", "bytes", "zstd ratio", "H input", "chi2 input", "scheme", "H PUF", "H rand",
                 "chi2 PUF") + (("p PUF",) if with_p else ()):
         t.add_column(col, justify="left" if col in ("file", "scheme") else "right")
-    for path, st in rows:
+    for (path, st), c in zip(rows, packed):
         for i, s in enumerate(schemes):
             f = st.puf[s]
-            head = ([Path(path).name, str(st.size), f"{st.input.entropy:.3f}",
-                     f"{st.input.chi2:.3g}"] if i == 0 else ["", "", "", ""])
+            ratio = f"{c['ratio']:.2f}" if c["codec"] != "none" else "not compressed"
+            head = ([Path(path).name, str(st.size), ratio, f"{st.input.entropy:.3f}",
+                     f"{st.input.chi2:.3g}"] if i == 0 else ["", "", "", "", ""])
             t.add_row(*head, s, f"{f.entropy:.4f}", f"{f.random_entropy:.4f}", f"{f.chi2:.1f}",
                       *((_fmt_p(f.p_value),) if with_p else ()))
     _console().print(t)

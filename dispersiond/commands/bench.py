@@ -18,7 +18,8 @@ def register(sub) -> None:
                     "median of --runs runs on one random buffer in one process. stream: encode "
                     "a file of --size through the streaming API and report peak RSS. pipeline: "
                     "files through the whole pipeline to a local S3 server.")
-    p.add_argument("what", nargs="?", choices=["codec", "stream", "pipeline"], default="codec")
+    p.add_argument("what", nargs="?", choices=["codec", "stream", "pipeline", "compress"],
+                   default="codec")
     p.add_argument("--size", default=None,
                    help="buffer or file size (codec: 64MiB, stream: 1GiB, pipeline: see --files)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per algorithm (median)")
@@ -51,6 +52,10 @@ def _run(args: argparse.Namespace) -> int:
         return _codec(args, size or 64 << 20)
     if args.what == "stream":
         return _stream(args, size or 1 << 30)
+    if args.what == "compress":
+        from ..research.compress_bench import run_compress_bench
+
+        return run_compress_bench(args)
     return _pipeline(args, size)
 
 

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 from .. import codec
+from ..codec import compress
 from ..errors import DispersiondError
+from ..formats import PROBE, head_len
 from ..fsutil import atomic_output, read_key_file
 
 
@@ -26,8 +28,12 @@ def register(sub) -> None:
             q.add_argument("--in", dest="inp", required=True, metavar="FILE")
             q.add_argument("--puf", required=True, metavar="OUT.puf")
             q.add_argument("--prf", required=True, metavar="OUT.prf")
-            q.add_argument("--head-len", type=int, default=0, metavar="N",
-                           help="se2: keep the first N bytes (format header) whole in the PRF")
+            q.add_argument("--head-len", default="0", metavar="N|auto",
+                           help="se2: keep the first N bytes (format header) whole in the "
+                                "PRF; auto: the DICOM header, if any")
+            q.add_argument("--compression", default="auto", metavar="off|auto|zstd:LEVEL",
+                           help="se2: compress before the split (default auto: when a quick "
+                                "trial says it pays)")
         else:
             q.add_argument("--puf", required=True, metavar="IN.puf")
             q.add_argument("--prf", required=True, metavar="IN.prf")
@@ -44,17 +50,37 @@ def _open_in(path: str, what: str):
 
 def _encode(args: argparse.Namespace) -> int:
     key = read_key_file(args.key_file, codec.KEY_LENGTHS[args.scheme])
+    try:
+        policy = compress.Policy.parse(args.compression)
+    except ValueError as exc:
+        raise DispersiondError(f"--compression: {exc}") from None
+    if args.scheme != "se2":
+        policy = compress.OFF  # paper-v1 is the published algorithm, nothing added
     with _open_in(args.inp, "input file") as src:
         size = os.fstat(src.fileno()).st_size
-        if not 0 <= args.head_len <= size:
-            raise DispersiondError(f"--head-len must be between 0 and the file size ({size})")
+        head_len = _head_len(args.head_len, src, size)
         with atomic_output(args.puf) as puf, atomic_output(args.prf) as prf:
             try:
-                codec.encode_stream(args.scheme, key, src, size, puf, prf,
-                                    head_len=args.head_len)
+                codec.encode_stream(args.scheme, key, src, size, puf, prf, head_len=head_len,
+                                    compression=policy,
+                                    spool_dir=Path(args.prf).resolve().parent)
             except ValueError as exc:
                 raise DispersiondError(str(exc)) from None
     return 0
+
+
+def _head_len(value: str, src, size: int) -> int:
+    if value == "auto":
+        n = head_len(src.read(PROBE), size)
+        src.seek(0)
+        return n
+    try:
+        n = int(value)
+    except ValueError:
+        raise DispersiondError(f"--head-len must be a number or auto, not {value!r}") from None
+    if not 0 <= n <= size:
+        raise DispersiondError(f"--head-len must be between 0 and the file size ({size})")
+    return n
 
 
 def _decode(args: argparse.Namespace) -> int:
