@@ -253,6 +253,12 @@ class StateDB:
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM files GROUP BY state")}
 
+    def oldest_pending_since(self) -> float | None:
+        """When the oldest file not yet done (nor quarantined) arrived: the metrics' age."""
+        rows = self.query("SELECT MIN(created) FROM files WHERE state IN "
+                          "('claiming', 'claimed', 'encoded', 'committed')")
+        return rows[0][0] if rows else None
+
     # --- objects
     def add_objects(self, db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
         for r in rows:

@@ -7,6 +7,7 @@ from typing import BinaryIO, Iterator
 from backends import ObjectInfo, Store, open_store
 
 from .config import Config, StoreConfig
+from .traffic import CountingStore
 
 
 class PrefixedStore(Store):
@@ -48,6 +49,7 @@ def open_configured(cfg: Config, sc: StoreConfig) -> Store:
     if sc.type == "local":
         settings["path"] = str(cfg.path(settings["path"]))
     store = open_store(sc.type, sc.name, **settings)
+    store = CountingStore(store)  # metrics: bytes, requests and errors per store
     return PrefixedStore(store, sc.prefix) if sc.prefix else store
 
 
