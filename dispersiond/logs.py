@@ -163,6 +163,13 @@ def setup_logging(fmt: str = "auto", verbose: int = 0) -> None:
     root.propagate = False
 
 
+#: Event fields that tell a file's size: kept at debug level only (sizes are as private as
+#: names; at info a file is its id).
+DEBUG_ONLY = frozenset({"size", "public_bytes", "private_bytes"})
+
+
 def event(level: int, msg: str, **fields) -> None:
-    """Log a structured event; `fields` become JSON keys or key=value pairs."""
+    """Log a structured event; `fields` become JSON keys, journal fields or key=value pairs."""
+    if level > logging.DEBUG:
+        fields = {k: v for k, v in fields.items() if k not in DEBUG_ONLY}
     log.log(level, msg, extra={"fields": fields})

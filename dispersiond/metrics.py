@@ -12,7 +12,6 @@ takes snapshots, writes the textfile atomically on its schedule and serves scrap
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field

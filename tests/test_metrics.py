@@ -73,7 +73,8 @@ def test_example_and_device_configs_have_a_valid_metrics_section():
 
     from dispersiond.config import load_config
 
-    for path in (ROOT / "config" / "dispersiond.example.yaml", ROOT / "deploy" / "dispersiond.yaml"):
+    for path in (ROOT / "config" / "dispersiond.example.yaml",
+                 ROOT / "deploy" / "dispersiond.yaml"):
         cfg = load_config(path)
         assert cfg.metrics is not None and cfg.metrics.textfile.endswith(".prom"), path
     assert "# listen: 127.0.0.1:" in (ROOT / "config" / "dispersiond.example.yaml").read_text()
