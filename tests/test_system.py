@@ -363,11 +363,11 @@ def test_install_offline_and_enable_reaches_active_after_ready(box: Machine):
     res = m.sh("WHEELHOUSE=/root/dist/wheels bash /root/dist/deploy/install.sh", timeout=600)
     TIMINGS["install.sh"] = time.monotonic() - t0
     assert "master key" in res.stdout
-    # Idempotent: a second run upgrades in place, never touches the key or the config.
+    # The clinic edits its config; running install.sh again never touches it or the key.
     key = (m.root / "etc/dispersiond/master.key").read_bytes()
     m.write(CONF, device_config(), 0o640)
     os.chown(m.root / CONF.lstrip("/"), 0, _gid(m, "dispersiond"))
-    m.sh("WHEELHOUSE=/root/dist/wheels bash /root/dist/deploy/install.sh", timeout=600)
+    m.sh("SKIP_VENV=1 bash /root/dist/deploy/install.sh")
     assert (m.root / "etc/dispersiond/master.key").read_bytes() == key
     assert "interval: 2s" in (m.root / CONF.lstrip("/")).read_text()
 
@@ -381,9 +381,9 @@ def test_install_offline_and_enable_reaches_active_after_ready(box: Machine):
     assert re.fullmatch(r"\d+ in the pipeline, \d+ done.*", p["StatusText"]), p
     out = m.sh("systemctl status dispersiond --no-pager", check=False).stdout
     assert re.search(r'Status: "\d+ in the pipeline, \d+ done', out), out
-    ready = [e for e in m.journal() if e.get("MESSAGE") == "daemon started"
-             or e.get("MESSAGE", "").startswith("daemon started")]
-    assert ready and ready[-1]["PRIORITY"] == "6" and ready[-1]["SYSLOG_IDENTIFIER"] == "dispersiond"
+    ready = [e for e in m.journal() if e.get("MESSAGE", "").startswith("daemon started")]
+    assert ready and ready[-1]["PRIORITY"] == "6", ready
+    assert ready[-1]["SYSLOG_IDENTIFIER"] == "dispersiond" and "PID" in ready[-1], ready
 
 
 def test_version_and_bash_completion_are_installed(box: Machine):
@@ -619,6 +619,9 @@ def test_security_exposure_score(box: Machine):
     assert score <= 1.2, out
 
 
-def test_every_record_still_restores_at_the_end(box: Machine):
-    assert status(box)["files"]["failed"] == 0
-    restore_all(box, ALL)
+def test_nothing_was_lost_or_quarantined_on_the_way(box: Machine):
+    st = status(box)
+    assert st["files"]["failed"] == 0 and st["files"]["done"] == len(ALL), st["files"]
+    rep = json.loads(op(box, "verify --json").stdout)  # exit 0: every object there
+    assert rep["files"] == len(ALL) and rep["ok"] == rep["objects"] > 0, rep
+    assert rep["problems"] == [] and rep["unrestorable"] == [], rep
