@@ -1,13 +1,17 @@
+# PYTHON_ARGCOMPLETE_OK
 """Command line: `dispersiond [-c CONFIG] COMMAND ...`.
 
 Each command lives in `dispersiond/commands/<name>.py` with a `register(subparsers)`
 function, so the parser stays small and every command is found in one place.
+Shell completion comes from argcomplete (`register-python-argcomplete dispersiond`,
+installed by deploy/install.sh); the marker above lets its global hook find us too.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -35,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", metavar="CONFIG",
                         help="configuration file (default: $DISPERSIOND_CONFIG or "
                              "./dispersiond.yaml)")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text",
-                        help="log line format (json for log shippers)")
+    parser.add_argument("--log-format", choices=["auto", "text", "json", "journal"],
+                        default="auto",
+                        help="log line format: json for log shippers, journal for journald "
+                             "(priorities, FILE_ID= fields); auto: journal when stderr goes "
+                             "to the journal, else text")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -53,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     from .logs import setup_logging
 

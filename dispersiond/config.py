@@ -209,6 +209,68 @@ class Schedule(_Strict):
         return None if self.bandwidth_limit is None else parse_size(self.bandwidth_limit)
 
 
+class Metrics(_Strict):
+    """Prometheus metrics: a node_exporter textfile, a loopback HTTP endpoint, or both."""
+
+    textfile: str | None = None  # e.g. /var/lib/dispersiond/metrics/dispersiond.prom
+    interval: str = "60s"        # how often the textfile is rewritten
+    listen: str | None = None    # "127.0.0.1:9464"
+    # The endpoint has no authentication: only a loopback address unless this says so.
+    allow_remote: bool = False
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if parse_duration(v).total_seconds() < 1:
+            raise ValueError("interval must be at least 1s")
+        return v
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith(".prom"):
+            raise ValueError("textfile must end in .prom (node_exporter reads only those)")
+        return v
+
+    @model_validator(mode="after")
+    def _where(self) -> "Metrics":
+        if self.textfile is None and self.listen is None:
+            raise ValueError("give 'textfile' (a .prom file for node_exporter) and/or "
+                             "'listen' (e.g. 127.0.0.1:9464), or leave 'metrics' out")
+        if self.listen is not None:
+            host, _ = self.address()
+            if not self.allow_remote and not _loopback(host):
+                raise ValueError(f"listen: {host} is not a loopback address and the endpoint "
+                                 "has no authentication; use 127.0.0.1 (scrape through a "
+                                 "proxy), or set allow_remote: true")
+        return self
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`; '[::1]:9464' for IPv6."""
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})",
+                         self.listen or "")
+        if not m:
+            raise ValueError(f"listen: {self.listen!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
+        host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"listen: port {port} is not between 1 and 65535")
+        return host, int(port)
+
+    def seconds(self) -> float:
+        return parse_duration(self.interval).total_seconds()
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
 class Recipient(_Strict):
     """Someone a file may be shared with (paper section 4.2)."""
 
@@ -254,6 +316,7 @@ class Config(_Strict):
     schedule: Schedule = Schedule()
     recipients: list[Recipient] = Field(default_factory=list)
     grants: list[Grant] = Field(default_factory=list)
+    metrics: Metrics | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

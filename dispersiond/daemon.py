@@ -48,7 +48,8 @@ from .logs import event, log
 from .maintenance import backup_manifest, finalize_many, verify
 from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned,
                       all_uploaded, commit_many, encode, upload_one)
-from .sdnotify import Notifier
+from .metrics import Exporter
+from .sdnotify import Notifier, hang_if_asked
 from .state import PROTECTED, FileState, ObjectRow
 from .tap import DirectUploadFailed
 from .units import human_size, parse_size
@@ -191,6 +192,7 @@ class Daemon:
                     log.warning("store %s is unavailable at start-up: %s", sc.name, exc)
                 except Exception as exc:  # noqa: BLE001 - any SDK or settings error
                     raise ConfigError(f"stores[{sc.name}]: cannot be opened: {exc}") from None
+            self.metrics = Exporter(cfg, self.v.db)  # metrics: textfile and/or endpoint
         except BaseException:
             self.v.close()
             raise
@@ -348,6 +350,7 @@ class Daemon:
     # ----------------------------------------------------------------- the loop
 
     def _tick(self) -> None:
+        hang_if_asked(self.started)  # TEST-ONLY: DISPERSIOND_TEST_HANG_AFTER (sdnotify.py)
         self.notifier.watchdog()
         self._wait_and_handle(self._next_wake())
         if self.stop.is_set():
@@ -890,6 +893,7 @@ class Daemon:
             "last_manifest_backup": self.last_backup, "last_verify": self.last_verify,
         }
         self.v.db.set_daemon_status(json.dumps(doc))
+        self.metrics.update(doc, final=state != "running")  # metrics: on their schedule
         if state == "running":
             self.notifier.status(self._status_line())
 

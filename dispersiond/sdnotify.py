@@ -9,6 +9,11 @@ import os
 import socket
 import time
 
+#: TEST-ONLY: seconds after start-up at which the main loop stops for good, so its
+#: watchdog pings stop (the system test proves systemd then kills and restarts it).
+#: Nothing else reads it; never set it on a device.
+HANG_ENV = "DISPERSIOND_TEST_HANG_AFTER"
+
 
 class Notifier:
     """Sends READY=1, STATUS=..., WATCHDOG=1 and STOPPING=1 to the service manager."""
@@ -75,3 +80,23 @@ class Notifier:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+def hang_if_asked(started: float, env: dict[str, str] | None = None) -> None:
+    """TEST-ONLY: hang the calling (main) loop once $DISPERSIOND_TEST_HANG_AFTER seconds
+    have passed since `started` (wall clock). Unset, as everywhere but that test: returns."""
+    after = (os.environ if env is None else env).get(HANG_ENV)
+    if not after:
+        return
+    try:
+        due = started + float(after)
+    except ValueError:
+        return
+    if time.time() < due:
+        return
+    import logging
+
+    logging.getLogger("dispersiond").warning("main loop hanging on purpose (%s is set: a "
+                                             "test of the watchdog)", HANG_ENV)
+    while True:
+        time.sleep(3600)

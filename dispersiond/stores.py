@@ -5,6 +5,7 @@ from backends import Store, open_store
 from backends.prefixed import PrefixedStore
 
 from .config import Config, StoreConfig
+from .traffic import CountingStore
 
 __all__ = ["PrefixedStore", "Stores", "open_configured"]
 
@@ -14,6 +15,7 @@ def open_configured(cfg: Config, sc: StoreConfig) -> Store:
     if sc.type == "local":
         settings["path"] = str(cfg.path(settings["path"]))
     store = open_store(sc.type, sc.name, **settings)
+    store = CountingStore(store)  # metrics: bytes, requests and errors per store
     return PrefixedStore(store, sc.prefix) if sc.prefix else store
 
 

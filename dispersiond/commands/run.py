@@ -47,6 +47,9 @@ def _run(args: argparse.Namespace) -> int:
 
         daemon = Daemon(cfg, stop=stop)
     except ConfigError as exc:
-        print(f"dispersiond: configuration error, not starting: {exc}", file=sys.stderr)
+        # One line, so the journal holds it as one entry (the unit's SyslogLevel=err).
+        first, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        detail = first + (" " + "; ".join(rest) if rest else "")
+        print(f"dispersiond: configuration error, not starting: {detail}", file=sys.stderr)
         return EXIT_CONFIG
     return daemon.run()

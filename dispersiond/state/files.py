@@ -174,3 +174,10 @@ class FilesMixin(Database):
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM files GROUP BY state")}
+
+    def oldest_pending_since(self) -> float | None:
+        """When the oldest file not yet done (nor quarantined) arrived: the metrics' age."""
+        pending = [s.value for s in FileState if s not in (FileState.DONE, FileState.FAILED)]
+        rows = self.query(f"SELECT MIN(created) FROM files WHERE state IN "
+                          f"({', '.join('?' for _ in pending)})", tuple(pending))
+        return rows[0][0] if rows else None
