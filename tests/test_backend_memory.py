@@ -16,7 +16,7 @@ import pytest
 
 from backends import AlreadyExists, Denied, NotFound, Unavailable, open_store
 from backends.memory import MemoryStore
-from dispersiond import share
+from dispersiond.share import links
 
 from backend_contract import fetch
 
@@ -113,17 +113,17 @@ def test_the_projects_link_reader_opens_and_classifies_its_links(store: MemorySt
     store.put_bytes("obj", data)
     o = {"url": store.presign("obj", timedelta(minutes=5)), "size": len(data),
          "digest": hashlib.sha256(data).hexdigest()}
-    share._fetch(o, "sha256", "copy 1", tmp_path / "out", int(time.time()) + 300, 5.0, None)
+    links.fetch(o, "sha256", "copy 1", tmp_path / "out", int(time.time()) + 300, 5.0, None)
     assert (tmp_path / "out").read_bytes() == data
 
     short = {**o, "url": store.presign("obj", timedelta(seconds=1))}
     time.sleep(1.1)
-    with pytest.raises(share._LinkFailure) as expired:
-        share._fetch(short, "sha256", "copy 1", tmp_path / "late", int(time.time()) - 1, 5.0, None)
+    with pytest.raises(links.LinkFailure) as expired:
+        links.fetch(short, "sha256", "copy 1", tmp_path / "late", int(time.time()) - 1, 5.0, None)
     assert expired.value.kind == "expired"
     store.delete("obj")
-    with pytest.raises(share._LinkFailure) as gone:
-        share._fetch(o, "sha256", "copy 1", tmp_path / "gone", int(time.time()) + 300, 5.0, None)
+    with pytest.raises(links.LinkFailure) as gone:
+        links.fetch(o, "sha256", "copy 1", tmp_path / "gone", int(time.time()) + 300, 5.0, None)
     assert gone.value.kind == "gone"
 
 
