@@ -35,12 +35,14 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import digests
+from .display import shown
 from .fsutil import fsync_dir
 from .logs import event
 from .state import FileRow, FileState
@@ -226,11 +228,9 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
     """
     rows = [(os.urandom(16).hex(), path, st) for path, st in items]
     now = time.time()
-    v.db.add_claims([(fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p))
-                     for fid, p, st in rows], now)
+    rows, failed = _record_claims(v, rows, now)
     cdir = claimed_dir(v)
     moved: list[tuple[str, Path, os.stat_result]] = []
-    failed: list[tuple[Path, os.stat_result, OSError]] = []
     try:
         for fid, path, st in rows:
             try:
@@ -250,6 +250,40 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
     for fid, _, st in moved:
         event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
     return [(fid, st.st_size) for fid, _, st in moved], failed
+
+
+#: What the database raises for a value it cannot take (a file's own fault, unlike a full
+#: disk or a lock, which stop the whole batch as before).
+_BAD_VALUE = (ValueError, sqlite3.InterfaceError, sqlite3.DataError)
+
+
+def _record_claims(v: Vault, rows: list[tuple[str, Path, os.stat_result]], now: float,
+                   ) -> tuple[list[tuple[str, Path, os.stat_result]],
+                              list[tuple[Path, os.stat_result, OSError]]]:
+    """Step 1 for the whole batch in one transaction; should the batch be refused, file by
+    file, so that one file the database cannot take is left in the inbox, alone."""
+    def claim_row(fid: str, p: Path, st: os.stat_result) -> tuple:
+        return fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p)
+
+    try:
+        v.db.add_claims([claim_row(*r) for r in rows], now)
+        return rows, []
+    except _BAD_VALUE as exc:
+        if len(rows) == 1:
+            return [], [(rows[0][1], rows[0][2], _unrecordable(exc))]
+    kept, failed = [], []
+    for r in rows:
+        try:
+            v.db.add_claims([claim_row(*r)], now)
+            kept.append(r)
+        except _BAD_VALUE as exc:
+            failed.append((r[1], r[2], _unrecordable(exc)))
+    return kept, failed
+
+
+def _unrecordable(exc: Exception) -> OSError:
+    return OSError(errno.EIO, f"the state database refused its record ({type(exc).__name__}: "
+                              f"{exc}); check the state database with 'dispersiond status'")
 
 
 def _drop_row(v: Vault, fid: str) -> None:
@@ -336,7 +370,8 @@ def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
 def finish_quarantine(v: Vault, f: FileRow, quarantine: Path) -> None:
     folder = quarantine / f.file_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {f.name}\n")
+    (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {shown(f.name)}\n",
+                                   encoding="utf-8", errors="backslashreplace")
     src = Path(f.source) if f.source else None
     dest = folder / (Path(f.name).name or f.file_id)
     if src is not None and src.parent == claimed_dir(v) and src.exists():
