@@ -43,7 +43,7 @@ from pathlib import Path
 
 from . import digests
 from .display import shown
-from .fsutil import fsync_dir
+from .fsutil import PRIVATE_FILE, fsync_dir, private_dir, restrict
 from .logs import event
 from .state import FileRow, FileState
 from .vault import Vault
@@ -176,7 +176,7 @@ def _same_bytes(path: Path, f: FileRow) -> bool:
 def place(src: Path, folder: Path, f: FileRow) -> Path:
     """Move a claimed original into `folder` under its own name, never overwriting
     different bytes; idempotent (an earlier, interrupted attempt is recognised)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # the mode of a folder the user named is theirs
     name = Path(f.name).name or f.file_id
     first = folder / name
     stem, suffix = os.path.splitext(name)
@@ -347,10 +347,10 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
             continue
         # A claimed original without a row (its record was removed, e.g. by forget):
         # never protect it behind the user's back, never delete it.
-        dest = quarantine / f"orphan-{entry.name}"
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = private_dir(quarantine / f"orphan-{entry.name}")
         move_into(entry, dest / entry.name)
         (dest / "REASON").write_text("a claimed file without a record in the state database\n")
+        restrict(dest / "REASON", PRIVATE_FILE)
         event(logging.WARNING, "claimed file without a record quarantined", file_id=entry.name)
         counts["orphans"] += 1
     return counts
@@ -368,10 +368,11 @@ def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
 
 
 def finish_quarantine(v: Vault, f: FileRow, quarantine: Path) -> None:
-    folder = quarantine / f.file_id
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(quarantine)
+    folder = private_dir(quarantine / f.file_id)
     (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {shown(f.name)}\n",
                                    encoding="utf-8", errors="backslashreplace")
+    restrict(folder / "REASON", PRIVATE_FILE)
     src = Path(f.source) if f.source else None
     dest = folder / (Path(f.name).name or f.file_id)
     if src is not None and src.parent == claimed_dir(v) and src.exists():
@@ -393,6 +394,6 @@ def apply_after(v: Vault, f: FileRow) -> str:
         dest = place(src, v.cfg.path(v.cfg.after_move_to or ""), f)
         v.db.update_file(f.file_id, source=str(dest))
         return "moved"
-    dest = place(src, v.root / "kept", f)
+    dest = place(src, private_dir(v.root / "kept"), f)
     v.db.update_file(f.file_id, source=str(dest))
     return "kept"
