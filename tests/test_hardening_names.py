@@ -219,3 +219,10 @@ def test_a_schema_3_database_is_migrated_and_keeps_its_names(tmp_path):
     assert os.fsencode(g.name) == BAD and os.fsencode(g.source) == b"/in/" + BAD
     assert [r.file_id for r in db.find(os.fsdecode(BAD))] == ["cd" * 16]
     db.close()
+
+
+def test_a_non_utf8_name_is_never_put_in_a_share_bundle():
+    from dispersiond.share.issue import _sendable_name
+
+    assert _sendable_name("scan.dcm") and _sendable_name("Müller.pdf")
+    assert not _sendable_name(os.fsdecode(BAD)) and not _sendable_name(ESC)
