@@ -28,6 +28,10 @@ own name, into `after_move_to`; `keep` puts it, under its own name, into
 `state_dir/kept/`. Either way it has left the inbox, so it is never protected twice.
 A name already taken there by different bytes gets `.<file_id prefix>` before its
 suffix. Each of these is idempotent: re-running after a crash finds the job done.
+
+Names are whatever bytes the file system holds: kept exactly (as `os.fsdecode` gives
+them; the state package stores undecodable bytes beside the text), shown only through
+`display.shown`, and a file whose claim the database refuses is the only one left behind.
 """
 from __future__ import annotations
 
@@ -283,7 +287,7 @@ def _record_claims(v: Vault, rows: list[tuple[str, Path, os.stat_result]], now: 
 
 def _unrecordable(exc: Exception) -> OSError:
     return OSError(errno.EIO, f"the state database refused its record ({type(exc).__name__}: "
-                              f"{exc}); check the state database with 'dispersiond status'")
+                              f"{exc}); rename the file (its name is the likely cause)")
 
 
 def _drop_row(v: Vault, fid: str) -> None:
