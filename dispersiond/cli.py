@@ -71,13 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DispersiondError as exc:
-        print(f"dispersiond: error: {exc}", file=sys.stderr)
+        from .display import shown
+
+        # Messages may quote names and paths: nothing printed can drive the terminal.
+        print("dispersiond: error: " + "\n".join(map(shown, str(exc).split("\n"))),
+              file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("dispersiond: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, permissions, a vanished path: say which, no traceback
-        where = f": {exc.filename}" if exc.filename else ""
+        from .display import shown
+
+        where = f": {shown(exc.filename)}" if exc.filename else ""
         hint = (" (free some space; what was done so far is kept and resumes)"
                 if exc.errno == errno.ENOSPC else "")
         print(f"dispersiond: error: {exc.strerror or exc}{where}{hint}", file=sys.stderr)

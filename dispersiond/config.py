@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import time as dtime
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,16 +20,35 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .codec import compress
 from .errors import ConfigError
-from .units import parse_duration, parse_size
+from .units import parse_duration as _parse_duration
+from .units import parse_size as _parse_size
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """A duration setting; one out of range is a ValueError (a setting's error, not a crash)."""
+    try:
+        return _parse_duration(value)
+    except (OverflowError, TypeError):
+        raise ValueError(f"not a duration this build can hold: {str(value)[:40]!r} "
+                         "(examples: 90s, 30m, 72h, 7d)") from None
+
+
+def parse_size(value: Any) -> int:
+    """A size setting; one out of range is a ValueError."""
+    try:
+        return _parse_size(value)
+    except (OverflowError, TypeError):
+        raise ValueError(f"not a size this build can hold: {str(value)[:40]!r} "
+                         "(examples: 512KiB, 64MiB, 1GiB)") from None
 _SECRET_SETTINGS = {"secret_access_key", "access_key_id", "session_token", "account_key",
                     "sas_token", "connection_string", "password", "private_key", "credentials",
                     "signing_key"}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StoreConfig(BaseModel):
@@ -287,6 +307,12 @@ class Grant(_Strict):
     expires: str = "72h"
     with_name: bool = False
 
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
 
 class Config(_Strict):
     version: Literal[1] = 1
@@ -352,7 +378,6 @@ class Config(_Strict):
             raise ValueError("a store is both a public and a private store: keep them apart")
         if self.after == "move" and not self.after_move_to:
             raise ValueError("after: move needs 'after_move_to'")
-        parse_size(self.min_free_space)
         try:
             compress.Policy.parse(self.compression)
         except ValueError as exc:
@@ -361,8 +386,13 @@ class Config(_Strict):
         for g in self.grants:
             if g.recipient not in rnames:
                 raise ValueError(f"grants: recipient {g.recipient!r} is not in recipients")
-            parse_duration(g.expires)
         return self
+
+    @field_validator("min_free_space")
+    @classmethod
+    def _free(cls, v: str | int) -> str | int:
+        parse_size(v)
+        return v
 
     def store(self, name: str) -> StoreConfig:
         for s in self.stores:
@@ -403,32 +433,62 @@ def find_config(explicit: str | None) -> Path:
 
 
 def load_config(path: str | os.PathLike) -> Config:
-    """Read and validate a config file; every problem becomes one actionable ConfigError."""
+    """Read and validate a config file; every problem becomes one actionable ConfigError
+    of one line (it is what a unit's journal and a terminal show)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc} (check the path "
+                          "and that this user may read it)") from None
+    return parse_config(_parse_yaml(data, path), base=path.resolve().parent, source=str(path))
+
+
+def _parse_yaml(data: bytes, path: Path) -> dict:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start} is "
+                          f"0x{data[exc.start]:02x}): give the YAML config file, saved as "
+                          "UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = _one_line(exc.problem or exc.context or "syntax error")
+        raise ConfigError(f"config {path} is not valid YAML{where}: {what} (fix it; see "
+                          "config/dispersiond.example.yaml)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a mapping of settings")
-    return parse_config(raw, base=path.resolve().parent, source=str(path))
+        raise ConfigError(f"config {path} must be a mapping of settings (key: value lines), "
+                          f"not {type(raw).__name__ if raw is not None else 'empty'}")
+    return raw
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Whitespace runs (newlines too) as one space, cut to `limit` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def parse_config(raw: dict, base: Path = Path("."), source: str = "config") -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        lines = []
+        problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             where = _name_path(raw, err["loc"]) or where
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting (check the spelling; see config/dispersiond.example.yaml)"
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+            problems.append(f"{_one_line(where, 80)}: {_one_line(msg)}")
+        shown = problems[:5] + ([f"and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise ConfigError(f"{source} is invalid: " + "; ".join(shown)) from None
     cfg._base = base
     return cfg
 

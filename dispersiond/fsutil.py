@@ -4,9 +4,42 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+
+#: Modes of what holds state (names, paths, keys to files): owner only, whatever the umask.
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """A folder only its owner can enter (made if missing, parents too)."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    restrict(path, PRIVATE_DIR)
+    return path
+
+
+def restrict(path: Path, mode: int = PRIVATE_FILE) -> None:
+    """Set `mode` on `path` if it is ours and has another; a file owned by someone else (a
+    read-only probe as another user) is left as it is."""
+    try:
+        st = os.lstat(path)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists (before a library opens it
+    under the umask)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    except FileExistsError:
+        return
+    restrict(path)  # os.open's mode is cut by the umask only, never widened: make sure
 
 
 def fsync_dir(path: Path) -> None:

@@ -28,6 +28,10 @@ own name, into `after_move_to`; `keep` puts it, under its own name, into
 `state_dir/kept/`. Either way it has left the inbox, so it is never protected twice.
 A name already taken there by different bytes gets `.<file_id prefix>` before its
 suffix. Each of these is idempotent: re-running after a crash finds the job done.
+
+Names are whatever bytes the file system holds: kept exactly (as `os.fsdecode` gives
+them; the state package stores undecodable bytes beside the text), shown only through
+`display.shown`, and a file whose claim the database refuses is the only one left behind.
 """
 from __future__ import annotations
 
@@ -35,13 +39,15 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import digests
-from .fsutil import fsync_dir
+from .display import shown
+from .fsutil import PRIVATE_FILE, fsync_dir, private_dir, restrict
 from .logs import event
 from .state import FileRow, FileState
 from .vault import Vault
@@ -174,7 +180,7 @@ def _same_bytes(path: Path, f: FileRow) -> bool:
 def place(src: Path, folder: Path, f: FileRow) -> Path:
     """Move a claimed original into `folder` under its own name, never overwriting
     different bytes; idempotent (an earlier, interrupted attempt is recognised)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # the mode of a folder the user named is theirs
     name = Path(f.name).name or f.file_id
     first = folder / name
     stem, suffix = os.path.splitext(name)
@@ -226,11 +232,9 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
     """
     rows = [(os.urandom(16).hex(), path, st) for path, st in items]
     now = time.time()
-    v.db.add_claims([(fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p))
-                     for fid, p, st in rows], now)
+    rows, failed = _record_claims(v, rows, now)
     cdir = claimed_dir(v)
     moved: list[tuple[str, Path, os.stat_result]] = []
-    failed: list[tuple[Path, os.stat_result, OSError]] = []
     try:
         for fid, path, st in rows:
             try:
@@ -250,6 +254,40 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
     for fid, _, st in moved:
         event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
     return [(fid, st.st_size) for fid, _, st in moved], failed
+
+
+#: What the database raises for a value it cannot take (a file's own fault, unlike a full
+#: disk or a lock, which stop the whole batch as before).
+_BAD_VALUE = (ValueError, sqlite3.InterfaceError, sqlite3.DataError)
+
+
+def _record_claims(v: Vault, rows: list[tuple[str, Path, os.stat_result]], now: float,
+                   ) -> tuple[list[tuple[str, Path, os.stat_result]],
+                              list[tuple[Path, os.stat_result, OSError]]]:
+    """Step 1 for the whole batch in one transaction; should the batch be refused, file by
+    file, so that one file the database cannot take is left in the inbox, alone."""
+    def claim_row(fid: str, p: Path, st: os.stat_result) -> tuple:
+        return fid, p.name, st.st_size, st.st_mtime, v.cfg.scheme, str(p)
+
+    try:
+        v.db.add_claims([claim_row(*r) for r in rows], now)
+        return rows, []
+    except _BAD_VALUE as exc:
+        if len(rows) == 1:
+            return [], [(rows[0][1], rows[0][2], _unrecordable(exc))]
+    kept, failed = [], []
+    for r in rows:
+        try:
+            v.db.add_claims([claim_row(*r)], now)
+            kept.append(r)
+        except _BAD_VALUE as exc:
+            failed.append((r[1], r[2], _unrecordable(exc)))
+    return kept, failed
+
+
+def _unrecordable(exc: Exception) -> OSError:
+    return OSError(errno.EIO, f"the state database refused its record ({type(exc).__name__}: "
+                              f"{exc}); rename the file (its name is the likely cause)")
 
 
 def _drop_row(v: Vault, fid: str) -> None:
@@ -313,10 +351,10 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
             continue
         # A claimed original without a row (its record was removed, e.g. by forget):
         # never protect it behind the user's back, never delete it.
-        dest = quarantine / f"orphan-{entry.name}"
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = private_dir(quarantine / f"orphan-{entry.name}")
         move_into(entry, dest / entry.name)
         (dest / "REASON").write_text("a claimed file without a record in the state database\n")
+        restrict(dest / "REASON", PRIVATE_FILE)
         event(logging.WARNING, "claimed file without a record quarantined", file_id=entry.name)
         counts["orphans"] += 1
     return counts
@@ -334,9 +372,11 @@ def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
 
 
 def finish_quarantine(v: Vault, f: FileRow, quarantine: Path) -> None:
-    folder = quarantine / f.file_id
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {f.name}\n")
+    private_dir(quarantine)
+    folder = private_dir(quarantine / f.file_id)
+    (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {shown(f.name)}\n",
+                                   encoding="utf-8", errors="backslashreplace")
+    restrict(folder / "REASON", PRIVATE_FILE)
     src = Path(f.source) if f.source else None
     dest = folder / (Path(f.name).name or f.file_id)
     if src is not None and src.parent == claimed_dir(v) and src.exists():
@@ -358,6 +398,6 @@ def apply_after(v: Vault, f: FileRow) -> str:
         dest = place(src, v.cfg.path(v.cfg.after_move_to or ""), f)
         v.db.update_file(f.file_id, source=str(dest))
         return "moved"
-    dest = place(src, v.root / "kept", f)
+    dest = place(src, private_dir(v.root / "kept"), f)
     v.db.update_file(f.file_id, source=str(dest))
     return "kept"

@@ -16,13 +16,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import digests
 from .codec import se2
+from .display import as_text, b64, from_b64
 from .errors import IntegrityError, WrongKey
 from .keys import subkey
 from .state import PROTECTED, FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
 VERSION = 1  # of the sealed envelope
-FORMAT = 3  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key
+FORMAT = 4  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key;
+#            4 adds name_b64 (a name that is not valid UTF-8)
 PREFIX = "manifest/"
 KEEP_BACKUPS = 3
 
@@ -37,6 +39,9 @@ ROW_FIELD = {"prf_len": "container_len", "prf_digest": "container_digest"}
 def entry(db: StateDB, f: FileRow) -> dict:
     """One file's manifest entry (what restore needs, nothing more)."""
     e = {k: getattr(f, ROW_FIELD.get(k, k)) for k in FILE_FIELDS}
+    e["name"] = as_text(f.name)
+    if (raw := b64(f.name)) is not None:
+        e["name_b64"] = raw  # the exact bytes; `name` then holds them escaped
     e["objects"] = [{k: getattr(o, k) for k in OBJECT_FIELDS} for o in db.objects(f.file_id)]
     return e
 
@@ -79,11 +84,12 @@ def open_sealed(master_key: bytes, blob: bytes) -> dict:
 
 def _upgrade(doc: dict) -> dict:
     """An older document in today's shape: format 1's digests were all SHA-256, named
-    sha256; formats 1 and 2 carry no sender_key (the device makes a new one)."""
+    sha256; formats 1 and 2 carry no sender_key (the device makes a new one); formats
+    1 to 3 carry no name_b64 (their names are all valid UTF-8)."""
     fmt = doc.get("format")
     if fmt == FORMAT:
         return doc
-    if fmt == 2:
+    if fmt in (2, 3):
         return dict(doc, format=FORMAT)
     if fmt != 1:
         raise IntegrityError(f"manifest format {fmt!r} is not read by this build; upgrade "
@@ -102,7 +108,8 @@ def _upgrade(doc: dict) -> dict:
 def load_into(db: StateDB, doc: dict) -> int:
     """Rebuild file, object and audit rows from a backup; returns the number of files."""
     doc = _upgrade(doc)
-    db.load_backup([({ROW_FIELD.get(k, k): e[k] for k in FILE_FIELDS},
+    db.load_backup([({**{ROW_FIELD.get(k, k): e[k] for k in FILE_FIELDS},
+                      "name": from_b64(e["name"], e.get("name_b64"))},
                      [{k: o[k] for k in OBJECT_FIELDS} for o in e["objects"]])
                     for e in doc["files"]],
                    doc.get("audit", []), doc.get("audit_head"), doc["seq"])

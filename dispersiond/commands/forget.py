@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..display import shown
 from ..vault import open_vault
 from ..maintenance import forget
 from ._common import add_config, add_json, config, emit_json
@@ -37,5 +38,5 @@ def _run(args: argparse.Namespace) -> int:
         for d in res["deleted"]:
             print(f"  {d['role']:7} on {d['store']}: {d['object']}" + (f" ({d['note']})" if d.get("note") else ""))
         for d in res["deferred"]:
-            print(f"  {d['role']:7} on {d['store']}: NOT YET ({d['error']}); retried later")
+            print(f"  {d['role']:7} on {d['store']}: NOT YET ({shown(d['error'])}); retried later")
     return 0

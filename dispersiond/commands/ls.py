@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from ..display import json_fields, shown
 from ..state import PROTECTED
 from ..units import human_size
 from ..vault import open_vault
@@ -33,12 +34,13 @@ def health(objs, f) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    rows = []
+    rows, names = [], []
     with open_vault(cfg) as v:
         for f in (v.db.files() if args.all else v.db.protected_files()):
             objs = v.db.objects(f.file_id)
+            names.append(shown(f.name))
             rows.append({
-                "file_id": f.file_id, "name": f.name, "size": f.size, "state": f.state,
+                "file_id": f.file_id, **json_fields(f.name), "size": f.size, "state": f.state,
                 "created": dt.datetime.fromtimestamp(f.created, dt.timezone.utc).isoformat(),
                 "public": {"mode": f.public_mode, "k": f.k, "n": f.n,
                            "stores": sorted({o.store for o in objs if o.role == "public"})},
@@ -50,17 +52,18 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(box=None)
     for col in ("id", "size", "state", "health", "public", "name"):
         t.add_column(col, justify="right" if col == "size" else "left",
                      no_wrap=col != "name", overflow="fold")
-    for r in rows:
+    for r, name in zip(rows, names):
         p = r["public"]
         where = (f"{p['k']}-of-{p['n']}" if p["mode"] == "erasure"
                  else f"x{len(p['stores'])}" if p["mode"] else "-")
         t.add_row(r["file_id"][:12], human_size(r["size"]), r["state"], r["health"], where,
-                  r["name"])
+                  Text(name))
     Console().print(t)
     stores = sorted({s for r in rows for s in r["public"]["stores"]})
     if stores:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..display import json_fields, shown
 from ..errors import DispersiondError
 from ..maintenance import backup_manifest, finalize
 from ..protect import abandon_planned, protect_file, resume, transfer_bytes
@@ -32,10 +33,11 @@ def _run(args: argparse.Namespace) -> int:
     paths = [Path(f) for f in args.files]
     for p in paths:
         if not p.is_file():
-            raise DispersiondError(f"{p}: not a readable file")
+            raise DispersiondError(f"{shown(p)}: not a readable file")
     if not paths and not args.resume:
         raise DispersiondError("name at least one FILE (or --resume)")
     out, errors, grant_errors = [], [], []
+    names: dict[str, str] = {}  # file id -> its name as shown
     with open_vault(cfg, exclusive=True) as v:
         abandon_planned(v)  # early uploads of an encode that was killed: to the trash
         todo = []
@@ -45,7 +47,8 @@ def _run(args: argparse.Namespace) -> int:
         todo += [("put", None, p) for p in paths]
         for kind, fid, path in todo:
             total = transfer_bytes(v.cfg, path.stat().st_size) if path else None
-            with transfer_progress(path.name if path else fid[:12], total, not args.json) as adv:
+            with transfer_progress(shown(path.name) if path else fid[:12], total,
+                                   not args.json) as adv:
                 try:
                     if path:
                         fid = protect_file(v, path, progress=adv)
@@ -54,8 +57,13 @@ def _run(args: argparse.Namespace) -> int:
                 except DispersiondError as exc:
                     errors.append(str(exc))
                     continue
-            out.append({"file_id": fid, "name": path.name if path else v.db.file(fid).name,
-                        "state": v.db.file(fid).state})
+                except OSError as exc:  # this file only (unreadable, vanished): the rest go on
+                    errors.append(f"{shown(path or fid)}: {exc.strerror or exc}; nothing of it "
+                                  "was protected")
+                    continue
+            name = path.name if path else v.db.file(fid).name
+            names[fid] = shown(name)
+            out.append({"file_id": fid, **json_fields(name), "state": v.db.file(fid).state})
         v.empty_trash()  # best effort; what a store refuses now waits for the next run
         if out:
             backup_manifest(v)
@@ -71,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         emit_json({"files": out, "errors": errors, "grant_errors": grant_errors})
     else:
         for item in out:
-            print(f"{item['file_id']}  {item['state']:9}  {item['name']}")
+            print(f"{item['file_id']}  {item['state']:9}  {names[item['file_id']]}")
     for msg in grant_errors:  # the files are protected; only the standing share failed
         print(f"dispersiond: warning: {msg}", file=sys.stderr)
     if errors:

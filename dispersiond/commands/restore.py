@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..display import as_text, shown
 from ..restore import restore
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
@@ -33,8 +34,8 @@ def _run(args: argparse.Namespace) -> int:
             restore(v, args.ref, dest, force=args.force, progress=adv)
     out = dest / f.name if dest.is_dir() else dest
     if args.json:
-        emit_json({"file_id": f.file_id, "path": str(out), "size": f.size,
+        emit_json({"file_id": f.file_id, "path": as_text(str(out)), "size": f.size,
                    "digest_alg": f.digest_alg, "digest": f.digest})
     else:
-        print(f"restored {f.file_id} to {out} ({f.size} bytes, {f.digest_alg} verified)")
+        print(f"restored {f.file_id} to {shown(out)} ({f.size} bytes, {f.digest_alg} verified)")
     return 0

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..display import shown
 from ..errors import DispersiondError
 from ..state import STATES, FileState, read_status
 from ._common import add_config, add_json, config, emit_json
@@ -123,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     if st["running"]:
         print(f"daemon: running (pid {d.get('pid', '?')}, since {_when(d.get('started'))})")
         if d.get("intake") == "paused":
-            print(f"  intake PAUSED: {d.get('paused_reason')}")
+            print(f"  intake PAUSED: {shown(str(d.get('paused_reason')))}")
         if d.get("uploads") == "held":
             print(f"  uploads held until the window opens "
                   f"({d.get('upload_window')}): {_when(d['next_runs'].get('upload_window_opens'))}")
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     if op:
         line = f"oldest pending: {op['file_id']} ({op['state']}, since {_when(op['since'])})"
         if op.get("error"):
-            line += f", last error: {op['error']}"
+            line += f", last error: {shown(op['error'])}"
         print(line)
     for name, s in (st.get("stores") or {}).items():
         state = "FAILING" if s["failing"] else "ok"
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         if s["pending_objects"]:
             line += f", {s['pending_objects']} objects waiting"
         if s.get("last_error"):
-            line += f"; last error {_when(s['error_at'])}: {s['last_error']}"
+            line += f"; last error {_when(s['error_at'])}: {shown(s['last_error'])}"
         if s.get("retry_at"):
             line += f"; next try {_when(s['retry_at'])}"
         print(line)

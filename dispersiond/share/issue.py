@@ -124,7 +124,8 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
                    f"({'; '.join(problems) or 'none recorded'})")
     if with_name and not _sendable_name(f.name):
         raise refuse(f"file {f.file_id}: its name has characters a recipient's system cannot "
-                     "take (control characters or slashes): share it without --with-name",
+                     "take (control characters, slashes or bytes that are not UTF-8): share "
+                     "it without --with-name",
                      f.file_id)
     share_key = os.urandom(se2.KEY_LEN)
     dest = out if out is not None else Path.cwd() / bundle_name(f.file_id, recipient)
@@ -185,7 +186,11 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
 def _sendable_name(name: str) -> bool:
     from .payload import BAD_NAME, MAX_NAME
 
-    return 0 < len(name.encode(errors="replace")) <= MAX_NAME and not BAD_NAME.search(name)
+    from ..display import is_text
+
+    # Bytes that are not UTF-8 cannot go into the bundle's JSON as they are.
+    return (is_text(name) and 0 < len(name.encode()) <= MAX_NAME
+            and not BAD_NAME.search(name))
 
 
 def _audit(v, event_name: str, file_id: str | None, **detail) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DispersiondError
+from ..fsutil import create_private, restrict
 from .schema import SCHEMA, SCHEMA_VERSION, migrate
 
 Conn = sqlite3.Connection
@@ -23,6 +24,7 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)  # SQLite gives its -wal and -shm files the database's mode
         self.path = path
         self._lock = threading.RLock()
         self._ok_at: dict[str, float] = {}  # store -> when store_ok last wrote (this handle)
@@ -30,6 +32,8 @@ class Database:
                                    timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        for part in ("", "-wal", "-shm"):  # made by an older build, or under another umask
+            restrict(path.with_name(path.name + part))
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)  # creates what is missing; leaves old tables as they are

@@ -5,7 +5,9 @@ import time
 from typing import Any, Iterable
 
 from .db import Conn, Database
-from .model import PROTECTED, FileRow, FileState, check_transition, sources_of
+from ..display import as_text, is_text, raw_bytes, shown
+from .model import (PROTECTED, FileRow, FileState, check_transition, file_columns,
+                    sources_of)
 
 S = FileState
 
@@ -28,6 +30,7 @@ class FilesMixin(Database):
         now = time.time()
         fields.setdefault("created", now)
         fields.setdefault("updated", now)
+        fields = file_columns(fields)
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         with self.tx() as db:
@@ -37,7 +40,7 @@ class FilesMixin(Database):
         """Change a file's other fields; its state changes only through `set_state`."""
         if "state" in fields:
             raise TypeError("update_file does not change a file's state: use set_state")
-        fields["updated"] = time.time()
+        fields = file_columns({**fields, "updated": time.time()})
         sets = ", ".join(f"{k}=?" for k in fields)
         with self._writing(db) as conn:
             conn.execute(f"UPDATE files SET {sets} WHERE file_id=?", (*fields.values(), file_id))
@@ -52,7 +55,7 @@ class FilesMixin(Database):
                    **fields: Any) -> None:
         """`set_state` for many files with the same fields, in one transaction."""
         new = FileState(new)
-        fields = {**fields, "updated": fields.get("updated", time.time())}
+        fields = file_columns({**fields, "updated": fields.get("updated", time.time())})
         guard, sources = _in(sources_of(new))
         sets = ", ".join(f"{k}=?" for k in fields)
         sql = f"UPDATE files SET state=?, {sets} WHERE file_id=? AND {guard}"
@@ -77,12 +80,16 @@ class FilesMixin(Database):
                    now: float) -> None:
         """Inbox files being claimed: (file_id, name, size, mtime, scheme, source)."""
         state = check_transition("-", None, S.CLAIMING).value
+        keys = ("file_id", "name", "size", "mtime", "scheme", "source")
+        cols = [file_columns({**dict(zip(keys, r)), "state": state, "created": now,
+                              "updated": now}) for r in rows]
+        if not cols:
+            return
+        names = ", ".join(cols[0])
+        marks = ", ".join("?" for _ in cols[0])
         with self.tx() as conn:
-            conn.executemany(
-                "INSERT INTO files (file_id, name, size, mtime, scheme, state, source, created, "
-                "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(fid, name, size, mtime, scheme, state, source, now, now)
-                 for fid, name, size, mtime, scheme, source in rows])
+            conn.executemany(f"INSERT INTO files ({names}) VALUES ({marks})",
+                             [tuple(c.values()) for c in cols])
 
     def drop_claiming(self, file_ids: Iterable[str], db: Conn | None = None) -> None:
         """Forget claims that did not happen (only rows still 'claiming')."""
@@ -100,7 +107,7 @@ class FilesMixin(Database):
         """One more failed attempt, and when to try again."""
         with self.tx() as conn:
             conn.execute("UPDATE files SET attempts=attempts+1, next_try=?, error=?, updated=? "
-                         "WHERE file_id=?", (retry_at, error, time.time(), file_id))
+                         "WHERE file_id=?", (retry_at, as_text(error), time.time(), file_id))
 
     def finish_many(self, file_ids: Iterable[str]) -> list[str]:
         """committed -> done for each of `file_ids` that is finishable, checked inside one
@@ -124,10 +131,10 @@ class FilesMixin(Database):
     # --- reads
     def file(self, file_id: str) -> FileRow | None:
         rows = self.query("SELECT * FROM files WHERE file_id=?", (file_id,))
-        return FileRow(**dict(rows[0])) if rows else None
+        return FileRow.from_db(rows[0]) if rows else None
 
     def files(self, where: str = "1", args: tuple = ()) -> list[FileRow]:
-        return [FileRow(**dict(r)) for r in
+        return [FileRow.from_db(r) for r in
                 self.query(f"SELECT * FROM files WHERE {where} ORDER BY created, file_id", args)]
 
     def files_in(self, *states: FileState) -> list[FileRow]:
@@ -162,15 +169,25 @@ class FilesMixin(Database):
         return bool(self.query("SELECT 1 FROM files LIMIT 1"))
 
     def find(self, ref: str) -> list[FileRow]:
-        """Files matching an id, an id prefix (>= 6 hex digits) or an original name."""
+        """Files matching an id, an id prefix (>= 6 hex digits) or an original name: as
+        its bytes (argv keeps undecodable bytes), as stored, or as `ls` shows it."""
         ref = ref.strip()
+        if not is_text(ref):  # undecodable bytes: only a name can match
+            return self.files("name_raw=?", (raw_bytes(ref),))
         by_id = self.files("file_id=?", (ref.lower(),))
         if by_id:
             return by_id
         out = []
         if len(ref) >= 6 and all(c in "0123456789abcdefABCDEF" for c in ref):
             out = self.files("file_id LIKE ?", (ref.lower() + "%",))
-        return out or self.files("name=?", (ref,))
+        if out:
+            return out
+        by_name = self.files("name=? AND name_raw IS NULL", (ref,))
+        if by_name:
+            return by_name
+        # As `ls` showed it: the escaped text of an undecodable or control-character name.
+        return self.files("name=? AND name_raw IS NOT NULL", (ref,)) or [
+            f for f in self.files() if shown(f.name) == ref]
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM files GROUP BY state")}

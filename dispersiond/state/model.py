@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
+from ..display import as_text, from_stored, is_text, raw_bytes
 from ..errors import DispersiondError
 
 
@@ -114,6 +116,30 @@ class FileRow:
 
     def __post_init__(self) -> None:
         self.state = FileState(self.state)
+
+    @classmethod
+    def from_db(cls, row: Any) -> "FileRow":
+        """A row as read (name and source back to their exact bytes, see `file_columns`)."""
+        d = dict(row)
+        for col in RAW_COLUMNS:
+            d[col] = from_stored(d[col], d.pop(f"{col}_raw", None))
+        return cls(**d)
+
+
+#: Columns of `files` whose values may be names that are not valid UTF-8 (os.fsdecode's
+#: surrogates): SQLite TEXT must be UTF-8, so their exact bytes go into `<col>_raw`.
+RAW_COLUMNS = ("name", "source")
+
+
+def file_columns(fields: dict[str, Any]) -> dict[str, Any]:
+    """Values of `files` as they are stored: a name or path that is not valid UTF-8 as
+    its escaped text plus its exact bytes in `<col>_raw`; any other text made valid."""
+    out = {}
+    for key, value in fields.items():
+        if key in RAW_COLUMNS:
+            out[f"{key}_raw"] = None if value is None or is_text(value) else raw_bytes(value)
+        out[key] = as_text(value) if isinstance(value, str) else value
+    return out
 
 
 @dataclass

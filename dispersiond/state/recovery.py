@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from .db import Database
-from .model import FileState, ObjectState, check_transition
+from .model import FileState, ObjectState, check_transition, file_columns
 
 
 class RecoveryMixin(Database):
@@ -16,6 +16,7 @@ class RecoveryMixin(Database):
         done = check_transition("-", None, FileState.DONE).value
         with self.tx() as conn:
             for fields, objects in files:
+                fields = file_columns(fields)
                 conn.execute(f"INSERT OR REPLACE INTO files ({', '.join(fields)}, state, updated) "
                              f"VALUES ({', '.join('?' for _ in fields)}, ?, ?)",
                              (*fields.values(), done, time.time()))

@@ -1,4 +1,4 @@
-"""The state database's tables (schema 3) and the in-place upgrades from 1 and 2."""
+"""The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import sqlite3
 
 from .. import digests
 
-SCHEMA_VERSION = 3  # 2: digests named for their algorithm; 3: no structured data in meta
+SCHEMA_VERSION = 4  # 2: digests named for their algorithm; 3: no structured data in meta;
+#                     4: exact bytes of names and paths that are not valid UTF-8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +36,9 @@ CREATE TABLE IF NOT EXISTS files (
     attempts    INTEGER NOT NULL DEFAULT 0,
     next_try    REAL,
     error       TEXT,
-    backed_up   INTEGER NOT NULL DEFAULT 0  -- a manifest backup with this file has landed
+    backed_up   INTEGER NOT NULL DEFAULT 0, -- a manifest backup with this file has landed
+    name_raw    BLOB,                       -- exact bytes of `name` when not valid UTF-8
+    source_raw  BLOB                        -- exact bytes of `source` when not valid UTF-8
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE TABLE IF NOT EXISTS objects (
@@ -115,6 +118,8 @@ def migrate(db: sqlite3.Connection, version: int) -> None:
         _v1_to_v2(db)
     if version < 3:
         _v2_to_v3(db)
+    if version < 4:
+        _v3_to_v4(db)
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -148,3 +153,12 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
         db.execute("INSERT OR REPLACE INTO key_rotation VALUES (1, ?, ?)",
                    (meta.get("rotate_salt"), meta.get("rotate_key_id")))
         db.execute("DELETE FROM meta WHERE key IN ('rotate_salt', 'rotate_key_id')")
+
+
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    """Schema 3 could hold only names that are valid UTF-8 (others stopped intake): the
+    exact bytes of any other go beside the text, which then holds the escaped form."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(files)")}
+    for col in ("name_raw", "source_raw"):
+        if col not in have:
+            db.execute(f"ALTER TABLE files ADD COLUMN {col} BLOB")

@@ -1,0 +1,64 @@
+"""What holds state is the owner's alone whatever the umask: state.db and its WAL/SHM
+files 0600; the state folder, kept/ and quarantine/ 0700."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from daemonctl import DaemonProc, daemon_config, drop, status, wait_until
+from dsp import ROOT
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def umask_0() -> None:
+    os.umask(0)
+
+
+class Umask0Daemon(DaemonProc):
+    def start(self) -> Umask0Daemon:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dispersiond", "-c", str(self.cfg), "--log-format",
+                 "json", "run"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, preexec_fn=umask_0)  # noqa: PLW1509
+        return self
+
+
+def test_state_kept_and_quarantine_are_private_under_umask_0(tmp_path):
+    cfg = daemon_config(tmp_path, after="keep")
+    inbox = tmp_path / "inbox"
+    d = Umask0Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        drop(inbox, "record.csv", b"a,b\n1,2\n")
+        wait_until(lambda: status(cfg)["files"].get("done", 0) == 1, 60, "done", d)
+        # A claimed row whose original is gone goes to the quarantine.
+        from dispersiond.config import load_config
+        from dispersiond.state import StateDB
+
+        state = load_config(cfg).state_path
+        db = StateDB(state / "state.db")
+        db.add_file(file_id="ab" * 16, name="gone.dcm", size=10, mtime=0.0, scheme="se2",
+                    state="claimed", source=str(state / "claimed" / ("ab" * 16)))
+        db.close()
+    finally:
+        d.terminate()
+    d = Umask0Daemon(cfg, tmp_path / "daemon2.log").start()
+    try:
+        wait_until(lambda: status(cfg)["files"].get("failed", 0) == 1, 60, "quarantined", d)
+        db_files = [state / n for n in ("state.db", "state.db-wal", "state.db-shm")]
+        assert all(p.exists() for p in db_files)
+        assert {p.name: mode(p) for p in db_files} == {p.name: 0o600 for p in db_files}
+    finally:
+        d.terminate()
+    q = state / "quarantine"
+    folders = [state, state / "kept", q, q / ("ab" * 16)]
+    assert {str(p): mode(p) for p in folders} == {str(p): 0o700 for p in folders}
+    assert mode(q / ("ab" * 16) / "REASON") == 0o600
+    assert mode(state / "state.db") == 0o600
