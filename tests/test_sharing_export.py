@@ -102,3 +102,54 @@ def test_a_state_database_from_before_requests_gains_the_table(site: dict) -> No
     assert db.get_meta("schema") == "3"
     db.close()
     assert cli_json(cfg, "requests") == []
+
+
+# ---------------------------------------------------------------- inline payload checks
+
+EXAMPLES = int(os.environ.get("DISPERSIOND_FUZZ_EXAMPLES", "300"))
+
+
+def _valid_inline() -> dict:
+    from dispersiond.share.inline import pack
+
+    rec = pack("ABCDEFGHIJKLMNOP", "csv", b"a,b\n1,2\n", bytes(32), deidentified=True,
+               warnings=("w",), report={"removed": 1})
+    return {"v": 3, "type": "inline", "export": True, "created": 1, "role": "institute",
+            "request": None, "purpose": None, "use_until": None, "override_reason": None,
+            "files": [rec.entry]}
+
+
+def test_inline_payload_checks_refuse_anything_malformed() -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from dispersiond.share import BundleFormatError, check_payload
+
+    assert check_payload(_valid_inline())["files"][0]["name"] == "ABCDEFGHIJKLMNOP.csv"
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+                          lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                              st.text(max_size=8), c, max_size=3), max_leaves=10)
+    top = list(_valid_inline())
+    entry = list(_valid_inline()["files"][0])
+
+    @settings(max_examples=EXAMPLES, deadline=5000, derandomize="CI" in os.environ,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(top + [f"files.{k}" for k in entry]), values)
+    def run(field: str, value) -> None:
+        p = _valid_inline()
+        if field.startswith("files."):
+            p["files"][0][field[6:]] = value
+        else:
+            p[field] = value
+        try:
+            check_payload(p)
+        except BundleFormatError as exc:
+            assert "\n" not in str(exc)
+
+    run()
+    bad = _valid_inline()
+    bad["files"][0]["name"] = "../escape"
+    import pytest
+
+    with pytest.raises(BundleFormatError, match="record name"):
+        check_payload(bad)

@@ -69,7 +69,8 @@ def _list(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        data = path.open("rb").read(65 << 10)
+        with path.open("rb") as fh:
+            data = fh.read(65 << 10)
     except OSError as exc:
         raise DispersiondError(f"cannot read request file {path}: {exc.strerror}") from None
     with open_vault(config(args)) as v:
