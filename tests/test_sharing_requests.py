@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pydicom
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..identity import IdentityError, decode_public
 from ..state import dumps
 from .errors import ShareError, ShareRefused
 from .export import _audit, select, write_inline
@@ -59,9 +60,8 @@ def receive(v, data: bytes) -> Received:
                      "request_key of any configured recipient: add the recipient (name, role, "
                      "public_key, request_key from their keygen) first", signer=req.fingerprint)
     try:
-        same = recipient_key(rcpt) == recipient_key(type(rcpt)(
-            name=rcpt.name, public_key=req.body["public_key"], role=rcpt.role))
-    except ShareRefused:
+        same = recipient_key(rcpt) == decode_public(req.body["public_key"])
+    except (ShareRefused, IdentityError):
         same = False
     if not same:
         raise refuse(f"it names a public key that is not {rcpt.name}'s in the config",
@@ -154,12 +154,14 @@ def approve(v, rid: str, out: Path | None = None,
         else:
             paths.append(str(res.path))
             skipped = res.skipped
-    outcome = {"bundles": paths, "skipped": skipped}
+    records = len(paths) if rcpt.identified else (res.records if paths else 0)
+    outcome = {"bundles": paths, "skipped": skipped, "records": records}
     if not v.db.decide_request(rid, "approved", time.time(), dumps(outcome)):
         raise ShareError(f"request {rid} was decided meanwhile")
     _audit(v, "request-approved", None, request=rid, recipient=rcpt.name, role=rcpt.role,
-           bundles=len(paths), records=len(files) - len(skipped))
-    return {"id": rid, "recipient": rcpt.name, "bundles": paths, "skipped": skipped}
+           bundles=len(paths), records=records)
+    return {"id": rid, "recipient": rcpt.name, "bundles": paths, "skipped": skipped,
+            "records": records}
 
 
 def deny(v, rid: str, note: str | None = None) -> dict:

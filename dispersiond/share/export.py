@@ -26,7 +26,7 @@ from ..deid.pseudonym import pseudonym
 from ..errors import DispersiondError
 from ..fsutil import atomic_output
 from ..logs import event
-from ..state import PROTECTED, FileRow, dumps
+from ..state import FileRow, dumps
 from . import device
 from .bundle import SUFFIX, seal_signed
 from .errors import ShareError, ShareRefused
@@ -214,10 +214,3 @@ def _audit(v, name: str, file_id: str | None, **detail) -> None:
     v.audit(name, file_id, **{k: x for k, x in detail.items() if x is not None})
     v.db.mark_manifest_dirty()
 
-
-def refuse_unprotected(v, f: FileRow | None, rcpt: Recipient, via: str) -> None:
-    if f is not None and f.state not in PROTECTED:
-        _audit(v, "share-refused", f.file_id, recipient=rcpt.name, via=via,
-               reason=f"file {f.file_id} is not protected yet (state {f.state})")
-        raise ShareRefused(f"share refused: file {f.file_id} is not protected yet "
-                           f"(state {f.state})")

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..identity import (Identity, IdentityError, decode_public, decode_signing_public,
-                        encode_signing_public, fingerprint)
+                        fingerprint)
 from .errors import ShareError
 
 FORMAT_VERSION = 1
@@ -194,6 +194,3 @@ def parse(data: bytes) -> Request:
                   "names)") from None
     return Request(body, raw, signer)
 
-
-def signer_text(req: Request) -> str:
-    return encode_signing_public(req.signer)
