@@ -182,3 +182,17 @@ def test_config_rejects_deid_settings_for_a_doctor(tmp_path: Path) -> None:
                           "deid": {}}]
     with pytest.raises(Exception, match="doctor gets records as stored"):
         parse_config(raw)
+
+
+def test_a_record_that_cannot_be_de_identified_is_never_sent_as_is(tmp_path: Path) -> None:
+    key = tmp_path / "lab.key"
+    pub = keygen(key)["public_key"]
+    cfg = local_config(tmp_path, "replicate", recipients=[
+        {"name": "lab", "role": "other", "public_key": pub}])  # no CSV columns named
+    (fid,) = put(cfg, CSV)
+    out = tmp_path / "csv.dspshare"
+    code, _, err = cli(cfg, "share", fid, "--to", "lab", "--out", str(out), expect=2)
+    assert "share refused: no record could be shared" in err and "column" in err
+    assert not out.exists() and "PAT0001" not in err
+    ev = audit(cfg)[-1]
+    assert ev["event"] == "share-refused" and ev["file_id"] == fid

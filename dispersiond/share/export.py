@@ -181,7 +181,8 @@ def write_inline(v, rcpt: Recipient, files: list[FileRow], out: Path, *,
             records.append(rec)
             included.append(f.file_id)
     if not records:
-        _audit(v, "share-refused", None, recipient=rcpt.name, via=via, request=request,
+        _audit(v, "share-refused", files[0].file_id if len(files) == 1 else None,
+               recipient=rcpt.name, via=via, request=request,
                reason="no record could be shared", skipped=len(skipped))
         raise ShareRefused("share refused: no record " + (
             "matched" if not skipped else f"could be shared ({skipped[0]['file_id']}: "
