@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       field_validator, model_validator)
 
 from .codec import compress
+from .deid.policy import DeidPolicy, DicomPolicy
 from .errors import ConfigError
 from .units import parse_duration as _parse_duration
 from .units import parse_size as _parse_size
@@ -291,12 +292,50 @@ def _loopback(host: str) -> bool:
         return False  # a name other than localhost may resolve anywhere
 
 
+Role = Literal["doctor", "institute", "authority", "other"]
+
+
 class Recipient(_Strict):
-    """Someone a file may be shared with (paper section 4.2)."""
+    """Someone a file may be shared with (paper sections 3.1 and 4.2).
+
+    The role decides what a share hands over (docs/SECURITY.md, "What each role gets"):
+    `doctor`, the responsible doctor, gets the record as stored; `institute`, `authority`
+    and `other` get a de-identified derivative under `deid` (or the role's defaults), and
+    an identified share to them takes `--identified --reason TEXT`, which is audited.
+    `request_key` (dspsig1..., printed by the recipient's `keygen`) lets the recipient
+    send signed consent requests; without it their requests are refused.
+    """
 
     name: Annotated[str, Field(pattern=NAME)]
     public_key: str
-    role: Literal["doctor", "institute", "authority", "other"] = "other"
+    role: Role = "other"
+    request_key: str | None = None
+    deid: DeidPolicy | None = None
+
+    @model_validator(mode="after")
+    def _role_policy(self) -> "Recipient":
+        if self.role == "doctor" and self.deid is not None:
+            raise ValueError("a doctor gets records as stored: 'deid' applies only to "
+                             "institute, authority and other recipients")
+        return self
+
+    @property
+    def identified(self) -> bool:
+        """Whether this recipient's role gets the record as stored."""
+        return self.role == "doctor"
+
+    def policy(self) -> DeidPolicy:
+        """The de-identification policy: the entry's own, or its role's default."""
+        return self.deid if self.deid is not None else role_policy(self.role)
+
+
+def role_policy(role: str) -> DeidPolicy:
+    """Per-role defaults. The health authority follows an outbreak over time, so its DICOM
+    dates are shifted per patient (intervals kept) rather than removed; every other
+    default is the strictest the format allows."""
+    if role == "authority":
+        return DeidPolicy(dicom=DicomPolicy(retain_modified_dates=True))
+    return DeidPolicy()
 
 
 class Grant(_Strict):

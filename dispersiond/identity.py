@@ -20,6 +20,12 @@ check = SHA-256(label || key)[0:4], label "dispersiond public key v1" or
 A sending device signs its bundles with an Ed25519 key (dispersiond/share/device.py);
 its public half is printed as "dspsig1" + base32(pk || check), label "dispersiond
 signing key v1", with a short fingerprint a doctor can read out over the phone.
+
+A recipient signs its consent requests (docs/FORMAT.md section 6.8) with an Ed25519 key
+derived from its X25519 secret (HKDF-SHA256, label "dispersiond request signing key v1"):
+every identity file, old ones included, has one, and nothing new needs to be kept secret.
+Its public half is printed in the same "dspsig1" form and goes into the sender's config
+as the recipient's `request_key`.
 """
 from __future__ import annotations
 
@@ -33,7 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DispersiondError
@@ -49,6 +58,7 @@ _RID_LABEL = b"dispersiond share v1 recipient"
 SIGNING_PREFIX = "dspsig1"
 _SIG_LABEL = b"dispersiond signing key v1"
 _FPR_LABEL = b"dispersiond sender fingerprint v1"
+_REQ_SIGN_LABEL = b"dispersiond request signing key v1"
 
 
 class IdentityError(DispersiondError):
@@ -135,6 +145,18 @@ class Identity:
     def public(self) -> str:
         return encode_public(self.public_bytes)
 
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key consent requests are signed with, derived from the secret."""
+        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=_REQ_SIGN_LABEL).derive(self.secret.private_bytes_raw())
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+    @property
+    def request_key(self) -> str:
+        """The signing key's public half ('dspsig1...'): the sender's `request_key`."""
+        return encode_signing_public(self.signing_key.public_key().public_bytes_raw())
+
     @classmethod
     def generate(cls) -> "Identity":
         return cls(X25519PrivateKey.generate())
@@ -155,7 +177,8 @@ class Identity:
                 "every share sent to this key.\n" if passphrase is not None else
                 "# Keep this file secret: whoever holds it opens every share sent to this key.\n")
         text = (f"# dispersiond identity (X25519), created {now}\n"
-                f"# public key: {self.public}\n{keep}"
+                f"# public key: {self.public}\n"
+                f"# request key: {self.request_key}\n{keep}"
                 f"{self.secret_text(passphrase)}\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -1,4 +1,5 @@
-"""`dispersiond keygen --out NAME`: an X25519 identity for a share recipient."""
+"""`dispersiond keygen --out NAME`: an X25519 identity for a share recipient (its
+request-signing key derives from it: identity.py)."""
 from __future__ import annotations
 
 import argparse
@@ -36,13 +37,16 @@ def _run(args: argparse.Namespace) -> int:
     pub = out.with_name(out.name + ".pub")
     pub.write_text(ident.public + "\n")
     if args.json:
-        emit_json({"identity": str(out), "public_key": ident.public, "public_key_file": str(pub)})
+        emit_json({"identity": str(out), "public_key": ident.public, "public_key_file": str(pub),
+                   "request_key": ident.request_key})
         return 0
     print(ident.public)
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in out.stem.lower()) or "recipient"
     print(f"identity written to {out} (keep it secret); public key in {pub}.\n"
           "The sender adds to their config:\n"
           "  recipients:\n"
-          f"    - {{name: {name}, role: {args.role}, public_key: {ident.public}}}",
+          f"    - {{name: {name}, role: {args.role}, public_key: {ident.public},\n"
+          f"       request_key: {ident.request_key}}}\n"
+          "(request_key lets you send signed consent requests: 'dispersiond request')",
           file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..identity import load_identity
 from ..share import open_bundle
 from ..share.senders import pins, senders_path
+from ..share.unpack import OpenedInline
 from ._common import add_json, ask_passphrase, emit_json, transfer_progress
 
 
@@ -25,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--identity", "-i", required=True, metavar="KEYFILE",
                    help="your identity file (from 'dispersiond keygen')")
     p.add_argument("--out", "-o", required=True, metavar="PATH",
-                   help="file to write (or a folder, if the bundle carries the file name)")
+                   help="file to write (or a folder, if the bundle carries the file name; "
+                        "an export opens into a folder with its manifest.json)")
     p.add_argument("--force", action="store_true", help="replace an existing file at PATH")
     p.add_argument("--sender", action="append", default=[], metavar="KEY",
                    help="trust this sender key (dspsig1..., from the sender's 'dispersiond "
@@ -51,15 +53,30 @@ def _run(args: argparse.Namespace) -> int:
                           accept_unknown_sender=args.accept_unknown_sender,
                           accept_unsigned=args.accept_unsigned)
     s = res.sender
-    if s is not None and (not s.signed or s.name is None):
-        print(f"dispersiond: WARNING: {res.path} came from {s.describe()}: nothing proves who "
-              "made it; do not rely on it as a record from your patient"
-              + (f" (to trust the sender: dispersiond trust NAME {s.key} --identity "
-                 f"{args.identity}; senders file {senders_path(Path(args.identity))})"
-                 if s.key else ""), file=sys.stderr)
+    _warn_sender(s, res.path, args.identity)
+    if isinstance(res, OpenedInline):
+        for w in res.warnings:
+            print(f"dispersiond: WARNING: {w}", file=sys.stderr)
+        if args.json:
+            emit_json(res.as_dict())
+        else:
+            what = "de-identified record(s)" if res.deidentified else "record(s)"
+            where = f" with {res.manifest.name}" if res.manifest else ""
+            print(f"wrote {len(res.records)} {what} to {res.path}{where}, every digest "
+                  f"verified, from {s.describe() if s else 'an unknown sender'}")
+        return 0
     if args.json:
         emit_json(res.as_dict())
     else:
         print(f"wrote {res.path} ({res.size} bytes, {res.digest_alg} {res.digest} verified) "
               f"from {s.describe() if s else 'an unknown sender'}")
     return 0
+
+
+def _warn_sender(s, path: Path, identity: str) -> None:
+    if s is not None and (not s.signed or s.name is None):
+        print(f"dispersiond: WARNING: {path} came from {s.describe()}: nothing proves who "
+              "made it; do not rely on it as a record from your patient"
+              + (f" (to trust the sender: dispersiond trust NAME {s.key} --identity "
+                 f"{identity}; senders file {senders_path(Path(identity))})"
+                 if s.key else ""), file=sys.stderr)

@@ -5,7 +5,11 @@ the sending device's signature); `payload` (the sealed JSON's schema and upgrade
 `device` (this device's signing key); `senders` (the devices a recipient trusts);
 `issue` (making a bundle: the `share` command and standing grants); `grants`;
 `links` (the HTTP client that reads a bundle's links); `opening` (the recipient's
-side). Byte format: docs/FORMAT.md section 6.
+side). What a recipient's role gets, and its pseudonym secret: `roles`. Records carried
+inside a bundle (de-identified shares, study exports): `inline` (the format), `export`
+(the device's side), `unpack` (the recipient's). Consent requests: `request_format`
+(the signed file), `consent` (receive, list, approve, deny). Byte format:
+docs/FORMAT.md section 6.
 """
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from . import device
 from .bundle import SUFFIX, seal_signed
 from .errors import ShareError, ShareRefused
 from .payload import MAX_LIFETIME, PAYLOAD_VERSION
+from .roles import check_override
 
 DEFAULT_EXPIRES = "72h"
 
@@ -71,8 +72,13 @@ def bundle_name(file_id: str, recipient: str) -> str:
 
 def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAULT_EXPIRES, *,
                   with_name: bool = False, out: Path | None = None, overwrite: bool = False,
-                  via: str = "command") -> ShareResult:
+                  via: str = "command", identified: bool = False,
+                  reason: str | None = None) -> ShareResult:
     """Write a share bundle of one committed file for one configured recipient.
+
+    The recipient's role decides what it holds: a doctor's (or an audited override's,
+    `identified` with a `reason`) links to the stored record; anyone else's an inline,
+    de-identified derivative (export.py), which never carries the file's name.
 
     Every outcome is in the audit log: "share" on success, "share-refused" when access
     control says no (unknown recipient, unknown or unfinished file, bad expiry), and
@@ -111,6 +117,18 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
     if f.scheme != "se2":
         raise refuse(f"file {f.file_id} uses scheme {f.scheme}; only se2 files can be shared",
                      f.file_id)
+
+    try:
+        override = check_override(rcpt, identified, reason)
+    except ShareRefused as exc:
+        raise refuse(str(exc).removeprefix("share refused: "), f.file_id) from None
+    if not rcpt.identified and override is None:
+        from .export import write_inline
+
+        dest = out if out is not None else Path.cwd() / bundle_name(f.file_id, recipient)
+        if dest.is_dir():
+            dest = dest / bundle_name(f.file_id, recipient)
+        return write_inline(v, rcpt, [f], dest, export=False, overwrite=overwrite, via=via)
 
     def fail(reason: str) -> ShareError:
         _audit(v, "share-failed", f.file_id, recipient=recipient, reason=reason, via=via)
@@ -177,7 +195,8 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
                       signer.fingerprint)
     _audit(v, "share", f.file_id, recipient=recipient, role=rcpt.role,
            expires=_iso(res.expires), links=len(links), with_name=with_name, via=via,
-           bundle_sha256=res.bundle_sha256, sender=signer.fingerprint)
+           bundle_sha256=res.bundle_sha256, sender=signer.fingerprint,
+           **({"override_reason": override} if override else {}))
     event(logging.INFO, "share bundle written", file_id=f.file_id, recipient=recipient,
           links=len(links))
     return res

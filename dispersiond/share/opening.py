@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from .. import codec, digests
 from ..errors import CodecError, FragmentMismatch
@@ -24,6 +24,9 @@ from . import bundle
 from .errors import BundleTampered, LinkExpired, ObjectMismatch, ObjectTampered, ShareError
 from .links import LinkSource
 from .senders import Sender, decide, pins
+
+if TYPE_CHECKING:
+    from .unpack import OpenedInline
 
 
 def _iso(ts: float) -> str:
@@ -62,7 +65,7 @@ def open_bundle(path: Path, identity: Identity, out: Path, *, force: bool = Fals
                 enforce_expiry: bool = True, timeout: float = 60.0,
                 progress: Callable[[int], None] | None = None,
                 senders: dict[bytes, str] | None = None, accept_unknown_sender: bool = False,
-                accept_unsigned: bool = False) -> Opened:
+                accept_unsigned: bool = False) -> "Opened | OpenedInline":
     """Rebuild the shared file at `out`; every byte is verified before it becomes visible.
 
     `senders` (key -> name) are the devices trusted to send; by default the known-senders
@@ -70,6 +73,8 @@ def open_bundle(path: Path, identity: Identity, out: Path, *, force: bool = Fals
     is refused unless accepted explicitly. `out` may be a folder when the bundle carries
     the file's name. `enforce_expiry=False` skips the local check of the bundle's expiry
     and leaves it to the stores alone (for tests that show which stores enforce it).
+    An inline bundle (payload version 3: de-identified shares, exports) carries its
+    records and opens as unpack.OpenedInline.
     """
     out = Path(out)
     if "\0" in str(out):
@@ -80,6 +85,10 @@ def open_bundle(path: Path, identity: Identity, out: Path, *, force: bool = Fals
         sender = decide(sealed, known, accept_unknown=accept_unknown_sender,
                         accept_unsigned=accept_unsigned)
         p = sealed.payload
+        if p["v"] == 3:
+            from .unpack import open_inline
+
+            return open_inline(fb, p, out, sender, force=force)
         if enforce_expiry and time.time() >= p["expires"]:
             raise LinkExpired(f"this bundle's links expired at {_iso(p['expires'])}: ask the "
                               "sender for a new share")

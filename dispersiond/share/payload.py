@@ -14,7 +14,7 @@ from .. import digests
 from ..codec import se2
 from .errors import BundleFormatError
 
-PAYLOAD_VERSION = 2  # 2 names every digest for its algorithm (digest_alg)
+PAYLOAD_VERSION = 2  # 2 names every digest for its algorithm (digest_alg); 3 is inline.py
 MAX_LIFETIME = timedelta(days=7)  # S3 SigV4 and GCS V4 links cannot live longer
 MAX_OBJECTS = 256
 MAX_LENGTH = 1 << 44  # 16 TiB: no object, file or fragment is larger
@@ -62,6 +62,10 @@ def check_payload(p) -> dict:
     """Strict shape check of an (authenticated) payload: defence against a buggy issuer."""
     if isinstance(p, dict) and p.get("v") == 1:
         p = upgrade(p)
+    if isinstance(p, dict) and p.get("v") == 3:
+        from .inline import check_inline
+
+        return check_inline(p)
     if not isinstance(p, dict) or p.get("v") != PAYLOAD_VERSION:
         raise _bad("version")
     if not isinstance(p.get("digest_alg"), str) or p["digest_alg"] not in digests.ALGORITHMS:

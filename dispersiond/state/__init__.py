@@ -20,13 +20,14 @@ from .objects import ObjectsMixin
 from .peek import peek, peek_counts, peek_done, peek_planned, read_status
 from .recovery import RecoveryMixin
 from .rekey_rows import RekeyMixin
+from .request_rows import RequestsMixin
 from .schema import SCHEMA_VERSION
 from .stores import StoresMixin
 from .trash import TrashMixin
 
 
 class StateDB(FilesMixin, ObjectsMixin, TrashMixin, BackupsMixin, RekeyMixin, AuditMixin,
-              StoresMixin, RecoveryMixin):
+              StoresMixin, RecoveryMixin, RequestsMixin):
     """A thread-safe handle on the state database (one connection, one lock)."""
 
 

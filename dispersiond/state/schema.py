@@ -1,4 +1,9 @@
-"""The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3."""
+"""The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3.
+
+Tables added without changing an existing one (`requests`) need no version step: the
+CREATE TABLE IF NOT EXISTS below adds them to an older database when it is opened, and
+a build that does not know them leaves them alone.
+"""
 from __future__ import annotations
 
 import json
@@ -102,6 +107,16 @@ CREATE TABLE IF NOT EXISTS rekey_retire (   -- a re-keyed file's old objects, de
     store   TEXT NOT NULL,
     name    TEXT NOT NULL,
     PRIMARY KEY (file_id, store, name)
+);
+CREATE TABLE IF NOT EXISTS requests (       -- consent requests from recipients (share/consent.py)
+    id       TEXT PRIMARY KEY,              -- 16 hex digits of the signed body's hash
+    nonce    TEXT NOT NULL UNIQUE,          -- the requester's: a replayed request is refused
+    recipient TEXT NOT NULL,                -- the configured recipient whose key signed it
+    received REAL NOT NULL,
+    body     TEXT NOT NULL,                 -- the verified body, canonical JSON
+    state    TEXT NOT NULL,                 -- pending | approved | denied
+    decided  REAL,
+    outcome  TEXT                           -- JSON: the bundles written, or the owner's note
 );
 CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
     id     INTEGER PRIMARY KEY CHECK (id = 1),
