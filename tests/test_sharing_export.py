@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 
 from dispersiond.config import load_config
-from dispersiond.state import StateDB
+from dispersiond.state import SCHEMA_VERSION, StateDB
 from dsp import cli, cli_json, put, run_cli
 from test_sharing_roles import CSV, CT, FHIR, HL7, MR, site  # noqa: F401  (fixture)
 
@@ -86,8 +86,8 @@ def test_export_filters_by_kind_and_name_and_refuses_an_unexplained_override(
 
 
 def test_a_state_database_from_before_requests_gains_the_table(site: dict) -> None:
-    """Today's schema 3 databases have no requests table: opening one adds it and keeps
-    everything else (an additive table, so the schema number stays)."""
+    """A database from before consent requests has no requests table: opening one adds it
+    and keeps everything else (an additive table, so the schema number stays)."""
     cfg = site["cfg"]
     (fid,) = put(cfg, FHIR)
     db_path = load_config(cfg).state_path / "state.db"
@@ -99,7 +99,7 @@ def test_a_state_database_from_before_requests_gains_the_table(site: dict) -> No
     raw.close()
     db = StateDB(db_path)
     assert db.request_rows() == [] and db.file(fid) is not None
-    assert db.get_meta("schema") == "3"
+    assert db.get_meta("schema") == str(SCHEMA_VERSION)
     db.close()
     assert cli_json(cfg, "requests") == []
 
