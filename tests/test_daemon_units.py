@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import threading
@@ -287,7 +286,7 @@ def daemon(tmp_path: Path):
     yield d
     d.uploader.shutdown()
     d.encoder.shutdown()
-    d.verifier.shutdown()
+    d.maintenance.shutdown(wait=False, cancel_futures=True)
     d.v.close()
 
 
@@ -364,3 +363,34 @@ def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path,
             t.join()
     assert not q.empty()  # it did watch
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
+                                                            tmp_path: Path) -> None:
+    from dispersiond.daemon.encoder import ENCODE_ATTEMPTS
+    from dispersiond.daemon.events import Encoded
+
+    (tmp_path / "inbox" / "a.dcm").write_bytes(b"a" * 100)
+    daemon.intake.rescan()
+    stop = threading.Event()
+    daemon.intake.claim(stop)
+    time.sleep(0.35)
+    ((fid, _),) = daemon.intake.claim(stop)
+    enc = daemon.encoder
+    waits = []
+    for attempt in range(1, ENCODE_ATTEMPTS):
+        enc.waiting.pop(fid, None)  # as `start` does when it hands the file to the pool
+        enc.encoding.add(fid)
+        daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+        assert fid in enc.waiting and fid not in enc.encoding
+        assert daemon.v.db.file(fid).attempts == attempt
+        waits.append(enc.retry[fid].wait(time.monotonic()))
+        enc.start(stopping=False)
+        assert fid in enc.waiting and not enc.encoding  # backing off: not started
+    assert waits[1] > waits[0] > 0  # exponential, from retry_base
+    enc.waiting.pop(fid)
+    daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+    f = daemon.v.db.file(fid)
+    assert f.state == FileState.FAILED and "encoding failed 3 times" in f.error
+    assert fid not in enc.waiting and fid not in enc.retry
+    assert (tmp_path / "state" / "quarantine" / fid / "a.dcm").read_bytes() == b"a" * 100

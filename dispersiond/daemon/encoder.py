@@ -48,8 +48,8 @@ class Encoder:
 
     def __init__(self, v: Vault, uploader: Uploader, gate: SpaceGate, throttle: Throttle,
                  put: Callable[[Event], None], check_cancel: Callable[[int], None],
-                 quarantine: Callable[[str, str], None], *, retry_base: float,
-                 retry_max: float) -> None:
+                 quarantine: Callable[[str, str], None], maintenance: ThreadPoolExecutor, *,
+                 retry_base: float, retry_max: float) -> None:
         self.v, self.uploader, self.gate, self.throttle = v, uploader, gate, throttle
         self.put, self.check_cancel, self.quarantine = put, check_cancel, quarantine
         self.retry_base, self.retry_max = retry_base, retry_max
@@ -59,7 +59,7 @@ class Encoder:
         self.retry: dict[str, Backoff] = {}  # files whose last encode failed
         self.pool = ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode")
         self.early_pool = ThreadPoolExecutor(1, thread_name_prefix="early-upload")
-        self.housekeeping = ThreadPoolExecutor(1, thread_name_prefix="trash")
+        self.maintenance = maintenance  # the daemon's one background housekeeping thread
 
     def add(self, fid: str, size: int) -> None:
         self.waiting[fid] = size
@@ -136,7 +136,7 @@ class Encoder:
             self.retry.pop(fid, None)
             self.uploader.enqueue(self.v.db.objects(fid, states=("pending",)))
             return True
-        self.housekeeping.submit(self.v.empty_trash)  # early uploads of the failed encode
+        self.maintenance.submit(self.v.empty_trash)  # early uploads of the failed encode
         if isinstance(exc, Cancelled) or cancelling:
             return False
         shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
@@ -170,7 +170,7 @@ class Encoder:
         return False
 
     def shutdown(self) -> None:
-        for pool in (self.pool, self.early_pool, self.housekeeping):
+        for pool in (self.pool, self.early_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
 

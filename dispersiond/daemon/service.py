@@ -22,14 +22,13 @@ systemd's stop timeout.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import queue
 import signal
 import threading
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from backends import Unavailable
@@ -49,7 +48,7 @@ from .events import (BackupNow, Encoded, Event, PathSeen, Rescan, Uploaded, Veri
 from .finisher import Finisher
 from .intake import Intake, SpaceGate, Watcher
 from .paths import check_paths
-from .status import StatusWriter, status_line
+from .status import StatusWriter, status_doc, status_line
 from .uploader import Uploader
 from .verifier import Verifier
 
@@ -108,12 +107,13 @@ class Daemon:
         self.uploader = Uploader(self.v.db, [s.name for s in cfg.stores], self._send, self.q.put,
                                  workers=cfg.upload_workers, retry_base=retry_base,
                                  retry_max=retry_max, window=sch.window())
+        self.maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self.encoder = Encoder(self.v, self.uploader, self.gate, self.throttle, self.q.put,
-                               self._check_cancel, self._quarantine, retry_base=retry_base,
-                               retry_max=retry_max)
+                               self._check_cancel, self._quarantine, self.maintenance,
+                               retry_base=retry_base, retry_max=retry_max)
         self.finisher = Finisher(self.v, self.uploader, self.stop, self._idle,
                                  retry_base=retry_base, retry_max=retry_max)
-        self.verifier = Verifier(self.v, self.stop, self.q.put)
+        self.verifier = Verifier(self.v, self.stop, self.q.put, self.maintenance)
         self.status = StatusWriter(self.v.db.set_daemon_status)
         self.status_at = float("-inf")
         self.status_line = ""
@@ -195,7 +195,7 @@ class Daemon:
         self.status.offer(self._status_doc("stopped"), force=True)
         self.uploader.shutdown()
         self.encoder.shutdown()
-        self.verifier.shutdown()
+        self.maintenance.shutdown(wait=False, cancel_futures=True)
         event(logging.INFO, "daemon stopped", interrupted=stuck)
         if stuck or self.verifier.running:
             # A thread is blocked inside a store call: do not wait for its timeout. Every
@@ -299,28 +299,17 @@ class Daemon:
                            self.uploader.down())
 
     def _status_doc(self, state: str = "running") -> dict[str, Any]:
-        """What `dispersiond status` shows about the running daemon (meta key 'daemon')."""
         next_runs: dict[str, float | None] = {}
         if self.scheduler is not None and state == "running":
             for job in self.scheduler.get_jobs():
                 next_runs[job.id] = job.next_run_time.timestamp() if job.next_run_time else None
-        opens = self.uploader.opens()
-        if opens:
-            next_runs["upload_window_opens"] = opens.timestamp()
-        paused = self.gate.paused
-        return {
-            "state": state, "pid": os.getpid(), "started": self.started, "heartbeat": time.time(),
-            "intake": "paused" if paused else "running", "paused_reason": paused,
-            "uploads": "held" if opens else "open", "upload_window": self.cfg.schedule.upload_window,
-            "bandwidth_limit": self.throttle.rate,
-            "in_flight": {"encodes": len(self.encoder.encoding),
-                          "uploads": len(self.uploader.in_flight)},
-            "waiting_in_inbox": self.intake.waiting(), "next_runs": next_runs,
-            "stores": {s: {"failures": h.failures, "retry_at": h.retry_at, "error": h.error[:300]}
-                       for s, h in self.uploader.health.items()},
-            "last_manifest_backup": self.finisher.last_backup,
-            "last_verify": self.verifier.last,
-        }
+        return status_doc(
+            state=state, started=self.started, paused=self.gate.paused,
+            opens=self.uploader.opens(), upload_window=self.cfg.schedule.upload_window,
+            bandwidth_limit=self.throttle.rate, encodes=len(self.encoder.encoding),
+            uploads=len(self.uploader.in_flight), waiting=self.intake.waiting(),
+            next_runs=next_runs, health=self.uploader.health,
+            last_backup=self.finisher.last_backup, last_verify=self.verifier.last)
 
     def _write_status(self) -> None:
         """Offer the document to the writer (it writes only what changed) and send the

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..state import FileState
+from .health import StoreHealth
 
 #: Seconds between two writes of a changed document at most.
 MIN_INTERVAL = 2.0
@@ -39,6 +41,27 @@ def status_line(counts: Mapping[str, int], paused: str | None, opens: dt.datetim
     if down:
         parts.append(f"retrying store(s) {', '.join(down)}")
     return "; ".join(parts)
+
+
+def status_doc(*, state: str, started: float, paused: str | None, opens: dt.datetime | None,
+               upload_window: str | None, bandwidth_limit: float | None, encodes: int,
+               uploads: int, waiting: int, next_runs: dict[str, float | None],
+               health: Mapping[str, StoreHealth], last_backup: float | None,
+               last_verify: dict[str, Any] | None) -> dict[str, Any]:
+    """What `dispersiond status` shows about the running daemon (meta key 'daemon')."""
+    if opens:
+        next_runs = {**next_runs, "upload_window_opens": opens.timestamp()}
+    return {
+        "state": state, "pid": os.getpid(), "started": started, "heartbeat": time.time(),
+        "intake": "paused" if paused else "running", "paused_reason": paused,
+        "uploads": "held" if opens else "open", "upload_window": upload_window,
+        "bandwidth_limit": bandwidth_limit,
+        "in_flight": {"encodes": encodes, "uploads": uploads},
+        "waiting_in_inbox": waiting, "next_runs": next_runs,
+        "stores": {s: {"failures": h.failures, "retry_at": h.retry_at, "error": h.error[:300]}
+                   for s, h in health.items()},
+        "last_manifest_backup": last_backup, "last_verify": last_verify,
+    }
 
 
 class StatusWriter:

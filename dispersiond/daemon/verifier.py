@@ -19,11 +19,13 @@ CHUNK = 200
 
 
 class Verifier:
-    def __init__(self, v: Vault, stop: threading.Event, put: Callable[[Event], None]) -> None:
-        self.v, self.stop, self.put = v, stop, put
+    def __init__(self, v: Vault, stop: threading.Event, put: Callable[[Event], None],
+                 pool: ThreadPoolExecutor) -> None:
+        """`pool`: the one maintenance thread, shared with emptying the trash so the two
+        never run at once."""
+        self.v, self.stop, self.put, self.pool = v, stop, put, pool
         self.running = False
         self.last: dict[str, Any] | None = None
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
 
     def start(self, down: list[str]) -> None:
         if self.running:
@@ -70,6 +72,3 @@ class Verifier:
             res["error"] = str(exc)
             log.warning("verify failed: %s", exc)
         self.put(Verified(res))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
