@@ -216,18 +216,19 @@ def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
                   {name: w.hexdigest() for name, w in writers.items()})
 
 
-EAGER_MIN = 16 << 20  # below this a file goes up in one request, which cannot start early
+EARLY_UPLOAD_MIN = 16 << 20  # below this a file goes up in one request, which cannot start early
 
 
 @dataclass
-class Eager:
+class EarlyUploads:
     """Start uploads to these stores while a large file is still being encoded.
 
     With `direct` (and every public object bound for one of these stores) the public
-    objects are not staged at all: the encoder feeds the uploads through memory, and
-    if one fails the encode fails with DirectUploadFailed, to be redone. Otherwise
-    the uploads read the staged files behind the encoder, and one that fails just
-    leaves its object pending, to be sent from the staged copy like any other."""
+    objects are not staged at all: the encoder feeds them through memory (direct
+    uploads), and if one fails the encode fails with DirectUploadFailed, to be redone.
+    Otherwise they are early uploads: they read the staged files behind the encoder,
+    and one that fails just leaves its object pending, to be sent from the staged copy
+    like any other."""
 
     stores: frozenset[str]
     throttle: Throttle
@@ -240,13 +241,13 @@ class Eager:
         return self.direct and set(pol.stores[: pol.n]) <= self.stores
 
 
-class EagerRun:
-    """The eager uploads of one encode. Their names are recorded in `planned` before
+class EarlyUploadRun:
+    """The early uploads of one encode. Their names are recorded in `planned` before
     the first byte is sent, so an encode that dies leaves nothing unaccounted for: the
     next attempt (or start-up) moves them to the trash."""
 
-    def __init__(self, v: Vault, fid: str, eager: Eager) -> None:
-        self.v, self.fid, self.eager = v, fid, eager
+    def __init__(self, v: Vault, fid: str, early: EarlyUploads) -> None:
+        self.v, self.fid, self.early = v, fid, early
         self.planned: list[tuple[dict, str]] = []
         self.taps: dict[str, Tap] = {}  # one per staged file, however many uploads read it
         self.pipes: dict[str, list[Pipe]] = {}  # one per upload: each drains its own
@@ -257,8 +258,8 @@ class EagerRun:
     def start(self, layout: se2.Layout) -> Feeds:
         self.planned = plan_rows(self.v.cfg, self.fid, layout)
         sizes = staged_sizes(self.v.cfg, layout)
-        chosen = [(row, key) for row, key in self.planned if row["store"] in self.eager.stores]
-        direct = self.eager.sends_directly(self.v.cfg)
+        chosen = [(row, key) for row, key in self.planned if row["store"] in self.early.stores]
+        direct = self.early.sends_directly(self.v.cfg)
         self.v.db.plan_uploads(self.fid, [(row["store"], row["name"]) for row, _ in chosen])
         for row, key in chosen:
             feed: Tap | Pipe
@@ -268,7 +269,7 @@ class EagerRun:
             else:
                 feed = self.taps.setdefault(key, Tap(sizes[key]))
             t = threading.Thread(target=self._send, args=(row, feed), daemon=True,
-                                 name=f"eager-{row['store']}")
+                                 name=f"early-upload-{row['store']}")
             self.threads.append(t)
             t.start()
         return {**self.taps, **self.pipes}
@@ -277,7 +278,7 @@ class EagerRun:
         return [*self.taps.values(), *(p for ps in self.pipes.values() for p in ps)]
 
     def _send(self, row: dict, feed: Tap | Pipe) -> None:
-        e = self.eager
+        e = self.early
         try:
             self.v.store(row["store"]).put(
                 row["name"], UploadReader(feed.reader(), e.throttle, e.progress), feed.size)
@@ -295,7 +296,7 @@ class EagerRun:
             self.sent.add(row["name"])
 
     def join(self) -> set[str]:
-        """Wait for every eager upload; returns the names that landed. Raises the failure
+        """Wait for every early upload; returns the names that landed. Raises the failure
         of a direct upload: its bytes are nowhere else."""
         for t in self.threads:
             t.join()
@@ -319,28 +320,29 @@ class EagerRun:
 
 
 def abandon_planned(v: Vault, fid: str | None = None) -> int:
-    """Names planned for eager uploads of an encode that never finished (of `fid`, or
+    """Names planned for early uploads of an encode that never finished (of `fid`, or
     of every file): to the trash, whether or not their objects exist."""
     return v.db.abandon_planned(fid)
 
 
 def encode(v: Vault, fid: str, progress: Progress | None = None,
-           eager: Eager | None = None) -> None:
+           early: EarlyUploads | None = None) -> None:
     """Write the private container (fsynced) and the staged public objects; plan uploads.
 
-    With `eager`, a large file's objects start uploading to the healthy stores while it
+    With `early`, a large file's objects start uploading to the healthy stores while it
     is encoded; those that land are recorded as uploaded in the same transaction that
     marks the file encoded."""
     f = v.db.file(fid)
     work = v.work_dir(fid)
     shutil.rmtree(work, ignore_errors=True)  # a crash mid-encode left a partial stage
     work.mkdir(parents=True)
-    abandon_planned(v, fid)  # ... and perhaps eager uploads under names now unused
+    abandon_planned(v, fid)  # ... and perhaps early uploads under names now unused
     try:
         src = open(Path(f.source), "rb")
     except OSError as exc:
         raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
-    run = EagerRun(v, fid, eager) if eager and eager.stores and f.size >= EAGER_MIN else None
+    big = f.size >= EARLY_UPLOAD_MIN
+    run = EarlyUploadRun(v, fid, early) if early and early.stores and big else None
     try:
         with src:
             st = stage(v, src, work, v.prf_path(fid), progress, run.start if run else None)
@@ -494,11 +496,11 @@ def resume(v: Vault, fid: str, progress: Progress | None = None,
             on_step("encode")
         stores = frozenset(s.name for s in v.cfg.stores)
         try:
-            encode(v, fid, progress, Eager(stores, throttle, progress))
+            encode(v, fid, progress, EarlyUploads(stores, throttle, progress))
         except DirectUploadFailed as exc:  # again, staged: what fails now is kept for resume
             log.warning("file %s: %s; encoding it again with a staged copy for that store",
                         fid, exc)
-            encode(v, fid, progress, Eager(stores - {exc.store}, throttle, progress))
+            encode(v, fid, progress, EarlyUploads(stores - {exc.store}, throttle, progress))
     if on_step:
         on_step("upload")
     failures = upload(v, fid, throttle, progress)

@@ -18,6 +18,7 @@ import yaml
 from daemonctl import (
     DaemonProc,
     daemon_config,
+    done_count,
     drop,
     edit_config,
     sha,
@@ -678,3 +679,47 @@ def test_standing_grant_gives_the_doctor_a_bundle_for_each_new_file(tmp_path):
     assert got == set(originals.values())
     events = cli_json(cfg, "audit", "ls")
     assert [e["event"] for e in events].count("share") == len(originals)
+
+
+def test_an_idle_daemon_leaves_its_status_alone_and_a_clean_stop_logs_no_error(tmp_path):
+    """The status document lives in a synchronous database on flash: while nothing
+    changes it is not rewritten (only a heartbeat a minute). Stopping while the inbox is
+    busy must not log watchdog's stop race as an ERROR."""
+    import threading
+
+    cfg = daemon_config(tmp_path, schedule={"rescan": "1h", "manifest_backup": "1h"})
+    inbox = tmp_path / "inbox"
+    d = DaemonProc(cfg, tmp_path / "daemon.log").start()
+    try:
+        for i in range(3):
+            drop(inbox, f"rec-{i}.csv", os.urandom(4000 + i))
+        wait_until(lambda: done_count(cfg) == 3, 30, "all done", d)
+        time.sleep(3)  # the last changes (in flight: 0, backup time) are written by now
+        first = status(cfg)["daemon"]
+        time.sleep(6)
+        st = status(cfg)
+        assert st["running"] and st["daemon"] == first  # not one write in 6 idle seconds
+        stop = threading.Event()
+
+        def churn() -> None:  # partial names: events, but nothing to take
+            i = 0
+            while not stop.is_set():
+                (inbox / f".w{i % 7}.part").write_bytes(b"x")
+                i += 1
+
+        t = threading.Thread(target=churn)
+        t.start()
+        try:
+            time.sleep(0.5)
+            code, took = d.terminate()
+        finally:
+            stop.set()
+            t.join()
+    finally:
+        d.kill()
+    assert code == 0, d.tail()
+    lines = d.lines()
+    assert [x for x in lines if x["level"] in ("error", "critical", "raw")] == []
+    assert lines[-1]["msg"] == "daemon stopped"
+    doc = status(cfg)["daemon"]
+    assert doc["state"] == "stopped" and doc["heartbeat"] >= first["heartbeat"]

@@ -1,4 +1,4 @@
-"""Large files start uploading while they are encoded (dispersiond/tap.py, protect.EagerRun).
+"""Large files start uploading while they are encoded (dispersiond/tap.py, protect.EarlyUploadRun).
 
 What must hold: the uploads really overlap the encode; what they send is exactly the
 staged bytes; an encode that fails or is killed leaves no object in any store that the
@@ -22,13 +22,13 @@ import yaml
 from backends import SourceError, open_store
 from dispersiond import digests
 from dispersiond.config import load_config
-from dispersiond.protect import EAGER_MIN, Eager, Throttle, abandon_planned, admit, encode
+from dispersiond.protect import EARLY_UPLOAD_MIN, EarlyUploads, Throttle, abandon_planned, admit, encode
 from dispersiond.state import peek
 from dispersiond.tap import DirectUploadFailed, Pipe, Tap
 from dispersiond.vault import open_vault
 from dsp import cli, cli_json, real_files, write_config
 
-BIG = EAGER_MIN + (3 << 20) + 12345  # odd size: a partial last chunk and a tail
+BIG = EARLY_UPLOAD_MIN + (3 << 20) + 12345  # odd size: a partial last chunk and a tail
 
 
 def big_file(path: Path) -> Path:
@@ -199,7 +199,7 @@ def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
 
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
-        encode(v, fid, progress, Eager(frozenset({"aws", "disk", "vault"}),
+        encode(v, fid, progress, EarlyUploads(frozenset({"aws", "disk", "vault"}),
                                        Throttle(None), progress))
         objs = v.db.objects(fid)
         assert len(objs) == 3 and {o.state for o in objs} == {"uploaded"}
@@ -238,7 +238,7 @@ def test_a_failed_encode_takes_its_early_uploads_back(tmp_path, make_store_setti
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
         with pytest.raises(DiskFull):
-            encode(v, fid, fail_late, Eager(frozenset({"aws", "disk", "vault"}), Throttle(None)))
+            encode(v, fid, fail_late, EarlyUploads(frozenset({"aws", "disk", "vault"}), Throttle(None)))
         assert v.db.file(fid).state == "claimed" and v.db.objects(fid) == []
         assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
         assert v.db.query("SELECT COUNT(*) FROM trash")[0][0] == 3  # one name per store
@@ -295,7 +295,7 @@ def test_an_unreachable_store_leaves_its_early_upload_pending(tmp_path):
     src = big_file(tmp_path / "study.dcm")
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
-        encode(v, fid, None, Eager(frozenset({"disk", "dead", "vault"}), Throttle(None),
+        encode(v, fid, None, EarlyUploads(frozenset({"disk", "dead", "vault"}), Throttle(None),
                                    direct=False))
         assert {o.store: o.state for o in v.db.objects(fid)} == {
             "disk": "uploaded", "dead": "pending", "vault": "uploaded"}
@@ -312,7 +312,7 @@ def test_a_failed_direct_upload_fails_the_encode_and_put_falls_back(tmp_path):
     with open_vault(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
         with pytest.raises(DirectUploadFailed) as err:
-            encode(v, fid, None, Eager(frozenset({"disk", "dead", "vault"}), Throttle(None)))
+            encode(v, fid, None, EarlyUploads(frozenset({"disk", "dead", "vault"}), Throttle(None)))
         assert err.value.store == "dead" and "Unavailable" in str(err.value)
         assert v.db.file(fid).state == "claimed" and v.db.objects(fid) == []
         assert v.db.query("SELECT COUNT(*) FROM planned")[0][0] == 0
@@ -375,7 +375,7 @@ def test_small_files_keep_flowing_while_large_ones_upload(tmp_path):
     try:
         wait_until(lambda: status(cfg)["running"], 30, "start-up", d)
         for i in range(2):
-            drop(tmp_path / "inbox", f"scan-{i}.dcm", os.urandom(EAGER_MIN + (2 << 20)))
+            drop(tmp_path / "inbox", f"scan-{i}.dcm", os.urandom(EARLY_UPLOAD_MIN + (2 << 20)))
         time.sleep(1.0)
         for i in range(5):
             drop(tmp_path / "inbox", f"note-{i}.hl7", os.urandom(2000 + i))

@@ -18,7 +18,7 @@ import yaml
 from daemonctl import DaemonProc, daemon_config, drop, sha, status, wait_until
 
 from backends import open_store
-from dispersiond.protect import EAGER_MIN
+from dispersiond.protect import EARLY_UPLOAD_MIN
 
 
 def sizes() -> tuple[int, int]:
@@ -39,7 +39,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path):
     for i in range(n_files):  # mostly small records, some images, a few edge sizes, and a
         r = rng.random()      # few large enough to upload while they are encoded
         size = (rng.choice([0, 1, 100, 4096]) if i % 50 == 7 else
-                rng.randrange(EAGER_MIN, EAGER_MIN + (8 << 20)) if i % 50 == 21 else
+                rng.randrange(EARLY_UPLOAD_MIN, EARLY_UPLOAD_MIN + (8 << 20)) if i % 50 == 21 else
                 rng.randrange(1, 64 << 10) if r < 0.7 else
                 rng.randrange(64 << 10, 1 << 20) if r < 0.95 else
                 rng.randrange(1 << 20, 4 << 20))

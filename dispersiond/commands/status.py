@@ -68,6 +68,8 @@ def collect(state_dir: Path, store_names: list[str]) -> dict[str, Any]:
         "age_seconds": round(time.time() - row["created"], 1), "error": row["error"],
         "next_try": row["next_try"]}
     meta = rows.meta
+    # The daemon rewrites this document when it changes and otherwise once a minute (its
+    # heartbeat); whether a daemon runs is the lock's answer, never the document's age.
     daemon = json.loads(meta["daemon"]) if "daemon" in meta else None
     stores: dict[str, Any] = {s: {"last_ok": None, "last_error": None, "error_at": None}
                               for s in store_names}

@@ -1,0 +1,183 @@
+"""Encodes: arrival order, a small pool, retries on the one backoff, and the hand-off
+of a large file to early (or direct) uploads while it is encoded."""
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from backends import StoreError
+from backends.backoff import Backoff
+
+from .. import inbox as ib
+from ..config import PublicPolicy
+from ..logs import event, log
+from ..protect import (EARLY_UPLOAD_MIN, Cancelled, EarlyUploads, SourceGone, Throttle,
+                       encode)
+from ..tap import DirectUploadFailed
+from ..vault import Vault
+from .events import Encoded, Event
+from .intake import SpaceGate
+from .uploader import Uploader
+
+#: Encodes at once: CPU and local disk bound.
+ENCODERS = max(1, min(2, os.cpu_count() or 1))
+#: Encode attempts before a file that keeps failing (not for lack of space) is quarantined.
+ENCODE_ATTEMPTS = 3
+#: Room asked for beyond the estimate after an encode ran out of space.
+SPACE_SLACK = 64 << 20
+
+
+def staging_need(public: PublicPolicy, size: int, direct: bool) -> int:
+    """Local bytes an encode stages: the public fragment (n/k of it for erasure),
+    padding, the private container, and slack. With direct uploads (every public store
+    healthy), only the private container (an eighth, plus its header) is written."""
+    if direct:
+        return int(size * 0.15) + (1 << 20)
+    factor = public.n / public.k if public.mode == "erasure" else 1.0
+    return int(size * factor * 1.15) + (1 << 20)
+
+
+class Encoder:
+    """The files waiting to be encoded and the encodes under way."""
+
+    def __init__(self, v: Vault, uploader: Uploader, gate: SpaceGate, throttle: Throttle,
+                 put: Callable[[Event], None], check_cancel: Callable[[int], None],
+                 quarantine: Callable[[str, str], None], maintenance: ThreadPoolExecutor, *,
+                 retry_base: float, retry_max: float) -> None:
+        self.v, self.uploader, self.gate, self.throttle = v, uploader, gate, throttle
+        self.put, self.check_cancel, self.quarantine = put, check_cancel, quarantine
+        self.retry_base, self.retry_max = retry_base, retry_max
+        self.waiting: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.encoding: set[str] = set()
+        self.early: set[str] = set()  # of those, the one uploading while it is encoded
+        self.retry: dict[str, Backoff] = {}  # files whose last encode failed
+        self.pool = ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode")
+        self.early_pool = ThreadPoolExecutor(1, thread_name_prefix="early-upload")
+        self.maintenance = maintenance  # the daemon's one background housekeeping thread
+
+    def add(self, fid: str, size: int) -> None:
+        self.waiting[fid] = size
+
+    def reload(self, claimed: list[tuple[str, int]]) -> None:
+        """The database's claimed files (the rows decide), minus those being encoded."""
+        self.waiting = collections.OrderedDict(
+            (fid, size) for fid, size in claimed if fid not in self.encoding)
+
+    def need(self, size: int, early: EarlyUploads | None) -> int:
+        return staging_need(self.v.cfg.public, size,
+                            early is not None and early.sends_directly(self.v.cfg))
+
+    def start(self, stopping: bool) -> None:
+        """Files in arrival order. A large one uploads while it is encoded, on its own
+        thread (that can take as long as its upload), if that thread is free; otherwise,
+        like every other file, it is encoded by the pool and uploaded after."""
+        if stopping or not self.waiting:
+            return
+        now = time.monotonic()
+        for fid, size in list(self.waiting.items()):
+            if self.gate.paused is not None:
+                return
+            b = self.retry.get(fid)
+            if b is not None and b.wait(now) > 0:
+                continue
+            early = self._early() if size >= EARLY_UPLOAD_MIN and not self.early else None
+            if early is None and len(self.encoding) - len(self.early) > ENCODERS:
+                return  # the pool is busy (one file queued ahead)
+            need = self.need(size, early)
+            if not self.gate.allows(need):
+                self.gate.require(need)
+                return
+            del self.waiting[fid]
+            self.encoding.add(fid)
+            if early is not None:
+                self.early.add(fid)
+                self.early_pool.submit(self._task, fid, early)
+            else:
+                self.pool.submit(self._task, fid, None)
+
+    def _early(self) -> EarlyUploads | None:
+        """Stores a large file may start uploading to while it is encoded: the healthy
+        ones, inside the upload window."""
+        stores = self.uploader.healthy()
+        if not stores or not self.uploader.is_open():
+            return None
+        return EarlyUploads(stores, self.throttle, self.check_cancel)
+
+    def _task(self, fid: str, early: EarlyUploads | None) -> None:
+        started = time.monotonic()
+        try:
+            encode(self.v, fid, self.check_cancel, early)
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            self.put(Encoded(fid, started, exc))
+            return
+        self.put(Encoded(fid, started))
+
+    def _again(self, fid: str) -> Backoff:
+        """Back the file off (the one policy, no jitter: one device, one file)."""
+        b = self.retry.setdefault(fid, Backoff(self.retry_base, self.retry_max, jitter="none"))
+        b.fail(time.monotonic())
+        f = self.v.db.file(fid)
+        self.waiting[fid] = f.size if f else 0
+        return b
+
+    def on_encoded(self, ev: Encoded, cancelling: bool) -> bool:
+        """Book one outcome (main thread); True if the file's uploads may be done already
+        (early uploads) and it is worth a look."""
+        fid, exc = ev.fid, ev.error
+        self.encoding.discard(fid)
+        self.early.discard(fid)
+        if exc is None:
+            self.retry.pop(fid, None)
+            self.uploader.enqueue(self.v.db.objects(fid, states=("pending",)))
+            return True
+        self.maintenance.submit(self.v.empty_trash)  # early uploads of the failed encode
+        if isinstance(exc, Cancelled) or cancelling:
+            return False
+        shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
+        if isinstance(exc, DirectUploadFailed) and isinstance(exc.cause, StoreError):
+            # Not the file's fault: the store backs off, so the next encode (at once) stages
+            # the object for it and sends the others early from the staged files.
+            self.uploader.store_failed(exc.store, ev.started, exc.cause)
+            self.v.db.update_file(fid, error=str(exc)[:500])
+            f = self.v.db.file(fid)
+            self.waiting[fid] = f.size if f else 0
+            return False
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            f = self.v.db.file(fid)
+            self.gate.require(self.need(f.size if f else 0, None) + SPACE_SLACK)
+            self._again(fid)
+            return False
+        if isinstance(exc, SourceGone):
+            self.quarantine(fid, f"the file vanished or cannot be read: {exc}")
+            return False
+        f = self.v.db.file(fid)
+        attempts = (f.attempts if f else 0) + 1
+        reason = f"{type(exc).__name__}: {exc}"
+        if attempts >= ENCODE_ATTEMPTS:
+            self.retry.pop(fid, None)
+            self.quarantine(fid, f"encoding failed {attempts} times; last: {reason}")
+            return False
+        self.v.db.update_file(fid, attempts=attempts, error=reason)
+        b = self._again(fid)
+        event(logging.WARNING, "encode failed; will retry", file_id=fid, error=type(exc).__name__,
+              retry_in=round(b.wait(time.monotonic()), 1))
+        return False
+
+    def shutdown(self) -> None:
+        for pool in (self.pool, self.early_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def quarantine(v: Vault, folder, fid: str, reason: str) -> None:
+    """Set a file aside; if the move fails the row is 'failed' already: never retried."""
+    try:
+        ib.quarantine_file(v, fid, reason, folder)
+    except OSError as exc:
+        log.error("file %s is marked failed but could not be moved to the quarantine "
+                  "folder (%s); it stays in the state directory", fid, exc)

@@ -1,0 +1,185 @@
+"""After the uploads: commit, the manifest backup's timing, and the after-policy.
+
+All of it runs on the main thread, which is what keeps commits, backups and the
+after-policy from racing one another.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from backends.backoff import Backoff
+
+from .. import inbox as ib
+from ..errors import DispersiondError
+from ..logs import event, log
+from ..maintenance import backup_manifest, finalize_many
+from ..protect import all_uploaded, commit_many
+from ..state import FileState
+from ..vault import Vault
+from .uploader import Uploader
+
+#: At most one manifest backup a second, however fast files commit.
+BACKUP_SPACING = 1.0
+#: The longest wait before an after-policy that failed is tried again.
+AFTER_RETRY = 60.0
+
+
+class Finisher:
+    """Files from 'uploads came back' to 'done', and the manifest backups between."""
+
+    def __init__(self, v: Vault, uploader: Uploader, stop: threading.Event,
+                 idle: Callable[[], bool], *, retry_base: float, retry_max: float) -> None:
+        self.v, self.cfg, self.uploader, self.stop, self.idle = v, v.cfg, uploader, stop, idle
+        self.retry_max = retry_max
+        self.settled: set[str] = set()  # last upload in flight came back: advance after the batch
+        self.backups = Backoff(retry_base, retry_max, jitter="none")
+        self.backup_due = 0.0  # monotonic: earliest next manifest backup
+        self.last_backup: float | None = None  # wall clock
+        self.last_backup_mono = time.monotonic()
+        self.manifest_dirty = True  # until the database says otherwise
+        self.swept = False
+        self.sweep_tried = False
+        self.finish_due = True
+        self.finish_not_before = 0.0
+
+    # --- commit
+
+    def settle(self, fid: str) -> None:
+        """Look at a file once its last upload in flight has come back, not at each one:
+        noted here, advanced with the rest of the batch (`advance_settled`)."""
+        if not self.uploader.sending(fid):
+            self.settled.add(fid)
+
+    def advance_settled(self) -> None:
+        fids, self.settled = self.settled, set()
+        if fids:
+            self.advance(fids)
+
+    def advance(self, fids: Iterable[str]) -> None:
+        """Commit the files that became restorable (one transaction for all); drop the
+        staged copies of committed ones whose every object is now confirmed."""
+        rows = [f for f in map(self.v.db.file, fids) if f is not None]
+        if commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED]):
+            self.manifest_dirty = True
+        for f in rows:
+            if f.state == FileState.COMMITTED and all_uploaded(self.v, f.file_id):
+                shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
+                self.finish_due = True
+
+    def advance_all(self) -> None:
+        """At start-up: files a crash left between steps (uploads done, commit not)."""
+        self.advance(f.file_id for f in self.v.db.files_in(FileState.ENCODED,
+                                                           FileState.COMMITTED))
+
+    # --- manifest backups
+
+    def backup_now(self) -> None:
+        """The schedule says: back up now if anything changed."""
+        self.manifest_dirty = True  # look at the database's flag, not only ours
+        self.backup_due = 0.0
+        self.last_backup_mono = -1e9
+
+    def sweep_once(self) -> None:
+        if not self.swept and not self.sweep_tried:
+            self.sweep_tried = True  # once per start; before a backup it is tried again
+            self.sweep_orphans()
+
+    def maybe_backup(self) -> None:
+        now = time.monotonic()
+        if now < self.backup_due or not self.manifest_dirty:
+            return
+        if not self.v.db.manifest_dirty():
+            self.manifest_dirty = False
+            return
+        interval = self.cfg.schedule.seconds("manifest_backup") or 900
+        if not (self.idle() or now - self.last_backup_mono >= interval):
+            return
+        health = self.uploader.health
+        if not any(health[s].can_send(now, 0) for s in self.cfg.private.stores):
+            return  # every private store is backing off: the backup would only wait and fail
+        if not self.swept:
+            self.sweep_orphans()
+        ok = backup_manifest(self.v)
+        self.last_backup_mono = time.monotonic()
+        if ok:
+            from ..rekey import finish_retirements
+
+            finish_retirements(self.v)  # revocations whose backup had not landed yet
+            self.manifest_dirty = False
+            self.backups.ok()
+            self.backup_due = self.last_backup_mono + BACKUP_SPACING
+            self.last_backup = time.time()
+            self.finish_due = True
+            return
+        self.backup_due = self.backups.fail(self.last_backup_mono)
+        event(logging.WARNING, "manifest backup failed on every private store; retrying",
+              retry_in=round(self.backup_due - self.last_backup_mono, 1))
+
+    def sweep_orphans(self) -> None:
+        """Delete manifest backups a crash left unrecorded (sealed with our key, not newer
+        than the next sequence number), so only the recorded, pruned set stays."""
+        from .. import manifest
+        from ..maintenance import _backups
+
+        seq = self.v.db.manifest_seq()
+        found = 0
+        for store in self.cfg.private.stores:
+            recorded = {name for _, name in _backups(self.v, store)}
+            try:
+                s = self.v.store(store)
+                for name in list(s.list(manifest.PREFIX)):
+                    if name in recorded:
+                        continue
+                    try:
+                        doc = manifest.open_sealed(self.v.key, s.get_bytes(name))
+                    except DispersiondError:
+                        continue  # not ours
+                    if doc.get("seq", 1 << 62) <= seq + 1:
+                        self.v.discard(store, name)
+                        found += 1
+            except Exception as exc:  # noqa: BLE001 - a store down: try again next time
+                log.warning("could not look for stale manifest backups on store %s: %s",
+                            store, exc)
+                return
+        self.v.empty_trash()  # also what a crash left there
+        if found:
+            event(logging.INFO, "stale manifest backups removed", count=found)
+        self.swept = True
+
+    # --- after-policy
+
+    def finish(self) -> None:
+        """After-policy and 'done' for files fully uploaded and in a landed manifest backup."""
+        now = time.monotonic()
+        if not self.finish_due or now < self.finish_not_before:
+            return
+        self.finish_due = False
+        rows = self.v.db.finishable_ids()
+        handled: dict[str, str] = {}  # file id -> what became of the original
+        try:
+            for fid in rows:
+                if self.stop.is_set():
+                    self.finish_due = True
+                    return
+                f = self.v.db.file(fid)
+                if self.cfg.grants:  # standing shares, before the original may go (idempotent)
+                    from ..share import apply_grants
+
+                    apply_grants(self.v, fid)
+                try:
+                    handled[fid] = ib.apply_after(self.v, f)
+                except OSError as exc:
+                    self.v.db.update_file(fid, error=f"after-policy failed: {exc}")
+                    log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s",
+                              fid, self.cfg.after, exc.strerror or exc, self.retry_max)
+                    self.finish_not_before = now + min(self.retry_max, AFTER_RETRY)
+                    self.finish_due = True
+                    return
+                shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
+        finally:  # one transaction for the lot (a crash before it: the after-policy is redone)
+            for fid in finalize_many(self.v, handled):
+                event(logging.INFO, "file done", file_id=fid, original=handled[fid])

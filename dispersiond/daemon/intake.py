@@ -1,0 +1,154 @@
+"""Taking files in: the inbox watcher, stability, claiming, and the free-space gate."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import inbox as ib
+from ..logs import event, log
+from ..units import human_size
+from ..vault import Vault
+from .events import Event, PathSeen
+
+#: Claims per transaction: keeps a burst of small files cheap without one huge batch.
+CLAIM_BATCH = 256
+#: What watchdog logs when an emitter is stopped between two reads: a race inside its own
+#: stop, harmless once we are stopping the watcher ourselves.
+_STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
+
+
+class SpaceGate:
+    """Pauses intake below min_free_space (plus what the next encode needs) and resumes
+    it when space returns; uploads go on meanwhile and free the staged copies."""
+
+    def __init__(self, root: Path, min_free: int,
+                 free: Callable[[], int] | None = None) -> None:
+        self.root, self.min_free = root, min_free
+        self.free = free or (lambda: shutil.disk_usage(root).free)
+        self.paused: str | None = None  # why, while paused
+        self.need = 0  # bytes the next encode needs beyond min_free
+
+    def allows(self, need: int) -> bool:
+        """Is there room for an encode that stages `need` bytes?"""
+        return self.free() >= self.min_free + need
+
+    def require(self, need: int) -> None:
+        """The next encode needs `need` bytes: pause until they are there."""
+        self.need = need
+        self.check()
+
+    def check(self) -> None:
+        free = self.free()
+        if free < self.min_free + self.need:
+            if self.paused is None:
+                self.paused = (f"disk full: {human_size(free)} free in the state directory "
+                               f"{self.root}, below min_free_space ({human_size(self.min_free)})"
+                               + (f" plus {human_size(self.need)} to encode the next file"
+                                  if self.need else ""))
+                log.warning("intake paused: %s; uploads go on, intake resumes when space "
+                            "returns", self.paused)
+        elif self.paused is not None:
+            event(logging.INFO, "intake resumed", free=free)
+            self.paused, self.need = None, 0
+
+
+class _StopRaceFilter(logging.Filter):
+    def __init__(self, stopping: threading.Event) -> None:
+        super().__init__()
+        self.stopping = stopping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.stopping.is_set() and record.getMessage() == _STOP_RACE)
+
+
+class Watcher:
+    """Inotify events from the inbox, as PathSeen events; the periodic rescan covers
+    whatever this misses (or everything, if inotify cannot be used)."""
+
+    def __init__(self, inbox: Path, put: Callable[[Event], None]) -> None:
+        self.inbox, self.put = inbox, put
+        self.observer = None
+        self.stopping = threading.Event()
+        self._filter = _StopRaceFilter(self.stopping)
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        put = self.put
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, ev) -> None:  # created, modified, moved, closed
+                if ev.is_directory:
+                    return
+                path = getattr(ev, "dest_path", "") or ev.src_path
+                if path:
+                    put(PathSeen(Path(os.fsdecode(path))))
+
+        logging.getLogger("watchdog.observers.inotify").addFilter(self._filter)
+        try:
+            self.observer = Observer()
+            self.observer.schedule(Handler(), str(self.inbox), recursive=False)
+            self.observer.daemon = True
+            self.observer.start()
+        except OSError as exc:  # e.g. inotify limits: the periodic rescan still finds files
+            self.observer = None
+            log.warning("cannot watch the inbox for events (%s); relying on the periodic "
+                        "rescan (schedule.rescan)", exc)
+
+    def stop(self) -> None:
+        """Stop the observer and wait for its threads, so none logs after a clean stop."""
+        if self.observer is None:
+            return
+        self.stopping.set()
+        self.observer.unschedule_all()  # emitters stopped and joined first
+        self.observer.stop()
+        self.observer.join(1.0)
+        self.observer = None
+
+
+class Intake:
+    """Inbox files from first sight to claimed: stability, then claims in batches."""
+
+    def __init__(self, v: Vault, inbox: Path, stable_seconds: float, gate: SpaceGate) -> None:
+        self.v, self.inbox, self.gate = v, inbox, gate
+        self.tracker = ib.Stability(stable_seconds)
+
+    def seen(self, path: Path) -> None:
+        if path.parent == self.inbox:
+            self.tracker.note(path)
+
+    def rescan(self) -> None:
+        for path in ib.scan(self.inbox):
+            self.tracker.note(path)
+
+    def waiting(self) -> int:
+        return len(self.tracker)
+
+    def next_due(self) -> float | None:
+        return self.tracker.next_due()
+
+    def claim(self, stop: threading.Event) -> list[tuple[str, int]]:
+        """Claim what is stable, unless the gate is shut; returns [(file_id, size)]."""
+        if self.gate.paused is not None:
+            return []
+        out: list[tuple[str, int]] = []
+        ready = self.tracker.ready()
+        for start in range(0, len(ready), CLAIM_BATCH):
+            if stop.is_set():
+                break
+            batch = ready[start:start + CLAIM_BATCH]
+            claimed, failed = ib.claim(self.v, batch)
+            for path, _ in batch:
+                self.tracker.taken(path)
+            out += claimed
+            for path, st, exc in failed:
+                self.tracker.refuse(path, st)
+                log.warning("a file in the inbox cannot be claimed (%s); it is left there "
+                            "until it changes", exc.strerror or exc)
+                log.debug("unclaimable file: %s", path)
+        return out

@@ -1,0 +1,396 @@
+"""The daemon's pieces, constructed directly: no subprocess, real SQLite, memory stores."""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.memory import MemoryStore
+from daemonctl import daemon_config
+from dispersiond.codec import se2
+from dispersiond.config import load_config
+from dispersiond.daemon import Daemon, StoreHealth
+from dispersiond.daemon.events import (BackupNow, PathSeen, Rescan, Uploaded, Verified,
+                                       VerifyNow, Wake, drain)
+from dispersiond.daemon.intake import SpaceGate, Watcher
+from dispersiond.daemon.status import StatusWriter
+from dispersiond.daemon.uploader import Uploader
+from dispersiond.inbox import Stability
+from dispersiond.protect import plan_rows, staged_sizes
+from dispersiond.state import FileState, ObjectRow, StateDB
+from dsp import local_config
+
+
+def until(pred, timeout: float = 10.0, every: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every)
+    return value
+
+
+# --------------------------------------------------------------- store health
+
+def test_store_health_backs_off_probes_once_and_recovers() -> None:
+    h = StoreHealth(1.0, 8.0, rng=random.Random(7))
+    assert not h.failing and h.can_send(0.0, 5) and h.retry_at is None
+    wait = h.fail(100.0, "connection refused", started=99.5)
+    assert wait is not None and 0.5 <= wait <= 1.0  # equal jitter: never under half
+    assert h.failing and h.failures == 1 and h.error == "connection refused"
+    assert h.retry_at is not None and abs(h.retry_at - (time.time() + wait)) < 1.0
+    assert not h.can_send(100.0 + wait / 2, 0)  # waiting
+    assert h.can_send(100.0 + wait, 0)  # the probe
+    assert not h.can_send(100.0 + wait, 1)  # one probe at a time
+    # A request already under way when the failure was recorded: one outage, not two.
+    assert h.fail(100.2, "refused again", started=99.9) is None
+    assert h.failures == 1 and h.error == "refused again"
+    wait2 = h.fail(102.0, "still down", started=101.5)  # the probe failed: the wait doubles
+    assert wait2 is not None and 1.0 <= wait2 <= 2.0 and h.failures == 2
+    assert h.recover() is True  # it had been failing
+    assert not h.failing and h.error == "" and h.retry_at is None and h.can_send(0.0, 9)
+    assert h.recover() is False
+
+
+def test_store_health_waits_are_capped() -> None:
+    h = StoreHealth(1.0, 4.0, rng=random.Random(1))
+    waits = [h.fail(float(t), "down", started=float(t)) for t in range(10, 20)]
+    assert all(w is not None and w <= 4.0 for w in waits) and h.failures == 10
+    assert max(waits) >= 2.0  # capped at 4, at least half of it
+
+
+# --------------------------------------------------------------- stability
+
+def test_stability_takes_a_file_once_it_stops_changing(tmp_path: Path) -> None:
+    p = tmp_path / "scan.dcm"
+    p.write_bytes(b"a" * 10)
+    s = Stability(0.2)
+    s.note(p)
+    s.note(tmp_path / ".hidden")
+    s.note(tmp_path / "upload.part")
+    assert len(s) == 1  # hidden and partial names are never candidates
+    assert s.ready() == []  # first look: the clock starts now
+    time.sleep(0.1)
+    with open(p, "ab") as f:
+        f.write(b"more")  # still being written: the clock restarts
+    assert s.ready() == []
+    time.sleep(0.25)
+    (path, st), = s.ready()
+    assert path == p and st.st_size == 14
+    s.taken(p)
+    assert len(s) == 0 and s.next_due() is None
+
+
+def test_stability_forgets_vanished_and_skips_refused_files(tmp_path: Path) -> None:
+    gone, refused = tmp_path / "gone.dcm", tmp_path / "locked.dcm"
+    gone.write_bytes(b"x")
+    refused.write_bytes(b"y")
+    s = Stability(0)
+    s.note(gone)
+    s.note(refused)
+    gone.unlink()
+    ready = s.ready()
+    assert [p for p, _ in ready] == [refused] and len(s) == 1  # the vanished one is forgotten
+    s.refuse(refused, ready[0][1])
+    s.note(refused)
+    assert s.ready() == []  # unchanged since it was refused: left alone
+    refused.write_bytes(b"changed")
+    s.note(refused)
+    assert [p for p, _ in s.ready()] == [refused]  # changed: tried again
+
+
+# --------------------------------------------------------------- the row planner
+
+@pytest.mark.parametrize("mode", ["erasure", "replicate"])
+def test_plan_rows_one_object_per_store(tmp_path: Path, mode: str) -> None:
+    cfg = load_config(local_config(tmp_path, mode))
+    layout = se2.Layout(20, 300_000, 0)
+    rows = plan_rows(cfg, "f" * 32, layout)
+    sizes = staged_sizes(cfg, layout)
+    public = [(r, k) for r, k in rows if r["role"] == "public"]
+    private = [(r, k) for r, k in rows if r["role"] == "private"]
+    if mode == "erasure":
+        assert [r["store"] for r, _ in public] == ["cloud-a", "cloud-b", "cloud-c"]
+        assert [(r["shard"], k) for r, k in public] == [(i, f"shard-{i}") for i in range(3)]
+        lengths = {r["length"] for r, _ in public}
+        assert len(lengths) == 1 and lengths.pop() * 2 >= layout.puf_len  # k = 2
+    else:
+        assert [r["store"] for r, _ in public] == ["cloud-a", "cloud-b"]
+        assert all(r["shard"] is None and k == "puf" and r["length"] == layout.puf_len
+                   for r, k in public)
+    assert [(r["store"], k, r["length"]) for r, k in private] == [("vault", "prf",
+                                                                   layout.prf_len)]
+    assert all(r["object_size"] == sizes[k] and r["file_id"] == "f" * 32 for r, k in rows)
+    names = [r["name"] for r, _ in rows]
+    assert len(set(names)) == len(names)  # random names, never reused
+    assert names != [r["name"] for r, _ in plan_rows(cfg, "f" * 32, layout)]
+
+
+# --------------------------------------------------------------- status writer
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_status_is_written_only_when_it_changes_and_at_most_every_n_seconds() -> None:
+    clock, written = Clock(), []
+    w = StatusWriter(written.append, min_interval=2.0, heartbeat_every=60.0, clock=clock)
+    doc = {"state": "running", "in_flight": {"uploads": 0}, "heartbeat": 1.0}
+    assert w.offer(doc) and len(written) == 1  # the first look writes
+    for i in range(1, 30):  # idle: nothing changes but the heartbeat
+        clock.t += 2.0
+        assert not w.offer({**doc, "heartbeat": 1.0 + i})
+    assert len(written) == 1
+    busy = {**doc, "in_flight": {"uploads": 3}}
+    clock.t += 0.5
+    assert w.offer(busy) and len(written) == 2  # the counts changed
+    clock.t += 0.5
+    busier = {**doc, "in_flight": {"uploads": 4}}
+    assert not w.offer(busier)  # changed, but written half a second ago
+    clock.t += 1.6
+    assert w.offer(busier) and '"uploads": 4' in written[-1]  # ... written at the next look
+    clock.t += 59.0
+    assert not w.offer({**busier, "heartbeat": 99.0})
+    clock.t += 1.5
+    assert w.offer({**busier, "heartbeat": 100.0})  # a minute without a write: heartbeat
+    assert '"heartbeat": 100.0' in written[-1] and w.writes == 4
+    assert w.offer({**busier, "state": "stopped"}, force=True)  # the last word always lands
+
+
+# --------------------------------------------------------------- the free-space gate
+
+def test_space_gate_pauses_below_the_minimum_and_resumes(tmp_path: Path, caplog) -> None:
+    free = [500]
+    gate = SpaceGate(tmp_path, 100, free=lambda: free[0])
+    gate.check()
+    assert gate.paused is None and gate.allows(400) and not gate.allows(401)
+    gate.require(450)  # the next encode needs more than there is
+    assert gate.paused is not None
+    assert "disk full" in gate.paused and "min_free_space" in gate.paused
+    assert "to encode the next file" in gate.paused
+    gate.check()
+    assert gate.paused is not None  # still short
+    free[0] = 600
+    with caplog.at_level(logging.INFO, logger="dispersiond"):
+        gate.check()
+    assert gate.paused is None and gate.need == 0
+    assert any("intake resumed" in r.getMessage() for r in caplog.records)
+    free[0] = 50
+    gate.check()
+    assert gate.paused is not None and "to encode" not in gate.paused
+
+
+# --------------------------------------------------------------- the uploader
+
+def _encoded_file(db: StateDB, fid: str, stores: list[str], size: int = 64) -> None:
+    now = time.time()
+    db.add_claims([(fid, f"{fid[:4]}.dcm", size, now, "se2", f"/nowhere/{fid}")], now)
+    db.claimed_many([(fid, f"/nowhere/{fid}")], [], now)
+    with db.tx() as conn:
+        db.set_state(fid, FileState.ENCODED, conn)
+        db.add_objects(conn, [{"file_id": fid, "role": "public", "shard": None, "store": s,
+                               "name": f"{s}-{fid}", "offset": 0, "length": size,
+                               "object_size": size, "digest": "0" * 64, "state": "pending"}
+                              for s in stores])
+
+
+def test_a_store_going_down_backs_off_and_the_others_keep_moving(tmp_path: Path,
+                                                                  caplog) -> None:
+    db = StateDB(tmp_path / "state.db")
+    stores = {name: MemoryStore(name) for name in ("up", "flaky")}
+    sent: dict[str, int] = {name: 0 for name in stores}
+
+    def send(obj: ObjectRow) -> None:
+        sent[obj.store] += 1
+        stores[obj.store].put_bytes(obj.name, b"x" * obj.object_size)
+
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    up = Uploader(db, list(stores), send, q.put, workers=2, retry_base=0.2, retry_max=0.4)
+    fids = [f"{i:032x}" for i in range(4)]
+    for fid in fids:
+        _encoded_file(db, fid, list(stores))
+    stores["flaky"].down = True
+
+    def pump(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            up.dispatch()
+            events = drain(q, 0.02)
+            up.record([e for e in events if isinstance(e, Uploaded)])
+            for e in events:
+                up.on_uploaded(e, cancelling=False)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="dispersiond"):
+            up.reload(db.upload_queue())
+            assert up.pending() == 8
+            pump(0.6)
+            landed = {o.store: o.state for o in db.objects() if o.state == "uploaded"}
+            assert set(landed) == {"up"}
+            assert sorted(stores["up"].list("")) == sorted(f"up-{f}" for f in fids)
+            assert up.health["flaky"].failing and not up.health["up"].failing
+            assert up.down() == ["flaky"] and up.healthy() == frozenset({"up"})
+            assert len(up.queues["flaky"]) == 4 and not up.in_flight  # still pending
+            # The first burst (up to the in-flight cap), then one probe per wait at most.
+            assert sent["flaky"] <= 4 + 0.6 / 0.1 and sent["up"] == 4
+            assert db.file(fids[0]).error.startswith("upload to flaky failed")
+            stores["flaky"].down = False
+            pump(1.0)
+        assert all(o.state == "uploaded" for o in db.objects())
+        assert not up.health["flaky"].failing and up.pending() == 0
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("store unavailable; backing off" in m for m in messages)
+        assert any("store reachable again" in m for m in messages)
+    finally:
+        up.shutdown()
+        db.close()
+
+
+def test_an_objects_own_failure_does_not_back_its_store_off(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    store = MemoryStore("s")
+    q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def send(obj: ObjectRow) -> None:
+        raise FileNotFoundError("the staged copy is gone")
+
+    up = Uploader(db, ["s"], send, q.put, workers=1, retry_base=0.2, retry_max=0.4)
+    try:
+        _encoded_file(db, "a" * 32, ["s"])
+        up.reload(db.upload_queue())
+        up.dispatch()
+        ev = q.get(timeout=5)
+        assert isinstance(ev, Uploaded) and isinstance(ev.error, FileNotFoundError)
+        assert up.on_uploaded(ev, cancelling=False) == "a" * 32
+        assert not up.health["s"].failing and up.pending() == 0  # picked up by a reload
+        assert "staged copy is gone" in db.file("a" * 32).error
+        assert list(store.list("")) == []
+    finally:
+        up.shutdown()
+        db.close()
+
+
+# --------------------------------------------------------------- event dispatch
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    d = Daemon(load_config(daemon_config(tmp_path)))
+    yield d
+    d.uploader.shutdown()
+    d.encoder.shutdown()
+    d.maintenance.shutdown(wait=False, cancel_futures=True)
+    d.v.close()
+
+
+def test_the_loop_dispatches_each_event_by_its_type(daemon: Daemon, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    daemon.handle(PathSeen(inbox / "a.dcm"))
+    daemon.handle(PathSeen(tmp_path / "elsewhere.dcm"))  # not in the inbox: ignored
+    assert daemon.intake.waiting() == 1
+    (inbox / "b.dcm").write_bytes(b"b")
+    daemon.handle(Rescan())
+    assert daemon.intake.waiting() == 2
+    daemon.finisher.backup_due = 1e12
+    daemon.finisher.manifest_dirty = False
+    daemon.handle(BackupNow())
+    assert daemon.finisher.backup_due == 0.0 and daemon.finisher.manifest_dirty
+    daemon.uploader.health["cloud-b"].fail(time.monotonic(), "down", time.monotonic())
+    daemon.handle(VerifyNow())  # a store is down: skipped, not started
+    assert "cloud-b" in daemon.verifier.last["skipped"] and not daemon.verifier.running
+    daemon.handle(Verified({"at": 1.0, "files": 3}))
+    assert daemon.verifier.last == {"at": 1.0, "files": 3}
+    obj = ObjectRow(id=7, file_id="c" * 32, role="public", shard=0, store="cloud-b",
+                    name="n", offset=0, length=1, object_size=1, digest="0", state="pending",
+                    checked=None, digest_alg=None)
+    daemon.uploader.in_flight[obj.id] = obj
+    daemon.handle(Uploaded(obj, time.monotonic()))
+    assert not daemon.uploader.in_flight and "c" * 32 in daemon.finisher.settled
+    assert not daemon.uploader.health["cloud-b"].failing  # a success ends the backoff
+    daemon.handle(Wake())
+    with pytest.raises(TypeError, match="unknown event"):
+        daemon.handle(("path", inbox / "a.dcm"))  # the old tuples are gone
+
+
+def test_intake_claims_nothing_while_the_gate_is_shut(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "inbox" / "a.dcm").write_bytes(b"a" * 100)
+    daemon.intake.rescan()
+    daemon.gate.free = lambda: 0
+    daemon.gate.check()
+    stop = threading.Event()
+    time.sleep(0.35)  # stable_seconds of the test config
+    assert daemon.intake.claim(stop) == [] and daemon.intake.waiting() == 1
+    daemon.gate.free = lambda: 1 << 40
+    daemon.gate.check()
+    daemon.intake.claim(stop)  # first look at the file's size and mtime
+    time.sleep(0.35)
+    claimed = daemon.intake.claim(stop)
+    assert [size for _, size in claimed] == [100]
+    assert daemon.v.db.file(claimed[0][0]).state == FileState.CLAIMED
+
+
+# --------------------------------------------------------------- the watcher's clean stop
+
+def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path,
+                                                                caplog) -> None:
+    """watchdog logs an ERROR when its emitter is stopped between two reads; stopping the
+    daemon's watcher while the inbox is busy must not."""
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(40):
+            w = Watcher(tmp_path, q.put)
+            w.start()
+            done = threading.Event()
+
+            def churn() -> None:
+                i = 0
+                while not done.is_set():
+                    (tmp_path / f".f{i % 5}.part").write_bytes(b"x")
+                    i += 1
+
+            t = threading.Thread(target=churn)
+            t.start()
+            time.sleep(0.05)
+            w.stop()
+            done.set()
+            t.join()
+    assert not q.empty()  # it did watch
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
+                                                            tmp_path: Path) -> None:
+    from dispersiond.daemon.encoder import ENCODE_ATTEMPTS
+    from dispersiond.daemon.events import Encoded
+
+    (tmp_path / "inbox" / "a.dcm").write_bytes(b"a" * 100)
+    daemon.intake.rescan()
+    stop = threading.Event()
+    daemon.intake.claim(stop)
+    time.sleep(0.35)
+    ((fid, _),) = daemon.intake.claim(stop)
+    enc = daemon.encoder
+    waits = []
+    for attempt in range(1, ENCODE_ATTEMPTS):
+        enc.waiting.pop(fid, None)  # as `start` does when it hands the file to the pool
+        enc.encoding.add(fid)
+        daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+        assert fid in enc.waiting and fid not in enc.encoding
+        assert daemon.v.db.file(fid).attempts == attempt
+        waits.append(enc.retry[fid].wait(time.monotonic()))
+        enc.start(stopping=False)
+        assert fid in enc.waiting and not enc.encoding  # backing off: not started
+    assert waits[1] > waits[0] > 0  # exponential, from retry_base
+    enc.waiting.pop(fid)
+    daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+    f = daemon.v.db.file(fid)
+    assert f.state == FileState.FAILED and "encoding failed 3 times" in f.error
+    assert fid not in enc.waiting and fid not in enc.retry
+    assert (tmp_path / "state" / "quarantine" / fid / "a.dcm").read_bytes() == b"a" * 100
