@@ -123,6 +123,7 @@ class Daemon:
         self.status = StatusWriter(self.v.db.set_daemon_status)
         self.status_at = float("-inf")
         self.status_line = ""
+        self.status_signal: tuple = ()
         self.reload_at = 0.0
         self.started = time.time()
         self.scheduler = None
@@ -324,11 +325,15 @@ class Daemon:
         """Offer the document to the writer (it writes only what changed) and send the
         STATUS= line when it changed; looked at every MIN_INTERVAL seconds."""
         now = time.monotonic()
-        if now - self.status_at < self.status.min_interval:
+        # A store starting or ceasing to fail, or intake pausing or resuming, is written
+        # at once (what `status` shows an operator during an outage); the rest is throttled.
+        signal = (self.gate.paused, tuple(h.failing for h in self.uploader.health.values()))
+        urgent = signal != self.status_signal
+        if not urgent and now - self.status_at < self.status.min_interval:
             return
-        self.status_at = now
+        self.status_at, self.status_signal = now, signal
         doc = self._status_doc()
-        self.status.offer(doc)
+        self.status.offer(doc, force=urgent)
         self.metrics.update(doc, final=False)  # metrics: on their own schedule
         line = self._status_line()
         if line != self.status_line:
