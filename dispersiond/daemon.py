@@ -45,9 +45,12 @@ from . import inbox as ib
 from .config import Config
 from .errors import ConfigError, DispersiondError
 from .logs import event, log
-from .maintenance import backup_manifest, finalize_many, verify
-from .protect import (EAGER_MIN, Cancelled, Eager, SourceGone, Throttle, abandon_planned,
-                      all_uploaded, commit_many, encode, upload_one)
+from .maintenance import backup_manifest
+from .ops.encode import EAGER_MIN, Eager, abandon_planned
+from .ops.finalize import finalize_many
+from .ops.protect import SourceGone, all_uploaded, commit_many, encode
+from .ops.upload import Cancelled, Throttle, upload_one
+from .ops.verify import verify
 from .sdnotify import Notifier
 from .state import PROTECTED, FileState, ObjectRow
 from .tap import DirectUploadFailed
@@ -725,7 +728,7 @@ class Daemon:
         ok = backup_manifest(self.v)
         self.last_backup_mono = time.monotonic()
         if ok:
-            from .rekey import finish_retirements
+            from .ops.rekey import finish_retirements
 
             finish_retirements(self.v)  # revocations whose backup had not landed yet
             self.manifest_dirty = False

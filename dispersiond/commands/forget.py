@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..ops.forget import forget
 from ..vault import open_vault
-from ..maintenance import forget
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -38,4 +38,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {d['role']:7} on {d['store']}: {d['object']}" + (f" ({d['note']})" if d.get("note") else ""))
         for d in res["deferred"]:
             print(f"  {d['role']:7} on {d['store']}: NOT YET ({d['error']}); retried later")
+        for path in res["removed_local"]:
+            print(f"  local copy removed: {path}")
+        for path in res["left"]:
+            print(f"  your own copy is left in place: {path} (delete it if it must go too)")
     return 0

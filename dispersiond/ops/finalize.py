@@ -1,0 +1,61 @@
+"""What follows a file's uploads, for `put` and the daemon alike: a manifest backup if one
+is due, the standing grants (shares), the after-policy (daemon only) and `done`.
+
+A file becomes done only once every object is confirmed and a landed manifest backup
+holds it; each step is idempotent, so a crash anywhere just repeats it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..maintenance import backup_manifest
+from ..state import PROTECTED, FileRow
+from ..vault import Vault
+
+
+def finalize(v: Vault, fid: str) -> bool:
+    """committed -> done once every object is confirmed and a manifest backup holds it."""
+    return bool(finalize_many(v, [fid]))
+
+
+def finalize_many(v: Vault, fids: Iterable[str]) -> list[str]:
+    """`finalize` for many files in one transaction, each checked inside it; returns
+    the ids now done."""
+    return v.db.finish_many(fids)
+
+
+def grant_standing(v: Vault, fid: str, errors: list[str] | None = None) -> list[Path]:
+    """Bundles for the configured standing grants (none configured: nothing to do)."""
+    if not v.cfg.grants:
+        return []
+    from ..share import apply_grants
+
+    return apply_grants(v, fid, errors)
+
+
+def finish(v: Vault, fids: Iterable[str], *, grant_errors: list[str] | None = None,
+           after: Callable[[FileRow], str] | None = None,
+           stopping: Callable[[], bool] | None = None) -> dict[str, dict]:
+    """Back up the manifest if it changed, then for each protected file: standing grants,
+    the after-policy (`after`, returning what became of the original), and `done`.
+
+    Returns, per file handled, the bundles written and the after-policy's outcome.
+    An OSError from `after` stops the run (the files handled so far are still
+    finalized); `stopping` is asked between files."""
+    backup_manifest(v)
+    handled: dict[str, dict] = {}
+    try:
+        for fid in fids:
+            if stopping is not None and stopping():
+                break
+            f = v.db.file(fid)
+            if f is None or f.state not in PROTECTED:
+                continue
+            res: dict = {"bundles": grant_standing(v, fid, grant_errors)}
+            if after is not None:
+                res["original"] = after(f)
+            handled[fid] = res
+    finally:  # one transaction for the lot (a crash before it: the steps are redone)
+        finalize_many(v, handled)
+    return handled
