@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..codec import se2
 from ..errors import DispersiondError
+from ..layout import Layout
 from ..logs import event, log
 from ..state import FileRow, FileState
 from ..tap import DirectUploadFailed
@@ -107,7 +108,7 @@ def _readiness(v: Vault, f: FileRow) -> tuple[bool, bool]:
     the file's objects."""
     objs = v.db.objects(f.file_id)
     up = [o for o in objs if o.state == "uploaded"]
-    need = f.k if f.public_mode == "erasure" else 1
+    need = Layout.of_row(f).need
     restorable = (sum(1 for o in up if o.role == "public") >= need
                   and any(o.role == "private" for o in up))
     return restorable, len(up) == len(objs)

@@ -12,6 +12,7 @@ from backends import NotFound, StoreError, Unavailable
 
 from ..errors import IntegrityError
 from ..fsutil import Discard
+from ..layout import Layout
 from ..state import ObjectRow
 from ..vault import Progress, Vault
 from .restore import fetch_object
@@ -69,7 +70,7 @@ def verify(v: Vault, deep: bool = False, progress: Progress | None = None,
                                         problem))
             if problem in ("missing", "corrupt", "wrong-size", "checksum-mismatch"):
                 v.db.set_object_state(obj.id, "corrupt" if problem != "missing" else "missing")
-        need = f.k if f.public_mode == "erasure" else 1
+        need = Layout.of_row(f).need
         local = v.prf_path(f.file_id).exists()
         if good_pub < need or not (good_prv or local):
             rep.unrestorable.append(f.file_id)
