@@ -11,7 +11,8 @@ from .ops.restore import (ObjectSource, Piece, ShardsDoNotFit, StoreSource, Unre
                           restore)
 
 
-def Layout(mode: str, puf_len: int, k: int = 1, n: int = 1, block: int = 0) -> _Layout:  # noqa: N802
+def Layout(mode: str, puf_len: int, k: int = 1, n: int = 1,  # noqa: N802
+           block: int = 0) -> _Layout:
     """The placement part of a layout, as the share package built it (use
     `layout.Layout.of_payload`)."""
     erasure = mode == "erasure"

@@ -12,8 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser("forget", help="erase a file for good (crypto-erasure)",
                        description="Delete every copy of the file's private container and its "
                                    "manifest entry, and its public objects unless "
-                                   "--keep-public. Afterwards nobody can restore it; without "
-                                   "the container the public bytes are noise.")
+                                   "--keep-public, and every copy the state directory holds "
+                                   "(an original kept by 'after: keep', work folders); a copy "
+                                   "outside it, your own, is named and left. Afterwards nobody "
+                                   "can restore it; without the container the public bytes "
+                                   "are noise.")
     add_config(p)
     p.add_argument("ref", metavar="ID|NAME")
     p.add_argument("--keep-public", action="store_true",

@@ -1,4 +1,5 @@
-"""The `rekey` operation, re-keying one file: a fresh se2 secret, new public objects, the old ones deleted.
+"""The `rekey` operation: a fresh se2 secret for one file, new public objects, the old
+ones deleted.
 
 This is how a share is revoked before its links expire: every bundle issued earlier
 holds the old secret and links to the old objects, and both stop working. It cannot
