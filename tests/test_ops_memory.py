@@ -171,3 +171,24 @@ def test_one_layout_shape_for_the_row_and_the_manifest_entry(tmp_path):
         back = Layout.of_payload(payload)
         assert (back.mode, back.k, back.n, back.block, back.puf_len, back.prf_digest) == (
             lay.mode, lay.k, lay.n, lay.block, lay.puf_len, lay.prf_digest)
+
+
+def test_finish_records_a_failing_after_policy_and_finalizes_the_files_before_it(tmp_path):
+    from dispersiond.ops.finalize import AfterPolicyFailed
+
+    with memory_vault(tmp_path) as v:
+        a, b = (protect_file(v, p) for p in real_files()[:2])
+
+        def after(f):
+            if f.file_id == b:
+                raise PermissionError(13, "Permission denied")
+            return "kept"
+
+        with pytest.raises(AfterPolicyFailed) as failed:
+            finish(v, [a, b], after=after)
+        assert failed.value.file_id == b and "after-policy failed" in str(failed.value)
+        assert v.db.file(a).state == FileState.DONE
+        assert v.db.file(b).state == FileState.COMMITTED
+        assert "after-policy failed" in v.db.file(b).error
+        assert finish(v, [b], after=lambda f: "kept") == {b: {"bundles": [], "original": "kept",
+                                                              "done": True}}
