@@ -192,3 +192,20 @@ def test_finish_records_a_failing_after_policy_and_finalizes_the_files_before_it
         assert "after-policy failed" in v.db.file(b).error
         assert finish(v, [b], after=lambda f: "kept") == {b: {"bundles": [], "original": "kept",
                                                               "done": True}}
+
+
+def test_finish_keeps_the_stage_of_an_upload_still_pending(tmp_path):
+    with memory_vault(tmp_path, "replicate") as v:
+        v.store("cloud-b").down = True
+        fid = protect_file(v, real_files()[5])  # restorable from cloud-a: committed
+        finish(v, [fid])
+        assert v.db.file(fid).state == FileState.COMMITTED
+        pending = v.db.objects(fid, states=("pending",))
+        assert [o.store for o in pending] == ["cloud-b"]
+        assert v.staged_path(fid, "public", None).exists()  # what the retry sends
+        v.store("cloud-b").down = False
+        from dispersiond.ops.protect import resume
+
+        resume(v, fid)
+        finish(v, [fid])
+        assert v.db.file(fid).state == FileState.DONE and not v.work_dir(fid).exists()

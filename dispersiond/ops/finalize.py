@@ -71,7 +71,8 @@ def finish(v: Vault, fids: Iterable[str], *, grant_errors: list[str] | None = No
                 except OSError as exc:
                     v.db.update_file(fid, error=f"after-policy failed: {exc}")
                     raise AfterPolicyFailed(fid, exc) from exc
-            shutil.rmtree(v.work_dir(fid), ignore_errors=True)
+            if not v.db.objects(fid, not_state="uploaded"):  # stages still needed else
+                shutil.rmtree(v.work_dir(fid), ignore_errors=True)
             handled[fid] = res
     finally:  # one transaction for the lot (a crash before it: the steps are redone)
         done = set(finalize_many(v, handled))
