@@ -19,6 +19,7 @@ from .codec import se2
 from .display import as_text, b64, from_b64
 from .errors import IntegrityError, WrongKey
 from .keys import subkey
+from .layout import Layout
 from .state import PROTECTED, FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
@@ -32,14 +33,15 @@ FILE_FIELDS = ("file_id", "name", "size", "digest", "digest_alg", "mtime", "sche
                "chunk_log2", "puf_len", "prf_len", "prf_digest", "key_id", "public_mode", "k",
                "n", "block", "created")
 OBJECT_FIELDS = ("role", "shard", "store", "name", "offset", "length", "object_size", "digest")
-#: Document key -> state database field, where they differ (the document keeps its keys).
+#: Document key -> state database field, where they differ (the document keeps its keys;
+#: the layout's are mapped in layout.py).
 ROW_FIELD = {"prf_len": "container_len", "prf_digest": "container_digest"}
 
 
 def entry(db: StateDB, f: FileRow) -> dict:
     """One file's manifest entry (what restore needs, nothing more)."""
-    e = {k: getattr(f, ROW_FIELD.get(k, k)) for k in FILE_FIELDS}
-    e["name"] = as_text(f.name)
+    e = {"file_id": f.file_id, "name": as_text(f.name), "mtime": f.mtime, "created": f.created,
+         **Layout.of_row(f).entry_fields()}
     if (raw := b64(f.name)) is not None:
         e["name_b64"] = raw  # the exact bytes; `name` then holds them escaped
     e["objects"] = [{k: getattr(o, k) for k in OBJECT_FIELDS} for o in db.objects(f.file_id)]
@@ -105,11 +107,16 @@ def _upgrade(doc: dict) -> dict:
     return dict(doc, format=FORMAT, files=files)
 
 
+def _row_fields(e: dict) -> dict:
+    """An entry's file columns: its identity, and its layout converted in layout.py."""
+    return {"file_id": e["file_id"], "name": e["name"], "mtime": e["mtime"],
+            "created": e["created"], **Layout.of_entry(e).row_fields()}
+
+
 def load_into(db: StateDB, doc: dict) -> int:
     """Rebuild file, object and audit rows from a backup; returns the number of files."""
     doc = _upgrade(doc)
-    db.load_backup([({**{ROW_FIELD.get(k, k): e[k] for k in FILE_FIELDS},
-                      "name": from_b64(e["name"], e.get("name_b64"))},
+    db.load_backup([({**_row_fields(e), "name": from_b64(e["name"], e.get("name_b64"))},
                      [{k: o[k] for k in OBJECT_FIELDS} for o in e["objects"]])
                     for e in doc["files"]],
                    doc.get("audit", []), doc.get("audit_head"), doc["seq"])

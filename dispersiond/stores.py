@@ -31,6 +31,13 @@ class Stores:
             self._open[name] = open_configured(self.cfg, self.cfg.store(name))
         return self._open[name]
 
+    def attach(self, name: str, store: Store) -> None:
+        """Use `store` for `name` from now on (the one opened before, if any, is closed)."""
+        old = self._open.pop(name, None)
+        if old is not None:
+            old.close()
+        self._open[name] = store
+
     def close(self) -> None:
         for s in self._open.values():
             s.close()

@@ -65,6 +65,13 @@ class Vault:
         with self._stores_lock:
             return self.stores[name]
 
+    def attach_store(self, name: str, store: Store) -> None:
+        """Serve the configured store `name` from `store` (an in-memory store for unit tests
+        and dry runs: `backends.memory`); the configuration still says where data goes."""
+        self.cfg.store(name)  # an unknown name fails here, as in the configuration
+        with self._stores_lock:
+            self.stores.attach(name, store)
+
     # --- exclusive use of the state directory
     def lock(self, wait: bool = False) -> None:
         """Take the state directory for this process; Busy if another one has it."""

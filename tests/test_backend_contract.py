@@ -22,7 +22,7 @@ from backends import ObjectInfo, RetryingStore, Store, Unavailable, open_store
 from backends.base import check_key
 from backends.memory import MemoryStore
 from backends.prefixed import PrefixedStore
-from dispersiond.protect import Throttle, UploadReader
+from dispersiond.ops.upload import Throttle, UploadReader
 
 from backend_contract import *  # noqa: F403 (the contract's test functions)
 from backend_contract import DATA, MiB, PART, SETTING, Source, sizes

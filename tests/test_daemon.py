@@ -34,7 +34,7 @@ def restore_and_compare(cfg: Path, originals: dict[str, bytes], out: Path,
                         via_cli: bool = False) -> None:
     """Every file restores bit-exact (through the CLI, or the same code with one vault)."""
     from dispersiond.config import load_config
-    from dispersiond.restore import restore
+    from dispersiond.ops.restore import restore
     from dispersiond.vault import open_vault
 
     out.mkdir(exist_ok=True)

@@ -452,8 +452,8 @@ def test_files_that_settle_together_commit_and_finish_in_one_transaction(tmp_pat
     from contextlib import contextmanager
 
     from dispersiond.config import load_config
-    from dispersiond.maintenance import finalize_many
-    from dispersiond.protect import Throttle, admit, commit_many, encode, upload, upload_one
+    from dispersiond.ops.finalize import finalize_many
+    from dispersiond.ops.protect import Throttle, admit, commit_many, encode, upload, upload_one
     from dispersiond.vault import open_vault
 
     cfg = load_config(local_config(tmp_path, "replicate"))

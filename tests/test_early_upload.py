@@ -22,7 +22,8 @@ import yaml
 from backends import SourceError, open_store
 from dispersiond import digests
 from dispersiond.config import load_config
-from dispersiond.protect import EARLY_UPLOAD_MIN, EarlyUploads, Throttle, abandon_planned, admit, encode
+from dispersiond.ops.protect import (EARLY_UPLOAD_MIN, EarlyUploads, Throttle, abandon_planned, admit,
+                                      encode)
 from dispersiond.state import peek
 from dispersiond.tap import DirectUploadFailed, Pipe, Tap
 from dispersiond.vault import open_vault

@@ -18,7 +18,7 @@ import yaml
 from daemonctl import DaemonProc, daemon_config, drop, sha, status, wait_until
 
 from backends import open_store
-from dispersiond.protect import EARLY_UPLOAD_MIN
+from dispersiond.ops.encode import EARLY_UPLOAD_MIN
 
 
 def sizes() -> tuple[int, int]:
@@ -89,7 +89,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path):
 
     from dispersiond.config import load_config
     from dispersiond.maintenance import _backups
-    from dispersiond.restore import restore
+    from dispersiond.ops.restore import restore
     from dispersiond.vault import open_vault
 
     c = load_config(cfg)

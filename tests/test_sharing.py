@@ -416,7 +416,7 @@ def test_share_refusals_are_audited_and_nothing_is_written(tmp_path: Path, docto
         assert "share refused" in err and msg in err
         assert not out.exists()
     # a file still in the pipeline is not shared either
-    from dispersiond.protect import admit
+    from dispersiond.ops.protect import admit
 
     with open_vault(load_config(cfg)) as v:
         pending = admit(v, real_files()[4])

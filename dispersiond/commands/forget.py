@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..display import shown
+from ..ops.forget import forget
 from ..vault import open_vault
-from ..maintenance import forget
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -13,8 +13,11 @@ def register(sub) -> None:
     p = sub.add_parser("forget", help="erase a file for good (crypto-erasure)",
                        description="Delete every copy of the file's private container and its "
                                    "manifest entry, and its public objects unless "
-                                   "--keep-public. Afterwards nobody can restore it; without "
-                                   "the container the public bytes are noise.")
+                                   "--keep-public, and every copy the state directory holds "
+                                   "(an original kept by 'after: keep', work folders); a copy "
+                                   "outside it, your own, is named and left. Afterwards nobody "
+                                   "can restore it; without the container the public bytes "
+                                   "are noise.")
     add_config(p)
     p.add_argument("ref", metavar="ID|NAME")
     p.add_argument("--keep-public", action="store_true",
@@ -39,4 +42,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {d['role']:7} on {d['store']}: {d['object']}" + (f" ({d['note']})" if d.get("note") else ""))
         for d in res["deferred"]:
             print(f"  {d['role']:7} on {d['store']}: NOT YET ({shown(d['error'])}); retried later")
+        for path in res["removed_local"]:
+            print(f"  local copy removed: {shown(path)}")
+        for path in res["left"]:
+            print(f"  your own copy is left in place: {shown(path)} (delete it if it must go too)")
     return 0

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from ..display import json_fields, shown
 from ..errors import DispersiondError
-from ..maintenance import backup_manifest, finalize
-from ..protect import abandon_planned, protect_file, resume, transfer_bytes
-from ..state import PROTECTED, FileState
+from ..ops.protect import abandon_planned, finish, protect_file, resume, transfer_bytes
+from ..state import FileState
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
@@ -65,16 +64,12 @@ def _run(args: argparse.Namespace) -> int:
             names[fid] = shown(name)
             out.append({"file_id": fid, **json_fields(name), "state": v.db.file(fid).state})
         v.empty_trash()  # best effort; what a store refuses now waits for the next run
-        if out:
-            backup_manifest(v)
+        if out:  # as the daemon after its uploads: backup if due, grants, done
+            handled = finish(v, [item["file_id"] for item in out], grant_errors=grant_errors)
             for item in out:
-                finalize(v, item["file_id"])
                 item["state"] = v.db.file(item["file_id"]).state
-                if v.cfg.grants and item["state"] in PROTECTED:
-                    from ..share import apply_grants
-
-                    item["bundles"] = [str(p) for p in
-                                       apply_grants(v, item["file_id"], grant_errors)]
+                if v.cfg.grants and item["file_id"] in handled:
+                    item["bundles"] = [str(p) for p in handled[item["file_id"]]["bundles"]]
     if args.json:
         emit_json({"files": out, "errors": errors, "grant_errors": grant_errors})
     else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..rekey import rekey
+from ..ops.rekey import rekey
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..maintenance import repair
+from ..ops.repair import repair
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..display import as_text, shown
-from ..restore import restore
+from ..ops.restore import restore, target_path
 from ..vault import open_vault
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
@@ -30,9 +30,9 @@ def _run(args: argparse.Namespace) -> int:
     dest = Path(args.to)
     with open_vault(cfg) as v:
         f = v.resolve(args.ref)
+        out = target_path(f, dest)
         with transfer_progress("restoring", None, not args.json) as adv:
             restore(v, args.ref, dest, force=args.force, progress=adv)
-    out = dest / f.name if dest.is_dir() else dest
     if args.json:
         emit_json({"file_id": f.file_id, "path": as_text(str(out)), "size": f.size,
                    "digest_alg": f.digest_alg, "digest": f.digest})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..maintenance import rotate_key
+from ..ops.rotate_key import rotate_key
 from ..vault import open_vault
 from ..config import find_config, load_config
 from ._common import add_config, add_json, ask_passphrase, emit_json

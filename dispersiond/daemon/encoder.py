@@ -17,8 +17,9 @@ from backends.backoff import Backoff
 from .. import inbox as ib
 from ..config import PublicPolicy
 from ..logs import event, log
-from ..protect import (EARLY_UPLOAD_MIN, Cancelled, EarlyUploads, SourceGone, Throttle,
-                       encode)
+from ..ops.encode import EARLY_UPLOAD_MIN, EarlyUploads
+from ..ops.protect import SourceGone, encode
+from ..ops.upload import Cancelled, Throttle
 from ..tap import DirectUploadFailed
 from ..vault import Vault
 from .events import Encoded, Event

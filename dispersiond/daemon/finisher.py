@@ -16,8 +16,9 @@ from backends.backoff import Backoff
 from .. import inbox as ib
 from ..errors import DispersiondError
 from ..logs import event, log
-from ..maintenance import backup_manifest, finalize_many
-from ..protect import all_uploaded, commit_many
+from ..maintenance import backup_manifest
+from ..ops.finalize import finalize_many
+from ..ops.protect import all_uploaded, commit_many
 from ..state import FileState
 from ..vault import Vault
 from .uploader import Uploader
@@ -106,7 +107,7 @@ class Finisher:
         ok = backup_manifest(self.v)
         self.last_backup_mono = time.monotonic()
         if ok:
-            from ..rekey import finish_retirements
+            from ..ops.rekey import finish_retirements
 
             finish_retirements(self.v)  # revocations whose backup had not landed yet
             self.manifest_dirty = False

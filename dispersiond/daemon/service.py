@@ -37,7 +37,8 @@ from .. import inbox as ib
 from ..config import Config
 from ..errors import ConfigError, DispersiondError
 from ..logs import event, log
-from ..protect import Cancelled, Throttle, abandon_planned, upload_one
+from ..ops.encode import abandon_planned
+from ..ops.upload import Cancelled, Throttle, upload_one
 from ..metrics import Exporter
 from ..sdnotify import Notifier, hang_if_asked
 from ..state import FileState, ObjectRow

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from backends import SourceError, StoreError
 
 from ..logs import event
-from ..protect import Cancelled
+from ..ops.upload import Cancelled
 from ..state import ObjectRow, StateDB
 from .events import Event, Uploaded
 from .health import StoreHealth

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..logs import event, log
-from ..maintenance import verify
+from ..ops.verify import verify
 from ..state import PROTECTED
 from ..vault import Vault
 from .events import Event, Verified

@@ -139,7 +139,7 @@ class _LinkReader:
 def _raw_upload(server: S3Server, files: list[Path], bucket: str, link: int | None) -> float:
     from boto3.s3.transfer import TransferConfig
 
-    from ..protect import Throttle
+    from ..ops.upload import Throttle
 
     c = server.client()
     tc = TransferConfig(max_concurrency=WORKERS, multipart_chunksize=8 << 20,

@@ -44,7 +44,7 @@ def peek_done(db_path: Path, timeout: float = 5.0) -> int:
 
 
 def peek_planned(db_path: Path, timeout: float = 5.0) -> int:
-    """How many upload names are planned (eager uploads under way)."""
+    """How many upload names are planned (early uploads under way)."""
     return peek(db_path, "SELECT COUNT(*) FROM planned", timeout)
 
 

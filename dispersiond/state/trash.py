@@ -28,7 +28,7 @@ class TrashMixin(Database):
         with self.tx() as conn:
             conn.execute("DELETE FROM trash WHERE store=? AND name=?", (store, name))
 
-    # --- planned names of eager uploads
+    # --- planned names of early uploads
     def plan_uploads(self, file_id: str, items: Iterable[tuple[str, str]]) -> None:
         """Record (store, name) before uploading under it, in one transaction."""
         with self.tx() as conn:

@@ -1,0 +1,261 @@
+"""Encoding one file into staged objects: the private container, the replica or the n
+erasure shards, their planned names and digests, and the early uploads that read
+behind the encoder (or, for a large file, the direct uploads fed from memory). The `protect` operation (ops/protect.py) drives this.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .. import codec, digests
+from ..codec import se2
+from ..errors import IntegrityError
+from ..formats import PROBE, head_len
+from ..fsutil import atomic_output, fsync_dir
+from ..layout import Layout
+from ..logs import event
+from ..placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, new_object_name,
+                         padded, shard_length)
+from ..tap import DirectUploadFailed, Pipe, Tap
+from ..vault import Progress, Vault
+from .upload import Cancelled, Throttle, UploadReader
+
+
+Feeds = dict[str, "Tap | list[Pipe]"]  # staged file name -> what its uploads read from
+
+
+def staged_sizes(cfg, layout: se2.Layout) -> dict[str, int]:
+    """Bytes of each staged file, known before encoding (se2 sizes follow from the layout)."""
+    pol = cfg.public
+    if pol.mode == "replicate":
+        sizes = {"puf": padded(layout.puf_len, pol.pad)}
+    else:
+        slen = shard_length(layout.puf_len, pol.k, DEFAULT_BLOCK)
+        sizes = {f"shard-{i}": padded(slen, pol.pad) for i in range(pol.n)}
+    return {**sizes, "prf": layout.prf_len}
+
+
+def plan_rows(cfg, fid: str, layout: se2.Layout) -> list[tuple[dict, str]]:
+    """Object rows (random names, one per store, no digest yet), each with the name of
+    the staged file it uploads ("puf", "shard-<i>" or "prf")."""
+    pol, sizes, out = cfg.public, staged_sizes(cfg, layout), []
+    if pol.mode == "replicate":
+        for store in pol.stores[: pol.n]:
+            out.append((dict(file_id=fid, role="public", shard=None, store=store,
+                             name=new_object_name(), length=layout.puf_len,
+                             object_size=sizes["puf"]), "puf"))
+    else:
+        slen = shard_length(layout.puf_len, pol.k, DEFAULT_BLOCK)
+        for i, store in enumerate(pol.stores[: pol.n]):
+            out.append((dict(file_id=fid, role="public", shard=i, store=store,
+                             name=new_object_name(), length=slen,
+                             object_size=sizes[f"shard-{i}"]), f"shard-{i}"))
+    for store in cfg.private.stores:
+        out.append((dict(file_id=fid, role="private", shard=None, store=store,
+                         name=new_object_name(), length=layout.prf_len,
+                         object_size=layout.prf_len), "prf"))
+    return out
+
+
+@dataclass
+class Staged:
+    """One file encoded into staged objects: what the manifest rows are made from."""
+
+    layout: se2.Layout
+    size: int
+    alg: str  # what every digest below is made with
+    digest: str  # of the original bytes
+    paths: dict[str, Path]  # staged file name ("puf", "shard-<i>", "prf") -> path
+    sums: dict[str, str]  # staged file name -> digest of its bytes
+
+    def complete(self, planned: list[tuple[dict, str]]) -> list[tuple[dict, Path]]:
+        """Planned rows with their digests filled in, and the staged file each uploads."""
+        return [(dict(row, digest=self.sums[key]), self.paths[key]) for row, key in planned]
+
+    def rows(self, cfg, fid: str) -> list[tuple[dict, Path]]:
+        return self.complete(plan_rows(cfg, fid, self.layout))
+
+    def layout_of(self, cfg, key: bytes, scheme: str = "se2") -> Layout:
+        """The file's layout as this encode made it (under the config's placement)."""
+        pol, lay = cfg.public, self.layout
+        erasure = pol.mode == "erasure"
+        return Layout(size=self.size, digest=self.digest, digest_alg=self.alg, scheme=scheme,
+                      head_len=lay.head_len, chunk_log2=lay.chunk_log2, puf_len=lay.puf_len,
+                      prf_len=lay.prf_len, prf_digest=self.sums["prf"],
+                      key_id=se2.key_id(key).hex(), mode=pol.mode,
+                      k=pol.k if erasure else None, n=pol.n,
+                      block=DEFAULT_BLOCK if erasure else None)
+
+    def file_fields(self, cfg, key: bytes) -> dict:
+        """State columns to record (the scheme was recorded at admission)."""
+        fields = self.layout_of(cfg, key).row_fields()
+        del fields["scheme"]
+        return fields
+
+
+def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
+          progress: Progress | None = None,
+          on_layout: Callable[[se2.Layout], Feeds] | None = None) -> Staged:
+    """Encode `src` with a fresh secret: the container to `prf_path` (atomically,
+    fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`.
+
+    `on_layout`, if given, is called once the sizes are known and before any byte is
+    written; the Taps it returns (by staged file name) are fed as the files grow, and a
+    staged file given Pipes instead is not written at all: its bytes go to them."""
+    cfg, pol = v.cfg, v.cfg.public
+    size = os.fstat(src.fileno()).st_size
+    hl = head_len(src.read(PROBE), size, cfg.dicom_header)
+    src.seek(0)
+    alg = cfg.digest
+    # compression (if it pays) runs first, so the sizes are known before any byte is written
+    prep = codec.prepare(src, size, head_len=hl, compression=cfg.compression, digest_alg=alg,
+                         spool_dir=stage_dir, progress=progress)
+    layout = prep.layout
+    names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
+    outs: list[HashingWriter] = []
+    try:
+        feeds = on_layout(layout) if on_layout else {}
+        for name in names:
+            feed = feeds.get(name)
+            outs.append(PipeWriter(feed, alg) if isinstance(feed, list)
+                        else HashingWriter(open(stage_dir / name, "w+b"), alg, feed))
+        sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
+                                                                   DEFAULT_BLOCK)
+        with atomic_output(prf_path) as prf_file:
+            prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
+            prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
+            enc = codec.write(prep, v.key, sink, prf)
+        if pol.mode == "erasure":
+            sink.close()
+        for o in outs:
+            o.pad_random(padded(o.n, pol.pad))
+            o.sync()
+    finally:
+        prep.close()
+        for o in outs:
+            o.close()
+    fsync_dir(stage_dir)
+    if (enc.puf_len, enc.prf_len) != (layout.puf_len, layout.prf_len):
+        raise IntegrityError("the encoder wrote other sizes than its layout says")
+    writers = {**dict(zip(names, outs)), "prf": prf}
+    for w in writers.values():
+        if w.tap:
+            w.tap.finish()
+    return Staged(layout, size, alg, enc.digest,
+                  {**{name: stage_dir / name for name in names}, "prf": prf_path},
+                  {name: w.hexdigest() for name, w in writers.items()})
+
+
+EARLY_UPLOAD_MIN = 16 << 20  # below this a file goes up in one request, which cannot start early
+
+
+@dataclass
+class EarlyUploads:
+    """Start uploads to these stores while a large file is still being encoded.
+
+    With `direct` (and every public object bound for one of these stores) the public
+    objects are not staged at all: the encoder feeds them through memory (direct
+    uploads), and if one fails the encode fails with DirectUploadFailed, to be redone.
+    Otherwise they are early uploads: they read the staged files behind the encoder,
+    and one that fails just leaves its object pending, to be sent from the staged copy
+    like any other."""
+
+    stores: frozenset[str]
+    throttle: Throttle
+    progress: Progress | None = None
+    direct: bool = True
+
+    def sends_directly(self, cfg) -> bool:
+        """Are the public objects sent from memory (never staged)?"""
+        pol = cfg.public
+        return self.direct and set(pol.stores[: pol.n]) <= self.stores
+
+
+class EarlyUploadRun:
+    """The early uploads of one encode. Their names are recorded in `planned` before
+    the first byte is sent, so an encode that dies leaves nothing unaccounted for: the
+    next attempt (or start-up) moves them to the trash."""
+
+    def __init__(self, v: Vault, fid: str, early: EarlyUploads) -> None:
+        self.v, self.fid, self.early = v, fid, early
+        self.planned: list[tuple[dict, str]] = []
+        self.taps: dict[str, Tap] = {}  # one per staged file, however many uploads read it
+        self.pipes: dict[str, list[Pipe]] = {}  # one per upload: each drains its own
+        self.threads: list[threading.Thread] = []
+        self.sent: set[str] = set()
+        self.lock = threading.Lock()
+
+    def start(self, layout: se2.Layout) -> Feeds:
+        self.planned = plan_rows(self.v.cfg, self.fid, layout)
+        sizes = staged_sizes(self.v.cfg, layout)
+        chosen = [(row, key) for row, key in self.planned if row["store"] in self.early.stores]
+        direct = self.early.sends_directly(self.v.cfg)
+        self.v.db.plan_uploads(self.fid, [(row["store"], row["name"]) for row, _ in chosen])
+        for row, key in chosen:
+            feed: Tap | Pipe
+            if direct and row["role"] == "public":
+                feed = Pipe(sizes[key], row["store"])
+                self.pipes.setdefault(key, []).append(feed)
+            else:
+                feed = self.taps.setdefault(key, Tap(sizes[key]))
+            t = threading.Thread(target=self._send, args=(row, feed), daemon=True,
+                                 name=f"early-upload-{row['store']}")
+            self.threads.append(t)
+            t.start()
+        return {**self.taps, **self.pipes}
+
+    def _all(self) -> list[Tap | Pipe]:
+        return [*self.taps.values(), *(p for ps in self.pipes.values() for p in ps)]
+
+    def _send(self, row: dict, feed: Tap | Pipe) -> None:
+        e = self.early
+        try:
+            self.v.store(row["store"]).put(
+                row["name"], UploadReader(feed.reader(), e.throttle, e.progress), feed.size)
+        except Exception as exc:  # noqa: BLE001 - reported to the encoder, or left pending
+            cancelled = isinstance(exc, Cancelled) or isinstance(exc.__cause__, Cancelled)
+            if isinstance(feed, Pipe):
+                feed.broken(Cancelled() if cancelled else DirectUploadFailed(row["store"], exc))
+            if not cancelled and feed.error is None:  # else the encode failed: said there
+                event(logging.WARNING, "direct upload failed; the file is encoded again"
+                      if isinstance(feed, Pipe) else "early upload failed; it is retried "
+                      "from the staged copy", file_id=self.fid, store=row["store"],
+                      error=type(exc).__name__)
+            return
+        with self.lock:
+            self.sent.add(row["name"])
+
+    def join(self) -> set[str]:
+        """Wait for every early upload; returns the names that landed. Raises the failure
+        of a direct upload: its bytes are nowhere else."""
+        for t in self.threads:
+            t.join()
+        for feed in self._all():
+            feed.close()
+        for pipes in self.pipes.values():
+            for p in pipes:
+                if p.reader_error is not None:
+                    raise p.reader_error
+        return self.sent
+
+    def abort(self, exc: BaseException) -> None:
+        """The encode failed: stop the uploads and send what landed to the trash."""
+        for feed in self._all():
+            feed.fail(exc)
+        for t in self.threads:
+            t.join()
+        for feed in self._all():
+            feed.close()
+        abandon_planned(self.v, self.fid)
+
+
+def abandon_planned(v: Vault, fid: str | None = None) -> int:
+    """Names planned for early uploads of an encode that never finished (of `fid`, or
+    of every file): to the trash, whether or not their objects exist."""
+    return v.db.abandon_planned(fid)
+
+

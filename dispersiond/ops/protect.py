@@ -1,0 +1,193 @@
+"""The `protect` operation, step by step: admit -> encode -> upload -> commit -> finish.
+
+Each step is idempotent and recorded in the state database, so the daemon (or
+a re-run of `put`) resumes any file from the step it reached, without losing it
+and without leaving duplicate objects: object names are chosen and recorded
+before any upload, uploads are conditional creates, and an object that already
+exists under its recorded name is a finished upload. Staging and early uploads live
+in ops/encode.py, sending in ops/upload.py, what follows the uploads in ops/finalize.py.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from ..codec import se2
+from ..errors import DispersiondError
+from ..layout import Layout
+from ..logs import event, log
+from ..state import FileRow, FileState
+from ..tap import DirectUploadFailed
+from ..vault import Progress, Vault
+from .encode import (EARLY_UPLOAD_MIN, EarlyUploadRun, EarlyUploads, Staged, abandon_planned,
+                     plan_rows, stage, staged_sizes)
+from .finalize import finish
+from .upload import Cancelled, Throttle, Upload, send_all, upload_one
+
+__all__ = ["EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone", "Staged", "Throttle",
+           "abandon_planned",
+           "admit", "all_uploaded", "commit", "commit_many", "encode", "finish", "plan_rows",
+           "protect_file", "resume", "stage", "staged_sizes", "transfer_bytes", "upload",
+           "upload_one"]
+
+
+def admit(v: Vault, source: Path, name: str | None = None) -> str:
+    """Record a file to protect; returns its new id. Nothing is read yet."""
+    st = source.stat()
+    fid = os.urandom(16).hex()
+    v.db.add_file(file_id=fid, name=name or source.name, size=st.st_size, mtime=st.st_mtime,
+                  scheme=v.cfg.scheme, state=FileState.CLAIMED, source=str(source))
+    event(logging.INFO, "file admitted", file_id=fid, size=st.st_size)
+    return fid
+
+
+
+def encode(v: Vault, fid: str, progress: Progress | None = None,
+           early: EarlyUploads | None = None) -> None:
+    """Write the private container (fsynced) and the staged public objects; plan uploads.
+
+    With `early`, a large file's objects start uploading to the healthy stores while it
+    is encoded; those that land are recorded as uploaded in the same transaction that
+    marks the file encoded."""
+    f = v.db.file(fid)
+    work = v.work_dir(fid)
+    shutil.rmtree(work, ignore_errors=True)  # a crash mid-encode left a partial stage
+    work.mkdir(parents=True)
+    abandon_planned(v, fid)  # ... and perhaps early uploads under names now unused
+    try:
+        src = open(Path(f.source), "rb")
+    except OSError as exc:
+        raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
+    big = f.size >= EARLY_UPLOAD_MIN
+    run = EarlyUploadRun(v, fid, early) if early and early.stores and big else None
+    try:
+        with src:
+            st = stage(v, src, work, v.prf_path(fid), progress, run.start if run else None)
+        sent = run.join() if run else set()
+    except BaseException as exc:
+        if run:
+            run.abort(exc)
+        shutil.rmtree(work, ignore_errors=True)  # e.g. a full disk: give the space back
+        raise
+    planned = run.planned if run else plan_rows(v.cfg, fid, st.layout)
+    rows = [dict(row, state="uploaded" if row["name"] in sent else "pending")
+            for row, _ in st.complete(planned)]
+    with v.db.tx() as conn:
+        v.db.drop_objects(fid, conn, pending_only=True)
+        v.db.drop_planned(fid, conn)
+        v.db.add_objects(conn, rows)
+        v.db.set_state(fid, FileState.ENCODED, conn, error=None, **st.file_fields(v.cfg, v.key))
+    for store in {row["store"] for row in rows if row["state"] == "uploaded"}:
+        v.db.store_ok(store)
+    event(logging.INFO, "file encoded", file_id=fid, size=st.size,
+          public_bytes=st.layout.puf_len, private_bytes=st.layout.prf_len, sent_early=len(sent))
+
+
+class SourceGone(DispersiondError):
+    """The file to protect vanished or cannot be read: it goes to quarantine."""
+
+
+def upload(v: Vault, fid: str, throttle: Throttle | None = None,
+           progress: Progress | None = None) -> list[tuple[str, Exception]]:
+    """Upload every pending object of a file in parallel; returns the failures."""
+    pending = v.db.objects(fid, states=("pending",))
+    ids = {(o.store, o.name): o.id for o in pending}
+    return send_all(v, [Upload.of_row(v, o) for o in pending], throttle, progress,
+                    on_sent=lambda job: v.db.set_objects_uploaded([ids[job.store, job.name]]))
+
+
+def transfer_bytes(cfg, size: int) -> int:
+    """Bytes a `put` of a `size`-byte file reads and sends (for its progress bar)."""
+    rows = plan_rows(cfg, "", se2.Layout(se2.DEFAULT_CHUNK_LOG2, size, 0))
+    return size + sum(row["object_size"] for row, _ in rows)
+
+
+def _readiness(v: Vault, f: FileRow) -> tuple[bool, bool]:
+    """(restorable from its confirmed uploads, every upload confirmed), from one read of
+    the file's objects."""
+    objs = v.db.objects(f.file_id)
+    up = [o for o in objs if o.state == "uploaded"]
+    need = Layout.of_row(f).need
+    restorable = (sum(1 for o in up if o.role == "public") >= need
+                  and any(o.role == "private" for o in up))
+    return restorable, len(up) == len(objs)
+
+
+def commit(v: Vault, fid: str) -> str:
+    """Advance an encoded file as far as its confirmed uploads allow; returns the new state."""
+    commit_many(v, [v.db.file(fid)])
+    return v.db.file(fid).state
+
+
+def commit_many(v: Vault, files: list[FileRow]) -> list[str]:
+    """Commit every encoded file among `files` that its confirmed uploads make
+    restorable, all in one transaction (one fsync, however many files: a stream of small
+    files settles many at a time). Returns the ids committed."""
+    ready: list[tuple[str, bool]] = []
+    for f in files:
+        if f.state == FileState.ENCODED:
+            restorable, complete = _readiness(v, f)
+            if restorable:
+                ready.append((f.file_id, complete))
+    if not ready:
+        return []
+    with v.db.tx() as conn:
+        v.db.set_states([fid for fid, _ in ready], FileState.COMMITTED, conn, error=None)
+        v.db.mark_manifest_dirty(conn)
+    for fid, complete in ready:
+        if complete:
+            shutil.rmtree(v.work_dir(fid), ignore_errors=True)
+        event(logging.INFO, "file committed", file_id=fid, complete=complete)
+    return [fid for fid, _ in ready]
+
+
+def all_uploaded(v: Vault, fid: str) -> bool:
+    return not v.db.objects(fid, not_state="uploaded")
+
+
+def protect_file(v: Vault, path: Path, name: str | None = None,
+                 progress: Progress | None = None,
+                 on_step: Callable[[str], None] | None = None) -> str:
+    """`put`: all steps for one file now. Raises if an upload failed (state kept for resume)."""
+    fid = admit(v, path, name)
+    resume(v, fid, progress, on_step)
+    return fid
+
+
+def resume(v: Vault, fid: str, progress: Progress | None = None,
+           on_step: Callable[[str], None] | None = None) -> str:
+    """Run the remaining steps of one file; returns its state."""
+    f = v.db.file(fid)
+    throttle = Throttle(v.cfg.schedule.bandwidth())
+    if f.state == FileState.CLAIMED:
+        if on_step:
+            on_step("encode")
+        stores = frozenset(s.name for s in v.cfg.stores)
+        try:
+            encode(v, fid, progress, EarlyUploads(stores, throttle, progress))
+        except DirectUploadFailed as exc:  # again, staged: what fails now is kept for resume
+            log.warning("file %s: %s; encoding it again with a staged copy for that store",
+                        fid, exc)
+            encode(v, fid, progress, EarlyUploads(stores - {exc.store}, throttle, progress))
+    if on_step:
+        on_step("upload")
+    failures = upload(v, fid, throttle, progress)
+    state = commit(v, fid)
+    if failures:
+        stores = sorted({s for s, _ in failures})
+        first = failures[0][1]
+        v.db.update_file(fid, error=f"upload to {', '.join(stores)} failed: {first}",
+                         attempts=f.attempts + 1)
+        if state != FileState.COMMITTED:
+            raise DispersiondError(
+                f"file {fid}: upload to store(s) {', '.join(stores)} failed ({first}). The file "
+                "is encoded and kept in the state directory; it is retried by 'dispersiond run' "
+                "or 'dispersiond put --resume'")
+        log.warning("file %s is restorable but store(s) %s still lack copies; 'dispersiond "
+                    "repair' or the daemon will finish them", fid, ", ".join(stores))
+    if all_uploaded(v, fid) and state == FileState.COMMITTED:
+        shutil.rmtree(v.work_dir(fid), ignore_errors=True)
+    return state

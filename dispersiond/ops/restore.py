@@ -1,0 +1,295 @@
+"""The `restore` operation: fetching and checking fragments, rebuilding a file bit-exact.
+
+Every object is checked against its digest before use; a bad or missing copy is
+skipped and the next copy (or shard) is tried. One k-of-n restorer
+(`rebuild_public`) serves every `ObjectSource`: the configured stores (restore,
+repair, rekey) and the links of a share bundle (open-share). The output is written
+to a temporary file and renamed into place only after the codec's own
+authentication and the original's digest both passed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from backends import NotFound, StoreError, Unavailable
+
+from .. import codec, digests
+from ..errors import DispersiondError, IntegrityError
+from ..fsutil import atomic_output
+from ..layout import Layout
+from ..logs import event
+from ..placement import HashingWriter, decode_shards
+from ..state import PROTECTED, FileRow, ObjectRow
+from ..vault import Progress, Vault
+
+
+class Unrestorable(DispersiondError):
+    """Not enough intact copies could be fetched."""
+
+
+class ShardsDoNotFit(IntegrityError):
+    """Intact shards that still do not rebuild the fragment the sizes describe."""
+
+
+# --------------------------------------------------------------- one restorer
+
+@dataclass(frozen=True)
+class Piece:
+    """One public object a source can fetch: where the fragment lies inside it."""
+
+    shard: int | None
+    offset: int
+    length: int
+    handle: Any  # the source's own reference (an object row, a link)
+
+
+class ObjectSource(Protocol):
+    """Somewhere public objects come from, each checked for its digest as it arrives."""
+
+    def pieces(self) -> list[Piece]:
+        """Every object of the fragment, best first."""
+
+    def fetch(self, piece: Piece, dest: Path) -> bool:
+        """Download `piece` intact into `dest`; False (reason kept by the source) if not."""
+
+
+def gather(source: ObjectSource, need: int, tmp: Path,
+           exclude: int | None = None) -> dict[int, tuple[Path, Piece]]:
+    """Intact objects (shard number, or copy number for replicas) until `need` are had."""
+    good: dict[int, tuple[Path, Piece]] = {}
+    for i, piece in enumerate(source.pieces()):
+        if len(good) == need:
+            break
+        key = piece.shard if piece.shard is not None else i
+        if key == exclude or key in good:
+            continue
+        path = tmp / f"obj-{i}"
+        if source.fetch(piece, path):
+            good[key] = (path, piece)
+    return good
+
+
+def _extract(path: Path, piece: Piece, dest: Path) -> None:
+    """The fragment bytes [offset, offset + length) of a downloaded object (drops padding)."""
+    if piece.offset == 0:
+        os.replace(path, dest)
+        os.truncate(dest, piece.length)
+        return
+    with open(path, "rb") as src, open(dest, "wb") as fo:
+        src.seek(piece.offset)
+        left = piece.length
+        while left:
+            block = src.read(min(left, 1 << 20))
+            if not block:
+                raise ShardsDoNotFit("an object is shorter than the fragment it should hold")
+            fo.write(block)
+            left -= len(block)
+
+
+def rebuild_public(source: ObjectSource, layout: Layout, tmp: Path) -> tuple[Path, int] | int:
+    """The verified public fragment as (file, objects used), or the number of intact
+    objects found when fewer than needed were (the caller says why, in its own terms)."""
+    good = gather(source, layout.need, tmp)
+    if len(good) < layout.need:
+        return len(good)
+    out = tmp / "puf"
+    if layout.mode != "erasure":
+        path, piece = next(iter(good.values()))
+        _extract(path, piece, out)
+        return out, len(good)
+    readers = {}
+    try:
+        for shard, (path, piece) in good.items():
+            part = tmp / f"shard-{shard}"
+            _extract(path, piece, part)
+            readers[shard] = open(part, "rb")
+        with open(out, "wb") as fo:
+            try:
+                decode_shards(layout.puf_len, layout.k, layout.n, layout.block, readers, fo)
+            except ValueError as exc:
+                raise ShardsDoNotFit(f"the shards do not fit the recorded sizes ({exc})") from None
+    finally:
+        for r in readers.values():
+            r.close()
+    return out, len(good)
+
+
+class StoreSource:
+    """A file's public objects on the configured stores, failing stores tried last."""
+
+    def __init__(self, v: Vault, f: FileRow, errors: list[str], progress: Progress | None = None,
+                 states: tuple[str, ...] | None = None) -> None:
+        self.v, self.f, self.errors, self.progress, self.states = v, f, errors, progress, states
+
+    def pieces(self) -> list[Piece]:
+        objs = self.v.db.objects(self.f.file_id, role="public", states=self.states)
+        return [Piece(o.shard, o.offset, o.length, o) for o in _order(self.v, objs)]
+
+    def fetch(self, piece: Piece, dest: Path) -> bool:
+        return _try_fetch(self.v, piece.handle, dest, self.errors, self.progress)
+
+
+def layout_of(f: FileRow) -> Layout:
+    return Layout.of_row(f)
+
+
+def fetch_object(v: Vault, obj: ObjectRow, dest: BinaryIO,
+                 progress: Progress | None = None) -> None:
+    """Download one object into `dest`, checking size and digest; marks the object's state."""
+    w = HashingWriter(dest, obj.digest_alg)
+    try:
+        for chunk in v.store(obj.store).get(obj.name):
+            w.write(chunk)
+            if progress:
+                progress(len(chunk))
+    except NotFound:
+        v.db.set_object_state(obj.id, "missing")
+        raise
+    if w.n != obj.object_size or w.hexdigest() != obj.digest:
+        v.db.set_object_state(obj.id, "corrupt")
+        event(logging.WARNING, "object failed its digest", file_id=obj.file_id, store=obj.store,
+              object=obj.name)
+        raise IntegrityError(f"store {obj.store!r}: object {obj.name} of file {obj.file_id} "
+                             "does not match its digest (altered or damaged)")
+    v.db.store_ok(obj.store)
+
+
+def _try_fetch(v: Vault, obj: ObjectRow, path: Path, errors: list[str],
+               progress: Progress | None) -> bool:
+    try:
+        with open(path, "wb") as f:
+            fetch_object(v, obj, f, progress)
+        return True
+    except NotFound:
+        errors.append(f"{obj.store}: missing")
+    except IntegrityError as exc:
+        errors.append(f"{obj.store}: {exc}")
+    except StoreError as exc:
+        errors.append(f"{obj.store}: {exc}")
+        v.db.store_error(obj.store, str(exc))
+        if isinstance(exc, Unavailable):
+            v.down.add(obj.store)
+    return False
+
+
+def _order(v: Vault, objs: list[ObjectRow]) -> list[ObjectRow]:
+    """Copies believed good first; stores that failed lately (in this run, or in the
+    last few minutes with no success since) last, so a dead cloud costs no waiting
+    while the others suffice."""
+    import time
+
+    recent = time.time() - 300
+    failing = set(v.down) | {
+        s["store"] for s in v.db.store_status()
+        if s["error_at"] and s["error_at"] > recent and (s["last_ok"] or 0) < s["error_at"]}
+    return sorted(objs, key=lambda o: (o.store in failing, o.state != "uploaded",
+                                       o.shard if o.shard is not None else 0))
+
+
+def first_intact(v: Vault, objs: list[ObjectRow], tmp: Path, label: str, errors: list[str],
+                 progress: Progress | None = None) -> tuple[ObjectRow, Path] | None:
+    """The first of `objs` (best first) that downloads intact, as (object, local file)."""
+    for obj in _order(v, objs):
+        path = tmp / f"{label}-{obj.id}"
+        if _try_fetch(v, obj, path, errors, progress):
+            return obj, path
+    return None
+
+
+def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
+    """The local container if intact, else a verified copy from a private store."""
+    local = v.prf_path(f.file_id)
+    if local.exists():
+        if digests.of_path(f.digest_alg, local) == f.container_digest:
+            return local
+        event(logging.WARNING, "local private container damaged; using a backup",
+              file_id=f.file_id)
+    errors: list[str] = []
+    got = first_intact(v, v.db.objects(f.file_id, role="private"), tmp, "prf", errors, progress)
+    if got:
+        return got[1]
+    raise Unrestorable(f"file {f.file_id}: no intact private container ({'; '.join(errors) or 'none recorded'})")
+
+
+def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
+    """A verified public fragment file (replica, or rebuilt from any k shards)."""
+    errors: list[str] = []
+    got = rebuild_public(StoreSource(v, f, errors, progress), layout_of(f), tmp)
+    if isinstance(got, tuple):
+        return got[0]
+    if f.public_mode != "erasure":
+        raise Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
+    raise Unrestorable(f"file {f.file_id}: only {got} of the {f.k} shards needed are "
+                       f"intact ({'; '.join(errors)})")
+
+
+def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
+                  progress: Progress | None = None, exclude: int | None = None,
+                  states: tuple[str, ...] | None = None) -> dict[int, Path]:
+    """Download intact shards (shard number -> file) until k are had or none are left
+    (of those in `states`, when given)."""
+    good = gather(StoreSource(v, f, errors, progress, states), f.k, tmp, exclude)
+    return {shard: path for shard, (path, _) in good.items()}
+
+
+def decode_to(v: Vault, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:
+    """Decode into `out`, then check the original's digest."""
+    w = HashingWriter(out, f.digest_alg)
+    with open(puf, "rb") as pu, open(prf, "rb") as pr:
+        codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.container_len, w)
+    if w.n != f.size or (f.digest and w.hexdigest() != f.digest):
+        raise IntegrityError(f"file {f.file_id}: rebuilt bytes do not match the recorded "
+                             "digest of the original")
+
+
+_FILE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def checked_id(f: FileRow) -> str:
+    """The file id, refused unless 32 hex digits: it names paths in the state directory."""
+    if not _FILE_ID.fullmatch(f.file_id or ""):
+        raise DispersiondError(f"the state database holds a malformed file id {f.file_id!r}; "
+                               "nothing was written (run 'dispersiond verify' and report it)")
+    return f.file_id
+
+
+def target_path(f: FileRow, dest: Path) -> Path:
+    """Where `restore --to dest` writes: `dest` itself, or the file's name inside the folder
+    `dest`, and that only if the recorded name is a bare name (never a path out of it)."""
+    if not dest.is_dir():
+        return dest
+    name = f.name or ""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).name != name):
+        raise DispersiondError(f"file {f.file_id}: its recorded name {name[:80]!r} is not a "
+                               "plain file name; nothing was written: give --to a file path")
+    return dest / name
+
+
+def restore(v: Vault, ref: str, dest: Path, *, force: bool = False,
+            progress: Progress | None = None) -> FileRow:
+    """Rebuild one file at `dest` bit-exact; never writes unverified bytes over anything,
+    nor anywhere but `dest` (a file, or a folder to restore into)."""
+    f = v.resolve(ref)
+    checked_id(f)
+    if f.state not in PROTECTED:
+        raise DispersiondError(f"file {f.file_id} is not protected yet (state {f.state})")
+    dest = target_path(f, dest)
+    if dest.exists() and not force:
+        raise DispersiondError(f"{dest} exists; choose another --to or pass --force")
+    with tempfile.TemporaryDirectory(prefix=".restore-", dir=v.root / "work") as tmpd:
+        tmp = Path(tmpd)
+        prf = private_container(v, f, tmp, progress)
+        puf = public_fragment(v, f, tmp, progress)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(dest, overwrite=force) as out:
+            decode_to(v, f, puf, prf, out)
+    v.audit("restore", f.file_id)
+    event(logging.INFO, "file restored", file_id=f.file_id)
+    return f
