@@ -21,7 +21,7 @@ from dispersiond.daemon.intake import SpaceGate, Watcher
 from dispersiond.daemon.status import StatusWriter
 from dispersiond.daemon.uploader import Uploader
 from dispersiond.inbox import Stability
-from dispersiond.protect import plan_rows, staged_sizes
+from dispersiond.ops.encode import plan_rows, staged_sizes
 from dispersiond.state import FileState, ObjectRow, StateDB
 from dsp import local_config
 

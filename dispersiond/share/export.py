@@ -91,7 +91,7 @@ def record_bytes(v, f: FileRow, tmp: Path) -> bytes:
     """The record's original bytes, rebuilt and checked against its recorded digest.
     `tmp` is emptied afterwards: one folder serves a whole export (making and removing a
     folder per record was a third of an export's time)."""
-    from ..restore import decode_to, private_container, public_fragment
+    from ..ops.restore import decode_to, private_container, public_fragment
 
     if f.size > MAX_RECORD:
         raise DispersiondError(f"file {f.file_id} is {f.size} bytes, more than the "

@@ -84,7 +84,7 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
     control says no (unknown recipient, unknown or unfinished file, bad expiry), and
     "share-failed" when the stores could not provide what a bundle needs.
     """
-    from ..restore import private_container
+    from ..ops.restore import private_container
 
     def refuse(reason: str, fid: str | None = None) -> ShareRefused:
         _audit(v, "share-refused", fid, recipient=recipient, reason=reason, via=via)

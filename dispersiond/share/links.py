@@ -1,5 +1,5 @@
 """Reading a bundle's public objects through its links: the HTTP (and file://) client,
-as an `ObjectSource` for the one k-of-n restorer in dispersiond/restore.py.
+as an `ObjectSource` for the one k-of-n restorer in dispersiond/ops/restore.py.
 
 Each object is read up to the size the bundle gives and checked for length and
 digest as it arrives; a failure is kept with its kind so that, when too few objects
@@ -17,7 +17,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .. import digests
-from ..restore import Piece
+from ..ops.restore import Piece
 from .errors import LinkExpired, ObjectGone, ObjectTampered, ObjectUnavailable, ShareError
 
 

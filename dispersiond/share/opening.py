@@ -19,7 +19,8 @@ from ..errors import CodecError, FragmentMismatch
 from ..fsutil import atomic_output
 from ..identity import Identity
 from ..placement import HashingWriter
-from ..restore import Layout, ShardsDoNotFit, rebuild_public
+from ..layout import Layout
+from ..ops.restore import ShardsDoNotFit, rebuild_public
 from . import bundle
 from .errors import BundleTampered, LinkExpired, ObjectMismatch, ObjectTampered, ShareError
 from .links import LinkSource
@@ -150,9 +151,7 @@ def _copy_prf(fb: BinaryIO, dest: Path, p: dict) -> None:
 def _public_fragment(p: dict, tmp: Path, timeout: float,
                      progress: Callable[[int], None] | None) -> tuple[Path, int]:
     """A verified public fragment: one intact replica, or rebuilt from any k shards."""
-    pub = p["public"]
-    layout = (Layout("erasure", p["puf_len"], pub["k"], pub["n"], pub["block"])
-              if pub["mode"] == "erasure" else Layout("replicate", p["puf_len"]))
+    layout = Layout.of_payload(p)
     source = LinkSource(p, timeout, progress)
     try:
         got = rebuild_public(source, layout, tmp)
