@@ -17,7 +17,7 @@ from .. import inbox as ib
 from ..errors import DispersiondError
 from ..logs import event, log
 from ..maintenance import backup_manifest
-from ..ops.finalize import finalize_many
+from ..ops.finalize import AfterPolicyFailed, finish
 from ..ops.protect import all_uploaded, commit_many
 from ..state import FileState
 from ..vault import Vault
@@ -154,33 +154,27 @@ class Finisher:
     # --- after-policy
 
     def finish(self) -> None:
-        """After-policy and 'done' for files fully uploaded and in a landed manifest backup."""
+        """After-policy and 'done' for files fully uploaded and in a landed manifest backup:
+        the same `finish` as `put`'s, with the daemon's after-policy and its own backups."""
         now = time.monotonic()
         if not self.finish_due or now < self.finish_not_before:
             return
         self.finish_due = False
-        rows = self.v.db.finishable_ids()
-        handled: dict[str, str] = {}  # file id -> what became of the original
+        fids = self.v.db.finishable_ids()
+        if not fids:
+            return
         try:
-            for fid in rows:
-                if self.stop.is_set():
-                    self.finish_due = True
-                    return
-                f = self.v.db.file(fid)
-                if self.cfg.grants:  # standing shares, before the original may go (idempotent)
-                    from ..share import apply_grants
-
-                    apply_grants(self.v, fid)
-                try:
-                    handled[fid] = ib.apply_after(self.v, f)
-                except OSError as exc:
-                    self.v.db.update_file(fid, error=f"after-policy failed: {exc}")
-                    log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s",
-                              fid, self.cfg.after, exc.strerror or exc, self.retry_max)
-                    self.finish_not_before = now + min(self.retry_max, AFTER_RETRY)
-                    self.finish_due = True
-                    return
-                shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
-        finally:  # one transaction for the lot (a crash before it: the after-policy is redone)
-            for fid in finalize_many(self.v, handled):
-                event(logging.INFO, "file done", file_id=fid, original=handled[fid])
+            handled = finish(self.v, fids, after=lambda f: ib.apply_after(self.v, f),
+                             stopping=self.stop.is_set, backup=False)
+        except AfterPolicyFailed as exc:
+            log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s",
+                      exc.file_id, self.cfg.after, exc.cause.strerror or exc.cause,
+                      self.retry_max)
+            self.finish_not_before = now + min(self.retry_max, AFTER_RETRY)
+            self.finish_due = True
+            handled = exc.handled
+        if self.stop.is_set():
+            self.finish_due = True
+        for fid, res in handled.items():
+            if res.get("done"):
+                event(logging.INFO, "file done", file_id=fid, original=res.get("original"))

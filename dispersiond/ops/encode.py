@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .. import codec, digests
+from .. import codec
 from ..codec import se2
 from ..errors import IntegrityError
 from ..formats import PROBE, head_len

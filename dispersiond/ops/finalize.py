@@ -43,19 +43,22 @@ class AfterPolicyFailed(DispersiondError):
         super().__init__(f"file {file_id}: the after-policy failed ({exc.strerror or exc}); "
                          "it is retried, nothing is lost")
         self.file_id, self.cause = file_id, exc
+        self.handled: dict[str, dict] = {}
 
 
 def finish(v: Vault, fids: Iterable[str], *, grant_errors: list[str] | None = None,
            after: Callable[[FileRow], str] | None = None,
-           stopping: Callable[[], bool] | None = None) -> dict[str, dict]:
+           stopping: Callable[[], bool] | None = None,
+           backup: bool = True) -> dict[str, dict]:
     """Back up the manifest if it changed, then for each protected file: standing grants,
     the after-policy (`after`, returning what became of the original), and `done`.
 
     Returns, per file handled, the bundles written, the after-policy's outcome and
     whether the file is now done. An OSError from `after` is recorded on its file and
-    raised as AfterPolicyFailed once the files handled before it are finalized;
-    `stopping` is asked between files."""
-    backup_manifest(v)
+    raised as AfterPolicyFailed (its `handled` says what was finished before it);
+    `stopping` is asked between files. The daemon times its own backups (`backup=False`)."""
+    if backup:
+        backup_manifest(v)
     handled: dict[str, dict] = {}
     try:
         for fid in fids:
@@ -70,7 +73,9 @@ def finish(v: Vault, fids: Iterable[str], *, grant_errors: list[str] | None = No
                     res["original"] = after(f)
                 except OSError as exc:
                     v.db.update_file(fid, error=f"after-policy failed: {exc}")
-                    raise AfterPolicyFailed(fid, exc) from exc
+                    failed = AfterPolicyFailed(fid, exc)
+                    failed.handled = handled  # finalized in `finally` below
+                    raise failed from exc
             if not v.db.objects(fid, not_state="uploaded"):  # stages still needed else
                 shutil.rmtree(v.work_dir(fid), ignore_errors=True)
             handled[fid] = res
