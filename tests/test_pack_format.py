@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from dispersiond import codec, digests, placement
 from dispersiond.errors import (ConfigError, DispersiondError, FormatError, IntegrityError,
                                 TruncatedError)
-from dispersiond.pack import (PackMember, PackPolicy, PackReader, PackWriter, build_pack,
+from dispersiond.pack import (PackMember, PackPolicy, PackReader, PackWriter, build_pack, covering_range,
                               encode_index, extract, load_policy, open_index, open_sealed,
                               padded_size, plan_repack, seal_index)
 from dispersiond.pack import layout
@@ -181,6 +181,35 @@ def test_writer_streams_drains_and_sizes_before_close():
     _one_line_error(lambda: w.add(_ref(1), b"y"))  # references are unique in a pack
 
 
+def test_a_failed_stream_spoils_the_writer():
+    class Broken(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            raise OSError("disk gone")
+
+    w = PackWriter(MK, placement.new_object_name())
+    w.add(_ref(0), b"ok")
+    with pytest.raises(OSError):
+        w.add(_ref(1), Broken())
+    _one_line_error(lambda: w.add(_ref(2), b"more"))
+    _one_line_error(w.close)
+
+
+@PROPS
+@given(offset=st.integers(0, 1 << 22), length=st.integers(0, 1 << 21), extra=st.integers(0, 1 << 20))
+def test_covering_range_is_aligned_and_covers(offset, length, extra):
+    size = offset + length + extra
+    start, n = covering_range(offset, length, size)
+    if not length:
+        assert (start, n) == (offset, 0)
+        return
+    assert start % (1 << 16) == 0 and start <= offset and offset + length <= start + n <= size
+    assert (start + n) % (1 << 16) == 0 or start + n == size
+    _one_line_error(lambda: covering_range(offset, length + extra + 1, size))
+
+
 # --- the vector (FORMAT.md §8.7) -------------------------------------------------------
 
 VECTOR_NAME = bytes(range(0xA0, 0xB0)).hex()
@@ -200,7 +229,7 @@ def _counting(n: int) -> bytes:
 
 def test_vector():
     data, idx = build_pack(MK, VECTOR_NAME, VECTOR_MEMBERS, randbytes=_counting)
-    assert len(data) == 384 and idx.body_len == 129
+    assert len(data) == 384 and idx.body_len == 129 and layout.index_len(3) == 236
     assert layout.body_key(MK, VECTOR_NAME).hex() == VECTOR["body_key"]
     assert layout.index_key(MK).hex() == VECTOR["index_key"]
     assert data[-8:].hex() == VECTOR["footer"]

@@ -67,3 +67,15 @@ class PackReader:
             except IntegrityError:
                 bad.append(m)
         return bad
+
+
+def covering_range(offset: int, length: int, size: int, align: int = 1 << 16) -> tuple[int, int]:
+    """The aligned window (start, length) a ranged read of one member should fetch: a store
+    that logs Range headers then learns blocks, not the member's exact boundaries."""
+    if align <= 0 or offset < 0 or length < 0 or offset + length > size:
+        raise FormatError(f"member range {offset}+{length} lies outside a {size}-byte pack: "
+                          "the manifest entry is damaged; recover from a backup")
+    if not length:
+        return offset, 0  # an empty member needs no read
+    start = offset - offset % align
+    return start, min(size, -(-(offset + length) // align) * align) - start

@@ -37,11 +37,11 @@ class PackWriter:
         self._refs: set[bytes] = set()
         self.body_len = 0
         self.index: PackIndex | None = None
+        self._broken = False
 
     def add(self, ref: bytes, data: MemberData) -> PackMember:
         """Append one member (bytes, or a stream read to its end); returns where it lies."""
-        if self.index is not None:
-            raise CodecError(f"pack {self.name} is closed: start a new pack")
+        self._usable()
         ref = bytes(ref)
         if len(ref) != layout.REF_LEN or ref in self._refs:
             raise CodecError(f"pack {self.name}: member reference must be {layout.REF_LEN} "
@@ -49,13 +49,15 @@ class PackWriter:
         if len(self._members) >= layout.MAX_MEMBERS:
             raise CodecError(f"pack {self.name} holds {layout.MAX_MEMBERS} members: start a new pack")
         h, start = digests.new(self.digest_alg), self.body_len
+        self._broken = True  # until the member is recorded: a failed stream spoils the pack
         for block in _blocks(data):
             h.update(block)
             self._out.append(self._masker.update(block))
             self.body_len += len(block)
-        if self.size() > layout.MAX_PACK_SIZE:
-            raise CodecError(f"pack {self.name} would exceed {layout.MAX_PACK_SIZE} bytes: "
-                             "lower pack_size")
+            if self.body_len + layout.index_len(len(self._members) + 1) > layout.MAX_PACK_SIZE:
+                raise CodecError(f"pack {self.name} would exceed {layout.MAX_PACK_SIZE} "
+                                 "bytes: lower pack_size and start a new pack")
+        self._broken = False
         member = PackMember(ref, start, self.body_len - start, h.hexdigest())
         self._members.append(member)
         self._refs.add(ref)
@@ -73,10 +75,16 @@ class PackWriter:
         out, self._out = b"".join(self._out), []
         return out
 
+    def _usable(self) -> None:
+        if self.index is not None:
+            raise CodecError(f"pack {self.name} is closed: start a new pack")
+        if self._broken:
+            raise CodecError(f"pack {self.name} lost a member while it was being added: "
+                             "discard this pack and start a new one")
+
     def close(self) -> bytes:
         """The rest of the pack: undrained body, random padding, sealed index, footer."""
-        if self.index is not None:
-            raise CodecError(f"pack {self.name} is already closed")
+        self._usable()
         size = self.size()
         plain = encode_index(self.kind, self.digest_alg, self.body_len, self._members)
         sealed = seal_index(self._master_key, self.name, size, plain, self._rand)
