@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from dispersiond import codec, digests, placement
 from dispersiond.errors import (ConfigError, DispersiondError, FormatError, IntegrityError,
                                 TruncatedError)
-from dispersiond.pack import (PackMember, PackPolicy, PackReader, PackWriter, build_pack, covering_range,
-                              encode_index, extract, load_policy, open_index, open_sealed,
-                              padded_size, plan_repack, seal_index)
+from dispersiond.pack import (PackMember, PackPolicy, PackReader, PackWriter, build_pack,
+                              covering_range, encode_index, extract, load_policy, open_index,
+                              open_sealed, padded_size, plan_repack, seal_index)
 from dispersiond.pack import layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +198,8 @@ def test_a_failed_stream_spoils_the_writer():
 
 
 @PROPS
-@given(offset=st.integers(0, 1 << 22), length=st.integers(0, 1 << 21), extra=st.integers(0, 1 << 20))
+@given(offset=st.integers(0, 1 << 22), length=st.integers(0, 1 << 21),
+       extra=st.integers(0, 1 << 20))
 def test_covering_range_is_aligned_and_covers(offset, length, extra):
     size = offset + length + extra
     start, n = covering_range(offset, length, size)
@@ -271,7 +272,8 @@ def test_plan_repack_properties(lengths, data, fraction):
     live = {m.ref for m in ms if data.draw(st.booleans())}
     p = plan_repack(ms, live, fraction)
     assert set(p.keep) | set(p.drop) == set(ms) and not set(p.keep) & set(p.drop)
-    assert all(m.ref in live for m in p.keep) and list(p.keep) == sorted(p.keep, key=lambda m: m.offset)
+    assert all(m.ref in live for m in p.keep)
+    assert list(p.keep) == sorted(p.keep, key=lambda m: m.offset)
     assert (p.action == "delete") == (not p.keep)
     if p.action == "repack":
         assert p.drop and p.dead_fraction >= fraction
@@ -287,14 +289,16 @@ def test_policy_defaults_and_parsing():
         (1 << 20, 16 << 20, 5.0, 0.3, 86400.0)
     q = load_policy({"threshold": "256KiB", "pack_size": "64MiB", "max_wait": "2m",
                      "prune_dead_fraction": 0.5, "sweep_grace": "7d"})
-    assert (q.threshold, q.pack_size, q.max_wait, q.sweep_grace) == (256 << 10, 64 << 20, 120.0, 604800.0)
+    assert (q.threshold, q.pack_size, q.max_wait, q.sweep_grace) == \
+        (256 << 10, 64 << 20, 120.0, 604800.0)
     assert load_policy(None) == p
 
 
 @pytest.mark.parametrize("raw, words", [
     ({"threshold": "32MiB"}, "threshold"), ({"pack_size": "1KiB"}, "pack_size"),
     ({"max_wait": "0s"}, "max_wait"), ({"max_wait": "soon"}, "max_wait"),
-    ({"prune_dead_fraction": 0}, "prune_dead_fraction"), ({"prune_dead_fraction": 1.5}, "prune_dead_fraction"),
+    ({"prune_dead_fraction": 0}, "prune_dead_fraction"),
+    ({"prune_dead_fraction": 1.5}, "prune_dead_fraction"),
     ({"sweep_grace": "10m"}, "sweep_grace"), ({"threshold": True}, "threshold"),
     ({"pack_sise": "1MiB"}, "unknown setting"), ("16MiB", "mapping")])
 def test_policy_refusals_are_one_line_config_errors(raw, words):

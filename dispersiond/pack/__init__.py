@@ -10,7 +10,7 @@ from .reader import PackReader, covering_range, extract, open_index
 from .repack import RepackPlan, plan_repack
 from .writer import PackWriter, build_pack
 
-__all__ = ["MAX_MEMBERS", "MAX_PACK_SIZE", "VERSION", "PackIndex", "PackMember", "PackPolicy",
-           "PackReader", "PackWriter", "RepackPlan", "build_pack", "covering_range", "encode_index", "extract",
-           "load_policy", "open_index", "open_sealed", "padded_size", "parse_index",
-           "plan_repack", "seal_index"]
+__all__ = ["MAX_MEMBERS", "MAX_PACK_SIZE", "VERSION", "PackIndex", "PackMember",
+           "PackPolicy", "PackReader", "PackWriter", "RepackPlan", "build_pack",
+           "covering_range", "encode_index", "extract", "load_policy", "open_index",
+           "open_sealed", "padded_size", "parse_index", "plan_repack", "seal_index"]

@@ -48,7 +48,8 @@ def parse_index(plain: bytes, name: str, size: int) -> PackIndex:
     if kind not in _KIND_NAMES or alg not in _DIGEST_NAMES or plain[3]:
         raise FormatError(f"{where}: index names an unknown kind {kind} or digest {alg}: "
                           "upgrade dispersiond, or the pack is damaged; run repair")
-    if count > layout.MAX_MEMBERS or len(plain) != layout.INDEX_HEADER_LEN + count * layout.ENTRY_LEN:
+    if count > layout.MAX_MEMBERS \
+            or len(plain) != layout.INDEX_HEADER_LEN + count * layout.ENTRY_LEN:
         raise FormatError(f"{where}: index holds {len(plain)} bytes for {count} members: "
                           "the pack is damaged; run repair")
     if body_len + layout.index_len(count) + layout.FOOTER_LEN > size:
@@ -56,7 +57,8 @@ def parse_index(plain: bytes, name: str, size: int) -> PackIndex:
                           f"{size}-byte pack holds: the pack is damaged; run repair")
     members, seen, at = [], set(), 0
     for i in range(count):
-        ref, offset, length, digest = _ENTRY.unpack_from(plain, layout.INDEX_HEADER_LEN + i * layout.ENTRY_LEN)
+        at_entry = layout.INDEX_HEADER_LEN + i * layout.ENTRY_LEN
+        ref, offset, length, digest = _ENTRY.unpack_from(plain, at_entry)
         if offset != at or length > body_len - at:
             raise FormatError(f"{where}: member {i} at {offset}+{length} is not where the one "
                               "before it ended: the pack is damaged; run repair")
@@ -78,7 +80,8 @@ def open_sealed(master_key: bytes, name: str, size: int, sealed: bytes) -> PackI
                           "the pack is damaged; run repair")
     nonce, body = sealed[:layout.NONCE_LEN], sealed[layout.NONCE_LEN:]
     try:
-        plain = AESGCM(layout.index_key(master_key)).decrypt(nonce, body, layout.index_aad(name, size))
+        plain = AESGCM(layout.index_key(master_key)).decrypt(nonce, body,
+                                                             layout.index_aad(name, size))
     except InvalidTag:
         raise IntegrityError(f"pack {name}: sealed index failed authentication (altered, "
                              "truncated, renamed, or under another master key): run verify "

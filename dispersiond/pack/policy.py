@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from ..errors import ConfigError
 from ..units import parse_duration, parse_size
-from . import layout
 
 MiB = 1 << 20
 
@@ -54,9 +53,6 @@ class PackPolicy(BaseModel):
             raise ValueError("sweep_grace must be at least 1h (a pack is unreferenced until its "
                              f"members commit); got {self.sweep_grace} s")
         return self
-
-
-assert layout.MAX_PACK_SIZE >= 1 << 30  # the largest pack_size fits the format
 
 
 def load_policy(raw: Any, where: str = "pack") -> PackPolicy:

@@ -27,7 +27,8 @@ class PackWriter:
         if kind not in layout.KINDS:
             raise ValueError(f"pack kind {kind!r} (known: {', '.join(layout.KINDS)})")
         if digest_alg not in layout.DIGEST_IDS:
-            raise ValueError(f"digest algorithm {digest_alg!r} (known: {', '.join(layout.DIGEST_IDS)})")
+            raise ValueError(f"digest algorithm {digest_alg!r} "
+                             f"(known: {', '.join(layout.DIGEST_IDS)})")
         self.name, self.kind, self.digest_alg, self.pad = name, kind, digest_alg, pad
         self._master_key = master_key
         self._masker = layout.Masker(layout.body_key(master_key, name))
@@ -47,7 +48,8 @@ class PackWriter:
             raise CodecError(f"pack {self.name}: member reference must be {layout.REF_LEN} "
                              "bytes and unique within the pack")
         if len(self._members) >= layout.MAX_MEMBERS:
-            raise CodecError(f"pack {self.name} holds {layout.MAX_MEMBERS} members: start a new pack")
+            raise CodecError(f"pack {self.name} holds {layout.MAX_MEMBERS} members: "
+                             "start a new pack")
         h, start = digests.new(self.digest_alg), self.body_len
         self._broken = True  # until the member is recorded: a failed stream spoils the pack
         for block in _blocks(data):
