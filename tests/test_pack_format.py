@@ -256,6 +256,8 @@ def _members(lengths):
 def test_plan_repack_cases():
     ms = _members([100, 100, 100, 700])
     assert plan_repack(ms, {m.ref for m in ms}, 0.3).action == "keep"
+    default = PackPolicy().prune_dead_fraction
+    assert plan_repack(ms, {ms[3].ref}) == plan_repack(ms, {ms[3].ref}, default)
     p = plan_repack(ms, {ms[3].ref}, 0.3)
     assert p.action == "repack" and p.keep == (ms[3],) and p.dead_fraction == pytest.approx(0.3)
     assert plan_repack(ms, {ms[0].ref, ms[1].ref, ms[3].ref}, 0.3).action == "keep"

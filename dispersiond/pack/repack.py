@@ -18,7 +18,7 @@ class RepackPlan:
 
 
 def plan_repack(members: Sequence[PackMember], live: Collection[bytes],
-                dead_fraction: float) -> RepackPlan:
+                dead_fraction: float = 0.3) -> RepackPlan:
     """Dead share by bytes (by count for a pack of only empty members); a pack with no live
     member is deleted, one whose dead share reaches `dead_fraction` is repacked."""
     live = set(live)
