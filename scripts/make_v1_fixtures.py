@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom.data
 
 from dispersiond import codec
-from dispersiond.formats import PROBE, head_len
+from dispersiond.codec.headers import PROBE, head_len
 
 KEY = bytes(range(0x20, 0x40))
 ROOT = Path(__file__).resolve().parent.parent

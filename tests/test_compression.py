@@ -16,7 +16,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispersiond import codec, formats
+from dispersiond import codec
+from dispersiond.codec import headers
 from dispersiond.codec import compress, se2
 from dispersiond.research.compress_bench import fhir_records
 from dispersiond.errors import CodecError, ConfigError, FragmentMismatch, IntegrityError
@@ -99,7 +100,7 @@ def test_any_bytes_any_size_round_trip_compressed_or_not(data, policy, head, log
 def test_real_records_compress_and_restore_bit_exact():
     for f in [*sorted(SAMPLES.glob("*.*[!d]")), DICOM / "MR_small.dcm", DICOM / "CT_small.dcm"]:
         data = f.read_bytes()
-        hl = formats.head_len(data[:formats.PROBE], len(data))
+        hl = headers.head_len(data[:headers.PROBE], len(data))
         enc, puf, prf = roundtrip(data, "auto", hl, 18)
         if f.suffix in (".json", ".csv", ".dcm"):
             assert enc.codec == "zstd" and enc.content_len < 0.8 * (len(data) - hl), f.name
@@ -108,13 +109,13 @@ def test_real_records_compress_and_restore_bit_exact():
 def test_compressed_dicom_is_skipped_and_its_head_stays_whole_in_the_container():
     for name in ("JPEG2000.dcm", "SC_rgb_jpeg.dcm", "MR_small_RLE.dcm"):
         data = (DICOM / name).read_bytes()
-        hl = formats.head_len(data[:formats.PROBE], len(data))
-        assert formats.head_says_compressed(data[:hl])
+        hl = headers.head_len(data[:headers.PROBE], len(data))
+        assert headers.head_says_compressed(data[:hl])
         enc, puf, prf = roundtrip(data, "auto", hl, 18)
         assert enc.codec == "none", name
     data = (DICOM / "MR_small.dcm").read_bytes()
-    hl = formats.head_len(data[:formats.PROBE], len(data))
-    assert not formats.head_says_compressed(data[:hl])
+    hl = headers.head_len(data[:headers.PROBE], len(data))
+    assert not headers.head_says_compressed(data[:hl])
     enc, puf, prf = roundtrip(data, "auto", hl, 18)
     assert enc.codec == "zstd"
     dec = se2.Se2Decoder(K, prf[:se2.PRF_HEADER_LEN], puf[:se2.PUF_HEADER_LEN])

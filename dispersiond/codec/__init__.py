@@ -115,7 +115,7 @@ def prepare(src: BinaryIO, size: int, *, head_len: int = 0, file_id: bytes | Non
     head = _read(watch, head_len, "input")
     plain = size - head_len
     if policy.mode != "off" and plain > 0:
-        from ..formats import head_says_compressed  # (formats imports the codec)
+        from .headers import head_says_compressed  # (headers imports se2)
 
         skip = policy.mode == "auto" and head_says_compressed(head)
         samples = [] if skip else compress.read_samples(src, head_len, plain)

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import codec
 from ..codec import compress
 from ..errors import DispersiondError
-from ..formats import PROBE, head_len
+from ..codec.headers import PROBE, head_len
 from ..fsutil import atomic_output, read_key_file
 
 

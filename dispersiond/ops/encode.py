@@ -14,7 +14,7 @@ from typing import BinaryIO, Callable
 from .. import codec
 from ..codec import se2
 from ..errors import IntegrityError
-from ..formats import PROBE, head_len
+from ..codec.headers import PROBE, head_len
 from ..fsutil import atomic_output, fsync_dir
 from ..layout import Layout
 from ..logs import event

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import codec
-from ..formats import PROBE, head_len
+from ..codec.headers import PROBE, head_len
 from ..placement import padded
 
 KEY = bytes(range(32))
@@ -114,7 +114,7 @@ def dicom_files(compressed: bool) -> list[bytes]:
     """pydicom's bundled test files: uncompressed (native) or JPEG/JPEG 2000/RLE ones."""
     import pydicom.data
 
-    from .formats import head_says_compressed
+    from ..codec.headers import head_says_compressed
 
     root = Path(pydicom.data.__file__).parent / "test_files"
     out = []

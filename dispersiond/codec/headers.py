@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from .codec.se2 import MAX_HEAD
+from .se2 import MAX_HEAD
 
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
