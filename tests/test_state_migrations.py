@@ -32,7 +32,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
     (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
     algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
     db.close()
     assert algs == {old_id: "sha256", new_id: "blake3"}

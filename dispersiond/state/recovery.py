@@ -1,24 +1,26 @@
-"""Rebuilding file, object and audit rows from a manifest backup (`recover`)."""
+"""Rebuilding file, object and audit rows from manifest backups (`recover`)."""
 from __future__ import annotations
 
 import time
 
-from .db import Database
+from .backups import ChainTip
+from .db import Conn, Database
 from .model import FileState, ObjectState, check_transition
 
 
 class RecoveryMixin(Database):
     def load_backup(self, files: list[tuple[dict, list[dict]]], audit: list[dict],
-                    audit_head: str | None, seq: int) -> None:
+                    audit_head: str | None, seq: int, db: Conn | None = None) -> None:
         """(file row fields, its object rows) for each file, the audit entries, the head
         and the backup's sequence number, in one transaction. Every file is done and
         every object uploaded: the backup held them."""
         done = check_transition("-", None, FileState.DONE).value
-        with self.tx() as conn:
+        now = time.time()
+        with self._writing(db) as conn:
             for fields, objects in files:
                 conn.execute(f"INSERT OR REPLACE INTO files ({', '.join(fields)}, state, updated) "
                              f"VALUES ({', '.join('?' for _ in fields)}, ?, ?)",
-                             (*fields.values(), done, time.time()))
+                             (*fields.values(), done, now))
                 self.drop_objects(fields["file_id"], conn)  # ObjectsMixin
                 self.add_objects(conn, [{"file_id": fields["file_id"], **o,
                                          "state": ObjectState.UPLOADED.value} for o in objects])
@@ -26,3 +28,22 @@ class RecoveryMixin(Database):
             if audit_head:
                 self.set_audit_head(audit_head, conn)
             self.set_manifest_seq(seq, conn)  # BackupsMixin
+
+    def load_recovered(self, files: list[tuple[dict, list[dict]]], audit: list[dict],
+                       audit_head: str | None, tip: ChainTip,
+                       backups: dict[str, list[tuple[int, str, int]]]) -> None:
+        """All of recover's writes in one transaction, so a failed recover leaves a blank
+        state and the next one starts afresh: the rows, the chain to continue, the
+        backups each store holds ((seq, name, base) each); the change log is empty (the
+        chain holds everything) and every file is backed up."""
+        with self.tx() as conn:
+            self.load_backup(files, audit, audit_head, tip.seq, conn)
+            self.set_chain_tip(tip, conn)  # BackupsMixin
+            for store, kept in backups.items():
+                conn.execute("DELETE FROM manifest_backups WHERE store=?", (store,))
+                conn.executemany("INSERT INTO manifest_backups (store, seq, name, base) "
+                                 "VALUES (?, ?, ?, ?)",
+                                 [(store, seq, name, base) for seq, name, base in kept])
+            self.clear_manifest_changes(conn)
+            self.mark_manifest_clean(conn)
+            self.mark_backed_up(None, conn)  # FilesMixin
