@@ -48,8 +48,9 @@ def _head(v: str) -> str:
 
 FileId = Annotated[str, AfterValidator(_file_id)]
 Hex = Annotated[str, AfterValidator(_hex)]
-Count = Annotated[int, Field(ge=0)]
-Seq = Annotated[int, Field(ge=1)]
+INT64 = 2**63 - 1  # what a state database column holds
+Count = Annotated[int, Field(ge=0, le=INT64)]
+Seq = Annotated[int, Field(ge=1, le=INT64)]
 
 
 class _Strict(BaseModel):
@@ -85,7 +86,7 @@ class FileEntry(_Strict):
     public_mode: Literal["replicate", "erasure"] | None
     k: Annotated[int, Field(ge=1, le=255)] | None
     n: Annotated[int, Field(ge=1, le=255)] | None
-    block: Annotated[int, Field(ge=1)] | None
+    block: Annotated[int, Field(ge=1, le=INT64)] | None
     created: float
     objects: list[ObjectEntry]
 
