@@ -14,7 +14,19 @@ class RecoveryMixin(Database):
         """(file row fields, its object rows) for each file, the audit entries, the head
         and the backup's sequence number, in one transaction. Every file is done and
         every object uploaded: the backup held them."""
+        with self._writing(db) as conn:
+            self.add_done_files(files, conn)
+            self.load_audit_rows(conn, audit)  # AuditMixin
+            if audit_head:
+                self.set_audit_head(audit_head, conn)
+            self.set_manifest_seq(seq, conn)  # BackupsMixin
+
+    def add_done_files(self, files: list[tuple[dict, list[dict]]],
+                       db: Conn | None = None) -> None:
+        """Files that are done, with their uploaded objects, in one transaction (recover;
+        the scale benchmark builds its archives with it)."""
         done = check_transition("-", None, FileState.DONE).value
+        uploaded = ObjectState.UPLOADED.value
         now = time.time()
         with self._writing(db) as conn:
             for fields, objects in files:
@@ -22,12 +34,12 @@ class RecoveryMixin(Database):
                              f"VALUES ({', '.join('?' for _ in fields)}, ?, ?)",
                              (*fields.values(), done, now))
                 self.drop_objects(fields["file_id"], conn)  # ObjectsMixin
-                self.add_objects(conn, [{"file_id": fields["file_id"], **o,
-                                         "state": ObjectState.UPLOADED.value} for o in objects])
-            self.load_audit_rows(conn, audit)  # AuditMixin
-            if audit_head:
-                self.set_audit_head(audit_head, conn)
-            self.set_manifest_seq(seq, conn)  # BackupsMixin
+                if objects:
+                    cols = ["file_id", *objects[0], "state"]
+                    conn.executemany(
+                        f"INSERT INTO objects ({', '.join(cols)}) VALUES "
+                        f"({', '.join('?' for _ in cols)})",
+                        [(fields["file_id"], *o.values(), uploaded) for o in objects])
 
     def load_recovered(self, files: list[tuple[dict, list[dict]]], audit: list[dict],
                        audit_head: str | None, tip: ChainTip,
