@@ -139,7 +139,7 @@ def _head_problems(master_key: bytes, head: str | None, rows: list,
 
 def cut_below(db: StateDB, backed_up: int | None) -> str | None:
     """A problem if the log ends before entry `backed_up`, which a landed backup holds."""
-    tail = rows[-1]["seq"] if (rows := db.audit_rows()) else 0
+    tail = db.audit_last_seq()
     if backed_up and tail < backed_up:
         return (f"the log ends at entry {tail} but a manifest backup holds entries up to "
                 f"{backed_up}: entries were cut off the end")

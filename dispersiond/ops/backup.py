@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from backends import StoreError
 
@@ -14,7 +17,7 @@ from .. import audit, manifest
 from ..logs import event, log
 from ..placement import new_object_name
 from ..state import ChainTip
-from ..vault import Vault
+from ..vault import Busy, Vault
 
 #: One backup at a time in this process (the daemon's loop and a share's anchor).
 _LOCK = threading.RLock()
@@ -42,13 +45,33 @@ def backup_manifest(v: Vault, force: bool = False) -> int:
 def anchor(v: Vault) -> int:
     """A backup right after a share, so its audit entry is anchored on the trusted store
     at once (a delta: a few hundred bytes). A failure is logged, never raised: the share
-    stands and the next backup carries the entry."""
+    stands and the next backup carries the entry. While a daemon holds the state
+    directory it makes the backups (two writers would fork the chain): it is left to it."""
     try:
-        return backup_manifest(v)
+        with _sole_user(v) as sole:
+            return backup_manifest(v) if sole else 0
     except Exception as exc:  # noqa: BLE001 - the share itself succeeded
         log.warning("the manifest backup after a share failed (the next one carries the "
                     "entry): %s", exc)
         return 0
+
+
+@contextmanager
+def _sole_user(v: Vault) -> Iterator[bool]:
+    """Whether this process has (or could take) the state directory to itself."""
+    if v._lock_fd is not None:
+        yield True
+        return
+    try:
+        v.lock()
+    except Busy:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.close(v._lock_fd)
+        v._lock_fd = None
 
 
 def _log_problem(v: Vault) -> str | None:
