@@ -90,6 +90,12 @@ def test_a_gap_in_the_chain_refuses_the_older_state_unless_asked(tmp_path: Path)
     res = cli_json(cfg, "recover", "--accept-older")
     assert res["manifest_seq"] == 2 and res["files"] == 2
     assert any("ends at #2" in w for w in res["warnings"])
+    # the next backup is a checkpoint above every number seen: a later recover takes it
+    put(cfg, records(tmp_path, 1, start=4)[0])
+    assert max(names_by_seq(cfg, "vault")) == 5
+    shutil.rmtree(tmp_path / "state")
+    res = cli_json(cfg, "recover")
+    assert res["manifest_seq"] == 5 and res["files"] == 3 and res["chain"] == [5]
 
 
 def _found(seq: int, kind: str, prev: tuple[int, str] | None, store: str = "s1",

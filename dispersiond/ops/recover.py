@@ -151,8 +151,11 @@ def recover(v: Vault, progress: Progress | None = None, accept_older: bool = Fal
     from ..share import device
 
     device.restore_from_backup(v.root, v.key, state.as_backup_doc())
+    # After an older state was accepted, the next backup is a checkpoint numbered above
+    # every backup seen, so the unloaded newer ones never look like its successors.
     v.db.load_recovered(manifest.rows_of(state), [state.audit[s] for s in sorted(state.audit)],
-                        state.audit_head, tip, kept)
+                        state.audit_head, max(choice.newest_seen, tip.seq),
+                        None if choice.refusal else tip, kept)
     audit.seal_head(v.db, v.key)  # the backup was authenticated: its head is ours
     v.audit("recover", None, files=len(state.files), manifest_seq=state.seq)
     newest = choice.chain[-1]

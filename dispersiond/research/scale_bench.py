@@ -100,7 +100,7 @@ def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000) -> dict:
         choice = rec.choose(found, list(cfg.private.stores))
         state = manifest.replay([f.doc for f in choice.chain])
         v.db.load_recovered(manifest.rows_of(state), list(state.audit.values()),
-                            state.audit_head, rec._tip(choice.chain, state), {})
+                            state.audit_head, state.seq, rec._tip(choice.chain, state), {})
         recover_time = time.perf_counter() - t0
         recovered = len(state.files)
     return {"records": n, "build_s": round(build, 2), "checkpoint_bytes": checkpoint_bytes,

@@ -42,14 +42,15 @@ class RecoveryMixin(Database):
                         [(fields["file_id"], *o.values(), uploaded) for o in objects])
 
     def load_recovered(self, files: list[tuple[dict, list[dict]]], audit: list[dict],
-                       audit_head: str | None, tip: ChainTip,
+                       audit_head: str | None, seq: int, tip: ChainTip | None,
                        backups: dict[str, list[tuple[int, str, int]]]) -> None:
         """All of recover's writes in one transaction, so a failed recover leaves a blank
         state and the next one starts afresh: the rows, the chain to continue, the
         backups each store holds ((seq, name, base) each); the change log is empty (the
-        chain holds everything) and every file is backed up."""
+        chain holds everything) and every file is backed up. `seq`: the number the next
+        backup follows (above `tip` when newer backups exist that were not loaded)."""
         with self.tx() as conn:
-            self.load_backup(files, audit, audit_head, tip.seq, conn)
+            self.load_backup(files, audit, audit_head, seq, conn)
             self.set_chain_tip(tip, conn)  # BackupsMixin
             for store, kept in backups.items():
                 conn.execute("DELETE FROM manifest_backups WHERE store=?", (store,))
