@@ -108,12 +108,14 @@ def verify(db: StateDB, master_key: bytes, anchor: str | None = None) -> list[st
         if not hmac.compare_digest(good, r["hash"]):
             problems.append(f"entry {r['seq']}: content was altered (hash mismatch)")
         prev, expect_seq = r["hash"], r["seq"] + 1
-    problems += _head_problems(master_key, db.audit_head(), rows, anchor)
+    problems += head_problems(master_key, db.audit_head(), rows, anchor)
     return problems
 
 
-def _head_problems(master_key: bytes, head: str | None, rows: list,
-                   anchor: str | None) -> list[str]:
+def head_problems(master_key: bytes, head: str | None, rows: list,
+                  anchor: str | None) -> list[str]:
+    """What is wrong with the recorded head (its MAC, its entry among `rows`) and with
+    a backup's `anchor`."""
     out = []
     if head:
         got = parse_head(head)

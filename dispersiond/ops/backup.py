@@ -78,12 +78,13 @@ def _log_problem(v: Vault) -> str | None:
     """Why the audit log must not be anchored as it is (its head forged, or its tail cut
     below what a backup already holds); None when it may."""
     tip = v.db.chain_tip()
-    problems = audit._head_problems(v.key, v.db.audit_head(), _tail_rows(v), None)
+    problems = audit.head_problems(v.key, v.db.audit_head(), _head_row(v), None)
     cut = audit.cut_below(v.db, tip.audit_seq if tip else None)
     return "; ".join(problems + ([cut] if cut else [])) or None
 
 
-def _tail_rows(v: Vault) -> list[dict]:
+def _head_row(v: Vault) -> list[dict]:
+    """The entry the recorded head names, if it is there (one row, not the log)."""
     head = audit.parse_head(v.db.audit_head() or "")
     rows = v.db.audit_rows_after(head[0] - 1) if head else []
     return rows[:1]
