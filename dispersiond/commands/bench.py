@@ -119,14 +119,16 @@ def _scale(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"one more record, median of {args.runs} backups; {describe()}")
         print("| records | checkpoint | one more record: uploaded | backup | "
-              "recover (checkpoint + deltas) |")
-        print("|---:|---:|---:|---:|---:|")
+              "recover (checkpoint + deltas) | deltas per checkpoint | amortised per record "
+              "(computed) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
 
     def row(r: dict) -> None:
         if not args.json:
             print(f"| {r['records']:,} | {human_size(r['checkpoint_bytes'])} | "
                   f"{r['one_more_bytes']:,.0f} B ({r['one_more_kind']}) | "
-                  f"{r['one_more_backup_ms']:.1f} ms | {r['recover_s']:.2f} s |", flush=True)
+                  f"{r['one_more_backup_ms']:.1f} ms | {r['recover_s']:.2f} s | "
+                  f"{r['deltas_per_checkpoint']:,} | {r['amortised_bytes']:,} B |", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dispersiond-scale-") as tmp:
         res = sb.run(sizes, Path(tmp), args.runs, on_size=row)

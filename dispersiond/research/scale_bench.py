@@ -103,7 +103,11 @@ def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000) -> dict:
                             state.audit_head, state.seq, rec._tip(choice.chain, state), {})
         recover_time = time.perf_counter() - t0
         recovered = len(state.files)
+    per_generation = max(1, min(manifest.CHECKPOINT_EVERY, int(
+        manifest.CHECKPOINT_FRACTION * checkpoint_bytes / max(1, statistics.median(sizes)))))
     return {"records": n, "build_s": round(build, 2), "checkpoint_bytes": checkpoint_bytes,
+            "deltas_per_checkpoint": per_generation,
+            "amortised_bytes": round(statistics.median(sizes) + checkpoint_bytes / per_generation),
             "checkpoint_s": round(checkpoint_time, 3), "one_more_kind": "+".join(sorted(kinds)),
             "one_more_bytes": statistics.median(sizes),
             "one_more_backup_ms": round(statistics.median(times) * 1e3, 2),
