@@ -81,7 +81,7 @@ def test_a_format_1_manifest_backup_is_recovered(tmp_path: Path) -> None:
         names = list(vault.list(manifest.PREFIX))
         docs = [manifest.open_sealed(v.key, vault.get_bytes(n)) for n in names]
         newest = max(docs, key=lambda d: d["seq"])
-        assert newest["format"] == manifest.FORMAT == 4  # 3: the device's sender key; 4: name_b64
+        assert newest["format"] == manifest.FORMAT == 4  # 4: checkpoints and deltas, name_b64
         old = manifest.seal(v.key, _as_format_1(newest))
         for n in names:
             vault.delete(n)

@@ -88,7 +88,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path):
     assert code == 0 and took < 10
 
     from dispersiond.config import load_config
-    from dispersiond.maintenance import _backups
+    from dispersiond.ops.backup import _backups
     from dispersiond.ops.restore import restore
     from dispersiond.vault import open_vault
 

@@ -25,9 +25,11 @@ def register(sub) -> None:
     add_json(ls)
     ls.set_defaults(func=_ls)
     ver = asub.add_parser("verify", help="check the chain; exit 1 and name every problem",
-                          description="Recompute every entry's keyed hash and the chain; also "
-                                      "check the newest head against the manifest backup on "
-                                      "the private stores (unless --offline), which catches "
+                          description="Recompute every entry's keyed hash and the chain, and "
+                                      "the recorded head's MAC; also check the log against the "
+                                      "manifest backups on the private stores (unless "
+                                      "--offline): their newest head must be in it and it must "
+                                      "not end before any entry a backup holds, which catches "
                                       "entries cut off the end.")
     add_config(ver)
     ver.add_argument("--offline", action="store_true",
@@ -65,12 +67,16 @@ def _verify(args: argparse.Namespace) -> int:
     cfg = config(args)
     notes: list[str] = []
     with open_vault(cfg) as v:
-        anchor = None if args.offline else _backup_anchor(v, notes)
+        tip = v.db.chain_tip()
+        anchor, backed = (None, None) if args.offline else _backup_anchor(v, notes)
         problems = audit.verify(v.db, v.key, anchor)
+        cut = audit.cut_below(v.db, max(backed or 0, tip.audit_seq if tip else 0))
+        if cut:
+            problems.append(cut)
         count = v.db.audit_count()
     if args.json:
         emit_json({"ok": not problems, "entries": count, "problems": problems,
-                   "backup_anchor": anchor, "notes": notes})
+                   "backup_anchor": anchor, "backed_up_entries": backed, "notes": notes})
     else:
         for n in notes:
             print(f"note: {n}")
@@ -84,29 +90,25 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _backup_anchor(v, notes: list[str]) -> str | None:
-    """The audit head recorded in the newest readable manifest backup, if any."""
-    from backends import StoreError
+def _backup_anchor(v, notes: list[str]) -> tuple[str | None, int | None]:
+    """The audit head in the newest readable manifest backup, and the newest entry any
+    backup holds (the log may not end before it)."""
+    from ..ops.recover import choose, survey
 
-    from .. import manifest
-    from ..errors import DispersiondError
-
-    best = None
-    for store in v.cfg.private.stores:
-        try:
-            names = list(v.store(store).list(manifest.PREFIX))
-        except (StoreError, KeyError) as exc:
-            notes.append(f"manifest backups on {store} not checked: {exc}")
-            continue
-        for name in names:
-            try:
-                doc = manifest.open_sealed(v.key, v.store(store).get_bytes(name))
-            except (StoreError, DispersiondError, ValueError) as exc:
-                notes.append(f"manifest backup {store}/{name} not readable: {exc}")
-                continue
-            if best is None or doc["seq"] > best["seq"]:
-                best = doc
-    if best is None:
+    found, errors = survey(v)
+    notes += [f"manifest backup not readable: {e}" for e in errors]
+    if not found:
         notes.append("no manifest backup found: only the local chain was checked")
-        return None
-    return best.get("audit_head")
+        return None, None
+    choice = choose(found, list(v.cfg.private.stores))
+    notes += choice.warnings if choice else []
+    newest = max(found, key=lambda f: f.seq).doc
+    backed = max(_newest_entry(f.doc) for f in found)
+    return newest.get("audit_head"), backed or None
+
+
+def _newest_entry(doc: dict) -> int:
+    seqs = [a["seq"] for a in doc["audit"]]
+    if doc["audit_head"]:
+        seqs.append(int(doc["audit_head"].split(":")[0]))
+    return max(seqs, default=0)

@@ -17,9 +17,12 @@ def register(sub) -> None:
                     "(whole-file envelope encryption), se2 and paper-v1 encode/decode, each the "
                     "median of --runs runs on one random buffer in one process. stream: encode "
                     "a file of --size through the streaming API and report peak RSS. pipeline: "
-                    "files through the whole pipeline to a local S3 server.")
-    p.add_argument("what", nargs="?", choices=["codec", "stream", "pipeline", "compress"],
-                   default="codec")
+                    "files through the whole pipeline to a local S3 server. compress: stored "
+                    "bytes and encode time with and without compression. scale: the manifest "
+                    "backup one more record costs an archive of --records records (bytes "
+                    "uploaded, backup time, recover time).")
+    p.add_argument("what", nargs="?",
+                   choices=["codec", "stream", "pipeline", "compress", "scale"], default="codec")
     p.add_argument("--size", default=None,
                    help="buffer or file size (codec: 64MiB, stream: 1GiB, pipeline: see --files)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per algorithm (median)")
@@ -36,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--link", default=None, metavar="RATE",
                    help="pipeline: cap both the baseline and the daemon at RATE bytes per "
                         "second (e.g. 50MB), as an uplink would")
+    p.add_argument("--records", default=None, metavar="N[,N...]",
+                   help="scale: archive sizes (default 1000,10000,100000; 1000000 is opt-in)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
     p.set_defaults(func=_run)
@@ -56,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         from ..research.compress_bench import run_compress_bench
 
         return run_compress_bench(args)
+    if args.what == "scale":
+        return _scale(args)
     return _pipeline(args, size)
 
 
@@ -99,6 +106,40 @@ def _stream(args: argparse.Namespace, size: int) -> int:
         print(f"streaming {args.scheme} encode of {size / 2**20:.0f} MiB: "
               f"{res['mb_per_s']:.0f} MB/s, peak RSS {res['peak_rss_mib']:.1f} MiB "
               f"(before the run: {res['rss_before_mib']:.1f} MiB)")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from ..research import scale_bench as sb
+    from ..research.machine import describe
+
+    try:
+        sizes = tuple(int(x) for x in args.records.split(",")) if args.records else sb.SIZES
+    except ValueError:
+        raise DispersiondError("--records takes numbers separated by commas") from None
+    if any(n < 1 for n in sizes):
+        raise DispersiondError("--records must be at least 1")
+    if not args.json:
+        print(f"one more record, median of {args.runs} backups; {describe()}")
+        print("| records | checkpoint | one more record: uploaded | backup | "
+              "recover (checkpoint + deltas) | deltas per checkpoint | amortised per record "
+              "(computed) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row(r: dict) -> None:
+        if not args.json:
+            print(f"| {r['records']:,} | {human_size(r['checkpoint_bytes'])} | "
+                  f"{r['one_more_bytes']:,.0f} B ({r['one_more_kind']}) | "
+                  f"{r['one_more_backup_ms']:.1f} ms | {r['recover_s']:.2f} s | "
+                  f"{r['deltas_per_checkpoint']:,} | {r['amortised_bytes']:,} B |", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="dispersiond-scale-") as tmp:
+        res = sb.run(sizes, Path(tmp), args.runs, on_size=row)
+    if args.json:
+        print(json.dumps({"machine": describe(), "runs": args.runs, "sizes": res}))
     return 0
 
 

@@ -16,7 +16,7 @@ from backends.backoff import Backoff
 from .. import inbox as ib
 from ..errors import DispersiondError
 from ..logs import event, log
-from ..maintenance import backup_manifest
+from ..ops.backup import backup_manifest
 from ..ops.finalize import AfterPolicyFailed, finish
 from ..ops.protect import all_uploaded, commit_many
 from ..state import FileState
@@ -124,7 +124,7 @@ class Finisher:
         """Delete manifest backups a crash left unrecorded (sealed with our key, not newer
         than the next sequence number), so only the recorded, pruned set stays."""
         from .. import manifest
-        from ..maintenance import _backups
+        from ..ops.backup import _backups
 
         seq = self.v.db.manifest_seq()
         found = 0

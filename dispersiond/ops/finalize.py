@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DispersiondError
-from ..maintenance import backup_manifest
+from .backup import backup_manifest
 from ..state import PROTECTED, FileRow
 from ..vault import Vault
 

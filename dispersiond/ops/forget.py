@@ -15,7 +15,7 @@ from pathlib import Path
 from backends import NotFound, StoreError
 
 from ..errors import DispersiondError
-from ..maintenance import backup_manifest, drop_all_backups_but_newest
+from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import FileRow
 from ..vault import Vault
 

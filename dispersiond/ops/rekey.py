@@ -30,7 +30,7 @@ from .. import digests
 from ..errors import DispersiondError, IntegrityError
 from ..fsutil import atomic_output, fsync_dir
 from ..logs import event, log
-from ..maintenance import backup_manifest, drop_all_backups_but_newest
+from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import PROTECTED, FileState
 from ..vault import Progress, Vault
 from .encode import stage as stage_file

@@ -13,7 +13,7 @@ from backends import StoreError
 from .. import digests
 from ..errors import DispersiondError
 from ..logs import event
-from ..maintenance import backup_manifest
+from .backup import backup_manifest
 from ..placement import HashingWriter, rebuild_shards
 from ..state import PROTECTED, ObjectRow
 from ..vault import Progress, Vault

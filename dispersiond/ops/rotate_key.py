@@ -16,7 +16,7 @@ from ..errors import DispersiondError
 from ..fsutil import atomic_output
 from ..keys import KEY_LEN, derive_key, key_id, write_key_file
 from ..logs import log
-from ..maintenance import backup_manifest, drop_all_backups_but_newest
+from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import PROTECTED, FileState
 from ..vault import Progress, Vault
 from .restore import private_container

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .audit_rows import AuditMixin
-from .backups import BackupsMixin
+from .backups import BackupsMixin, ChainTip
 from .db import Conn
 from .files import FINISHABLE, FilesMixin
 from .model import (PROTECTED, STATES, TRANSITIONS, FileRow, FileState, IllegalTransition,
@@ -36,7 +36,7 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "Conn",
+__all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "ChainTip", "Conn",
            "FileRow", "FileState", "IllegalTransition", "ObjectRow", "ObjectState", "StateDB",
            "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_planned",
            "read_status"]

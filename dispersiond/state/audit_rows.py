@@ -12,6 +12,10 @@ class AuditMixin(Database):
         sql = "SELECT * FROM audit ORDER BY seq"
         return db.execute(sql).fetchall() if db is not None else self.query(sql)
 
+    def audit_last_seq(self) -> int:
+        """The newest entry's seq (0 for an empty log)."""
+        return self.query("SELECT COALESCE(MAX(seq), 0) FROM audit")[0][0]
+
     def audit_count(self) -> int:
         return self.query("SELECT COUNT(*) FROM audit")[0][0]
 

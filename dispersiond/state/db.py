@@ -14,7 +14,8 @@ from typing import Iterator
 
 from ..errors import DispersiondError
 from ..fsutil import create_private, restrict
-from .schema import SCHEMA, SCHEMA_VERSION, migrate
+from .model import PROTECTED
+from .schema import ENTRY_COLUMNS, OBJECT_COLUMNS, SCHEMA, SCHEMA_VERSION, migrate, triggers
 
 Conn = sqlite3.Connection
 
@@ -49,6 +50,8 @@ class Database:
             if version != SCHEMA_VERSION:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                            (str(SCHEMA_VERSION),))
+        self._db.executescript(triggers(tuple(s.value for s in PROTECTED), ENTRY_COLUMNS,
+                                        OBJECT_COLUMNS))
 
     def close(self) -> None:
         with self._lock:

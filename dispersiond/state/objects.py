@@ -49,6 +49,14 @@ class ObjectsMixin(Database):
             "SELECT *, (SELECT digest_alg FROM files f WHERE f.file_id=objects.file_id) AS "
             f"digest_alg FROM objects WHERE {where} ORDER BY role, shard, id", args)]
 
+    def objects_by_file(self) -> dict[str, list[ObjectRow]]:
+        """Every object, grouped by file (in `objects`' order): one query for a checkpoint."""
+        out: dict[str, list[ObjectRow]] = {}
+        for r in self.query("SELECT o.*, f.digest_alg FROM objects o JOIN files f ON "
+                            "f.file_id=o.file_id ORDER BY o.file_id, o.role, o.shard, o.id"):
+            out.setdefault(r["file_id"], []).append(ObjectRow(**dict(r)))
+        return out
+
     def upload_queue(self) -> list[ObjectRow]:
         """Pending objects of files being uploaded, oldest file first."""
         return [ObjectRow(**dict(r)) for r in self.query(

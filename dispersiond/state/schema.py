@@ -12,7 +12,16 @@ import sqlite3
 from .. import digests
 
 SCHEMA_VERSION = 4  # 2: digests named for their algorithm; 3: no structured data in meta;
-#                     4: exact bytes of names and paths that are not valid UTF-8
+#                     4: exact bytes of names and paths that are not valid UTF-8, and
+#                     incremental manifest backups (change log, chain, generations)
+
+#: The columns a manifest entry is made of (manifest.FILE_FIELDS / OBJECT_FIELDS by their
+#: row names): a change to one of them is a change the next backup carries.
+#: (`name_raw` needs no trigger of its own: its bytes change only with the escaped `name`.)
+ENTRY_COLUMNS = ("file_id", "name", "size", "digest", "digest_alg", "mtime", "scheme",
+                 "head_len", "chunk_log2", "puf_len", "container_len", "container_digest",
+                 "key_id", "public_mode", "k", "n", "block", "created")
+OBJECT_COLUMNS = ("role", "shard", "store", "name", "offset", "length", "object_size", "digest")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -94,7 +103,22 @@ CREATE TABLE IF NOT EXISTS manifest_backups ( -- the recorded (kept) backups on 
     store TEXT NOT NULL,
     seq   INTEGER NOT NULL,
     name  TEXT NOT NULL,
+    base  INTEGER,                          -- seq of the checkpoint it builds on (itself if one)
     PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS manifest_changes ( -- files whose manifest entry changed since the
+    n       INTEGER PRIMARY KEY AUTOINCREMENT, -- last landed backup (filled by the triggers)
+    file_id TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS manifest_chain ( -- the newest landed backup, which the next names
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    seq         INTEGER NOT NULL,
+    digest      TEXT NOT NULL,              -- SHA-256 of its sealed bytes
+    base        INTEGER NOT NULL,           -- seq of the checkpoint it builds on
+    base_bytes  INTEGER NOT NULL,           -- sealed size of that checkpoint
+    delta_bytes INTEGER NOT NULL,           -- sealed bytes of the deltas since it
+    deltas      INTEGER NOT NULL,           -- how many deltas since it
+    audit_seq   INTEGER NOT NULL            -- newest audit entry it carries
 );
 CREATE TABLE IF NOT EXISTS rekey_plan (     -- names of a rekey's new objects, before it commits
     file_id TEXT NOT NULL,
@@ -155,7 +179,7 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     for key, value in meta.items():
         kind, _, ident = key.partition(":")
         if kind == "manifest_backups":  # "seq=name,seq=name"
-            db.executemany("INSERT OR IGNORE INTO manifest_backups VALUES (?, ?, ?)",
+            db.executemany("INSERT OR IGNORE INTO manifest_backups (store, seq, name) VALUES (?, ?, ?)",
                            [(ident, int(seq), name) for seq, name in
                             (item.split("=", 1) for item in value.split(",") if item)])
         elif kind in ("rekey_plan", "rekey_retire"):  # JSON [[store, name], ...]
@@ -172,8 +196,46 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
 
 def _v3_to_v4(db: sqlite3.Connection) -> None:
     """Schema 3 could hold only names that are valid UTF-8 (others stopped intake): the
-    exact bytes of any other go beside the text, which then holds the escaped form."""
+    exact bytes of any other go beside the text, which then holds the escaped form.
+    Schema 3 kept only full backups: each is its own checkpoint. With no chain row the
+    next backup is a checkpoint; a head recorded before heads were authenticated is
+    marked as such (audit.py)."""
     have = {r[1] for r in db.execute("PRAGMA table_info(files)")}
     for col in ("name_raw", "source_raw"):
         if col not in have:
             db.execute(f"ALTER TABLE files ADD COLUMN {col} BLOB")
+    cols = {r[1] for r in db.execute("PRAGMA table_info(manifest_backups)")}
+    if "base" not in cols:
+        db.execute("ALTER TABLE manifest_backups ADD COLUMN base INTEGER")
+    db.execute("UPDATE manifest_backups SET base=seq WHERE base IS NULL")
+    head = db.execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
+    if head is not None and head[0].count(":") == 1:
+        db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (head[0] + ":legacy",))
+
+
+def triggers(protected: tuple[str, ...], file_cols: tuple[str, ...],
+             object_cols: tuple[str, ...]) -> str:
+    """Triggers that log every change of a protected file's manifest entry, so that a
+    backup reads the batch, never the archive. Temporary (this connection's): made on
+    every open after any migration, so they always name today's columns and never stand
+    in the way of a migration's own changes."""
+    p = "(" + ", ".join(f"'{s}'" for s in protected) + ")"
+    log = "INSERT OR REPLACE INTO manifest_changes (file_id) VALUES"
+    differs = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in file_cols)
+    odiffers = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in object_cols)
+    held = f"EXISTS (SELECT 1 FROM files f WHERE f.file_id={{}}.file_id AND f.state IN {p})"
+    return f"""
+CREATE TEMP TRIGGER IF NOT EXISTS manifest_file_added AFTER INSERT ON files
+WHEN NEW.state IN {p} BEGIN {log} (NEW.file_id); END;
+CREATE TEMP TRIGGER IF NOT EXISTS manifest_file_changed AFTER UPDATE ON files
+WHEN (NEW.state IN {p}) != (OLD.state IN {p}) OR (NEW.state IN {p} AND ({differs}))
+BEGIN {log} (NEW.file_id); END;
+CREATE TEMP TRIGGER IF NOT EXISTS manifest_file_deleted AFTER DELETE ON files
+WHEN OLD.state IN {p} BEGIN {log} (OLD.file_id); END;
+CREATE TEMP TRIGGER IF NOT EXISTS manifest_object_added AFTER INSERT ON objects
+WHEN {held.format("NEW")} BEGIN {log} (NEW.file_id); END;
+CREATE TEMP TRIGGER IF NOT EXISTS manifest_object_changed AFTER UPDATE ON objects
+WHEN ({odiffers}) AND {held.format("NEW")} BEGIN {log} (NEW.file_id); END;
+CREATE TEMP TRIGGER IF NOT EXISTS manifest_object_deleted AFTER DELETE ON objects
+WHEN {held.format("OLD")} BEGIN {log} (OLD.file_id); END;
+"""

@@ -1,0 +1,200 @@
+"""`recover`: a blank device + config + key -> the state again, from the newest chain of
+manifest backups (a checkpoint and every delta after it) that verifies, refusing to load
+an older state when a newer one is known to have existed.
+
+Functional core: `choose` picks the chain and names every gap; the shell reads the
+stores, fetches the private containers and writes the state in one transaction.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backends import StoreError
+
+from .. import audit, digests, manifest
+from ..errors import DispersiondError
+from ..logs import log
+from .restore import first_intact
+from ..state import ChainTip, ObjectRow
+from ..vault import Progress, Vault
+
+
+@dataclass(frozen=True)
+class Found:
+    """One authenticated, well-formed backup on one store."""
+    store: str
+    name: str
+    digest: str
+    size: int
+    doc: dict
+
+    @property
+    def seq(self) -> int:
+        return self.doc["seq"]
+
+
+@dataclass
+class Choice:
+    chain: list[Found]  # oldest (the checkpoint) first
+    newest_seen: int
+    warnings: list[str] = field(default_factory=list)
+    refusal: str | None = None  # why loading `chain` would silently go back in time
+
+
+class Rollback(DispersiondError):
+    """The newest state cannot be loaded and an older one would be: refused."""
+
+
+def _walk(tip: Found, by_digest: dict[str, Found]) -> tuple[list[Found], str | None]:
+    """The chain ending at `tip`, oldest first, or the gap that breaks it."""
+    chain = [tip]
+    while chain[-1].doc["kind"] == "delta":
+        prev = chain[-1].doc["prev"]
+        got = by_digest.get(prev["digest"])
+        if got is None or got.seq != prev["seq"]:
+            return [], (f"backup #{chain[-1].seq} needs #{prev['seq']}, which is on no store "
+                        "(missing, or replaced by another with that number)")
+        chain.append(got)
+    return chain[::-1], None
+
+
+def choose(found: list[Found], stores: list[str], known_seq: int = 0) -> Choice | None:
+    """The newest complete chain among `found`, and what is wrong around it; None if
+    there is no complete chain at all."""
+    by_digest = {f.digest: f for f in found}
+    newest = max((f.seq for f in found), default=0)
+    warnings = []
+    per_store = {s: max((f.seq for f in found if f.store == s), default=0) for s in stores}
+    for s, top in per_store.items():
+        if top < newest:
+            shown = f"#{top}" if top else "none"
+            warnings.append(f"store {s}: its newest manifest backup is {shown}, older than "
+                            f"#{newest} on another store (a backup missing or rolled back "
+                            "there)")
+    for f in found:  # a checkpoint that names a predecessor we hold under another digest
+        prev = f.doc["prev"]
+        if prev and f.doc["kind"] == "checkpoint":
+            same_seq = [g for g in found if g.seq == prev["seq"]]
+            if same_seq and all(g.digest != prev["digest"] for g in same_seq):
+                warnings.append(f"backup #{f.seq} on store {f.store} names #{prev['seq']} "
+                                "with another digest than the one stored (a backup replaced)")
+    chain: list[Found] = []
+    for tip in sorted(by_digest.values(), key=lambda f: f.seq, reverse=True):
+        chain, gap = _walk(tip, by_digest)
+        if chain:
+            break
+        warnings.append(f"store {tip.store}: {gap}")
+    if not chain:
+        return None
+    top = chain[-1].seq
+    choice = Choice(chain, newest, list(dict.fromkeys(warnings)))
+    if top < newest:
+        choice.refusal = (f"the newest manifest backup is #{newest} but it cannot be loaded "
+                          f"(a gap in its chain); the newest complete chain ends at #{top}")
+    elif top < known_seq:
+        choice.refusal = (f"this device last backed up #{known_seq}, but the private stores "
+                          f"hold nothing newer than #{top} (backups deleted or rolled back)")
+    return choice
+
+
+# --------------------------------------------------------------- the shell
+
+def survey(v: Vault) -> tuple[list[Found], list[str]]:
+    """Every backup on every private store that opens with our key and is well formed,
+    and a line for each that does not."""
+    found, errors = [], []
+    for store in v.cfg.private.stores:
+        try:
+            names = list(v.store(store).list(manifest.PREFIX))
+        except StoreError as exc:
+            errors.append(f"{store}: {exc}")
+            continue
+        for name in names:
+            try:
+                blob = v.store(store).get_bytes(name)
+                doc = manifest.read(v.key, blob, f"{store}/{name}")
+            except (StoreError, DispersiondError) as exc:
+                errors.append(f"{store}/{name}: {exc}")
+                continue
+            found.append(Found(store, name, manifest.blob_digest(blob), len(blob), doc))
+    return found, errors
+
+
+def recover(v: Vault, progress: Progress | None = None, accept_older: bool = False) -> dict:
+    """Rebuild a blank state from the newest chain of manifest backups. Private
+    containers no store holds intact are skipped and reported (their files are in the
+    state, `restore` names what is missing): a clinic gets every record it can."""
+    if v.db.has_files():
+        raise DispersiondError(f"the state database in {v.root} already holds files; recover "
+                               "only into an empty state directory")
+    found, errors = survey(v)
+    choice = choose(found, list(v.cfg.private.stores), v.db.manifest_seq())
+    if choice is None:
+        raise DispersiondError("no readable manifest backup on any private store"
+                               + (f" ({'; '.join(errors)})" if errors else ""))
+    for w in choice.warnings:
+        log.warning("recover: %s", w)
+    if choice.refusal and not accept_older:
+        raise Rollback(f"recover refused: {choice.refusal}. Put the missing backups back on "
+                       "the private store, or run 'dispersiond recover --accept-older' to "
+                       "load the older state and lose what came after")
+    if choice.refusal:
+        log.warning("recover: loading an older state on request: %s", choice.refusal)
+    state = manifest.replay([f.doc for f in choice.chain])
+    missing, fetched = _fetch_containers(v, state, progress)
+    tip = _tip(choice.chain, state)
+    kept = {s: sorted({(f.seq, f.name, f.doc["base"]) for f in found if f.store == s})
+            for s in v.cfg.private.stores}
+    from ..share import device
+
+    device.restore_from_backup(v.root, v.key, state.as_backup_doc())
+    # After an older state was accepted, the next backup is a checkpoint numbered above
+    # every backup seen, so the unloaded newer ones never look like its successors.
+    v.db.load_recovered(manifest.rows_of(state), [state.audit[s] for s in sorted(state.audit)],
+                        state.audit_head, max(choice.newest_seen, tip.seq),
+                        None if choice.refusal else tip, kept)
+    audit.seal_head(v.db, v.key)  # the backup was authenticated: its head is ours
+    v.audit("recover", None, files=len(state.files), manifest_seq=state.seq)
+    newest = choice.chain[-1]
+    return {"files": len(state.files), "manifest_seq": state.seq, "from_store": newest.store,
+            "chain": [f.seq for f in choice.chain], "newest_seen": choice.newest_seen,
+            "warnings": choice.warnings + ([choice.refusal] if choice.refusal else []),
+            "private_containers_fetched": fetched,
+            "missing_containers": missing, "unreadable_backups": errors}
+
+
+def _tip(chain: list[Found], state: manifest.Replayed) -> ChainTip:
+    base = chain[0]
+    return ChainTip(chain[-1].seq, chain[-1].digest, base.seq, base.size,
+                    sum(f.size for f in chain[1:]), len(chain) - 1, max(state.audit, default=0))
+
+
+def _fetch_containers(v: Vault, state: manifest.Replayed,
+                      progress: Progress | None) -> tuple[list[dict], int]:
+    """Put each file's private container in place (verified), before anything is written
+    to the state; returns the files none of whose copies is intact, and how many
+    containers were downloaded."""
+    missing, fetched = [], 0
+    with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
+        for e in state.files.values():
+            dest = v.prf_path(e["file_id"])
+            if dest.exists() and digests.of_path(e["digest_alg"], dest) == e["prf_digest"]:
+                continue
+            errors: list[str] = []
+            objs = [ObjectRow(i, e["file_id"], o["role"], o["shard"], o["store"], o["name"],
+                              o["offset"], o["length"], o["object_size"], o["digest"],
+                              "uploaded", None, e["digest_alg"])
+                    for i, o in enumerate(e["objects"]) if o["role"] == "private"]
+            got = first_intact(v, objs, Path(tmpd), "prf", errors, progress)
+            if got is None:
+                reason = "; ".join(errors) or "none recorded"
+                log.warning("recover: file %s: no intact private container (%s); it cannot be "
+                            "restored until a copy is put back", e["file_id"], reason)
+                missing.append({"file_id": e["file_id"], "error": reason})
+                continue
+            os.replace(got[1], dest)
+            fetched += 1
+    return missing, fetched
