@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      model_validator)
+                      ValidationInfo, field_validator)
 
 from .display import from_b64
 from .errors import IntegrityError
@@ -73,8 +73,8 @@ class ObjectEntry(_Strict):
 
 class FileEntry(_Strict):
     file_id: FileId
-    name: str  # checked as the real name: `name_b64`'s bytes when given (see below)
-    name_b64: str | None = None
+    name_b64: str | None = None  # before `name`: its check reads the real name from it
+    name: str
     size: Count
     digest: Hex | None
     digest_alg: Literal["blake3", "sha256"] | None
@@ -93,14 +93,16 @@ class FileEntry(_Strict):
     created: float
     objects: list[ObjectEntry]
 
-    @model_validator(mode="after")
-    def _real_name(self) -> "FileEntry":
+    @field_validator("name")
+    @classmethod
+    def _real_name(cls, v: str, info: ValidationInfo) -> str:
+        """The real name (the bytes of `name_b64` when given) must be a bare name."""
         try:
-            real = from_b64(self.name, self.name_b64)
+            real = from_b64(v, info.data.get("name_b64"))
         except ValueError:
             raise ValueError("name_b64 is not base64") from None
         _bare_name(real)
-        return self
+        return v
 
 
 class AuditRow(_Strict):
