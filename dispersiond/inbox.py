@@ -50,7 +50,7 @@ from .display import shown
 from .fsutil import PRIVATE_FILE, fsync_dir, private_dir, restrict
 from .logs import event
 from .state import FileRow, FileState
-from .vault import Vault
+from .archive import Archive
 
 PARTIAL_SUFFIXES = (".part", ".tmp", "~", ".partial", ".crdownload", ".swp")
 
@@ -218,11 +218,11 @@ def _move_no_clobber(src: Path, dest: Path) -> None:
 
 # --------------------------------------------------------------- claim and reconcile
 
-def claimed_dir(v: Vault) -> Path:
+def claimed_dir(v: Archive) -> Path:
     return v.root / "claimed"
 
 
-def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
+def claim(v: Archive, items: list[tuple[Path, os.stat_result]],
           ) -> tuple[list[tuple[str, int]], list[tuple[Path, os.stat_result, OSError]]]:
     """Take stable inbox files, in one batch: one transaction to record them, the renames,
     one fsync of claimed/, one transaction to mark them claimed.
@@ -261,7 +261,7 @@ def claim(v: Vault, items: list[tuple[Path, os.stat_result]],
 _BAD_VALUE = (ValueError, sqlite3.InterfaceError, sqlite3.DataError)
 
 
-def _record_claims(v: Vault, rows: list[tuple[str, Path, os.stat_result]], now: float,
+def _record_claims(v: Archive, rows: list[tuple[str, Path, os.stat_result]], now: float,
                    ) -> tuple[list[tuple[str, Path, os.stat_result]],
                               list[tuple[Path, os.stat_result, OSError]]]:
     """Step 1 for the whole batch in one transaction; should the batch be refused, file by
@@ -290,11 +290,11 @@ def _unrecordable(exc: Exception) -> OSError:
                               f"{exc}); rename the file (its name is the likely cause)")
 
 
-def _drop_row(v: Vault, fid: str) -> None:
+def _drop_row(v: Archive, fid: str) -> None:
     v.db.drop_claiming([fid])
 
 
-def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
+def reconcile(v: Archive, quarantine: Path) -> dict[str, int]:
     """At start-up: finish or undo interrupted claims and quarantines, adopt nothing blindly."""
     counts = {"claims_finished": 0, "claims_retried": 0, "claims_dropped": 0, "orphans": 0,
               "quarantines_finished": 0}
@@ -362,7 +362,7 @@ def reconcile(v: Vault, quarantine: Path) -> dict[str, int]:
 
 # --------------------------------------------------------------- quarantine and after-policy
 
-def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
+def quarantine_file(v: Archive, fid: str, reason: str, quarantine: Path) -> None:
     """Set a file aside for a person to look at; never retried, never deleted."""
     v.db.set_state(fid, FileState.FAILED, error=reason)
     f = v.db.file(fid)
@@ -371,7 +371,7 @@ def quarantine_file(v: Vault, fid: str, reason: str, quarantine: Path) -> None:
     event(logging.WARNING, "file quarantined", file_id=fid, reason=reason)
 
 
-def finish_quarantine(v: Vault, f: FileRow, quarantine: Path) -> None:
+def finish_quarantine(v: Archive, f: FileRow, quarantine: Path) -> None:
     private_dir(quarantine)
     folder = private_dir(quarantine / f.file_id)
     (folder / "REASON").write_text(f"{f.error or 'unknown'}\noriginal name: {shown(f.name)}\n",
@@ -386,7 +386,7 @@ def finish_quarantine(v: Vault, f: FileRow, quarantine: Path) -> None:
     shutil.rmtree(v.work_dir(f.file_id), ignore_errors=True)
 
 
-def apply_after(v: Vault, f: FileRow) -> str:
+def apply_after(v: Archive, f: FileRow) -> str:
     """Delete, move or keep the claimed original; files added by `put` are never touched."""
     src = Path(f.source) if f.source else None
     if src is None or src.parent != claimed_dir(v) or not src.exists():

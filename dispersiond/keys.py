@@ -36,7 +36,7 @@ PASSPHRASE_FILE_ENV = "DISPERSIOND_PASSPHRASE_FILE"
 CREDENTIAL_NAME = "passphrase"
 _PR_SET_DUMPABLE = 4
 #: Keys derived in this process, by (variable, salt, kdf): the variable is gone after the
-#: first load, and a command may open the vault more than once.
+#: first load, and a command may open the archive more than once.
 _DERIVED: dict[tuple, bytes] = {}
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from dispersiond import manifest
 from dispersiond.config import load_config
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, put
 
 
@@ -32,7 +32,7 @@ def setup(tmp: Path) -> tuple[Path, str]:
 
 
 def newest_backup(cfg: Path) -> dict:
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         s = v.store("vault")
         return max((manifest.read(v.key, s.get_bytes(n), n) for n in s.list(manifest.PREFIX)),
                    key=lambda d: d["seq"])

@@ -35,14 +35,14 @@ def restore_and_compare(cfg: Path, originals: dict[str, bytes], out: Path,
     """Every file restores bit-exact (through the CLI, or the same code with one vault)."""
     from dispersiond.config import load_config
     from dispersiond.ops.restore import restore
-    from dispersiond.vault import open_vault
+    from dispersiond.archive import open_archive
 
     out.mkdir(exist_ok=True)
     if via_cli:
         for name in originals:
             cli(cfg, "restore", name, "--to", str(out / name))
     else:
-        with open_vault(load_config(cfg)) as v:
+        with open_archive(load_config(cfg)) as v:
             for name in originals:
                 restore(v, name, out / name)
     for name, data in originals.items():
@@ -424,10 +424,10 @@ def test_a_status_probe_does_not_stop_the_daemon_from_starting(tmp_path):
     import threading
 
     from dispersiond.config import load_config
-    from dispersiond.vault import Vault
+    from dispersiond.archive import Archive
 
     cfg = daemon_config(tmp_path)
-    v = Vault(load_config(cfg))
+    v = Archive(load_config(cfg))
     fd = os.open(v.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
     threading.Timer(0.3, os.close, (fd,)).start()  # the probe lets go

@@ -17,7 +17,7 @@ from dispersiond.errors import ConfigError
 from dispersiond.identity import load_identity
 from dispersiond.placement import new_object_name
 from dispersiond.state import dumps
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, put, real_files, restores
 
 # Independent of dispersiond.digests: what each algorithm's own library says.
@@ -48,7 +48,7 @@ def test_every_digest_is_made_with_the_configured_algorithm(tmp_path: Path, alg:
     files = real_files()[:3]
     ids = put(cfg, *files)
     ref = REFERENCE[alg]
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         for fid, path in zip(ids, files):
             f = v.db.file(fid)
             assert f.digest_alg == alg and f.digest == ref(path.read_bytes())
@@ -76,7 +76,7 @@ def test_a_format_1_manifest_backup_is_recovered(tmp_path: Path) -> None:
     cfg = local_config(tmp_path, "replicate", digest="sha256")
     files = real_files()[:2]
     ids = put(cfg, *files)
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         vault = v.store("vault")
         names = list(vault.list(manifest.PREFIX))
         docs = [manifest.open_sealed(v.key, vault.get_bytes(n)) for n in names]

@@ -454,10 +454,10 @@ def test_files_that_settle_together_commit_and_finish_in_one_transaction(tmp_pat
     from dispersiond.config import load_config
     from dispersiond.ops.finalize import finalize_many
     from dispersiond.ops.protect import Throttle, admit, commit_many, encode, upload, upload_one
-    from dispersiond.vault import open_vault
+    from dispersiond.archive import open_archive
 
     cfg = load_config(local_config(tmp_path, "replicate"))
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         fids = [admit(v, p) for p in real_files()[:4]]
         for fid in fids:
             encode(v, fid)

@@ -26,7 +26,7 @@ from dispersiond.ops.protect import (EARLY_UPLOAD_MIN, EarlyUploads, Throttle, a
                                       encode)
 from dispersiond.state import peek
 from dispersiond.tap import DirectUploadFailed, Pipe, Tap
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, real_files, write_config
 
 BIG = EARLY_UPLOAD_MIN + (3 << 20) + 12345  # odd size: a partial last chunk and a tail
@@ -198,7 +198,7 @@ def test_large_file_uploads_while_it_is_encoded(tmp_path, make_store_settings):
             # Uploads that only began after the encode would never come: wait for them.
             overlapped.append(sending.wait(30))
 
-    with open_vault(load_config(cfg_path), exclusive=True) as v:
+    with open_archive(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
         encode(v, fid, progress, EarlyUploads(frozenset({"aws", "disk", "vault"}),
                                        Throttle(None), progress))
@@ -236,7 +236,7 @@ def test_a_failed_encode_takes_its_early_uploads_back(tmp_path, make_store_setti
             if read > BIG - (1 << 20):  # near the end: some objects may be complete
                 raise DiskFull(28, "No space left on device")
 
-    with open_vault(load_config(cfg_path), exclusive=True) as v:
+    with open_archive(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
         with pytest.raises(DiskFull):
             encode(v, fid, fail_late, EarlyUploads(frozenset({"aws", "disk", "vault"}), Throttle(None)))
@@ -294,7 +294,7 @@ def test_an_unreachable_store_leaves_its_early_upload_pending(tmp_path):
     pending for the normal retries, and the others land."""
     cfg_path = dead_store_config(tmp_path)
     src = big_file(tmp_path / "study.dcm")
-    with open_vault(load_config(cfg_path), exclusive=True) as v:
+    with open_archive(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
         encode(v, fid, None, EarlyUploads(frozenset({"disk", "dead", "vault"}), Throttle(None),
                                    direct=False))
@@ -310,7 +310,7 @@ def test_a_failed_direct_upload_fails_the_encode_and_put_falls_back(tmp_path):
     encodes again with a staged copy for the store that failed, kept for resume."""
     cfg_path = dead_store_config(tmp_path)
     src = big_file(tmp_path / "study.dcm")
-    with open_vault(load_config(cfg_path), exclusive=True) as v:
+    with open_archive(load_config(cfg_path), exclusive=True) as v:
         fid = admit(v, src, "study.dcm")
         with pytest.raises(DirectUploadFailed) as err:
             encode(v, fid, None, EarlyUploads(frozenset({"disk", "dead", "vault"}), Throttle(None)))
@@ -324,7 +324,7 @@ def test_a_failed_direct_upload_fails_the_encode_and_put_falls_back(tmp_path):
 
     res = cli_json(cfg_path, "put", "--resume", expect=None)
     assert res["files"][0]["state"] == "committed"  # restorable from disk; dead still owed
-    with open_vault(load_config(cfg_path), exclusive=True) as v:
+    with open_archive(load_config(cfg_path), exclusive=True) as v:
         assert {o.store: o.state for o in v.db.objects(fid)} == {
             "disk": "uploaded", "dead": "pending", "vault": "uploaded"}
         assert (Path(v.root) / "work" / fid / "puf").exists()  # the copy the retries send

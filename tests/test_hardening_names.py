@@ -89,11 +89,11 @@ def test_daemon_protects_a_good_file_next_to_a_non_utf8_name_and_keeps_running(t
 
 def test_a_quarantined_non_utf8_name_keeps_its_bytes_and_a_readable_reason(tmp_path):
     from dispersiond import inbox as ib
-    from dispersiond.vault import open_vault
+    from dispersiond.archive import open_archive
 
     cfg = load_config(daemon_config(tmp_path))
     src = write_bytes_name(tmp_path / "inbox", BAD, b"unlucky")
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         (fid, _), = ib.claim(v, [(src, src.stat())])[0]
         q = tmp_path / "quarantine"
         ib.quarantine_file(v, fid, "a test reason", q)

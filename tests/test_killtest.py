@@ -90,10 +90,10 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path):
     from dispersiond.config import load_config
     from dispersiond.ops.backup import _backups
     from dispersiond.ops.restore import restore
-    from dispersiond.vault import open_vault
+    from dispersiond.archive import open_archive
 
     c = load_config(cfg)
-    with open_vault(c) as v:
+    with open_archive(c) as v:
         st = v.db.counts()
         assert st == {"done": n_files}, st
         assert v.db.integrity_check() == "ok"

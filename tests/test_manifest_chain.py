@@ -13,7 +13,7 @@ from dispersiond import manifest
 from dispersiond.config import load_config
 from dispersiond.placement import new_object_name
 from dispersiond.state.schema import ENTRY_COLUMNS, OBJECT_COLUMNS
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, put, restores
 
 
@@ -31,7 +31,7 @@ def records(tmp: Path, count: int, start: int = 0) -> list[Path]:
 
 def backups(cfg: Path, store: str = "vault") -> list[tuple[dict, bytes, str]]:
     """(document, sealed bytes, name) of every backup on `store`, by seq."""
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         s = v.store(store)
         got = [(s.get_bytes(n), n) for n in s.list(manifest.PREFIX)]
         return sorted(((manifest.read(v.key, b, n), b, n) for b, n in got),
@@ -65,7 +65,7 @@ def test_each_backup_is_a_delta_of_its_batch_chained_to_the_one_before(
     # a one-record delta does not grow with the archive; a checkpoint does
     sizes = [len(b) for _, b, _ in got[1:]]
     assert max(sizes) < 1.2 * min(sizes) and max(sizes) < len(got[0][1]) / 3
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert v.db.manifest_changes() == ([], 0)
         assert len(manifest.seal(v.key, manifest.snapshot(v.db, 99))) > 1.3 * len(got[0][1])
     shutil.rmtree(tmp_path / "state")
@@ -111,7 +111,7 @@ def test_pruning_keeps_whole_generations(tmp_path: Path, deltas_only,
         seqs = [d["seq"] for d, _, _ in got if d["base"] == base]
         assert seqs == list(range(base, base + len(seqs)))
         assert next(d for d, _, _ in got if d["seq"] == base)["kind"] == "checkpoint"
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert {n for _, _, n in got} == {n for _, n in v.db.backups("vault")}
     shutil.rmtree(tmp_path / "state")
     assert cli_json(cfg, "recover")["files"] == 11
@@ -152,7 +152,7 @@ def test_every_older_format_still_recovers(tmp_path: Path, fmt: int) -> None:
     files = records(tmp_path, 3)
     ids = put(cfg, *files)
     (doc, _, _), = backups(cfg)
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         vault = v.store("vault")
         for n in list(vault.list(manifest.PREFIX)):
             vault.delete(n)
@@ -184,7 +184,7 @@ def test_a_schema_3_database_is_migrated_and_keeps_backing_up(tmp_path: Path) ->
                    (":".join(head.split(":")[:2]),))
         db.execute("UPDATE meta SET value='3' WHERE key='schema'")
     db.close()
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert v.db.get_meta("schema") == "4" and v.db.chain_tip() is None
         assert v.db.get_meta("audit_head").endswith(":legacy")
         assert [(b, s) for b, s, _ in v.db.backup_generations("vault")] == [(1, 1), (2, 2)]

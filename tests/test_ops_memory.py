@@ -23,7 +23,7 @@ from dispersiond.ops.rotate_key import rotate_key
 from dispersiond.ops.verify import verify
 from dispersiond.state import FileState
 from dsp import real_files
-from opsvault import every_object, memory_vault
+from memory_archive import every_object, memory_archive
 
 
 def _protected(v, path: Path) -> str:
@@ -42,7 +42,7 @@ def _restored(v, fid: str, out: Path) -> bytes:
 @pytest.mark.parametrize("mode", ["erasure", "replicate"])
 def test_protect_then_restore_gives_the_bytes_back(tmp_path, mode):
     src = real_files()[0]
-    with memory_vault(tmp_path, mode) as v:
+    with memory_archive(tmp_path, mode) as v:
         fid = _protected(v, src)
         objs = v.db.objects(fid)
         assert {o.role for o in objs} == {"public", "private"}
@@ -55,7 +55,7 @@ def test_protect_then_restore_gives_the_bytes_back(tmp_path, mode):
 
 
 def test_finish_backs_up_then_marks_done(tmp_path):
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = protect_file(v, real_files()[1])
         assert v.db.file(fid).state == FileState.COMMITTED  # no backup holds it yet
         assert not any(n.startswith(manifest.PREFIX) for n in every_object(v)["vault"])
@@ -66,7 +66,7 @@ def test_finish_backs_up_then_marks_done(tmp_path):
 
 def test_verify_finds_a_missing_object_and_repair_rebuilds_it(tmp_path):
     src = real_files()[2]
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         victim = next(o for o in v.db.objects(fid, role="public") if o.shard == 1)
         v.store(victim.store).delete(victim.name)
@@ -88,7 +88,7 @@ def test_verify_finds_a_missing_object_and_repair_rebuilds_it(tmp_path):
 
 
 def test_verify_finds_a_corrupt_object_deep(tmp_path):
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = _protected(v, real_files()[3])
         o = v.db.objects(fid, role="public")[0]
         store = v.store(o.store)
@@ -102,7 +102,7 @@ def test_verify_finds_a_corrupt_object_deep(tmp_path):
 
 def test_forget_removes_every_copy(tmp_path):
     src = real_files()[4]
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         names = {(o.store, o.name) for o in v.db.objects(fid)}
         res = forget(v, fid)
@@ -120,7 +120,7 @@ def test_forget_removes_every_copy(tmp_path):
 
 def test_rekey_replaces_every_object_and_still_restores(tmp_path):
     src = real_files()[5]
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         before = {(o.store, o.name) for o in v.db.objects(fid)}
         container = v.prf_path(fid).read_bytes()
@@ -138,7 +138,7 @@ def test_rekey_replaces_every_object_and_still_restores(tmp_path):
 
 def test_rotate_key_rewraps_containers_and_leaves_public_objects(tmp_path):
     src = real_files()[0]
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         old_id = key_id(v.key)
         public = {(o.store, o.name, o.digest) for o in v.db.objects(fid, role="public")}
@@ -156,7 +156,7 @@ def test_rotate_key_rewraps_containers_and_leaves_public_objects(tmp_path):
 
 
 def test_one_layout_shape_for_the_row_and_the_manifest_entry(tmp_path):
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = _protected(v, real_files()[1])
         f = v.db.file(fid)
         lay = Layout.of_row(f)
@@ -176,7 +176,7 @@ def test_one_layout_shape_for_the_row_and_the_manifest_entry(tmp_path):
 def test_finish_records_a_failing_after_policy_and_finalizes_the_files_before_it(tmp_path):
     from dispersiond.ops.finalize import AfterPolicyFailed
 
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         a, b = (protect_file(v, p) for p in real_files()[:2])
 
         def after(f):
@@ -195,7 +195,7 @@ def test_finish_records_a_failing_after_policy_and_finalizes_the_files_before_it
 
 
 def test_finish_keeps_the_stage_of_an_upload_still_pending(tmp_path):
-    with memory_vault(tmp_path, "replicate") as v:
+    with memory_archive(tmp_path, "replicate") as v:
         v.store("cloud-b").down = True
         fid = protect_file(v, real_files()[5])  # restorable from cloud-a: committed
         finish(v, [fid])

@@ -17,7 +17,7 @@ from dispersiond.ops.protect import admit, protect_file, resume
 from dispersiond.ops.restore import restore
 from dispersiond.state import FileState
 from dsp import cli, local_config, real_files
-from opsvault import memory_vault
+from memory_archive import memory_archive
 
 
 def _claimed_and_kept(v, src: Path) -> str:
@@ -35,7 +35,7 @@ def _claimed_and_kept(v, src: Path) -> str:
 
 def test_forget_removes_the_kept_original(tmp_path):
     src = real_files()[4]
-    with memory_vault(tmp_path, after="keep") as v:
+    with memory_archive(tmp_path, after="keep") as v:
         fid = _claimed_and_kept(v, src)
         kept = Path(v.db.file(fid).source)
         assert kept.read_bytes() == src.read_bytes()  # plaintext in the state directory
@@ -49,7 +49,7 @@ def test_forget_removes_the_kept_original(tmp_path):
 
 def test_forget_removes_a_rekey_work_folder_and_a_quarantined_copy(tmp_path):
     src = real_files()[3]
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = protect_file(v, src)
         work = v.root / "work" / f"rekey-{fid}"  # a rekey killed after decoding
         work.mkdir(parents=True)
@@ -65,7 +65,7 @@ def test_forget_removes_a_rekey_work_folder_and_a_quarantined_copy(tmp_path):
 def test_forget_reports_the_users_own_copy_and_leaves_it(tmp_path):
     src = tmp_path / "mine.csv"
     shutil.copyfile(real_files()[5], src)
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = protect_file(v, src)
         res = forget(v, fid)
     assert res["left"] == [str(src)] and src.exists()
@@ -87,7 +87,7 @@ def test_restore_to_a_folder_never_writes_outside_it(tmp_path, planted):
     src = real_files()[0]
     out = tmp_path / "a" / "b" / "out"
     out.mkdir(parents=True)
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = protect_file(v, src)
         finish(v, [fid])
         v.db.update_file(fid, name=planted)  # a hostile or damaged state row
@@ -107,9 +107,9 @@ def test_restore_cli_refuses_a_planted_name_in_one_line(tmp_path):
     _, out, _ = cli(cfg, "put", str(src))
     fid = out.split()[0]
     from dispersiond.config import load_config
-    from dispersiond.vault import open_vault
+    from dispersiond.archive import open_archive
 
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         v.db.update_file(fid, name="../../x")
     dest = tmp_path / "d1" / "d2"
     dest.mkdir(parents=True)
@@ -120,7 +120,7 @@ def test_restore_cli_refuses_a_planted_name_in_one_line(tmp_path):
 
 def test_restore_refuses_a_malformed_file_id(tmp_path):
     src = real_files()[2]
-    with memory_vault(tmp_path) as v:
+    with memory_archive(tmp_path) as v:
         fid = protect_file(v, src)
         finish(v, [fid])
         good = v.db.file(fid)

@@ -14,7 +14,7 @@ from dispersiond.errors import DispersiondError
 from dispersiond.ops.recover import Found, choose
 from dispersiond.placement import new_object_name
 from dispersiond.state import StateDB
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, put, restores, write_config
 
 
@@ -39,14 +39,14 @@ def two_vaults(tmp: Path) -> Path:
 
 
 def names_by_seq(cfg: Path, store: str) -> dict[int, str]:
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         s = v.store(store)
         return {manifest.read(v.key, s.get_bytes(n), n)["seq"]: n
                 for n in s.list(manifest.PREFIX)}
 
 
 def delete(cfg: Path, store: str, name: str) -> None:
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         v.store(store).delete(name)
 
 
@@ -85,7 +85,7 @@ def test_a_gap_in_the_chain_refuses_the_older_state_unless_asked(tmp_path: Path)
     code, out, err = cli(cfg, "recover", expect=2)
     assert "recover refused" in err and "#4" in err and "ends at #2" in err
     assert "backup #4 needs #3" in err and len(err.strip().splitlines()) <= 3
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert not v.db.has_files()  # nothing was written
     res = cli_json(cfg, "recover", "--accept-older")
     assert res["manifest_seq"] == 2 and res["files"] == 2
@@ -128,7 +128,7 @@ def test_choose_names_gaps_replaced_backups_and_a_known_newer_seq() -> None:
 
 
 def _replace_with(cfg: Path, doc: dict) -> None:
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         vault = v.store("vault")
         for n in list(vault.list(manifest.PREFIX)):
             vault.delete(n)
@@ -146,7 +146,7 @@ def test_a_sealed_backup_with_a_bad_entry_is_refused_in_one_line(
         tmp_path: Path, where: str, value, needle: str) -> None:
     cfg = local_config(tmp_path, "replicate")
     put(cfg, records(tmp_path, 1)[0])
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         s = v.store("vault")
         (doc,) = [manifest.read(v.key, s.get_bytes(n), n) for n in s.list(manifest.PREFIX)]
     doc["files"][0][where] = value
@@ -166,7 +166,7 @@ def test_a_sealed_backup_with_a_bad_entry_is_refused_in_one_line(
 def test_a_malformed_document_is_refused_in_one_line(tmp_path: Path, change, needle) -> None:
     cfg = local_config(tmp_path, "replicate")
     put(cfg, records(tmp_path, 1)[0])
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         s = v.store("vault")
         (doc,) = [manifest.read(v.key, s.get_bytes(n), n) for n in s.list(manifest.PREFIX)]
     change(doc)
@@ -184,7 +184,7 @@ def test_a_missing_container_is_skipped_and_reported_and_a_failed_recover_can_re
     cfg = local_config(tmp_path, "replicate")
     files = records(tmp_path, 3)
     ids = put(cfg, *files)
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         (gone,) = [o for o in v.db.objects(ids[1], role="private")]
         v.store(gone.store).delete(gone.name)
     shutil.rmtree(tmp_path / "state")
@@ -197,7 +197,7 @@ def test_a_missing_container_is_skipped_and_reported_and_a_failed_recover_can_re
     assert code != 0
     monkeypatch.undo()
     monkeypatch.setattr(manifest, "CHECKPOINT_FRACTION", 1e9)
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert not v.db.has_files()  # all or nothing: the failed recover wrote no row
     res = cli_json(cfg, "recover")  # a second recover after a failed one works
     assert res["files"] == 3 and [m["file_id"] for m in res["missing_containers"]] == [ids[1]]

@@ -24,7 +24,7 @@ from dispersiond.config import load_config
 from dispersiond.identity import load_identity
 from dispersiond.share import ShareError, bundle, device, open_bundle
 from dispersiond.state import dumps
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import local_config, real_files
 from test_sharing import keygen, put, share_cli
 from test_share_sender import sealed_plain
@@ -51,7 +51,7 @@ def world(tmp_path_factory):
                                                    "public_key": pub}])
         fid = put(cfg, ORIGINAL)
         b = Path(share_cli(cfg, fid, "dr-lee", sub / "b.dspshare", "--with-name")["path"])
-        with open_vault(load_config(cfg)) as v:
+        with open_archive(load_config(cfg)) as v:
             signer = device.load(v.root, v.key)
         made[mode] = (b.read_bytes(), signer)
     ident = load_identity(key)

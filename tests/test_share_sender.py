@@ -18,7 +18,7 @@ from dispersiond.identity import encode_public, load_identity
 from dispersiond.share import (BundleFormatError, ObjectGone, SignatureInvalid, UnknownSender,
                                UnsignedBundle, bundle, device, open_bundle)
 from dispersiond.state import dumps
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, real_files
 from test_sharing import add_to_config, keygen, put, share_cli
 
@@ -42,7 +42,7 @@ def site(tmp_path: Path):
 
 
 def device_key(cfg: Path) -> device.DeviceKey:
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         return device.load(v.root, v.key)
 
 

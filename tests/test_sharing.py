@@ -28,7 +28,7 @@ from dispersiond.share import (BundleFormatError, BundleTampered, LinkExpired, O
                                ObjectMismatch, ObjectTampered, ShareError,
                                WrongIdentity, open_bundle)
 from dispersiond.state import dumps
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, real_files, run_cli, write_config
 
 CT = real_files()[0]  # a real DICOM file (CT_small.dcm): header split, several chunks
@@ -99,7 +99,7 @@ def store_of(cfg: Path, name: str):
 
 
 def objects(cfg: Path, fid: str, role: str = "public") -> list[dict]:
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         return [o.__dict__ for o in v.db.objects(fid, "role=?", (role,))]
 
 
@@ -393,7 +393,7 @@ def test_bundle_for_one_file_never_opens_another_files_objects(tmp_path: Path, d
     # pairing check names the mix-up
     pa, pb = _payload(ba, doctor), _payload(bb, doctor)
     mixed = {**pa, "objects": pb["objects"], "puf_len": pb["puf_len"], "public": pb["public"]}
-    with open_vault(load_config(cfg)) as v:  # made wrongly by the device itself: signed
+    with open_archive(load_config(cfg)) as v:  # made wrongly by the device itself: signed
         signer = device.load(v.root, v.key)
     (tmp_path / "mixed.dspshare").write_bytes(
         share.seal_signed(dumps(mixed).encode(), ident.public_bytes, signer) + _private_part(ba))
@@ -418,7 +418,7 @@ def test_share_refusals_are_audited_and_nothing_is_written(tmp_path: Path, docto
     # a file still in the pipeline is not shared either
     from dispersiond.ops.protect import admit
 
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         pending = admit(v, real_files()[4])
     code, _, err = cli(cfg, "share", pending, "--to", "dr-lee", "--out", str(out), expect=2)
     assert "not protected yet" in err and not out.exists()
@@ -440,7 +440,7 @@ def test_standing_grants_write_a_bundle_per_new_file(tmp_path: Path, doctor) -> 
     f = real_files()[1]
     fid = put(cfg, f)  # put applies the standing grants once
     assert (tmp_path / "outbox" / "dr-lee" / f"{fid[:12]}-dr-lee.dspshare").exists()
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         errors: list[str] = []
         paths = share.apply_grants(v, fid, errors)
         assert share.apply_grants(v, fid) == paths  # again (after a crash): same file replaced

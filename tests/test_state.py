@@ -17,7 +17,7 @@ from dispersiond.errors import DispersiondError
 from dispersiond.placement import new_object_name
 from dispersiond.state import (SCHEMA_VERSION, TRANSITIONS, FileState, IllegalTransition,
                                StateDB, check_transition, peek_counts)
-from dispersiond.vault import open_vault
+from dispersiond.archive import open_archive
 from dsp import cli, cli_json, local_config, real_files
 
 S = FileState
@@ -157,7 +157,7 @@ def test_the_recorded_backups_are_the_ones_on_the_store(tmp_path: Path) -> None:
     cfg = local_config(tmp_path, "replicate")
     for path in real_files()[:manifest.KEEP_BACKUPS + 1]:  # one backup per put
         _put(cfg, path)
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         recorded = v.db.backups("vault")
         assert len(recorded) == manifest.KEEP_BACKUPS
         assert [s for s, _ in recorded] == list(range(2, manifest.KEEP_BACKUPS + 2))
@@ -186,11 +186,11 @@ def test_a_rekey_leaves_no_plan_and_retires_through_the_trash(tmp_path: Path) ->
     cfg = local_config(tmp_path, "erasure")
     (path,) = real_files()[:1]
     (fid,) = _put(cfg, path)
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         old = {(o.store, o.name) for o in v.db.objects(fid)}
     res = cli_json(cfg, "rekey", fid)
     assert res["old_deleted"] and res["deletions_pending"] == 0
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert v.db.rekey_plan(fid) is None and v.db.retirements() == {}
         assert v.db.trashed() == []
         for store in {s for s, _ in old}:
@@ -231,14 +231,14 @@ def test_a_schema_2_database_is_migrated_in_place(tmp_path: Path) -> None:
     ids = _put(cfg, files[0])
     ids += _put(cfg, files[1])  # two backups recorded on the vault
     db_path = load_config(cfg).state_path / "state.db"
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         backups = v.db.backups("vault")
         before = {f.file_id: (f.container_len, f.container_digest) for f in v.db.files()}
     assert len(backups) == 2 and all(length and digest for length, digest in before.values())
     plans = {ids[0]: [["cloud-a", new_object_name()], ["cloud-b", new_object_name()]]}
     retires = {ids[1]: [["cloud-c", new_object_name()]]}
     _to_schema_2(db_path, plans, retires, ("ab" * 16, "cd" * 8))
-    with open_vault(load_config(cfg)) as v:  # opening it migrates
+    with open_archive(load_config(cfg)) as v:  # opening it migrates
         db = v.db
         assert db.get_meta("schema") == "4" and SCHEMA_VERSION == 4
         assert db.backups("vault") == backups
@@ -260,7 +260,7 @@ def test_a_schema_2_database_is_migrated_in_place(tmp_path: Path) -> None:
         _restores(cfg, fid, path, tmp_path / f"out-{fid}")
     # the migrated backup rows keep working: the next backup prunes by them
     _put(cfg, real_files()[2])
-    with open_vault(load_config(cfg)) as v:
+    with open_archive(load_config(cfg)) as v:
         assert [s for s, _ in v.db.backups("vault")] == [1, 2, 3]
         assert {n for _, n in v.db.backups("vault")} == set(
             v.store("vault").list(manifest.PREFIX))

@@ -5,7 +5,7 @@ import argparse
 import datetime as dt
 
 from .. import audit
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -44,7 +44,7 @@ def _iso(ts: float) -> str:
 
 def _ls(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         rows = audit.entries(v.db)
     if args.file:
         rows = [e for e in rows if e.file_id and e.file_id.startswith(args.file.lower())]
@@ -66,7 +66,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     cfg = config(args)
     notes: list[str] = []
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         tip = v.db.chain_tip()
         anchor, backed = (None, None) if args.offline else _backup_anchor(v, notes)
         problems = audit.verify(v.db, v.key, anchor)

@@ -11,7 +11,7 @@ from ..share.errors import ShareRefused
 from ..share.export import _audit, select, write_inline
 from ..share.inline import KINDS
 from ..share.roles import check_override
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -50,7 +50,7 @@ def _date(text: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         rcpt = cfg.recipient(args.to)
         if rcpt is None:
             _audit(v, "share-refused", None, recipient=args.to, via="export",

@@ -5,7 +5,7 @@ import argparse
 
 from ..display import shown
 from ..ops.forget import forget
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         res = forget(v, args.ref, keep_public=args.keep_public)
     if args.json:
         emit_json(res)

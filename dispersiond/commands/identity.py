@@ -8,7 +8,7 @@ from pathlib import Path
 from ..identity import fingerprint
 from ..share import device
 from ..share.senders import senders_path, trust
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 def _identity(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         key = device.load_or_create(v.root, v.key)
     if args.json:
         emit_json({"sender_key": key.public, "fingerprint": key.fingerprint})

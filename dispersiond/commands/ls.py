@@ -7,7 +7,7 @@ import datetime as dt
 from ..display import json_fields, shown
 from ..state import PROTECTED
 from ..units import human_size
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -35,7 +35,7 @@ def health(objs, f) -> str:
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
     rows, names = [], []
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         for f in (v.db.files() if args.all else v.db.protected_files()):
             objs = v.db.objects(f.file_id)
             names.append(shown(f.name))

@@ -9,7 +9,7 @@ from ..display import json_fields, shown
 from ..errors import DispersiondError
 from ..ops.protect import abandon_planned, finish, protect_file, resume, transfer_bytes
 from ..state import FileState
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
 
@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DispersiondError("name at least one FILE (or --resume)")
     out, errors, grant_errors = [], [], []
     names: dict[str, str] = {}  # file id -> its name as shown
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         abandon_planned(v)  # early uploads of an encode that was killed: to the trash
         todo = []
         if args.resume:

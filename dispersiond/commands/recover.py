@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..ops.recover import recover
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         res = recover(v, accept_older=args.accept_older)
     if args.json:
         emit_json(res)

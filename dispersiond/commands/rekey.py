@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..ops.rekey import rekey
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         with transfer_progress("re-keying", None, not args.json) as adv:
             res = rekey(v, args.ref, adv)
     if args.json:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import DispersiondError
 from ..share import consent
 from ..share.issue import DEFAULT_EXPIRES
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with open_vault(config(args)) as v:
+    with open_archive(config(args)) as v:
         rows = consent.pending(v, args.all)
     if args.json:
         emit_json(rows)
@@ -73,7 +73,7 @@ def _add(args: argparse.Namespace) -> int:
             data = fh.read(65 << 10)
     except OSError as exc:
         raise DispersiondError(f"cannot read request file {path}: {exc.strerror}") from None
-    with open_vault(config(args)) as v:
+    with open_archive(config(args)) as v:
         got = consent.receive(v, data)
         row = consent.describe(v, v.db.request_row(got.id))
     if args.json:
@@ -85,7 +85,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    with open_vault(config(args)) as v:
+    with open_archive(config(args)) as v:
         res = consent.approve(v, args.id, Path(args.out) if args.out else None, args.expires)
     if args.json:
         emit_json(res)
@@ -99,7 +99,7 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _deny(args: argparse.Namespace) -> int:
-    with open_vault(config(args)) as v:
+    with open_archive(config(args)) as v:
         res = consent.deny(v, args.id, args.note)
     if args.json:
         emit_json(res)

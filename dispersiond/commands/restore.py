@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..display import as_text, shown
 from ..ops.restore import restore, target_path
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
     dest = Path(args.to)
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         f = v.resolve(args.ref)
         out = target_path(f, dest)
         with transfer_progress("restoring", None, not args.json) as adv:

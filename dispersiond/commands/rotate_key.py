@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..ops.rotate_key import rotate_key
-from ..vault import open_vault
+from ..archive import open_archive
 from ..config import find_config, load_config
 from ._common import add_config, add_json, ask_passphrase, emit_json
 
@@ -30,7 +30,7 @@ def register(sub) -> None:
 def _run(args: argparse.Namespace) -> int:
     path = find_config(getattr(args, "config", None))
     cfg = load_config(path)
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         res = rotate_key(v, config_path=path, new_passphrase=lambda: ask_passphrase(
             confirm=True, min_len=12, env=NEW_PASSPHRASE_ENV, what="new passphrase").encode())
     if args.json:

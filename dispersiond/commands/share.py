@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..share import DEFAULT_EXPIRES, create_bundle
 from ..share.export import ExportResult
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json
 
 
@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         res = create_bundle(v, args.ref, args.to, args.expires, with_name=args.with_name,
                             out=Path(args.out) if args.out else None, overwrite=args.force,
                             identified=args.identified, reason=args.reason)

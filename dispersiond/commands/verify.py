@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..ops.verify import verify
-from ..vault import open_vault
+from ..archive import open_archive
 from ._common import add_config, add_json, config, emit_json, transfer_progress
 
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config(args)
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         with transfer_progress("verifying", None, args.deep and not args.json) as adv:
             rep = verify(v, deep=args.deep, progress=adv)
     if args.json:

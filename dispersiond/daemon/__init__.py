@@ -3,7 +3,7 @@ messages between threads), `intake`, `encoder`, `uploader` (with `health`), `fin
 `verifier`, `status`; `paths` and `window` hold the checks and the clock arithmetic."""
 from __future__ import annotations
 
-from ..vault import Busy
+from ..archive import Busy
 from .health import StoreHealth
 from .paths import Paths, check_paths
 from .service import STOP_CANCEL, STOP_GRACE, Daemon

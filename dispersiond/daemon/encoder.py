@@ -21,7 +21,7 @@ from ..ops.encode import EARLY_UPLOAD_MIN, EarlyUploads
 from ..ops.protect import SourceGone, encode
 from ..ops.upload import Cancelled, Throttle
 from ..tap import DirectUploadFailed
-from ..vault import Vault
+from ..archive import Archive
 from .events import Encoded, Event
 from .intake import SpaceGate
 from .uploader import Uploader
@@ -47,7 +47,7 @@ def staging_need(public: PublicPolicy, size: int, direct: bool) -> int:
 class Encoder:
     """The files waiting to be encoded and the encodes under way."""
 
-    def __init__(self, v: Vault, uploader: Uploader, gate: SpaceGate, throttle: Throttle,
+    def __init__(self, v: Archive, uploader: Uploader, gate: SpaceGate, throttle: Throttle,
                  put: Callable[[Event], None], check_cancel: Callable[[int], None],
                  quarantine: Callable[[str, str], None], maintenance: ThreadPoolExecutor, *,
                  retry_base: float, retry_max: float) -> None:
@@ -175,7 +175,7 @@ class Encoder:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def quarantine(v: Vault, folder, fid: str, reason: str) -> None:
+def quarantine(v: Archive, folder, fid: str, reason: str) -> None:
     """Set a file aside; if the move fails the row is 'failed' already: never retried."""
     try:
         ib.quarantine_file(v, fid, reason, folder)

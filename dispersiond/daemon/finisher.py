@@ -20,7 +20,7 @@ from ..ops.backup import backup_manifest
 from ..ops.finalize import AfterPolicyFailed, finish
 from ..ops.protect import all_uploaded, commit_many
 from ..state import FileState
-from ..vault import Vault
+from ..archive import Archive
 from .uploader import Uploader
 
 #: At most one manifest backup a second, however fast files commit.
@@ -32,7 +32,7 @@ AFTER_RETRY = 60.0
 class Finisher:
     """Files from 'uploads came back' to 'done', and the manifest backups between."""
 
-    def __init__(self, v: Vault, uploader: Uploader, stop: threading.Event,
+    def __init__(self, v: Archive, uploader: Uploader, stop: threading.Event,
                  idle: Callable[[], bool], *, retry_base: float, retry_max: float) -> None:
         self.v, self.cfg, self.uploader, self.stop, self.idle = v, v.cfg, uploader, stop, idle
         self.retry_max = retry_max

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import inbox as ib
 from ..logs import event, log
 from ..units import human_size
-from ..vault import Vault
+from ..archive import Archive
 from .events import Event, PathSeen
 
 #: Claims per transaction: keeps a burst of small files cheap without one huge batch.
@@ -114,7 +114,7 @@ class Watcher:
 class Intake:
     """Inbox files from first sight to claimed: stability, then claims in batches."""
 
-    def __init__(self, v: Vault, inbox: Path, stable_seconds: float, gate: SpaceGate) -> None:
+    def __init__(self, v: Archive, inbox: Path, stable_seconds: float, gate: SpaceGate) -> None:
         self.v, self.inbox, self.gate = v, inbox, gate
         self.tracker = ib.Stability(stable_seconds)
 

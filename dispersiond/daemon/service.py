@@ -43,7 +43,7 @@ from ..metrics import Exporter
 from ..sdnotify import Notifier, hang_if_asked
 from ..state import FileState, ObjectRow
 from ..units import parse_size
-from ..vault import Vault
+from ..archive import Archive
 from .encoder import Encoder, quarantine
 from .events import (BackupNow, Encoded, Event, PathSeen, Rescan, Uploaded, Verified,
                      VerifyNow, Wake, drain)
@@ -62,11 +62,11 @@ STOP_CANCEL = 3.0
 RELOAD_EVERY = 10.0
 
 
-def _open_vault(cfg: Config) -> Vault:
+def _open_vault(cfg: Config) -> Archive:
     """The vault, locked, with every store's client built (no network): bad settings
     fail now, as a ConfigError."""
     try:
-        v = Vault(cfg)
+        v = Archive(cfg)
     except ConfigError:
         raise
     except DispersiondError as exc:  # unreadable key and the like: fix, then start

@@ -11,7 +11,7 @@ from typing import Any
 from ..logs import event, log
 from ..ops.verify import verify
 from ..state import PROTECTED
-from ..vault import Vault
+from ..archive import Archive
 from .events import Event, Verified
 
 #: Files per verify call: stopping never waits for a whole run.
@@ -19,7 +19,7 @@ CHUNK = 200
 
 
 class Verifier:
-    def __init__(self, v: Vault, stop: threading.Event, put: Callable[[Event], None],
+    def __init__(self, v: Archive, stop: threading.Event, put: Callable[[Event], None],
                  pool: ThreadPoolExecutor) -> None:
         """`pool`: the one maintenance thread, shared with emptying the trash so the two
         never run at once."""

@@ -17,13 +17,13 @@ from .. import audit, manifest
 from ..logs import event, log
 from ..placement import new_object_name
 from ..state import ChainTip
-from ..vault import Busy, Vault
+from ..archive import Busy, Archive
 
 #: One backup at a time in this process (the daemon's loop and a share's anchor).
 _LOCK = threading.RLock()
 
 
-def backup_manifest(v: Vault, force: bool = False) -> int:
+def backup_manifest(v: Archive, force: bool = False) -> int:
     """Seal what changed and put it on every private store; returns how many stores
     took it. `force`: back up even if nothing changed, as a checkpoint (forget and
     rotation drop every older generation after it).
@@ -42,7 +42,7 @@ def backup_manifest(v: Vault, force: bool = False) -> int:
         return _backup(v, force)
 
 
-def anchor(v: Vault) -> int:
+def anchor(v: Archive) -> int:
     """A backup right after a share, so its audit entry is anchored on the trusted store
     at once (a delta: a few hundred bytes). A failure is logged, never raised: the share
     stands and the next backup carries the entry. While a daemon holds the state
@@ -57,7 +57,7 @@ def anchor(v: Vault) -> int:
 
 
 @contextmanager
-def _sole_user(v: Vault) -> Iterator[bool]:
+def _sole_user(v: Archive) -> Iterator[bool]:
     """Whether this process has (or could take) the state directory to itself."""
     if v._lock_fd is not None:
         yield True
@@ -74,7 +74,7 @@ def _sole_user(v: Vault) -> Iterator[bool]:
         v._lock_fd = None
 
 
-def _log_problem(v: Vault) -> str | None:
+def _log_problem(v: Archive) -> str | None:
     """Why the audit log must not be anchored as it is (its head forged, or its tail cut
     below what a backup already holds); None when it may."""
     tip = v.db.chain_tip()
@@ -83,14 +83,14 @@ def _log_problem(v: Vault) -> str | None:
     return "; ".join(problems + ([cut] if cut else [])) or None
 
 
-def _head_row(v: Vault) -> list[dict]:
+def _head_row(v: Archive) -> list[dict]:
     """The entry the recorded head names, if it is there (one row, not the log)."""
     head = audit.parse_head(v.db.audit_head() or "")
     rows = v.db.audit_rows_after(head[0] - 1) if head else []
     return rows[:1]
 
 
-def _backup(v: Vault, force: bool) -> int:
+def _backup(v: Archive, force: bool) -> int:
     from ..share import device
 
     seq = v.db.manifest_seq() + 1
@@ -139,17 +139,17 @@ def _next_tip(tip: ChainTip | None, doc: dict, blob: bytes) -> ChainTip:
                     tip.delta_bytes + len(blob), tip.deltas + 1, audit_seq)
 
 
-def _stores_behind(v: Vault, tip: ChainTip) -> bool:
+def _stores_behind(v: Archive, tip: ChainTip) -> bool:
     """A private store missed the last backup: a delta would leave a gap in its chain."""
     return any(max((s for _, s, _ in v.db.backup_generations(store)), default=0) != tip.seq
                for store in v.cfg.private.stores)
 
 
-def _backups(v: Vault, store: str) -> list[tuple[int, str]]:
+def _backups(v: Archive, store: str) -> list[tuple[int, str]]:
     return v.db.backups(store)
 
 
-def _prune_backups(v: Vault, store: str, keep: int = manifest.KEEP_BACKUPS) -> None:
+def _prune_backups(v: Archive, store: str, keep: int = manifest.KEEP_BACKUPS) -> None:
     """Keep the newest `keep` generations (a checkpoint and every delta on it)."""
     items = v.db.backup_generations(store)
     bases = sorted({base for base, _, _ in items})
@@ -162,7 +162,7 @@ def _prune_backups(v: Vault, store: str, keep: int = manifest.KEEP_BACKUPS) -> N
     v.empty_trash()
 
 
-def drop_all_backups_but_newest(v: Vault) -> None:
+def drop_all_backups_but_newest(v: Archive) -> None:
     """After forget, rekey or rotation: older backups still name the file, its old
     objects, or use the old key. The newest generation is made a lone checkpoint
     first, so nothing older is needed."""

@@ -21,7 +21,7 @@ from ..logs import event
 from ..placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, new_object_name,
                          padded, shard_length)
 from ..tap import DirectUploadFailed, Pipe, Tap
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 from .upload import Cancelled, Throttle, UploadReader
 
 
@@ -97,7 +97,7 @@ class Staged:
         return fields
 
 
-def stage(v: Vault, src: BinaryIO, stage_dir: Path, prf_path: Path,
+def stage(v: Archive, src: BinaryIO, stage_dir: Path, prf_path: Path,
           progress: Progress | None = None,
           on_layout: Callable[[se2.Layout], Feeds] | None = None) -> Staged:
     """Encode `src` with a fresh secret: the container to `prf_path` (atomically,
@@ -180,7 +180,7 @@ class EarlyUploadRun:
     the first byte is sent, so an encode that dies leaves nothing unaccounted for: the
     next attempt (or start-up) moves them to the trash."""
 
-    def __init__(self, v: Vault, fid: str, early: EarlyUploads) -> None:
+    def __init__(self, v: Archive, fid: str, early: EarlyUploads) -> None:
         self.v, self.fid, self.early = v, fid, early
         self.planned: list[tuple[dict, str]] = []
         self.taps: dict[str, Tap] = {}  # one per staged file, however many uploads read it
@@ -253,7 +253,7 @@ class EarlyUploadRun:
         abandon_planned(self.v, self.fid)
 
 
-def abandon_planned(v: Vault, fid: str | None = None) -> int:
+def abandon_planned(v: Archive, fid: str | None = None) -> int:
     """Names planned for early uploads of an encode that never finished (of `fid`, or
     of every file): to the trash, whether or not their objects exist."""
     return v.db.abandon_planned(fid)

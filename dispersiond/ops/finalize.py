@@ -13,21 +13,21 @@ from typing import Callable, Iterable
 from ..errors import DispersiondError
 from .backup import backup_manifest
 from ..state import PROTECTED, FileRow
-from ..vault import Vault
+from ..archive import Archive
 
 
-def finalize(v: Vault, fid: str) -> bool:
+def finalize(v: Archive, fid: str) -> bool:
     """committed -> done once every object is confirmed and a manifest backup holds it."""
     return bool(finalize_many(v, [fid]))
 
 
-def finalize_many(v: Vault, fids: Iterable[str]) -> list[str]:
+def finalize_many(v: Archive, fids: Iterable[str]) -> list[str]:
     """`finalize` for many files in one transaction, each checked inside it; returns
     the ids now done."""
     return v.db.finish_many(fids)
 
 
-def grant_standing(v: Vault, fid: str, errors: list[str] | None = None) -> list[Path]:
+def grant_standing(v: Archive, fid: str, errors: list[str] | None = None) -> list[Path]:
     """Bundles for the configured standing grants (none configured: nothing to do)."""
     if not v.cfg.grants:
         return []
@@ -46,7 +46,7 @@ class AfterPolicyFailed(DispersiondError):
         self.handled: dict[str, dict] = {}
 
 
-def finish(v: Vault, fids: Iterable[str], *, grant_errors: list[str] | None = None,
+def finish(v: Archive, fids: Iterable[str], *, grant_errors: list[str] | None = None,
            after: Callable[[FileRow], str] | None = None,
            stopping: Callable[[], bool] | None = None,
            backup: bool = True) -> dict[str, dict]:

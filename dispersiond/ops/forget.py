@@ -17,10 +17,10 @@ from backends import NotFound, StoreError
 from ..errors import DispersiondError
 from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import FileRow
-from ..vault import Vault
+from ..archive import Archive
 
 
-def forget(v: Vault, ref: str, keep_public: bool = False) -> dict:
+def forget(v: Archive, ref: str, keep_public: bool = False) -> dict:
     """Erase one file for good; returns the objects deleted and deferred (store down), the
     local copies removed, and the user's own copies left in place."""
     f = v.resolve(ref)
@@ -47,7 +47,7 @@ def forget(v: Vault, ref: str, keep_public: bool = False) -> dict:
             "removed_local": [str(p) for p in removed], "left": [str(p) for p in left]}
 
 
-def _delete_objects(v: Vault, f: FileRow, keep_public: bool) -> tuple[list[dict], list[dict]]:
+def _delete_objects(v: Archive, f: FileRow, keep_public: bool) -> tuple[list[dict], list[dict]]:
     deleted: list[dict] = []
     failed: list[dict] = []
     for obj in v.db.objects(f.file_id):
@@ -65,7 +65,7 @@ def _delete_objects(v: Vault, f: FileRow, keep_public: bool) -> tuple[list[dict]
     return deleted, failed
 
 
-def local_copies(v: Vault, f: FileRow) -> list[Path]:
+def local_copies(v: Archive, f: FileRow) -> list[Path]:
     """Every place under the state directory (and the quarantine folder) where this file's
     plaintext or staged objects may lie."""
     fid = f.file_id
@@ -80,7 +80,7 @@ def local_copies(v: Vault, f: FileRow) -> list[Path]:
     return places
 
 
-def _drop_local_copies(v: Vault, f: FileRow) -> tuple[list[Path], list[Path]]:
+def _drop_local_copies(v: Archive, f: FileRow) -> tuple[list[Path], list[Path]]:
     """Remove the state directory's copies; returns (removed, the user's own copies left)."""
     removed = []
     for p in local_copies(v, f):

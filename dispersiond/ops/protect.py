@@ -21,7 +21,7 @@ from ..layout import Layout
 from ..logs import event, log
 from ..state import FileRow, FileState
 from ..tap import DirectUploadFailed
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 from .encode import (EARLY_UPLOAD_MIN, EarlyUploadRun, EarlyUploads, Staged, abandon_planned,
                      plan_rows, stage, staged_sizes)
 from .finalize import finish
@@ -34,7 +34,7 @@ __all__ = ["EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone", "Stage
            "upload_one"]
 
 
-def admit(v: Vault, source: Path, name: str | None = None) -> str:
+def admit(v: Archive, source: Path, name: str | None = None) -> str:
     """Record a file to protect; returns its new id. Nothing is read yet."""
     st = source.stat()
     fid = os.urandom(16).hex()
@@ -45,7 +45,7 @@ def admit(v: Vault, source: Path, name: str | None = None) -> str:
 
 
 
-def encode(v: Vault, fid: str, progress: Progress | None = None,
+def encode(v: Archive, fid: str, progress: Progress | None = None,
            early: EarlyUploads | None = None) -> None:
     """Write the private container (fsynced) and the staged public objects; plan uploads.
 
@@ -90,7 +90,7 @@ class SourceGone(DispersiondError):
     """The file to protect vanished or cannot be read: it goes to quarantine."""
 
 
-def upload(v: Vault, fid: str, throttle: Throttle | None = None,
+def upload(v: Archive, fid: str, throttle: Throttle | None = None,
            progress: Progress | None = None) -> list[tuple[str, Exception]]:
     """Upload every pending object of a file in parallel; returns the failures."""
     pending = v.db.objects(fid, states=("pending",))
@@ -105,7 +105,7 @@ def transfer_bytes(cfg, size: int) -> int:
     return size + sum(row["object_size"] for row, _ in rows)
 
 
-def _readiness(v: Vault, f: FileRow) -> tuple[bool, bool]:
+def _readiness(v: Archive, f: FileRow) -> tuple[bool, bool]:
     """(restorable from its confirmed uploads, every upload confirmed), from one read of
     the file's objects."""
     objs = v.db.objects(f.file_id)
@@ -116,13 +116,13 @@ def _readiness(v: Vault, f: FileRow) -> tuple[bool, bool]:
     return restorable, len(up) == len(objs)
 
 
-def commit(v: Vault, fid: str) -> str:
+def commit(v: Archive, fid: str) -> str:
     """Advance an encoded file as far as its confirmed uploads allow; returns the new state."""
     commit_many(v, [v.db.file(fid)])
     return v.db.file(fid).state
 
 
-def commit_many(v: Vault, files: list[FileRow]) -> list[str]:
+def commit_many(v: Archive, files: list[FileRow]) -> list[str]:
     """Commit every encoded file among `files` that its confirmed uploads make
     restorable, all in one transaction (one fsync, however many files: a stream of small
     files settles many at a time). Returns the ids committed."""
@@ -144,11 +144,11 @@ def commit_many(v: Vault, files: list[FileRow]) -> list[str]:
     return [fid for fid, _ in ready]
 
 
-def all_uploaded(v: Vault, fid: str) -> bool:
+def all_uploaded(v: Archive, fid: str) -> bool:
     return not v.db.objects(fid, not_state="uploaded")
 
 
-def protect_file(v: Vault, path: Path, name: str | None = None,
+def protect_file(v: Archive, path: Path, name: str | None = None,
                  progress: Progress | None = None,
                  on_step: Callable[[str], None] | None = None) -> str:
     """`put`: all steps for one file now. Raises if an upload failed (state kept for resume)."""
@@ -157,7 +157,7 @@ def protect_file(v: Vault, path: Path, name: str | None = None,
     return fid
 
 
-def resume(v: Vault, fid: str, progress: Progress | None = None,
+def resume(v: Archive, fid: str, progress: Progress | None = None,
            on_step: Callable[[str], None] | None = None) -> str:
     """Run the remaining steps of one file; returns its state."""
     f = v.db.file(fid)

@@ -19,7 +19,7 @@ from ..errors import DispersiondError
 from ..logs import log
 from .restore import first_intact
 from ..state import ChainTip, ObjectRow
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def choose(found: list[Found], stores: list[str], known_seq: int = 0) -> Choice 
 
 # --------------------------------------------------------------- the shell
 
-def survey(v: Vault) -> tuple[list[Found], list[str]]:
+def survey(v: Archive) -> tuple[list[Found], list[str]]:
     """Every backup on every private store that opens with our key and is well formed,
     and a line for each that does not."""
     found, errors = [], []
@@ -123,7 +123,7 @@ def survey(v: Vault) -> tuple[list[Found], list[str]]:
     return found, errors
 
 
-def recover(v: Vault, progress: Progress | None = None, accept_older: bool = False) -> dict:
+def recover(v: Archive, progress: Progress | None = None, accept_older: bool = False) -> dict:
     """Rebuild a blank state from the newest chain of manifest backups. Private
     containers no store holds intact are skipped and reported (their files are in the
     state, `restore` names what is missing): a clinic gets every record it can."""
@@ -172,7 +172,7 @@ def _tip(chain: list[Found], state: manifest.Replayed) -> ChainTip:
                     sum(f.size for f in chain[1:]), len(chain) - 1, max(state.audit, default=0))
 
 
-def _fetch_containers(v: Vault, state: manifest.Replayed,
+def _fetch_containers(v: Archive, state: manifest.Replayed,
                       progress: Progress | None) -> tuple[list[dict], int]:
     """Put each file's private container in place (verified), before anything is written
     to the state; returns the files none of whose copies is intact, and how many

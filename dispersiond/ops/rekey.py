@@ -32,16 +32,16 @@ from ..fsutil import atomic_output, fsync_dir
 from ..logs import event, log
 from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import PROTECTED, FileState
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 from .encode import stage as stage_file
 from .finalize import finalize
 from .restore import decode_to, private_container, public_fragment
 from .upload import Upload, send_all
 
-def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
+def rekey(v: Archive, ref: str, progress: Progress | None = None) -> dict:
     """Re-encode one file under a fresh secret and retire its old objects.
 
-    Takes the state directory for itself (call with an exclusive vault).
+    Takes the state directory for itself (call with an exclusive archive).
     """
     finish_retirements(v)
     f = v.resolve(ref)
@@ -96,7 +96,7 @@ def rekey(v: Vault, ref: str, progress: Progress | None = None) -> dict:
             "revocation_pending": done["pending"]}
 
 
-def finish_retirements(v: Vault) -> dict:
+def finish_retirements(v: Archive) -> dict:
     """Delete the old objects of re-keyed files once a manifest backup names the new ones."""
     retiring = v.db.retirements()
     res = {"finished": [], "pending": [], "waiting": 0}
@@ -116,13 +116,13 @@ def finish_retirements(v: Vault) -> dict:
     return res
 
 
-def _abandon_plan(v: Vault, fid: str) -> None:
+def _abandon_plan(v: Archive, fid: str) -> None:
     """Objects uploaded by a rekey that never committed: to the trash with them."""
     if v.db.abandon_rekey_plan(fid):
         v.empty_trash()
 
 
-def _encode(v: Vault, f, plain: Path, stage: Path) -> tuple[list[dict], list[Upload], dict]:
+def _encode(v: Archive, f, plain: Path, stage: Path) -> tuple[list[dict], list[Upload], dict]:
     """Encode `plain` with a fresh secret into `stage`, as protect lays objects out: the
     object rows, their uploads (fresh names) and the file's new layout columns."""
     with open(plain, "rb") as src:

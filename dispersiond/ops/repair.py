@@ -16,7 +16,7 @@ from ..logs import event
 from .backup import backup_manifest
 from ..placement import HashingWriter, rebuild_shards
 from ..state import PROTECTED, ObjectRow
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 from .restore import first_intact, gather_shards, private_container
 from .upload import replace_copy
 from .verify import verify
@@ -31,7 +31,7 @@ class RepairReport:
         return {"repaired": self.repaired, "failed": self.failed}
 
 
-def repair(v: Vault, deep: bool = False, progress: Progress | None = None) -> RepairReport:
+def repair(v: Archive, deep: bool = False, progress: Progress | None = None) -> RepairReport:
     """Verify, then rebuild every missing or corrupt copy from the survivors."""
     verify(v, deep=deep, progress=progress)
     rep = RepairReport()
@@ -57,7 +57,7 @@ def repair(v: Vault, deep: bool = False, progress: Progress | None = None) -> Re
     return rep
 
 
-def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> None:
+def _rebuild(v: Archive, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> None:
     """Write a fresh copy of `obj` under a new name on the same store, retire the old one."""
     staged = v.staged_path(f.file_id, obj.role, obj.shard)
     src: Path
@@ -73,7 +73,7 @@ def _rebuild(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) 
     event(logging.INFO, "copy rebuilt", file_id=f.file_id, store=obj.store, role=obj.role)
 
 
-def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
+def _good_replica(v: Archive, f, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
     got = first_intact(v, v.db.objects(f.file_id, role="public", states=("uploaded",)), tmp,
                        "replica", errors, progress)
@@ -82,7 +82,7 @@ def _good_replica(v: Vault, f, tmp: Path, progress: Progress | None) -> Path:
     raise DispersiondError(f"file {f.file_id}: no intact replica to copy from ({'; '.join(errors)})")
 
 
-def _rebuilt_shard(v: Vault, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> Path:
+def _rebuilt_shard(v: Archive, f, obj: ObjectRow, tmp: Path, progress: Progress | None) -> Path:
     errors: list[str] = []
     good = gather_shards(v, f, tmp, errors, progress, exclude=obj.shard,
                          states=("uploaded",))

@@ -26,7 +26,7 @@ from ..layout import Layout
 from ..logs import event
 from ..placement import HashingWriter, decode_shards
 from ..state import PROTECTED, FileRow, ObjectRow
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 
 
 class Unrestorable(DispersiondError):
@@ -123,7 +123,7 @@ def rebuild_public(source: ObjectSource, layout: Layout, tmp: Path) -> tuple[Pat
 class StoreSource:
     """A file's public objects on the configured stores, failing stores tried last."""
 
-    def __init__(self, v: Vault, f: FileRow, errors: list[str], progress: Progress | None = None,
+    def __init__(self, v: Archive, f: FileRow, errors: list[str], progress: Progress | None = None,
                  states: tuple[str, ...] | None = None) -> None:
         self.v, self.f, self.errors, self.progress, self.states = v, f, errors, progress, states
 
@@ -139,7 +139,7 @@ def layout_of(f: FileRow) -> Layout:
     return Layout.of_row(f)
 
 
-def fetch_object(v: Vault, obj: ObjectRow, dest: BinaryIO,
+def fetch_object(v: Archive, obj: ObjectRow, dest: BinaryIO,
                  progress: Progress | None = None) -> None:
     """Download one object into `dest`, checking size and digest; marks the object's state."""
     w = HashingWriter(dest, obj.digest_alg)
@@ -160,7 +160,7 @@ def fetch_object(v: Vault, obj: ObjectRow, dest: BinaryIO,
     v.db.store_ok(obj.store)
 
 
-def _try_fetch(v: Vault, obj: ObjectRow, path: Path, errors: list[str],
+def _try_fetch(v: Archive, obj: ObjectRow, path: Path, errors: list[str],
                progress: Progress | None) -> bool:
     try:
         with open(path, "wb") as f:
@@ -178,7 +178,7 @@ def _try_fetch(v: Vault, obj: ObjectRow, path: Path, errors: list[str],
     return False
 
 
-def _order(v: Vault, objs: list[ObjectRow]) -> list[ObjectRow]:
+def _order(v: Archive, objs: list[ObjectRow]) -> list[ObjectRow]:
     """Copies believed good first; stores that failed lately (in this run, or in the
     last few minutes with no success since) last, so a dead cloud costs no waiting
     while the others suffice."""
@@ -192,7 +192,7 @@ def _order(v: Vault, objs: list[ObjectRow]) -> list[ObjectRow]:
                                        o.shard if o.shard is not None else 0))
 
 
-def first_intact(v: Vault, objs: list[ObjectRow], tmp: Path, label: str, errors: list[str],
+def first_intact(v: Archive, objs: list[ObjectRow], tmp: Path, label: str, errors: list[str],
                  progress: Progress | None = None) -> tuple[ObjectRow, Path] | None:
     """The first of `objs` (best first) that downloads intact, as (object, local file)."""
     for obj in _order(v, objs):
@@ -202,7 +202,7 @@ def first_intact(v: Vault, objs: list[ObjectRow], tmp: Path, label: str, errors:
     return None
 
 
-def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
+def private_container(v: Archive, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """The local container if intact, else a verified copy from a private store."""
     local = v.prf_path(f.file_id)
     if local.exists():
@@ -217,7 +217,7 @@ def private_container(v: Vault, f: FileRow, tmp: Path, progress: Progress | None
     raise Unrestorable(f"file {f.file_id}: no intact private container ({'; '.join(errors) or 'none recorded'})")
 
 
-def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
+def public_fragment(v: Archive, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """A verified public fragment file (replica, or rebuilt from any k shards)."""
     errors: list[str] = []
     got = rebuild_public(StoreSource(v, f, errors, progress), layout_of(f), tmp)
@@ -229,7 +229,7 @@ def public_fragment(v: Vault, f: FileRow, tmp: Path, progress: Progress | None =
                        f"intact ({'; '.join(errors)})")
 
 
-def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
+def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
                   progress: Progress | None = None, exclude: int | None = None,
                   states: tuple[str, ...] | None = None) -> dict[int, Path]:
     """Download intact shards (shard number -> file) until k are had or none are left
@@ -238,7 +238,7 @@ def gather_shards(v: Vault, f: FileRow, tmp: Path, errors: list[str],
     return {shard: path for shard, (path, _) in good.items()}
 
 
-def decode_to(v: Vault, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:
+def decode_to(v: Archive, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:
     """Decode into `out`, then check the original's digest."""
     w = HashingWriter(out, f.digest_alg)
     with open(puf, "rb") as pu, open(prf, "rb") as pr:
@@ -272,7 +272,7 @@ def target_path(f: FileRow, dest: Path) -> Path:
     return dest / name
 
 
-def restore(v: Vault, ref: str, dest: Path, *, force: bool = False,
+def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
             progress: Progress | None = None) -> FileRow:
     """Rebuild one file at `dest` bit-exact; never writes unverified bytes over anything,
     nor anywhere but `dest` (a file, or a folder to restore into)."""

@@ -18,7 +18,7 @@ from ..keys import KEY_LEN, derive_key, key_id, write_key_file
 from ..logs import log
 from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import PROTECTED, FileState
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 from .restore import private_container
 from .upload import replace_copy
 
@@ -26,7 +26,7 @@ from .upload import replace_copy
 _SALT_LINE = r"(\bsalt:[ \t]*[\"']?){}(?![0-9a-fA-F])"
 
 
-def _new_key(v: Vault, new_passphrase: Callable[[], bytes] | None,
+def _new_key(v: Archive, new_passphrase: Callable[[], bytes] | None,
              config_path: Path | None) -> tuple[bytes, Callable[[], None]] | None:
     """The key to rotate to, and what makes it the configured one once everything is
     re-wrapped; None if an interrupted passphrase rotation had already got that far.
@@ -73,7 +73,7 @@ def _new_key(v: Vault, new_passphrase: Callable[[], bytes] | None,
     return new_key, install
 
 
-def rotate_key(v: Vault, progress: Progress | None = None,
+def rotate_key(v: Archive, progress: Progress | None = None,
                new_passphrase: Callable[[], bytes] | None = None,
                config_path: Path | None = None) -> dict:
     """New master key: re-wrap every private container (local and backups) and re-seal the

@@ -25,7 +25,7 @@ from ..logs import event
 from ..placement import new_object_name
 from ..state import ObjectRow
 from ..tap import Reader
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 
 
 class Throttle:
@@ -99,13 +99,13 @@ class Upload:
     resumable: bool = True
 
     @classmethod
-    def of_row(cls, v: Vault, obj: ObjectRow) -> "Upload":
+    def of_row(cls, v: Archive, obj: ObjectRow) -> "Upload":
         """A planned object row, sent from its staged file."""
         return cls(obj.file_id, obj.store, obj.name, v.staged_path(obj.file_id, obj.role,
                    obj.shard), obj.object_size, obj.digest, obj.digest_alg or "")
 
 
-def send(v: Vault, job: Upload, throttle: Throttle, progress: Progress | None = None) -> None:
+def send(v: Archive, job: Upload, throttle: Throttle, progress: Progress | None = None) -> None:
     """Upload one object; raises StoreError, OSError or IntegrityError."""
     store = v.store(job.store)
     try:
@@ -135,7 +135,7 @@ def _same_object(store, job: Upload) -> bool:
     return h.hexdigest() == job.digest
 
 
-def send_all(v: Vault, jobs: list[Upload], throttle: Throttle | None = None,
+def send_all(v: Archive, jobs: list[Upload], throttle: Throttle | None = None,
              progress: Progress | None = None,
              on_sent: Callable[[Upload], None] | None = None) -> list[tuple[str, Exception]]:
     """Upload `jobs` in parallel (each store's health recorded); returns the failures as
@@ -161,7 +161,7 @@ def send_all(v: Vault, jobs: list[Upload], throttle: Throttle | None = None,
     return failures
 
 
-def upload_one(v: Vault, obj: ObjectRow, throttle: Throttle, progress: Progress | None = None,
+def upload_one(v: Archive, obj: ObjectRow, throttle: Throttle, progress: Progress | None = None,
                record: bool = True) -> None:
     """Upload one planned object; an object already there under its name is a finished upload.
 
@@ -173,7 +173,7 @@ def upload_one(v: Vault, obj: ObjectRow, throttle: Throttle, progress: Progress 
         v.db.store_ok(obj.store)
 
 
-def replace_copy(v: Vault, obj: ObjectRow, src: Path, digest: str,
+def replace_copy(v: Archive, obj: ObjectRow, src: Path, digest: str,
                  checked: float | None = None) -> str:
     """Put `src` on `obj`'s store under a fresh name, point the row at it and trash the old
     name (never overwrite: a half-written copy must not replace a good one). Returns the

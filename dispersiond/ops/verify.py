@@ -14,7 +14,7 @@ from ..errors import IntegrityError
 from ..fsutil import Discard
 from ..layout import Layout
 from ..state import ObjectRow
-from ..vault import Progress, Vault
+from ..archive import Progress, Archive
 from .restore import fetch_object
 
 
@@ -45,7 +45,7 @@ class VerifyReport:
                 "unrestorable": self.unrestorable}
 
 
-def verify(v: Vault, deep: bool = False, progress: Progress | None = None,
+def verify(v: Archive, deep: bool = False, progress: Progress | None = None,
            files: list[str] | None = None) -> VerifyReport:
     """Shallow: stat every object (size, the store's own SHA-256 where it has one).
     Deep: download every object and check its SHA-256."""
@@ -77,7 +77,7 @@ def verify(v: Vault, deep: bool = False, progress: Progress | None = None,
     return rep
 
 
-def _check(v: Vault, obj: ObjectRow, deep: bool, progress: Progress | None) -> str | None:
+def _check(v: Archive, obj: ObjectRow, deep: bool, progress: Progress | None) -> str | None:
     if obj.store in v.down:  # answered Unavailable earlier in this run: do not wait again
         return "unreachable"
     try:

@@ -64,14 +64,14 @@ def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000) -> dict:
     from ..config import load_config
     from ..ops import recover as rec
     from ..ops.backup import backup_manifest
-    from ..vault import open_vault
+    from ..archive import open_archive
     from .. import manifest
     from ..errors import DispersiondError
 
     root = work / f"n{n}"
     root.mkdir(parents=True)
     cfg = load_config(_config(root))
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         t0 = time.perf_counter()
         for start in range(0, n, batch):
             v.db.add_done_files([_record(i) for i in range(start, min(n, start + batch))])
@@ -94,7 +94,7 @@ def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000) -> dict:
             kinds.add("delta" if tip and tip.base != tip.seq else "checkpoint")
     # a blank device: the same config and key, an empty state directory
     (root / "state").rename(root / "state.old")
-    with open_vault(cfg) as v:
+    with open_archive(cfg) as v:
         t0 = time.perf_counter()
         found, _ = rec.survey(v)
         choice = rec.choose(found, list(cfg.private.stores))

@@ -1,4 +1,4 @@
-"""A vault whose stores are in memory (`backends.memory`): fast unit tests of the operations,
+"""An archive whose stores are in memory (`backends.memory`): fast unit tests of the operations,
 no subprocess and no emulator. The configuration is the usual local one (tests/dsp.py)."""
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ from typing import Any, Iterator
 
 from backends.memory import MemoryStore
 from dispersiond.config import load_config
-from dispersiond.vault import Vault, open_vault
+from dispersiond.archive import Archive, open_archive
 from dsp import local_config
 
 
 @contextlib.contextmanager
-def memory_vault(tmp: Path, mode: str = "erasure", **extra: Any) -> Iterator[Vault]:
-    """An exclusive vault over a local config, every store replaced by a MemoryStore."""
+def memory_archive(tmp: Path, mode: str = "erasure", **extra: Any) -> Iterator[Archive]:
+    """An exclusive archive over a local config, every store replaced by a MemoryStore."""
     cfg = load_config(local_config(tmp, mode, **extra))
-    with open_vault(cfg, exclusive=True) as v:
+    with open_archive(cfg, exclusive=True) as v:
         for sc in cfg.stores:
             v.attach_store(sc.name, MemoryStore(sc.name, checksums=("sha256",)))
         yield v
 
 
-def objects_on(v: Vault, store: str, prefix: str = "") -> set[str]:
+def objects_on(v: Archive, store: str, prefix: str = "") -> set[str]:
     return set(v.store(store).list(prefix))
 
 
-def every_object(v: Vault) -> dict[str, set[str]]:
+def every_object(v: Archive) -> dict[str, set[str]]:
     return {sc.name: objects_on(v, sc.name) for sc in v.cfg.stores}

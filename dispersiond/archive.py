@@ -1,4 +1,5 @@
-"""The engine every command and the daemon share: config, master key, state, stores.
+"""The archive: the handle every operation takes, for the command line and the daemon
+alike: config, master key, state database, stores, and the lock on the state directory.
 
 Layout of the state directory:
   state.db              SQLite (WAL): files, objects, audit log, trash
@@ -34,7 +35,7 @@ class Busy(DispersiondError):
     """Another dispersiond process holds the state directory."""
 
 
-class Vault:
+class Archive:
     def __init__(self, cfg: Config, master_key: bytes | None = None) -> None:
         self.cfg = cfg
         self.root = cfg.state_path
@@ -103,7 +104,7 @@ class Vault:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "Vault":
+    def __enter__(self) -> "Archive":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -145,9 +146,9 @@ class Vault:
 
 
 @contextlib.contextmanager
-def open_vault(cfg: Config, *, exclusive: bool = False,
-               master_key: bytes | None = None) -> Iterator[Vault]:
-    v = Vault(cfg, master_key)
+def open_archive(cfg: Config, *, exclusive: bool = False,
+               master_key: bytes | None = None) -> Iterator[Archive]:
+    v = Archive(cfg, master_key)
     try:
         if exclusive:
             v.lock()
