@@ -51,7 +51,7 @@ class Archive:
         self.down: set[str] = set()
 
     # --- paths
-    def prf_path(self, fid: str) -> Path:
+    def container_path(self, fid: str) -> Path:
         return self.root / "prf" / f"{fid}.prf"
 
     def work_dir(self, fid: str) -> Path:
@@ -59,7 +59,7 @@ class Archive:
 
     def staged_path(self, fid: str, role: str, shard: int | None) -> Path:
         if role == "private":
-            return self.prf_path(fid)
+            return self.container_path(fid)
         return self.work_dir(fid) / ("puf" if shard is None else f"shard-{shard}")
 
     def store(self, name: str) -> Store:

@@ -52,7 +52,7 @@ def test_every_digest_is_made_with_the_configured_algorithm(tmp_path: Path, alg:
         for fid, path in zip(ids, files):
             f = v.db.file(fid)
             assert f.digest_alg == alg and f.digest == ref(path.read_bytes())
-            assert f.container_digest == ref(v.prf_path(fid).read_bytes())
+            assert f.container_digest == ref(v.container_path(fid).read_bytes())
             for o in v.db.objects(fid):
                 assert o.digest_alg == alg
                 assert o.digest == ref(v.store(o.store).get_bytes(o.name))

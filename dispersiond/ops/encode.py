@@ -97,10 +97,10 @@ class Staged:
         return fields
 
 
-def stage(v: Archive, src: BinaryIO, stage_dir: Path, prf_path: Path,
+def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
           progress: Progress | None = None,
           on_layout: Callable[[se2.Layout], Feeds] | None = None) -> Staged:
-    """Encode `src` with a fresh secret: the container to `prf_path` (atomically,
+    """Encode `src` with a fresh secret: the container to `container_path` (atomically,
     fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`.
 
     `on_layout`, if given, is called once the sizes are known and before any byte is
@@ -125,7 +125,7 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, prf_path: Path,
                         else HashingWriter(open(stage_dir / name, "w+b"), alg, feed))
         sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
                                                                    DEFAULT_BLOCK)
-        with atomic_output(prf_path) as prf_file:
+        with atomic_output(container_path) as prf_file:
             prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
             prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
             enc = codec.write(prep, v.key, sink, prf)
@@ -146,7 +146,7 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, prf_path: Path,
         if w.tap:
             w.tap.finish()
     return Staged(layout, size, alg, enc.digest,
-                  {**{name: stage_dir / name for name in names}, "prf": prf_path},
+                  {**{name: stage_dir / name for name in names}, "prf": container_path},
                   {name: w.hexdigest() for name, w in writers.items()})
 
 

@@ -30,7 +30,7 @@ def forget(v: Archive, ref: str, keep_public: bool = False) -> dict:
             "could not delete every private container copy: "
             + "; ".join(f"{x['store']}: {x['error']}" for x in failed if x["role"] == "private")
             + ". Nothing was forgotten locally; run forget again when the store answers")
-    local = v.prf_path(f.file_id)
+    local = v.container_path(f.file_id)
     if local.exists():
         local.unlink()
         deleted.append({"store": "(this device)", "role": "private", "object": str(local)})

@@ -65,7 +65,7 @@ def encode(v: Archive, fid: str, progress: Progress | None = None,
     run = EarlyUploadRun(v, fid, early) if early and early.stores and big else None
     try:
         with src:
-            st = stage(v, src, work, v.prf_path(fid), progress, run.start if run else None)
+            st = stage(v, src, work, v.container_path(fid), progress, run.start if run else None)
         sent = run.join() if run else set()
     except BaseException as exc:
         if run:

@@ -180,7 +180,7 @@ def _fetch_containers(v: Archive, state: manifest.Replayed,
     missing, fetched = [], 0
     with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
         for e in state.files.values():
-            dest = v.prf_path(e["file_id"])
+            dest = v.container_path(e["file_id"])
             if dest.exists() and digests.of_path(e["digest_alg"], dest) == e["prf_digest"]:
                 continue
             errors: list[str] = []

@@ -81,8 +81,8 @@ def rekey(v: Archive, ref: str, progress: Progress | None = None) -> dict:
             v.db.drop_rekey_plan(fid, conn)
             v.db.retire(fid, old, conn)
             v.db.mark_manifest_dirty(conn)
-        os.replace(stage / "prf", v.prf_path(fid))
-        fsync_dir(v.prf_path(fid).parent)
+        os.replace(stage / "prf", v.container_path(fid))
+        fsync_dir(v.container_path(fid).parent)
         shutil.rmtree(v.work_dir(fid), ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

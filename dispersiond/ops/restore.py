@@ -204,7 +204,7 @@ def first_intact(v: Archive, objs: list[ObjectRow], tmp: Path, label: str, error
 
 def private_container(v: Archive, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
     """The local container if intact, else a verified copy from a private store."""
-    local = v.prf_path(f.file_id)
+    local = v.container_path(f.file_id)
     if local.exists():
         if digests.of_path(f.digest_alg, local) == f.container_digest:
             return local

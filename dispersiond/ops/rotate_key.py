@@ -93,7 +93,7 @@ def rotate_key(v: Archive, progress: Progress | None = None,
     public_before = {(o.store, o.name, o.digest) for o in v.db.objects(None, role="public")}
     rewrapped = uploaded = 0
     for f in v.db.files_in(FileState.ENCODED, *PROTECTED):
-        local = v.prf_path(f.file_id)
+        local = v.container_path(f.file_id)
         with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
             if not local.exists():
                 os.replace(private_container(v, f, Path(tmpd), progress), local)

@@ -71,7 +71,7 @@ def verify(v: Archive, deep: bool = False, progress: Progress | None = None,
             if problem in ("missing", "corrupt", "wrong-size", "checksum-mismatch"):
                 v.db.set_object_state(obj.id, "corrupt" if problem != "missing" else "missing")
         need = Layout.of_row(f).need
-        local = v.prf_path(f.file_id).exists()
+        local = v.container_path(f.file_id).exists()
         if good_pub < need or not (good_prv or local):
             rep.unrestorable.append(f.file_id)
     return rep

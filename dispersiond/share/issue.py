@@ -153,10 +153,10 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
         raise ShareError(f"{dest} exists; choose another --out or pass --force")
     with tempfile.TemporaryDirectory(prefix=".share-", dir=v.root / "work") as tmpd:
         try:
-            prf_path = private_container(v, f, Path(tmpd))
+            container_path = private_container(v, f, Path(tmpd))
         except DispersiondError as exc:
             raise fail(str(exc)) from None
-        with open(prf_path, "rb") as fh:
+        with open(container_path, "rb") as fh:
             old_head = fh.read(se2.PRF_HEADER_LEN)
             try:
                 new_head = se2.rewrap(old_head, v.key, share_key)
