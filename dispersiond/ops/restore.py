@@ -9,13 +9,17 @@ authentication and the original's digest both passed.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Callable, Iterable, Protocol
 
 from backends import NotFound, StoreError, Unavailable
 
@@ -27,6 +31,8 @@ from ..logs import event
 from ..placement import HashingWriter, decode_shards
 from ..state import PROTECTED, FileRow, ObjectRow
 from ..archive import Progress, Archive
+from ..display import shown
+from ..units import parse_duration
 
 
 class Unrestorable(DispersiondError):
@@ -293,3 +299,153 @@ def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
     v.audit("restore", f.file_id)
     event(logging.INFO, "file restored", file_id=f.file_id)
     return f
+
+
+# --------------------------------------------------------------- many files
+
+@dataclass(frozen=True)
+class BulkItem:
+    """What became of one file of a bulk restore."""
+
+    file: FileRow
+    path: Path | None
+    ok: bool
+    error: str | None = None
+    skipped: bool = False
+
+
+@dataclass
+class BulkReport:
+    items: list[BulkItem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def restored(self) -> list[BulkItem]:
+        return [i for i in self.items if i.ok]
+
+    @property
+    def failed(self) -> list[BulkItem]:
+        return [i for i in self.items if not i.ok and not i.skipped]
+
+    @property
+    def skipped(self) -> list[BulkItem]:
+        return [i for i in self.items if i.skipped]
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.file.size for i in self.restored)
+
+
+def since_timestamp(text: str, now: float | None = None) -> float:
+    """`--since`: an ISO date or time (local time unless it says otherwise), or a
+    duration back from now such as `7d` or `12h`."""
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        pass
+    try:
+        back = parse_duration(text)
+    except ValueError:
+        raise DispersiondError(f"--since {text!r} is neither an ISO date (2026-11-30, "
+                               "2026-11-30T08:00) nor a duration (7d, 12h, 30m)") from None
+    return (time.time() if now is None else now) - back.total_seconds()
+
+
+def matching(files: Iterable[FileRow], pattern: str | None) -> list[FileRow]:
+    """Files whose real name matches the shell glob `pattern` (case-sensitive; all: None)."""
+    return [f for f in files if pattern is None or fnmatch.fnmatchcase(f.name or "", pattern)]
+
+
+def _suffixed(name: str, tag: str) -> str:
+    p = Path(name)
+    return f"{p.stem}.{tag}{p.suffix}" if p.stem else f"{name}.{tag}"
+
+
+def _free_name(name: str, file_id: str, taken: set[str]) -> str:
+    """`name`, or with the shortest id prefix (then a counter) that no other file took."""
+    tags = [file_id[:8], file_id[:16], file_id]
+    candidates = [name, *(_suffixed(name, t) for t in tags)]
+    for c in candidates:
+        if c not in taken:
+            return c
+    n = 2
+    while _suffixed(name, f"{file_id}-{n}") in taken:
+        n += 1
+    return _suffixed(name, f"{file_id}-{n}")
+
+
+def plan_targets(files: list[FileRow], dest: Path) -> list[tuple[FileRow, Path | str]]:
+    """Each file's path in the folder `dest` (its bare name; a later file of the same
+    name gets its id prefix as a suffix, so no restored file overwrites another), or why
+    it has none."""
+    taken: set[str] = set()
+    out: list[tuple[FileRow, Path | str]] = []
+    for f in files:
+        try:
+            checked_id(f)
+            path = target_path(f, dest)
+        except DispersiondError as exc:
+            out.append((f, str(exc)))
+            continue
+        name = _free_name(path.name, f.file_id, taken)
+        taken.add(name)
+        out.append((f, dest / name))
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    """One line saying what failed (no traceback): the message, or the OS error and path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {shown(exc.filename)}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc).replace("\n", " ")
+    return text if isinstance(exc, (DispersiondError, StoreError)) else \
+        f"{type(exc).__name__}: {text}"
+
+
+def _restore_one(v: Archive, f: FileRow, path: Path, force: bool) -> BulkItem:
+    if path.is_dir():
+        return BulkItem(f, path, False, f"file {f.file_id}: a folder {shown(path)} is in the "
+                        "way; move it or restore into another --to")
+    if path.exists() and not force:
+        return BulkItem(f, path, False, None, skipped=True)
+    try:
+        restore(v, f.file_id, path, force=force)
+    except Exception as exc:  # one file's failure never stops the others
+        return BulkItem(f, path, False, _reason(exc))
+    return BulkItem(f, path, True)
+
+
+def restore_many(v: Archive, files: list[FileRow], dest: Path, *, jobs: int = 4,
+                 force: bool = False,
+                 done: Callable[[BulkItem], None] | None = None) -> BulkReport:
+    """Restore `files` into the folder `dest`, `jobs` at a time (the work is I/O bound),
+    each verified exactly as `restore` does; a failure is recorded and the rest go on.
+    Existing files are skipped unless `force`. `done` hears of each file as it ends."""
+    if not dest.is_dir():
+        raise DispersiondError(f"--to {shown(dest)} is not a folder; create it or give an "
+                               "existing folder to restore into")
+    start = time.monotonic()
+    report = BulkReport()
+    planned = plan_targets(files, dest)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = []
+        for f, target in planned:
+            if isinstance(target, str):
+                item = BulkItem(f, None, False, target)
+                report.items.append(item)
+                if done:
+                    done(item)
+            else:
+                futures.append(pool.submit(_restore_one, v, f, target, force))
+        for fut in as_completed(futures):
+            item = fut.result()
+            report.items.append(item)
+            if done:
+                done(item)
+    order = {f.file_id: i for i, (f, _) in enumerate(planned)}
+    report.items.sort(key=lambda i: order[i.file.file_id])
+    report.seconds = time.monotonic() - start
+    event(logging.INFO, "bulk restore finished", restored=len(report.restored),
+          failed=len(report.failed), skipped=len(report.skipped))
+    return report

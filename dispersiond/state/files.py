@@ -145,6 +145,14 @@ class FilesMixin(Database):
         """Files a manifest backup holds (committed or done)."""
         return self.files_in(*PROTECTED)
 
+    def protected_since(self, since: float | None = None) -> list[FileRow]:
+        """Protected files (committed or done) created at or after `since` (all: None),
+        oldest first: what a bulk restore picks from."""
+        guard, args = _in(PROTECTED)
+        if since is None:
+            return self.files(guard, args)
+        return self.files(f"{guard} AND created>=?", (*args, since))
+
     def file_ids_in(self, *states: FileState) -> list[str]:
         """Ids of the files in any of `states`, by id."""
         guard, args = _in(states)
