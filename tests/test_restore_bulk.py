@@ -47,6 +47,10 @@ def test_thirty_files_restore_bit_exact_in_parallel(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in files)
     total = sum(f.stat().st_size for f in files)
     assert f"restored 32 of 32 files, 0 failed, 0 skipped; {total} bytes" in stdout
+    # the parallel restores each appended to the one audit chain, and it holds
+    restores = cli_json(cfg, "audit", "ls", "--event", "restore")
+    assert len(restores) == 32
+    cli(cfg, "audit", "verify")
     # a second run finds everything there: skipped, nothing touched, exit 0
     (out / files[0].name).write_bytes(b"edited")
     code, stdout, _ = cli(cfg, "restore", "--all", "--to", str(out))
@@ -111,6 +115,15 @@ def test_a_file_with_its_public_objects_gone_fails_alone(tmp_path):
     same_bytes(files[:2] + files[3:], out)
     assert "restored 5 of 6 files, 1 failed" in stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    code, stdout, err = cli(cfg, "restore", "--all", "--to", str(out2), "--json", expect=1)
+    res = json.loads(stdout)
+    assert (res["restored"], res["failed"]) == (5, 1)
+    (bad,) = [r for r in res["files"] if not r["ok"]]
+    assert bad["file_id"] == victim and "no intact public replica" in bad["error"]
+    assert bad["path"] == str(out2 / files[2].name) and not Path(bad["path"]).exists()
+    assert len([line for line in err.splitlines() if victim in line]) == 1
 
 
 def test_duplicate_names_never_overwrite_each_other(tmp_path):

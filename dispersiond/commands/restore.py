@@ -82,12 +82,12 @@ def _run_all(args: argparse.Namespace) -> int:
         files = matching(v.db.protected_since(since), args.name)
         with _bulk_progress(files, not args.json) as done:
             report = restore_many(v, files, dest, jobs=args.jobs, force=args.force, done=done)
+    for item in report.failed:  # on stderr with --json too: stdout stays one object
+        print(f"dispersiond: failed: {item.file.file_id} {shown(item.file.name)}: "
+              f"{shown(item.error)}", file=sys.stderr)
     if args.json:
         emit_json(_as_json(report))
     else:
-        for item in report.failed:
-            print(f"dispersiond: failed: {item.file.file_id} {shown(item.file.name)}: "
-                  f"{shown(item.error)}", file=sys.stderr)
         print(_summary(report, len(files)))
     return 1 if report.failed else 0
 
