@@ -192,3 +192,30 @@ def test_bulk_restore_from_the_s3_server(tmp_path, make_store_settings):
     res = cli_json(cfg, "restore", "--all", "--to", str(out), "--jobs", "8")
     assert (res["restored"], res["failed"]) == (31, 0)
     same_bytes(files, out)
+
+
+def test_a_name_that_is_not_utf8_restores_under_its_exact_bytes(tmp_path):
+    cfg = local_config(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw_name = b"r\xe9sultat.csv"
+    src = folder / os.fsdecode(raw_name)
+    src.write_bytes(os.urandom(5000))
+    put(cfg, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = cli_json(cfg, "restore", "--all", "--to", str(out))
+    (r,) = res["files"]
+    assert r["ok"] and r["name_b64"] == "culzdWx0YXQuY3N2" and r["name"] == "r\\xe9sultat.csv"
+    assert (out / os.fsdecode(raw_name)).read_bytes() == src.read_bytes()
+
+
+def test_since_reads_iso_dates_and_ages():
+    from dispersiond.errors import DispersiondError
+    from dispersiond.ops.restore import since_timestamp
+
+    assert since_timestamp("7d", now=1_000_000.0) == 1_000_000.0 - 7 * 86400
+    assert since_timestamp("1d12h", now=500_000.0) == 500_000.0 - 36 * 3600
+    assert since_timestamp("2026-11-30T08:00:00+00:00") == 1_796_025_600.0
+    with pytest.raises(DispersiondError, match="neither an ISO date"):
+        since_timestamp("yesterday")
