@@ -20,9 +20,11 @@ def register(sub) -> None:
                     "files through the whole pipeline to a local S3 server. compress: stored "
                     "bytes and encode time with and without compression. scale: the manifest "
                     "backup one more record costs an archive of --records records (bytes "
-                    "uploaded, backup time, recover time).")
+                    "uploaded, backup time, recover time). restore: `restore --all` of --files "
+                    "records against a plain boto3 download from a local S3 server.")
     p.add_argument("what", nargs="?",
-                   choices=["codec", "stream", "pipeline", "compress", "scale"], default="codec")
+                   choices=["codec", "stream", "pipeline", "compress", "scale", "restore"],
+                   default="codec")
     p.add_argument("--size", default=None,
                    help="buffer or file size (codec: 64MiB, stream: 1GiB, pipeline: see --files)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per algorithm (median)")
@@ -63,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         return run_compress_bench(args)
     if args.what == "scale":
         return _scale(args)
+    if args.what == "restore":
+        return _restore(args, size)
     return _pipeline(args, size)
 
 
@@ -106,6 +110,23 @@ def _stream(args: argparse.Namespace, size: int) -> int:
         print(f"streaming {args.scheme} encode of {size / 2**20:.0f} MiB: "
               f"{res['mb_per_s']:.0f} MB/s, peak RSS {res['peak_rss_mib']:.1f} MiB "
               f"(before the run: {res['rss_before_mib']:.1f} MiB)")
+    return 0
+
+
+def _restore(args: argparse.Namespace, size: int | None) -> int:
+    """`restore --all` of --files records against a plain boto3 download of the same
+    objects from one local S3 server (interleaved, medians of --runs)."""
+    import json
+
+    from ..research.restore_bench import bench
+
+    r = bench(args.files or 1000, size or 16 << 10, args.runs, 8)
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(f"{r['files']} x {r['size']} B: boto3 download {r['raw_download']['seconds']} s, "
+              f"restore --all {r['restore_all']['seconds']} s ({r['restore_vs_raw']}x), "
+              f"requests {r['raw_download']['requests']} vs {r['restore_all']['requests']}")
     return 0
 
 
