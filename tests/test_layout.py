@@ -3,11 +3,12 @@
 The daemon and the core must run without the research code (benchmarks, analyses,
 plots), and library code must not depend on the CLI: only cli.py and the commands
 import dispersiond.commands, and only the `bench` and `analyze` commands import the
-research package.
+research package. And the state package is the only one that speaks SQL.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dispersiond"
@@ -97,3 +98,36 @@ def test_research_needs_no_command():
     assert "research/pipeline_bench.py" in research
     assert {f: sorted(n for n in mods[f] if _within(n, "dispersiond.commands"))
             for f in research if any(_within(n, "dispersiond.commands") for n in mods[f])} == {}
+
+
+
+#: Statement shapes, not words: a docstring that says "update" or "select" is not SQL.
+SQL = re.compile(r"^\s*(SELECT\b.*\bFROM\b|INSERT\s+(OR\s+\w+\s+)?INTO\b|UPDATE\s+\w+\s+SET\b|"
+                 r"DELETE\s+FROM\b|CREATE\s+(TEMP\s+)?(TABLE|INDEX|TRIGGER)\b|ALTER\s+TABLE\b|"
+                 r"PRAGMA\s+\w+)", re.IGNORECASE | re.DOTALL)
+
+
+def _sql_strings(path: Path) -> list[tuple[int, str]]:
+    """String constants (f-string parts included) shaped like SQL, with their lines."""
+    return [(node.lineno, node.value[:60])
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and SQL.match(node.value)]
+
+
+def test_no_sql_outside_the_state_package():
+    """The state package owns the database: every statement is one of its methods."""
+    offenders = [f"{p.relative_to(PACKAGE)}:{line}: {text!r}"
+                 for p in sorted(PACKAGE.rglob("*.py"))
+                 if p.relative_to(PACKAGE).parts[0] != "state"
+                 for line, text in _sql_strings(p)]
+    assert offenders == []
+
+
+def test_the_sql_finder_finds_sql():
+    """The check above can fail: it sees the state package's own statements, and a
+    statement written anywhere else."""
+    assert len(_sql_strings(PACKAGE / "state" / "files.py")) >= 3
+    assert SQL.match("SELECT COUNT(*) FROM files WHERE state='done'")
+    assert SQL.match("INSERT OR REPLACE INTO meta VALUES ('manifest_dirty', '1')")
+    assert not SQL.match("Update the manifest, then select the next file from the inbox")
