@@ -43,6 +43,12 @@ def register(sub) -> None:
                         "second (e.g. 50MB), as an uplink would")
     p.add_argument("--records", default=None, metavar="N[,N...]",
                    help="scale: archive sizes (default 1000,10000,100000; 1000000 is opt-in)")
+    p.add_argument("--content", choices=["random", "fhir"], default="random",
+                   help="pipeline: random (incompressible) files, or generated FHIR R4 Bundles "
+                        "of about --size each")
+    p.add_argument("--compression", default=None, metavar="off|auto|zstd:N",
+                   help="pipeline: the daemon's compression setting (default: with --content "
+                        "fhir, off and auto one after the other; else auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
     p.set_defaults(func=_run)
@@ -180,8 +186,20 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
     nice = pb.DAEMON_NICE if args.nice is None else args.nice
     if not 0 <= nice <= 19:
         raise DispersiondError("--nice must be between 0 and 19")
-    results = pb.run(shapes, args.runs, pb.Setup(link, nice, args.digest),
-                     on_shape=(lambda r: None) if args.json else _print_shape)
+    if args.compression:
+        from ..codec import compress
+
+        try:
+            compress.Policy.parse(args.compression)
+        except ValueError as exc:
+            raise DispersiondError(f"--compression: {exc}") from None
+    settings = ([args.compression] if args.compression else
+                ["off", "auto"] if args.content == "fhir" else ["auto"])
+    results = []
+    for compression in settings:
+        setup = pb.Setup(link, nice, args.digest, args.content, compression)
+        results += pb.run(shapes, args.runs, setup,
+                          on_shape=(lambda r: None) if args.json else _print_shape)
     if args.json:
         print(json.dumps({"machine": describe(), "workers": pb.WORKERS, "shapes": results}))
     return 0
@@ -193,9 +211,11 @@ def _print_shape(r: dict) -> None:
     link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
     print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
           f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
-          f"{r['digest']} digests:")
+          f"{r['digest']} digests, {r['content']} content, compression {r['compression']}:")
     for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
         x = r[key]
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
               f"{x['mb_per_s']:8.1f} MB/s {x['requests_per_file']:6.2f} requests/file")
-    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x")
+    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
+          f"private containers, manifest) {human_size(r['stored_bytes'])} = "
+          f"{r['stored_vs_raw']:.3f}x of {human_size(r['bytes'])}")

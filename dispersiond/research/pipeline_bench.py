@@ -47,6 +47,9 @@ class Setup:
     link: int | None = None
     nice: int = DAEMON_NICE
     digest: str = digests.DEFAULT
+    #: "random" (incompressible) or "fhir" (generated FHIR R4 Bundles of about `size`)
+    content: str = "random"
+    compression: str = "auto"
 
 
 _REQUEST = re.compile(rb'"(GET|PUT|POST|HEAD|DELETE) ')
@@ -100,9 +103,17 @@ class S3Server:
         self.proc.wait(timeout=10)
 
 
-def _make_files(folder: Path, n: int, size: int) -> list[Path]:
+def _make_files(folder: Path, n: int, size: int, content: str = "random") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
+    if content == "fhir":
+        from .compress_bench import fhir_records
+
+        for i, record in enumerate(fhir_records(n, seed=len(folder.name), target=size)):
+            p = folder / f"record-{i:05d}.json"
+            p.write_bytes(record)
+            out.append(p)
+        return out
     block = os.urandom(min(size, 1 << 20) or 1)
     for i in range(n):
         p = folder / f"file-{i:05d}.bin"
@@ -176,7 +187,7 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setu
            "public": {"mode": "replicate", "stores": ["cloud"]},
            "private": {"min_trust": "trusted", "stores": ["vault"]},
            "after": "delete", "stable_seconds": 0, "upload_workers": WORKERS,
-           "digest": setup.digest,
+           "digest": setup.digest, "compression": setup.compression,
            "schedule": {"rescan": "1s", "manifest_backup": "1h", "verify": None,
                         "bandwidth_limit": setup.link}}
     (root / "inbox").mkdir()
@@ -227,6 +238,12 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
     return took, requests
 
 
+def _stored(c, bucket: str) -> int:
+    """Bytes the bucket holds (what the clouds bill)."""
+    return sum(o["Size"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+               for o in page.get("Contents", ()))
+
+
 def _empty(c, bucket: str) -> None:
     for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
@@ -237,9 +254,11 @@ def _empty(c, bucket: str) -> None:
 def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
                 setup: Setup = Setup()) -> dict[str, Any]:
     c = server.client()
-    raw_t, pipe_t, raw_req, pipe_req = [], [], [], []
+    raw_t, pipe_t, raw_req, pipe_req, stored = [], [], [], [], []
+    total = 0
     for r in range(runs):
-        src = _make_files(work / f"src-{r}", n, size)
+        src = _make_files(work / f"src-{r}", n, size, setup.content)
+        total = sum(p.stat().st_size for p in src)
         bucket, pub, prv = (f"{what}-{n}-{size}-{r}" for what in ("raw", "pub", "prv"))
         for b in (bucket, pub, prv):
             c.create_bucket(Bucket=b)
@@ -254,6 +273,7 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
             took, req = _pipeline(server, src, work / f"daemon-{r}", pub, prv, setup)
             pipe_t.append(took)
             pipe_req.append(req)
+            stored.append(sum(_stored(c, b) for b in (pub, prv)))
             for b in (pub, prv):
                 _empty(c, b)
 
@@ -263,10 +283,11 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
         shutil.rmtree(work / f"src-{r}", ignore_errors=True)
         shutil.rmtree(work / f"daemon-{r}", ignore_errors=True)
     raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
-    total = n * size
     return {
         "files": n, "size": size, "runs": runs, "link": setup.link, "daemon_nice": setup.nice,
-        "digest": setup.digest,
+        "digest": setup.digest, "content": setup.content, "compression": setup.compression,
+        "bytes": total, "stored_bytes": statistics.median(stored),
+        "stored_vs_raw": round(statistics.median(stored) / total, 3) if total else None,
         "raw": {"seconds": round(raw, 3), "files_per_s": round(n / raw, 1),
                 "mb_per_s": round(total / raw / 1e6, 1),
                 "requests_per_file": round(statistics.median(raw_req) / n, 2)},
