@@ -73,6 +73,13 @@ class Notifier:
             self._last_ping = now
             self.send("WATCHDOG=1")
 
+    def watchdog_due_in(self) -> float | None:
+        """Seconds until the next ping is due (None: no watchdog). The loop wakes by then,
+        so a gap between pings stays near the interval, never near twice it."""
+        if self.watchdog_interval is None:
+            return None
+        return max(0.0, self._last_ping + self.watchdog_interval - time.monotonic())
+
     def stopping(self) -> None:
         self.send("STOPPING=1")
 

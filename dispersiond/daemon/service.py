@@ -242,8 +242,9 @@ class Daemon:
         due = self.intake.next_due()
         if due is not None:
             t = min(t, max(due, 0.02))
-        if self.notifier.watchdog_interval:
-            t = min(t, self.notifier.watchdog_interval)
+        ping = self.notifier.watchdog_due_in()
+        if ping is not None:
+            t = min(t, max(ping, 0.01))
         return t
 
     def _wait_and_handle(self, timeout: float) -> None:
