@@ -32,10 +32,62 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
     (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("5",)
     algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
     db.close()
     assert algs == {old_id: "sha256", new_id: "blake3"}
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
     restores(cfg, old_id, old, tmp_path / "old")
     restores(cfg, new_id, new, tmp_path / "new")
+
+
+def _to_schema_4(db_path: Path) -> None:
+    """Turn a fresh database into what schema 4 was: one object per row, unique by
+    (store, name), no pack columns or table."""
+    db = sqlite3.connect(db_path)
+    with db:
+        db.execute("DROP INDEX IF EXISTS objects_standalone")
+        db.execute("DROP INDEX IF EXISTS objects_pack")
+        db.execute("ALTER TABLE objects RENAME TO objects_new")
+        db.execute("""CREATE TABLE objects (
+            id INTEGER PRIMARY KEY,
+            file_id TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
+            role TEXT NOT NULL, shard INTEGER, store TEXT NOT NULL, name TEXT NOT NULL,
+            offset INTEGER NOT NULL DEFAULT 0, length INTEGER NOT NULL,
+            object_size INTEGER NOT NULL, digest TEXT NOT NULL, state TEXT NOT NULL,
+            checked REAL, UNIQUE (store, name))""")
+        db.execute("INSERT INTO objects SELECT id, file_id, role, shard, store, name, offset, "
+                   "length, object_size, digest, state, checked FROM objects_new")
+        db.execute("DROP TABLE objects_new")
+        db.execute("DROP TABLE packs")
+        db.execute("UPDATE meta SET value='4' WHERE key='schema'")
+    db.close()
+
+
+def test_a_schema_4_database_gains_packs_and_keeps_its_objects(tmp_path: Path) -> None:
+    cfg = local_config(tmp_path, "erasure")
+    old = real_files()[0]
+    (old_id,) = put(cfg, old)
+    db_path = load_config(cfg).state_path / "state.db"
+    before = sqlite3.connect(db_path).execute(
+        "SELECT id, store, name, digest FROM objects ORDER BY id").fetchall()
+    _to_schema_4(db_path)
+    restores(cfg, old_id, old, tmp_path / "old")  # opening it migrates
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("5",)
+    assert db.execute("SELECT id, store, name, digest FROM objects ORDER BY id").fetchall() \
+        == before
+    assert db.execute("SELECT COUNT(*) FROM objects WHERE pack_digest IS NOT NULL"
+                      ).fetchone() == (0,)
+    # a standalone object's name stays unique on its store
+    store, name = before[0][1], before[0][2]
+    try:
+        db.execute("INSERT INTO objects (file_id, role, store, name, length, object_size, "
+                   "digest, state) VALUES (?, 'public', ?, ?, 1, 1, 'x', 'pending')",
+                   (old_id, store, name))
+    except sqlite3.IntegrityError as exc:
+        assert "UNIQUE" in str(exc)
+    else:
+        raise AssertionError("a second standalone object under a taken name was accepted")
+    db.close()
+    assert cli_json(cfg, "verify", "--deep")["problems"] == []

@@ -15,8 +15,9 @@ from .backups import BackupsMixin, ChainTip
 from .db import Conn
 from .files import FINISHABLE, FilesMixin
 from .model import (PROTECTED, STATES, TRANSITIONS, FileRow, FileState, IllegalTransition,
-                    ObjectRow, ObjectState, check_transition)
+                    ObjectRow, ObjectState, PackRow, check_transition)
 from .objects import ObjectsMixin
+from .packs import PACK_PLAN, PacksMixin, PlacedMember
 from .peek import peek, peek_counts, peek_done, peek_planned, read_status
 from .recovery import RecoveryMixin
 from .rekey_rows import RekeyMixin
@@ -27,7 +28,7 @@ from .trash import TrashMixin
 
 
 class StateDB(FilesMixin, ObjectsMixin, TrashMixin, BackupsMixin, RekeyMixin, AuditMixin,
-              StoresMixin, RecoveryMixin, RequestsMixin):
+              StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin):
     """A thread-safe handle on the state database (one connection, one lock)."""
 
 
@@ -37,6 +38,7 @@ def dumps(obj: Any) -> str:
 
 
 __all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "ChainTip", "Conn",
-           "FileRow", "FileState", "IllegalTransition", "ObjectRow", "ObjectState", "StateDB",
+           "FileRow", "FileState", "IllegalTransition", "ObjectRow", "ObjectState", "PACK_PLAN",
+           "PackRow", "PlacedMember", "StateDB",
            "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_planned",
            "read_status"]

@@ -15,7 +15,8 @@ from typing import Iterator
 from ..errors import DispersiondError
 from ..fsutil import create_private, restrict
 from .model import PROTECTED
-from .schema import ENTRY_COLUMNS, OBJECT_COLUMNS, SCHEMA, SCHEMA_VERSION, migrate, triggers
+from .schema import (ENTRY_COLUMNS, OBJECT_COLUMNS, POST_MIGRATION, SCHEMA, SCHEMA_VERSION,
+                     migrate, triggers)
 
 Conn = sqlite3.Connection
 
@@ -50,6 +51,7 @@ class Database:
             if version != SCHEMA_VERSION:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                            (str(SCHEMA_VERSION),))
+        self._db.executescript(POST_MIGRATION)
         self._db.executescript(triggers(tuple(s.value for s in PROTECTED), ENTRY_COLUMNS,
                                         OBJECT_COLUMNS))
 

@@ -157,3 +157,33 @@ class ObjectRow:
     state: str
     checked: float | None
     digest_alg: str | None  # its file's: what `digest` is made with
+    pack_digest: str | None = None  # a packed member: of its whole pack (docs/FORMAT.md §8.4)
+
+    @property
+    def packed(self) -> bool:
+        """A member of a pack object (its `name` is the pack's) rather than an object of
+        its own."""
+        return self.pack_digest is not None
+
+    @property
+    def fragment_offset(self) -> int:
+        """Where the fragment starts in what a fetch of this object yields: a packed
+        member is fetched as exactly its own bytes."""
+        return 0 if self.packed else self.offset
+
+
+@dataclass(frozen=True)
+class PackRow:
+    """A pack object on one store (docs/FORMAT.md §8)."""
+
+    store: str
+    name: str
+    kind: str
+    size: int
+    digest: str
+    digest_alg: str
+    body_len: int | None
+    members: int | None
+    created: float
+    state: str
+    checked: float | None

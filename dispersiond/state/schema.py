@@ -11,9 +11,10 @@ import sqlite3
 
 from .. import digests
 
-SCHEMA_VERSION = 4  # 2: digests named for their algorithm; 3: no structured data in meta;
+SCHEMA_VERSION = 5  # 2: digests named for their algorithm; 3: no structured data in meta;
 #                     4: exact bytes of names and paths that are not valid UTF-8, and
-#                     incremental manifest backups (change log, chain, generations)
+#                     incremental manifest backups (change log, chain, generations);
+#                     5: pack objects (the `packs` table, objects.pack_digest)
 
 #: The columns a manifest entry is made of (manifest.FILE_FIELDS / OBJECT_FIELDS by their
 #: row names): a change to one of them is a change the next backup carries.
@@ -21,7 +22,26 @@ SCHEMA_VERSION = 4  # 2: digests named for their algorithm; 3: no structured dat
 ENTRY_COLUMNS = ("file_id", "name", "size", "digest", "digest_alg", "mtime", "scheme",
                  "head_len", "chunk_log2", "puf_len", "container_len", "container_digest",
                  "key_id", "public_mode", "k", "n", "block", "created")
-OBJECT_COLUMNS = ("role", "shard", "store", "name", "offset", "length", "object_size", "digest")
+OBJECT_COLUMNS = ("role", "shard", "store", "name", "offset", "length", "object_size", "digest",
+                  "pack_digest")
+
+OBJECTS_TABLE = """
+CREATE TABLE IF NOT EXISTS objects (
+    id          INTEGER PRIMARY KEY,
+    file_id     TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
+    role        TEXT NOT NULL,              -- public | private
+    shard       INTEGER,                    -- erasure shard number; NULL otherwise
+    store       TEXT NOT NULL,
+    name        TEXT NOT NULL,              -- the object's, or (a packed member) its pack's
+    offset      INTEGER NOT NULL DEFAULT 0, -- where the fragment starts inside the object
+    length      INTEGER NOT NULL,           -- fragment bytes inside the object
+    object_size INTEGER NOT NULL,           -- stored bytes, padding included
+    digest      TEXT NOT NULL,              -- of the stored object, or of a packed member's bytes
+    state       TEXT NOT NULL,              -- pending | uploaded | missing | corrupt
+    checked     REAL,
+    pack_digest TEXT                        -- a packed member: of its whole pack; NULL otherwise
+);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,22 +75,21 @@ CREATE TABLE IF NOT EXISTS files (
     source_raw  BLOB                        -- exact bytes of `source` when not valid UTF-8
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
-CREATE TABLE IF NOT EXISTS objects (
-    id          INTEGER PRIMARY KEY,
-    file_id     TEXT NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
-    role        TEXT NOT NULL,              -- public | private
-    shard       INTEGER,                    -- erasure shard number; NULL otherwise
-    store       TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    offset      INTEGER NOT NULL DEFAULT 0, -- where the fragment starts inside the object
-    length      INTEGER NOT NULL,           -- fragment bytes inside the object
-    object_size INTEGER NOT NULL,           -- stored bytes, padding included
-    digest      TEXT NOT NULL,              -- of the stored object (by its file's digest_alg)
-    state       TEXT NOT NULL,              -- pending | uploaded | missing | corrupt
-    checked     REAL,
-    UNIQUE (store, name)
+""" + OBJECTS_TABLE + """CREATE INDEX IF NOT EXISTS objects_file ON objects(file_id);
+CREATE TABLE IF NOT EXISTS packs (          -- pack objects (docs/FORMAT.md section 8) we stored
+    store    TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    kind     TEXT NOT NULL,                 -- public | private
+    size     INTEGER NOT NULL,              -- stored bytes, padding included
+    digest   TEXT NOT NULL,                 -- of the whole stored pack
+    digest_alg TEXT NOT NULL,
+    body_len INTEGER,                       -- member bytes when written (NULL: recovered, unread)
+    members  INTEGER,                       -- members when written
+    created  REAL NOT NULL,
+    state    TEXT NOT NULL,                 -- uploaded | missing | corrupt
+    checked  REAL,
+    PRIMARY KEY (store, name)
 );
-CREATE INDEX IF NOT EXISTS objects_file ON objects(file_id);
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY,
     ts      REAL NOT NULL,
@@ -159,6 +178,8 @@ def migrate(db: sqlite3.Connection, version: int) -> None:
         _v2_to_v3(db)
     if version < 4:
         _v3_to_v4(db)
+    if version < 5:
+        _v4_to_v5(db)
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -211,6 +232,31 @@ def _v3_to_v4(db: sqlite3.Connection) -> None:
     head = db.execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
     if head is not None and head[0].count(":") == 1:
         db.execute("UPDATE meta SET value=? WHERE key='audit_head'", (head[0] + ":legacy",))
+
+
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    """Schema 4 held one object per row, unique by (store, name); packed members share
+    their pack's name, so the table is rebuilt without that constraint (the partial index
+    in POST_MIGRATION keeps it for standalone objects) and with `pack_digest`."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
+    if "pack_digest" in cols:
+        return
+    db.execute("ALTER TABLE objects RENAME TO objects_v4")
+    db.execute("DROP INDEX IF EXISTS objects_file")
+    db.execute(OBJECTS_TABLE)
+    keep = ", ".join(("id", "file_id", "role", "shard", "store", "name", "offset", "length",
+                      "object_size", "digest", "state", "checked"))
+    db.execute(f"INSERT INTO objects ({keep}) SELECT {keep} FROM objects_v4")
+    db.execute("DROP TABLE objects_v4")
+    db.execute("CREATE INDEX IF NOT EXISTS objects_file ON objects(file_id)")
+
+
+#: Indexes on columns an older schema lacks: made after any migration.
+POST_MIGRATION = """
+CREATE UNIQUE INDEX IF NOT EXISTS objects_standalone ON objects(store, name)
+    WHERE pack_digest IS NULL;
+CREATE INDEX IF NOT EXISTS objects_pack ON objects(store, name) WHERE pack_digest IS NOT NULL;
+"""
 
 
 def triggers(protected: tuple[str, ...], file_cols: tuple[str, ...],

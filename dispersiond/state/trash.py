@@ -14,10 +14,13 @@ class TrashMixin(Database):
         self.trash_many([(store, name)], db)
 
     def trash_many(self, items: Iterable[tuple[str, str]], db: Conn | None = None) -> None:
+        """A pack among `items` is trashed only once no member points into it (call this
+        after the rows that gave the names up changed, in the same transaction)."""
         now = time.time()
         with self._writing(db) as conn:
+            free, _ = self.unreferenced_packs(list(items), conn)  # PacksMixin
             conn.executemany("INSERT OR IGNORE INTO trash VALUES (?, ?, ?)",
-                             [(store, name, now) for store, name in items])
+                             [(store, name, now) for store, name in free])
 
     def trashed(self) -> list[tuple[str, str]]:
         """(store, name) of every object waiting to be deleted."""
