@@ -21,6 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from .codec import compress
 from .deid.policy import DeidPolicy, DicomPolicy
 from .errors import ConfigError
+from .pack.policy import PackPolicy
 from .units import parse_duration as _parse_duration
 from .units import parse_size as _parse_size
 
@@ -372,6 +373,10 @@ class Config(_Strict):
     # when a quick trial says it pays) or zstd:LEVEL (1..19). One encode feeds every store,
     # so it is a setting of the file, not of a store.
     compression: str = "auto"
+    # Small files' fragments go into pack objects (docs/FORMAT.md section 8): the size
+    # below which a fragment is packed, the pack size, the longest a record waits for its
+    # pack's flush, prune's dead share and the sweep's grace.
+    pack: PackPolicy = PackPolicy()
     after: Literal["keep", "delete", "move"] = "keep"
     after_move_to: str | None = None
     stable_seconds: float = Field(default=5.0, ge=0)

@@ -28,8 +28,9 @@ from .state import PROTECTED, FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
 VERSION = 1  # of the sealed envelope
-FORMAT = 4  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key;
-#            4: checkpoints and deltas, chained; name_b64 (a name that is not valid UTF-8)
+FORMAT = 5  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key;
+#            4: checkpoints and deltas, chained; name_b64 (a name that is not valid UTF-8);
+#            5: pack_digest on an object entry of a packed member (docs/FORMAT.md §8.4)
 PREFIX = "manifest/"
 KEEP_BACKUPS = 3  # generations (a checkpoint and the deltas on it) kept on each store
 #: A new checkpoint once the deltas since the last one would exceed this share of its
@@ -57,8 +58,15 @@ def _entry(f: FileRow, objects: list) -> dict:
          **Layout.of_row(f).entry_fields()}
     if (raw := b64(f.name)) is not None:
         e["name_b64"] = raw  # the exact bytes; `name` then holds them escaped
-    e["objects"] = [{k: getattr(o, k) for k in OBJECT_FIELDS} for o in objects]
+    e["objects"] = [_object(o) for o in objects]
     return e
+
+
+def _object(o) -> dict:
+    out = {k: getattr(o, k) for k in OBJECT_FIELDS}
+    if o.pack_digest is not None:  # only on packed members: others read as before
+        out["pack_digest"] = o.pack_digest
+    return out
 
 
 def snapshot(db: StateDB, seq: int, sender_seed: bytes | None = None,
@@ -154,6 +162,8 @@ def upgrade(doc: object, where: str = "(backup)") -> object:
     fmt = doc.get("format")
     if fmt == FORMAT or fmt is None:
         return doc
+    if fmt == 4:  # format 5 only adds an optional key
+        return {**doc, "format": FORMAT}
     if fmt not in (1, 2, 3):
         raise IntegrityError(f"manifest format {fmt!r} is not read by this build (backup "
                              f"{where}); upgrade dispersiond")
@@ -214,7 +224,8 @@ def replay(chain: list[dict]) -> Replayed:
 def rows_of(state: Replayed) -> list[tuple[dict, list[dict]]]:
     """(file row fields, its object rows) for the state database."""
     return [({**_row_fields(e), "name": from_b64(e["name"], e.get("name_b64"))},
-             [{k: o[k] for k in OBJECT_FIELDS} for o in e["objects"]])
+             [{**{k: o[k] for k in OBJECT_FIELDS}, "pack_digest": o.get("pack_digest")}
+              for o in e["objects"]])
             for e in state.files.values()]
 
 

@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      ValidationInfo, field_validator)
+                      ValidationInfo, field_validator, model_validator)
 
 from .display import from_b64
 from .errors import IntegrityError
@@ -69,6 +69,14 @@ class ObjectEntry(_Strict):
     length: Count
     object_size: Count
     digest: Hex
+    pack_digest: Hex | None = None  # a packed member (format 5): of its whole pack
+
+    @model_validator(mode="after")
+    def _inside(self) -> "ObjectEntry":
+        if self.offset + self.length > self.object_size:
+            raise ValueError(f"fragment {self.offset}+{self.length} lies outside its "
+                             f"{self.object_size}-byte object")
+        return self
 
 
 class FileEntry(_Strict):
@@ -121,8 +129,8 @@ class Prev(_Strict):
 
 
 class Document(_Strict):
-    """Format 4 (older formats are upgraded to it first)."""
-    format: Literal[4]
+    """Format 5 (older formats are upgraded to it first)."""
+    format: Literal[5]
     kind: Literal["checkpoint", "delta"]
     seq: Seq
     base: Seq
@@ -136,7 +144,7 @@ class Document(_Strict):
 
 
 def check(doc: object, where: str) -> dict:
-    """`doc` if it is a well-formed format-4 document; IntegrityError naming `where` and
+    """`doc` if it is a well-formed format-5 document; IntegrityError naming `where` and
     the first problem otherwise."""
     try:
         d = Document.model_validate(doc)

@@ -13,6 +13,7 @@ import yaml
 
 from dispersiond import digests, manifest, share
 from dispersiond.config import load_config, parse_config
+from dispersiond.pack import extract
 from dispersiond.errors import ConfigError
 from dispersiond.identity import load_identity
 from dispersiond.placement import new_object_name
@@ -55,7 +56,13 @@ def test_every_digest_is_made_with_the_configured_algorithm(tmp_path: Path, alg:
             assert f.container_digest == ref(v.container_path(fid).read_bytes())
             for o in v.db.objects(fid):
                 assert o.digest_alg == alg
-                assert o.digest == ref(v.store(o.store).get_bytes(o.name))
+                stored = v.store(o.store).get_bytes(o.name)
+                if o.packed:  # the pack's digest of the stored pack, the member's of itself
+                    assert o.pack_digest == ref(stored) == v.db.pack(o.store, o.name).digest
+                    member = extract(stored, o.offset, o.length, master_key=v.key, name=o.name)
+                    assert o.digest == ref(member)
+                else:
+                    assert o.digest == ref(stored)
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
     restores(cfg, ids[0], files[0], tmp_path / "out")
 
@@ -81,7 +88,7 @@ def test_a_format_1_manifest_backup_is_recovered(tmp_path: Path) -> None:
         names = list(vault.list(manifest.PREFIX))
         docs = [manifest.open_sealed(v.key, vault.get_bytes(n)) for n in names]
         newest = max(docs, key=lambda d: d["seq"])
-        assert newest["format"] == manifest.FORMAT == 4  # 4: checkpoints and deltas, name_b64
+        assert newest["format"] == manifest.FORMAT == 5  # 5: pack_digest on packed members
         old = manifest.seal(v.key, _as_format_1(newest))
         for n in names:
             vault.delete(n)

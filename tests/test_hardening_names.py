@@ -178,7 +178,7 @@ def test_backup_keeps_a_non_utf8_name_and_format_3_backups_still_load(tmp_path):
     key = os.urandom(32)
     doc = manifest.open_sealed(key, manifest.seal(key, manifest.snapshot(db, 7)))
     db.close()
-    assert doc["format"] == 4
+    assert doc["format"] == 5
     (e,) = doc["files"]
     assert e["name"] == "bad\\xff.txt" and base64.b64decode(e["name_b64"]) == BAD
     fresh = StateDB(tmp_path / "fresh.db")

@@ -25,7 +25,8 @@ from ..archive import Progress, Archive
 from .encode import (EARLY_UPLOAD_MIN, EarlyUploadRun, EarlyUploads, Staged, abandon_planned,
                      plan_rows, stage, staged_sizes)
 from .finalize import finish
-from .upload import Cancelled, Throttle, Upload, send_all, upload_one
+from .packing import send_objects
+from .upload import Cancelled, Throttle, upload_one
 
 __all__ = ["EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone", "Staged", "Throttle",
            "abandon_planned",
@@ -92,11 +93,9 @@ class SourceGone(DispersiondError):
 
 def upload(v: Archive, fid: str, throttle: Throttle | None = None,
            progress: Progress | None = None) -> list[tuple[str, Exception]]:
-    """Upload every pending object of a file in parallel; returns the failures."""
-    pending = v.db.objects(fid, states=("pending",))
-    ids = {(o.store, o.name): o.id for o in pending}
-    return send_all(v, [Upload.of_row(v, o) for o in pending], throttle, progress,
-                    on_sent=lambda job: v.db.set_objects_uploaded([ids[job.store, job.name]]))
+    """Upload every pending object of a file in parallel (small ones in packs); returns
+    the failures."""
+    return send_objects(v, v.db.objects(fid, states=("pending",)), throttle, progress)
 
 
 def transfer_bytes(cfg, size: int) -> int:

@@ -186,7 +186,7 @@ def _fetch_containers(v: Archive, state: manifest.Replayed,
             errors: list[str] = []
             objs = [ObjectRow(i, e["file_id"], o["role"], o["shard"], o["store"], o["name"],
                               o["offset"], o["length"], o["object_size"], o["digest"],
-                              "uploaded", None, e["digest_alg"])
+                              "uploaded", None, e["digest_alg"], o.get("pack_digest"))
                     for i, o in enumerate(e["objects"]) if o["role"] == "private"]
             got = first_intact(v, objs, Path(tmpd), "prf", errors, progress)
             if got is None:

@@ -24,10 +24,11 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol
 from backends import NotFound, StoreError, Unavailable
 
 from .. import codec, digests
-from ..errors import DispersiondError, IntegrityError
+from ..errors import DispersiondError, FormatError, IntegrityError
 from ..fsutil import atomic_output
 from ..layout import Layout
 from ..logs import event
+from ..pack import covering_range, extract
 from ..placement import HashingWriter, decode_shards
 from ..state import PROTECTED, FileRow, ObjectRow
 from ..archive import Progress, Archive
@@ -135,7 +136,8 @@ class StoreSource:
 
     def pieces(self) -> list[Piece]:
         objs = self.v.db.objects(self.f.file_id, role="public", states=self.states)
-        return [Piece(o.shard, o.offset, o.length, o) for o in _order(self.v, objs)]
+        return [Piece(o.shard, o.fragment_offset, o.length, o)
+                for o in _order(self.v, objs)]
 
     def fetch(self, piece: Piece, dest: Path) -> bool:
         return _try_fetch(self.v, piece.handle, dest, self.errors, self.progress)
@@ -147,7 +149,12 @@ def layout_of(f: FileRow) -> Layout:
 
 def fetch_object(v: Archive, obj: ObjectRow, dest: BinaryIO,
                  progress: Progress | None = None) -> None:
-    """Download one object into `dest`, checking size and digest; marks the object's state."""
+    """Download one object into `dest`, checking size and digest; marks the object's state.
+    A packed member is read with one ranged GET of the blocks that cover it, unmasked and
+    checked against its own digest: `dest` gets exactly its bytes."""
+    if obj.packed:
+        _fetch_member(v, obj, dest, progress)
+        return
     w = HashingWriter(dest, obj.digest_alg)
     try:
         for chunk in v.store(obj.store).get(obj.name):
@@ -163,6 +170,31 @@ def fetch_object(v: Archive, obj: ObjectRow, dest: BinaryIO,
               object=obj.name)
         raise IntegrityError(f"store {obj.store!r}: object {obj.name} of file {obj.file_id} "
                              "does not match its digest (altered or damaged)")
+    v.db.store_ok(obj.store)
+
+
+def _fetch_member(v: Archive, obj: ObjectRow, dest: BinaryIO,
+                  progress: Progress | None) -> None:
+    start, n = covering_range(obj.offset, obj.length, obj.object_size)
+    try:
+        window = v.store(obj.store).get_bytes(obj.name, start, n) if n else b""
+    except NotFound:
+        v.db.set_pack_state(obj.store, obj.name, "missing")  # every member went with it
+        raise
+    if progress:
+        progress(len(window))
+    try:
+        data = extract(lambda off, ln: window[off - start:off - start + ln], obj.offset,
+                       obj.length, master_key=v.key, name=obj.name, digest=obj.digest,
+                       digest_alg=obj.digest_alg or "")
+    except (IntegrityError, FormatError) as exc:
+        v.db.set_object_state(obj.id, "corrupt")
+        event(logging.WARNING, "packed member failed its digest", file_id=obj.file_id,
+              store=obj.store, object=obj.name)
+        raise IntegrityError(f"store {obj.store!r}: the member of file {obj.file_id} in pack "
+                             f"{obj.name} does not match its digest (altered or damaged; "
+                             f"{exc})") from None
+    dest.write(data)
     v.db.store_ok(obj.store)
 
 

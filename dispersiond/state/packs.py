@@ -35,6 +35,12 @@ class PacksMixin(Database):
             conn.execute("INSERT INTO planned VALUES (?, ?, ?, ?)",
                          (store, name, PACK_PLAN, time.time()))
 
+    def abandon_pack(self, store: str, name: str) -> None:
+        """A pack's upload failed (it may have landed in part): its name to the trash."""
+        with self.tx() as conn:
+            conn.execute("DELETE FROM planned WHERE store=? AND name=?", (store, name))
+            self.trash_many([(store, name)], conn)  # TrashMixin
+
     def commit_pack(self, pack: PackRow, placed: Iterable[PlacedMember]) -> None:
         """The pack landed: its row, and every member re-pointed at it, in one transaction
         (the members' old planned names were never uploaded)."""

@@ -16,6 +16,7 @@ class RecoveryMixin(Database):
         every object uploaded: the backup held them."""
         with self._writing(db) as conn:
             self.add_done_files(files, conn)
+            self.restore_pack_rows(conn)  # PacksMixin
             self.load_audit_rows(conn, audit)  # AuditMixin
             if audit_head:
                 self.set_audit_head(audit_head, conn)

@@ -1,0 +1,162 @@
+"""Packing small files' fragments (docs/FORMAT.md §8): which pending objects go into a
+pack, building one pack per store and kind from the staged copies, sending it, and the
+one transaction that points every member at it.
+
+A pack's name is recorded (`planned`) before its upload; a crash before the commit
+leaves the members pending (they are packed again, under a new name) and the planned
+name goes to the trash at the next start, so no pack is ever left unaccounted for.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable
+
+from backends import StoreError
+
+from .. import digests
+from ..errors import IntegrityError
+from ..logs import event
+from ..pack import PackWriter
+from ..placement import new_object_name
+from ..state import ObjectRow, PackRow, PlacedMember
+from ..archive import Progress, Archive
+from .upload import Throttle, Upload, send, send_all
+
+
+def packable(v: Archive, obj: ObjectRow) -> bool:
+    """A pending fragment below the packing threshold (large ones keep their own objects
+    and the streaming upload)."""
+    return (obj.state == "pending" and not obj.packed
+            and obj.object_size < v.cfg.pack.threshold)
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """The members of one pack: pending objects bound for one store, of one kind."""
+
+    store: str
+    kind: str  # public | private
+    digest_alg: str
+    objs: tuple[ObjectRow, ...]
+
+    @property
+    def member_bytes(self) -> int:
+        return sum(o.length for o in self.objs)
+
+
+def plan_packs(objs: Iterable[ObjectRow], pack_size: int) -> list[PackJob]:
+    """Group objects by (store, kind, digest algorithm) in the order given, each group cut
+    into packs of about `pack_size` member bytes (a pack closes once it reaches it). Pure."""
+    groups: dict[tuple[str, str, str], list[list[ObjectRow]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for o in objs:
+        ref = (o.store, o.file_id)
+        if ref in seen:  # one member per file and pack (the reference is the file id)
+            continue
+        seen.add(ref)
+        packs = groups.setdefault((o.store, o.role, o.digest_alg or ""), [[]])
+        if sum(m.length for m in packs[-1]) >= pack_size:
+            packs.append([])
+        packs[-1].append(o)
+    return [PackJob(store, kind, alg, tuple(members))
+            for (store, kind, alg), packs in groups.items() for members in packs if members]
+
+
+def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
+    """The fragment from its staged copy, checked against the digest the encode recorded
+    (the staged copy carries the padding a standalone object would have had)."""
+    path = v.staged_path(obj.file_id, obj.role, obj.shard)
+    data = path.read_bytes()
+    if len(data) != obj.object_size or digests.of(obj.digest_alg or "", data) != obj.digest:
+        raise IntegrityError(f"staged {obj.role} object of file {obj.file_id} does not match "
+                             "what its encode recorded (damaged on local disk): the file is "
+                             "encoded again")
+    return data[:obj.length]
+
+
+def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
+    """Write the pack into the staging area; returns its row, where each member landed,
+    and the staged file."""
+    pad = v.cfg.public.pad
+    w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
+    path = v.root / "work" / f"pack-{name}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = digests.new(job.digest_alg)
+    placed: list[PlacedMember] = []
+    with open(path, "wb") as out:
+        for obj in job.objs:
+            m = w.add(bytes.fromhex(obj.file_id), _member_bytes(v, obj))
+            placed.append(PlacedMember(obj.id, m.offset, m.length, m.digest))
+            chunk = w.drain()
+            h.update(chunk)
+            out.write(chunk)
+        tail = w.close()
+        h.update(tail)
+        out.write(tail)
+    assert w.index is not None
+    row = PackRow(store=job.store, name=name, kind=job.kind, size=w.index.size,
+                  digest=h.hexdigest(), digest_alg=job.digest_alg, body_len=w.index.body_len,
+                  members=len(placed), created=time.time(), state="uploaded",
+                  checked=time.time())
+    return row, placed, path
+
+
+def send_pack(v: Archive, job: PackJob, throttle: Throttle,
+              progress: Progress | None = None) -> PackRow:
+    """Build, upload and commit one pack; raises StoreError, OSError or IntegrityError
+    (then the members stay pending and the pack's name goes to the trash)."""
+    name = new_object_name()
+    v.db.plan_pack(job.store, name)
+    path = None
+    try:
+        row, placed, path = build(v, job, name)
+        send(v, Upload("", job.store, name, path, row.size, row.digest, job.digest_alg),
+             throttle, progress)
+        v.db.commit_pack(row, placed)
+    except BaseException:
+        v.db.abandon_pack(job.store, name)
+        raise
+    finally:
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    v.db.store_ok(job.store)
+    event(logging.INFO, "pack stored", store=job.store, kind=job.kind, members=len(placed))
+    return row
+
+
+def send_objects(v: Archive, objs: list[ObjectRow], throttle: Throttle | None = None,
+                 progress: Progress | None = None) -> list[tuple[str, Exception]]:
+    """Send pending objects, each recorded as it lands: the small ones in packs (one per
+    store and kind, `pack_size` at most), the others as objects of their own, all in
+    parallel. Returns the failures as (store, error)."""
+    throttle = throttle or Throttle(v.cfg.schedule.bandwidth())
+    small = [o for o in objs if packable(v, o)]
+    large = [o for o in objs if not packable(v, o)]
+    failures: list[tuple[str, Exception]] = []
+
+    def one_pack(job: PackJob) -> None:
+        try:
+            send_pack(v, job, throttle, progress)
+        except (StoreError, OSError, IntegrityError, KeyError) as exc:
+            v.db.store_error(job.store, str(exc))
+            event(logging.WARNING, "pack upload failed", store=job.store,
+                  error=type(exc).__name__)
+            failures.append((job.store, exc))
+
+    ids = {(o.store, o.name): o.id for o in large}
+    jobs = plan_packs(small, v.cfg.pack.pack_size)
+    with ThreadPoolExecutor(max_workers=max(1, min(v.cfg.upload_workers, len(jobs)))) as ex:
+        running = [ex.submit(one_pack, j) for j in jobs]
+        failures += send_all(v, [Upload.of_row(v, o) for o in large], throttle, progress,
+                             on_sent=lambda job: v.db.set_objects_uploaded(
+                                 [ids[job.store, job.name]]))
+        for fut in running:
+            fut.result()
+    return failures
