@@ -18,7 +18,7 @@ from .model import (PROTECTED, STATES, TRANSITIONS, FileRow, FileState, IllegalT
                     ObjectRow, ObjectState, PackRow, check_transition)
 from .objects import ObjectsMixin
 from .packs import PACK_PLAN, PacksMixin, PlacedMember
-from .peek import peek, peek_counts, peek_done, peek_planned, read_status
+from .peek import peek, peek_counts, peek_done, peek_done_times, peek_planned, read_status
 from .recovery import RecoveryMixin
 from .rekey_rows import RekeyMixin
 from .request_rows import RequestsMixin
@@ -40,5 +40,5 @@ def dumps(obj: Any) -> str:
 __all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "ChainTip", "Conn",
            "FileRow", "FileState", "IllegalTransition", "ObjectRow", "ObjectState", "PACK_PLAN",
            "PackRow", "PlacedMember", "StateDB",
-           "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_planned",
-           "read_status"]
+           "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_done_times",
+           "peek_planned", "read_status"]
