@@ -634,6 +634,7 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     assert 3 / 20 <= shape["pipeline"]["requests_per_file"] <= 6 / 20
     assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0
     assert 20 < shape["daemon_peak_rss_mib"] < 1024  # the daemon's VmHWM: an interpreter, not 0
+    assert shape["cpu_seconds"]["raw"] > 0 and shape["cpu_seconds"]["pipeline"] > 0
 
 
 def test_pipeline_bench_trickle_reports_latency_requests_and_rss(tmp_path):
@@ -655,6 +656,7 @@ def test_pipeline_bench_trickle_reports_latency_requests_and_rss(tmp_path):
         lat = shape[side]["latency"]
         assert 0 < lat["median_ms"] <= lat["max_ms"] < 60_000, (side, lat)
     assert 20 < shape["daemon_peak_rss_mib"] < 1024
+    assert shape["cpu_seconds"]["pipeline"] > 0
 
 
 @pytest.mark.parametrize("args, message", [

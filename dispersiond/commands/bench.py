@@ -269,6 +269,7 @@ def _print_trickle(r: dict) -> None:
               f"{x['latency']['max_ms']:8.1f} ms {x['requests_per_file']:6.2f} requests/record")
     print(f"  target (max_wait {t['max_wait_s']:.0f} s + 2 s): {t['target_ms']:.0f} ms; daemon "
           f"peak RSS {r['daemon_peak_rss_mib']} MiB")
+    _print_cpu(r)
 
 
 def _print_shape(r: dict) -> None:
@@ -287,3 +288,11 @@ def _print_shape(r: dict) -> None:
           f"{r['stored_vs_raw']:.3f}x of {human_size(r['bytes'])}")
     if r.get("daemon_peak_rss_mib") is not None:
         print(f"  daemon peak RSS (VmHWM): {r['daemon_peak_rss_mib']} MiB")
+    _print_cpu(r)
+
+
+def _print_cpu(r: dict) -> None:
+    cpu = r.get("cpu_seconds") or {}
+    if cpu.get("raw") is not None and cpu.get("pipeline") is not None:
+        print(f"  CPU seconds (user + system; the S3 server's not counted): boto3 side "
+              f"{cpu['raw']:.2f}, daemon {cpu['pipeline']:.2f}")

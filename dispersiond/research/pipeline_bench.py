@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -204,8 +205,9 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setu
     return path
 
 
-#: The daemon's peak RSS in bytes, by the run's folder (noted by `_pipeline`).
-DAEMON_PEAK: dict[Path, int | None] = {}
+#: What the daemon used in a run, by the run's folder (noted by `_pipeline`): its peak
+#: RSS in bytes and its CPU seconds from the drop to the last file done.
+DAEMON_USED: dict[Path, tuple[int | None, float | None]] = {}
 
 
 def peak_rss(pid: int) -> int | None:
@@ -217,6 +219,23 @@ def peak_rss(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU (user + system) a running process has used so far; this one's with None. On a
+    shared, loaded machine the clock measures the others too; this does not."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
@@ -240,6 +259,7 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
         before = server.requests()
         inbox = root / "inbox"
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
@@ -251,7 +271,7 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
             time.sleep(0.01)
         took = time.perf_counter() - t0
         requests = server.requests() - before
-        DAEMON_PEAK[root] = peak_rss(proc.pid)
+        DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -280,6 +300,8 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
     c = server.client()
     raw_t, pipe_t, raw_req, pipe_req, stored = [], [], [], [], []
     peaks: list[int | None] = []
+    raw_cpu: list[float] = []
+    pipe_cpu: list[float | None] = []
     total = 0
     for r in range(runs):
         src = _make_files(work / f"src-{r}", n, size, setup.content)
@@ -290,7 +312,9 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
 
         def raw() -> None:
             before = server.requests()
+            cpu0 = cpu_seconds()
             raw_t.append(_raw_upload(server, src, bucket, setup.link))
+            raw_cpu.append(cpu_seconds() - cpu0)  # type: ignore[operator]
             raw_req.append(server.requests() - before)
             _empty(c, bucket)  # the server holds objects in memory: each side starts level
 
@@ -298,7 +322,9 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
             took, req = _pipeline(server, src, work / f"daemon-{r}", pub, prv, setup)
             pipe_t.append(took)
             pipe_req.append(req)
-            peaks.append(DAEMON_PEAK.pop(work / f"daemon-{r}", None))
+            rss, cpu = DAEMON_USED.pop(work / f"daemon-{r}", (None, None))
+            peaks.append(rss)
+            pipe_cpu.append(cpu)
             stored.append(sum(_stored(c, b) for b in (pub, prv)))
             for b in (pub, prv):
                 _empty(c, b)
@@ -324,7 +350,14 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
         "all_seconds": {"raw": [round(x, 3) for x in raw_t],
                         "pipeline": [round(x, 3) for x in pipe_t]},
         "daemon_peak_rss_mib": _mib(max((x for x in peaks if x is not None), default=None)),
+        "cpu_seconds": {"raw": _median(raw_cpu), "pipeline": _median(pipe_cpu)},
     }
+
+
+def _median(xs: list[float | None]) -> float | None:
+    """The median of what was measured, rounded; None when nothing was."""
+    got = [x for x in xs if x is not None]
+    return round(statistics.median(got), 2) if got else None
 
 
 def _mib(n: int | None) -> float | None:
@@ -417,9 +450,11 @@ def _stop_daemon(proc: subprocess.Popen, sock: socket.socket) -> None:
 
 
 def _trickle_pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
-                      setup: Setup, interval: float) -> tuple[list[float], int, int | None]:
+                      setup: Setup, interval: float
+                      ) -> tuple[list[float], int, tuple[int | None, float | None]]:
     """Files dropped into the daemon's inbox one every `interval`: each one's seconds from
-    the drop to `done` (as the daemon recorded it), S3 requests, the daemon's peak RSS."""
+    the drop to `done` (as the daemon recorded it), S3 requests, and the daemon's peak RSS
+    and CPU seconds in the run."""
     cfg = _daemon_config(root, server, pub, prv, setup)
     proc, sock = _start_daemon(root, cfg, setup)
     inbox, db = root / "inbox", root / "state" / "state.db"
@@ -427,6 +462,7 @@ def _trickle_pipeline(server: S3Server, files: list[Path], root: Path, pub: str,
     try:
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
         before = server.requests()
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for i, p in enumerate(files):
             _sleep_until(t0 + i * interval)
@@ -438,11 +474,11 @@ def _trickle_pipeline(server: S3Server, files: list[Path], root: Path, pub: str,
                                        f"{root / 'daemon.log'}")
             time.sleep(0.05)
         requests = server.requests() - before
-        rss = peak_rss(proc.pid)
+        used = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
         done = peek_done_times(db)
     finally:
         _stop_daemon(proc, sock)
-    return [done[name] - at for name, at in dropped.items()], requests, rss
+    return [done[name] - at for name, at in dropped.items()], requests, used
 
 
 def _latency(xs: list[float]) -> dict[str, float]:
@@ -459,7 +495,7 @@ def bench_trickle(server: S3Server, work: Path, interval: float, duration: float
     c = server.client()
     raw_lat: list[float] = []
     pipe_lat: list[float] = []
-    raw_req, pipe_req, peaks = [], [], []
+    raw_req, pipe_req, peaks, raw_cpu, pipe_cpu = [], [], [], [], []
     for r in range(runs):
         src = _make_files(work / f"trickle-src-{r}", n, size, setup.content)
         bucket, pub, prv = (f"{what}-trickle-{r}" for what in ("raw", "pub", "prv"))
@@ -467,17 +503,19 @@ def bench_trickle(server: S3Server, work: Path, interval: float, duration: float
             c.create_bucket(Bucket=b)
 
         def raw() -> None:
-            before = server.requests()
+            before, cpu0 = server.requests(), cpu_seconds()
             raw_lat.extend(_trickle_raw(server, src, bucket, interval, setup.link))
+            raw_cpu.append(cpu_seconds() - cpu0)  # type: ignore[operator]
             raw_req.append(server.requests() - before)
             _empty(c, bucket)
 
         def pipe() -> None:
-            lat, req, rss = _trickle_pipeline(server, src, work / f"trickle-daemon-{r}", pub,
-                                              prv, setup, interval)
+            lat, req, (rss, cpu) = _trickle_pipeline(server, src, work / f"trickle-daemon-{r}",
+                                                     pub, prv, setup, interval)
             pipe_lat.extend(lat)
             pipe_req.append(req)
             peaks.append(rss)
+            pipe_cpu.append(cpu)
             for b in (pub, prv):
                 _empty(c, b)
 
@@ -496,6 +534,7 @@ def bench_trickle(server: S3Server, work: Path, interval: float, duration: float
         "pipeline": {"latency": _latency(pipe_lat),
                      "requests_per_file": round(statistics.median(pipe_req) / n, 2)},
         "daemon_peak_rss_mib": _mib(max((x for x in peaks if x is not None), default=None)),
+        "cpu_seconds": {"raw": _median(raw_cpu), "pipeline": _median(pipe_cpu)},
     }
 
 
