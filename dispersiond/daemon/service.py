@@ -38,7 +38,7 @@ from ..config import Config
 from ..errors import ConfigError, DispersiondError
 from ..logs import event, log
 from ..ops.encode import abandon_planned
-from ..ops.packing import PackJob, clear_staged, packable, send_pack
+from ..ops.packing import PackJob, packable, send_pack
 from ..ops.upload import Cancelled, Throttle, upload_one
 from ..metrics import Exporter
 from ..sdnotify import Notifier, hang_if_asked
@@ -142,7 +142,6 @@ class Daemon:
         try:
             counts = ib.reconcile(self.v, self.paths.quarantine)
             counts["early_uploads_abandoned"] = abandon_planned(self.v)  # emptied by the sweep
-            counts["staged_packs_removed"] = clear_staged(self.v)
             if any(counts.values()):
                 event(logging.INFO, "reconciled interrupted steps", **counts)
             self.finisher.advance_all()

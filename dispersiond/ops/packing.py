@@ -13,6 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from backends import StoreError
@@ -30,8 +31,6 @@ from .upload import Throttle, Upload, send, send_all
 #: not yet re-pointed) or =committed (re-pointed, the daemon's loop not yet told) makes
 #: `send_pack` stop there for good, so the crash tests can SIGKILL inside that window.
 PAUSE_ENV = "DISPERSIOND_TEST_PACK_PAUSE"
-#: Staged packs are built here as `pack-<name>`; one left at start-up is from a crash.
-STAGED_PREFIX = "pack-"
 
 
 #: A member's bytes for `build`, checked against its row's digest (raises IntegrityError).
@@ -89,6 +88,20 @@ def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     return data[:obj.length]
 
 
+_STAGED_PACK = "pack-"  # staging area name prefix of a pack being built or sent
+
+
+def _staged_pack(v: Archive, name: str) -> Path:
+    return v.root / "work" / f"{_STAGED_PACK}{name}"
+
+
+def remove_staged_packs(v: Archive) -> None:
+    """Packs a killed process was building or sending (their names were planned, and go
+    to the trash with the others): removed from the staging area, at start-up only."""
+    for stale in (v.root / "work").glob(f"{_STAGED_PACK}*"):
+        stale.unlink(missing_ok=True)
+
+
 def build(v: Archive, job: PackJob, name: str,
           members: MemberSource | None = None) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
     """Write the pack into the staging area; returns its row, where each member landed,
@@ -97,7 +110,7 @@ def build(v: Archive, job: PackJob, name: str,
     read = members or (lambda obj: _member_bytes(v, obj))
     pad = v.cfg.public.pad
     w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
-    path = v.root / "work" / f"{STAGED_PREFIX}{name}"
+    path = _staged_pack(v, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     h = digests.new(job.digest_alg)
     placed: list[PlacedMember] = []
@@ -147,20 +160,6 @@ def send_pack(v: Archive, job: PackJob, throttle: Throttle,
     v.db.store_ok(job.store)
     event(logging.INFO, "pack stored", store=job.store, kind=job.kind, members=len(placed))
     return row
-
-
-def clear_staged(v: Archive) -> int:
-    """Staged packs a crash left behind (at start-up, under the state directory's lock,
-    when no pack is being built): removed; their names are in `planned` (to the trash)
-    or committed. Returns how many."""
-    n = 0
-    for p in (v.root / "work").glob(f"{STAGED_PREFIX}*"):
-        try:
-            p.unlink()
-            n += 1
-        except FileNotFoundError:
-            pass
-    return n
 
 
 def _pause_if_asked(point: str, store: str) -> None:
