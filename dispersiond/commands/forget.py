@@ -40,6 +40,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"forgot {res['file_id']}; deleted:")
         for d in res["deleted"]:
             print(f"  {d['role']:7} on {d['store']}: {d['object']}" + (f" ({d['note']})" if d.get("note") else ""))
+        for d in res.get("in_packs", []):
+            print(f"  {d['role']:7} on {d['store']}: left in pack {d['object']} as dead bytes "
+                  "(noise without the container) until 'dispersiond prune'")
         for d in res["deferred"]:
             print(f"  {d['role']:7} on {d['store']}: NOT YET ({shown(d['error'])}); retried later")
         for path in res["removed_local"]:

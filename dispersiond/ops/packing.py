@@ -13,7 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from backends import StoreError
 
@@ -78,9 +78,15 @@ def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     return data[:obj.length]
 
 
-def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
+MemberReader = Callable[[Archive, ObjectRow], bytes]
+
+
+def build(v: Archive, job: PackJob, name: str, read: MemberReader | None = None
+          ) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
     """Write the pack into the staging area; returns its row, where each member landed,
-    and the staged file."""
+    and the staged file. `read` gives a member's checked bytes (default: its staged copy;
+    prune and forget read members already stored in another pack)."""
+    read = read or _member_bytes
     pad = v.cfg.public.pad
     w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
     path = v.root / "work" / f"pack-{name}"
@@ -89,7 +95,7 @@ def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMemb
     placed: list[PlacedMember] = []
     with open(path, "wb") as out:
         for obj in job.objs:
-            m = w.add(bytes.fromhex(obj.file_id), _member_bytes(v, obj))
+            m = w.add(bytes.fromhex(obj.file_id), read(v, obj))
             placed.append(PlacedMember(obj.id, m.offset, m.length, m.digest))
             chunk = w.drain()
             h.update(chunk)
