@@ -44,11 +44,21 @@ class Pruner:
             else:  # the daemon's own uploads go on meanwhile: never exclusive
                 rep = prune(self.v, exclusive=False, stop=self.stop)
                 res.update(packs=len(rep.decisions), repacked=len(rep.new_packs),
-                           deleted=len(rep.deleted), failed=len(rep.failed),
-                           freed_bytes=rep.freed_bytes, interrupted=rep.interrupted)
+                           deleted=len(rep.deleted), waiting=len(rep.waiting),
+                           failed=len(rep.failed), freed_bytes=rep.freed_bytes,
+                           interrupted=rep.interrupted)
+            if res.get("waiting"):
+                self._again()
         except Exception as exc:  # noqa: BLE001 - never take the daemon down
             res["error"] = str(exc)
             log.warning("prune failed (tried again on schedule): %s", exc)
         finally:
             self.last = res
             self.running = False
+
+    def _again(self) -> None:
+        """Packs wait for the main loop's next manifest backup: look again after it."""
+        delay = (self.v.cfg.schedule.seconds("manifest_backup") or 900.0) + 1.0
+        timer = threading.Timer(delay, self.start, kwargs={"light": True})
+        timer.daemon = True
+        timer.start()
