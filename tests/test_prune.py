@@ -305,6 +305,31 @@ def test_prune_skips_a_missing_pack_and_says_run_repair(tmp_path):
         all_restore(v, fids[2:], paths[2:], tmp_path / "out")  # 2 of 3 shards are enough
 
 
+def _row(body_len, members, state="uploaded"):
+    from dispersiond.state import PackRow
+    return PackRow("cloud-a", random_name(), "public", 4096, "00", "blake3", body_len, members,
+                   0.0, state, None)
+
+
+@pytest.mark.parametrize("usage,body,members,action,share", [
+    ((7, 700), 1000, 10, "repack", 0.3),   # bytes: 300 of 1000 dead
+    ((8, 710), 1000, 10, "keep", 0.29),
+    ((1, 0), 0, 4, "repack", 0.75),        # only empty members: by count
+    ((3, 0), 0, 4, "keep", 0.25),
+    ((0, 0), 1000, 10, "delete", 1.0),
+    ((5, 500), 500, 5, "keep", 0.0),
+])
+def test_the_decision_weighs_dead_bytes_and_by_count_when_there_are_none(
+        usage, body, members, action, share):
+    d = prune_mod.decide(None, _row(body, members), usage, 0.3)
+    assert (d.action, round(d.dead_fraction, 2)) == (action, share)
+
+
+def test_a_damaged_pack_is_skipped_not_repacked():
+    d = prune_mod.decide(None, _row(1000, 10, "corrupt"), (1, 10), 0.3)
+    assert d.action == "skip" and "repair" in d.reason
+
+
 # ------------------------------------------------------------------ the sweep
 
 def _our_pack(v, refs: list[str], key: bytes | None = None) -> tuple[str, bytes]:

@@ -35,7 +35,7 @@ PRUNE_POINTS = [
     ("two stores' packs committed", MOVE, "after", 2),
     ("every pack committed, none released", "dispersiond.ops.prune:release", "before", 2),
     ("old packs in the trash, not deleted", RELEASE, "after", 1),
-    ("in the sweep, judging", "dispersiond.ops.prune:_judge", "before", 1),
+    ("in the sweep, judging", "dispersiond.ops.sweep:_judge", "before", 1),
     ("in the sweep, trashed", "dispersiond.state.prune_rows:PruneMixin.sweep_out", "after", 1),
 ]
 

@@ -25,7 +25,8 @@ from backends import NotFound, StoreError
 
 from ..errors import DispersiondError
 from .backup import backup_manifest, drop_all_backups_but_newest
-from .prune import housekeeping, release, rewrite
+from .prune import housekeeping, release
+from .repack import rewrite
 from ..state import FileRow, ObjectRow, PackRow
 from ..archive import Archive
 

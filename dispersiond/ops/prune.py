@@ -9,38 +9,28 @@ places has landed. A crash before the commit leaves a planned name (trashed at t
 start); after it, an old pack no row points into (deleted by the next run, once the
 backup is there). Nothing is lost and nothing is referenced twice either way.
 
-The sweep lists every store: a name the state does not know, still there `sweep_grace`
-after the sweep first saw it, is deleted only if it opens as a pack under our master
-key and no file the state holds needs it. Anything else is left and reported.
+Rooms: repack.py copies live members into new packs (forget uses it too), sweep.py
+lists the stores for packs nobody references; here the decisions, the release of old
+packs behind the manifest backup, and the operation.
 """
 from __future__ import annotations
 
 import logging
-import re
 import shutil
-import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from backends import NotFound, StoreError
+from backends import StoreError
 
-from .. import digests, manifest
 from ..errors import DispersiondError
 from ..logs import event
-from ..pack import PackMember, extract, open_index, plan_repack
-from ..placement import new_object_name
-from ..state import MovedMember, ObjectRow, PackRow
+from ..pack import PackMember, open_index, plan_repack
+from ..state import PackRow
 from ..archive import Progress, Archive
 from .backup import backup_manifest, held
-from .packing import PackJob, build, plan_packs
-from .upload import Throttle, Upload, send
-
-_OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
-#: Work folders of a repack (downloaded old packs), removed at the next exclusive run.
-_TMP_PREFIX = ".prune-"
+from .repack import TMP_PREFIX, Rewritten, rewrite
+from .sweep import sweep
 
 
 @dataclass(frozen=True)
@@ -62,15 +52,12 @@ class Decision:
 
 
 @dataclass
-class PruneReport:
+class PruneReport(Rewritten):
     dry_run: bool = False
     decisions: list[Decision] = field(default_factory=list)
-    new_packs: list[dict] = field(default_factory=list)   # store, pack, members, size
     deleted: list[dict] = field(default_factory=list)     # store, pack: gone from the store
     waiting: list[dict] = field(default_factory=list)     # store, pack, why: deleted later
-    failed: list[dict] = field(default_factory=list)      # store, packs, error
     swept: list[dict] = field(default_factory=list)       # store, name, action, reason
-    interrupted: bool = False
 
     def count(self, action: str) -> int:
         return sum(1 for d in self.decisions if d.action == action)
@@ -94,19 +81,13 @@ class PruneReport:
 
 # ------------------------------------------------------------------ deciding
 
-def _dead_members(live: list[PackMember], body_len: int, count: int) -> list[PackMember]:
-    """The dead members as the state sees them: the gaps between live members (their
-    bytes are exact), topped up with empty ones to the pack's member count."""
-    dead, at = [], 0
-    for m in sorted(live, key=lambda m: m.offset):
-        if m.offset > at:
-            dead.append(PackMember(b"dead%d" % len(dead), at, m.offset - at, ""))
-        at = max(at, m.end)
-    if body_len > at:
-        dead.append(PackMember(b"dead%d" % len(dead), at, body_len - at, ""))
-    while len(live) + len(dead) < count:
-        dead.append(PackMember(b"dead%d" % len(dead), body_len, 0, ""))
-    return dead
+def _members(tag: bytes, count: int, nbytes: int) -> list[PackMember]:
+    """`count` stand-in members holding `nbytes` between them: plan_repack weighs members
+    by their bytes (by count when there are none), never by who they are or where."""
+    out = [PackMember(tag + b"%d" % i, 0, 0, "") for i in range(count)]
+    if nbytes:
+        out[:1] = [PackMember(tag + b"0", 0, nbytes, "")]
+    return out
 
 
 def _read_index(v: Archive, p: PackRow):
@@ -114,161 +95,42 @@ def _read_index(v: Archive, p: PackRow):
     return open_index(v.key, p.name, lambda off, n: store.get_bytes(p.name, off, n), p.size)
 
 
-def decide(v: Archive, p: PackRow, rows: list[ObjectRow], fraction: float,
+def decide(v: Archive, p: PackRow, usage: tuple[int, int], fraction: float,
            dry_run: bool = False) -> Decision:
-    """One pack's fate: plan_repack over its live members (from the state) and its dead
-    ones (what the body holds beyond them); a recovered pack's body length is read from
-    its index first (and recorded, unless a dry run)."""
-    live = [PackMember(bytes.fromhex(o.file_id), o.offset, o.length, o.digest) for o in rows]
-    live_bytes = sum(m.length for m in live)
-    if not live:
+    """One pack's fate, from the state alone: `usage` is (live members, their bytes) from
+    the rows that point into it, the dead ones what the body holds beyond them. A
+    recovered pack's body length and member count are read from its index first (and
+    recorded, unless a dry run)."""
+    count, live_bytes = usage
+    if not count:
         return Decision(p, "delete", 0, 0, 1.0)
     if p.state != "uploaded":
-        return Decision(p, "skip", len(live), live_bytes, 0.0,
+        return Decision(p, "skip", count, live_bytes, 0.0,
                         f"the pack is {p.state}: run 'dispersiond repair' first")
-    body_len, count = p.body_len, p.members
-    if body_len is None or count is None:
+    body_len, members = p.body_len, p.members
+    if body_len is None or members is None:
         try:
             idx = _read_index(v, p)
         except (StoreError, KeyError, DispersiondError) as exc:
-            return Decision(p, "skip", len(live), live_bytes, 0.0,
+            return Decision(p, "skip", count, live_bytes, 0.0,
                             f"its index could not be read ({exc})")
-        body_len, count = idx.body_len, len(idx.members)
+        body_len, members = idx.body_len, len(idx.members)
         if not dry_run:
-            v.db.set_pack_body(p.store, p.name, body_len, count)
-    plan = plan_repack(live + _dead_members(live, body_len, count),
-                       {m.ref for m in live}, fraction)
-    return Decision(p, plan.action, len(live), live_bytes, plan.dead_fraction)
+            v.db.set_pack_body(p.store, p.name, body_len, members)
+    live = _members(b"live", count, live_bytes)
+    dead = _members(b"dead", max(0, members - count), max(0, body_len - live_bytes))
+    if not dead and body_len > live_bytes:
+        dead = _members(b"dead", 1, body_len - live_bytes)
+    plan = plan_repack(live + dead, {m.ref for m in live}, fraction)
+    return Decision(p, plan.action, count, live_bytes, plan.dead_fraction)
 
 
 def plan(v: Archive, dry_run: bool = False) -> list[Decision]:
-    """A decision for every pack the state holds."""
+    """A decision for every pack the state holds (two queries, not one per pack)."""
     fraction = v.cfg.pack.prune_dead_fraction
-    return [decide(v, p, v.db.pack_members(p.store, p.name), fraction, dry_run)
+    usage = v.db.pack_usage()
+    return [decide(v, p, usage.get((p.store, p.name), (0, 0)), fraction, dry_run)
             for p in v.db.packs()]
-
-
-# ------------------------------------------------------------------ repacking
-
-class MemberSource:
-    """Members' checked bytes for a repack: the device's own copy of a private
-    container when it matches the member's digest, else the old pack, downloaded once
-    (one request, not one per member) into a work folder."""
-
-    def __init__(self, v: Archive, progress: Progress | None = None) -> None:
-        self.v, self.progress = v, progress
-        self.tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=v.root / "work"))
-        self.packs: dict[tuple[str, str], Path] = {}
-        self.lock = threading.Lock()
-
-    def read(self, v: Archive, obj: ObjectRow) -> bytes:
-        if obj.role == "private":
-            try:
-                data = v.container_path(obj.file_id).read_bytes()
-            except OSError:
-                data = None
-            if data is not None and len(data) == obj.length \
-                    and digests.of(obj.digest_alg or "", data) == obj.digest:
-                return data
-        path = self._pack(obj.store, obj.name)
-        with open(path, "rb") as f:
-            def source(off: int, n: int) -> bytes:
-                f.seek(off)
-                return f.read(n)
-            return extract(source, obj.offset, obj.length, master_key=v.key, name=obj.name,
-                           digest=obj.digest, digest_alg=obj.digest_alg or "")
-
-    def _pack(self, store: str, name: str) -> Path:
-        with self.lock:
-            path = self.packs.get((store, name))
-            if path is not None:
-                return path
-            path = self.tmp / name
-            try:
-                with open(path, "wb") as out:
-                    for chunk in self.v.store(store).get(name):
-                        out.write(chunk)
-                        if self.progress:
-                            self.progress(len(chunk))
-            except NotFound:
-                self.v.db.set_pack_state(store, name, "missing")  # every member went with it
-                raise
-            self.packs[(store, name)] = path
-            return path
-
-    def close(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def send_repacked(v: Archive, job: PackJob, source: MemberSource, throttle: Throttle,
-                  progress: Progress | None = None) -> tuple[PackRow, int]:
-    """One new pack of members already stored elsewhere: name planned, built from checked
-    bytes, uploaded, members re-pointed (those still where they were read from). Returns
-    the pack and how many rows moved; on failure the planned name goes to the trash."""
-    name = new_object_name()
-    v.db.plan_pack(job.store, name)
-    path = None
-    try:
-        row, placed, path = build(v, job, name, source.read)
-        send(v, Upload("", job.store, name, path, row.size, row.digest, job.digest_alg,
-                       resumable=False), throttle, progress)
-        moved = [MovedMember(o.id, o.name, o.offset, m.offset, m.length, m.digest)
-                 for o, m in zip(job.objs, placed)]
-        with held():  # no backup reads the change log half way through the move
-            n = v.db.move_members(row, moved)
-    except BaseException:
-        v.db.abandon_pack(job.store, name)
-        raise
-    finally:
-        if path is not None:
-            Path(path).unlink(missing_ok=True)
-    v.db.store_ok(job.store)
-    event(logging.INFO, "pack rewritten", store=job.store, kind=job.kind, members=n)
-    return row, n
-
-
-def repack_jobs(v: Archive, packs: Iterable[PackRow], exclude: frozenset[str] = frozenset()
-                ) -> list[tuple[PackJob, list[str]]]:
-    """The new packs for the live members of `packs` (less the files in `exclude`), in
-    pack order, per store, kind and digest algorithm, each with the old packs it drains."""
-    rows: list[ObjectRow] = []
-    for p in packs:
-        rows += [o for o in v.db.pack_members(p.store, p.name) if o.file_id not in exclude]
-    jobs = plan_packs(rows, v.cfg.pack.pack_size)
-    return [(j, sorted({o.name for o in j.objs})) for j in jobs]
-
-
-def rewrite(v: Archive, packs: list[PackRow], exclude: frozenset[str] = frozenset(),
-            throttle: Throttle | None = None, progress: Progress | None = None,
-            stop: threading.Event | None = None, report: PruneReport | None = None
-            ) -> PruneReport:
-    """Copy the live members of `packs` into new packs and re-point them. With `report`,
-    a failed pack is recorded there and the others go on; without, the first failure
-    raises (forget: all or nothing before anything is erased)."""
-    out = report if report is not None else PruneReport()
-    throttle = throttle or Throttle(v.cfg.schedule.bandwidth())
-    source = MemberSource(v, progress)
-    try:
-        for job, olds in repack_jobs(v, packs, exclude):
-            if stop is not None and stop.is_set():
-                out.interrupted = True
-                break
-            try:
-                row, n = send_repacked(v, job, source, throttle, progress)
-            except (StoreError, OSError, KeyError, DispersiondError) as exc:
-                if isinstance(exc, StoreError):
-                    v.db.store_error(job.store, str(exc))
-                if report is None:
-                    raise
-                out.failed.append({"store": job.store, "packs": olds, "error": str(exc)})
-                event(logging.WARNING, "pack rewrite failed", store=job.store,
-                      error=type(exc).__name__)
-                continue
-            out.new_packs.append({"store": row.store, "pack": row.name, "kind": row.kind,
-                                  "members": n, "size": row.size, "from": olds})
-    finally:
-        source.close()
-    return out
 
 
 # ------------------------------------------------------------------ releasing
@@ -322,84 +184,13 @@ def housekeeping(v: Archive, exclusive: bool = True) -> tuple[list[dict], list[d
     pack no row points into released. Returns release's lists."""
     if exclusive:
         v.db.abandon_planned()
-        for p in (v.root / "work").glob(_TMP_PREFIX + "*"):
+        for p in (v.root / "work").glob(TMP_PREFIX + "*"):
             shutil.rmtree(p, ignore_errors=True)
         for p in (v.root / "work").glob("pack-*"):  # a build no planned name owns any more
             p.unlink(missing_ok=True)
     deleted, waiting = release(v, write=exclusive)
     v.empty_trash()
     return deleted, waiting
-
-
-# ------------------------------------------------------------------ the sweep
-
-def _judge(v: Archive, store: str, name: str) -> tuple[str, str | None]:
-    """(delete | keep | foreign | gone, why) for one name the state does not know."""
-    if not _OBJECT_NAME.fullmatch(name):
-        return "foreign", "not a name dispersiond gives its objects"
-    s = v.store(store)
-    try:
-        size = s.stat(name).size
-        idx = open_index(v.key, name, lambda off, n: s.get_bytes(name, off, n), size)
-    except NotFound:
-        return "gone", None
-    except DispersiondError:
-        return "foreign", "not a pack under this master key (left alone)"
-    for m in idx.members:
-        fid = m.ref.hex()
-        if v.db.file(fid) is None:
-            continue
-        good = [o for o in v.db.objects(fid, role=idx.kind) if o.store == store
-                and o.state == "uploaded"]
-        if not good:
-            return "keep", (f"holds a member of file {fid} that has no good copy on this "
-                            "store: run 'dispersiond repair', then prune again")
-    return "delete", None
-
-
-def sweep(v: Archive, report: PruneReport, now: float | None = None,
-          dry_run: bool = False, stop: threading.Event | None = None) -> None:
-    """List every store; delete our packs nobody references once `sweep_grace` has passed
-    since they were first seen; report everything else the state does not know."""
-    now = time.time() if now is None else now
-    grace = v.cfg.pack.sweep_grace
-    for sc in v.cfg.stores:
-        if stop is not None and stop.is_set():
-            report.interrupted = True
-            return
-        try:
-            listed = {n for n in v.store(sc.name).list("") if not n.startswith(manifest.PREFIX)}
-        except (StoreError, KeyError) as exc:
-            report.swept.append({"store": sc.name, "name": None, "action": "unlisted",
-                                 "reason": str(exc)})
-            continue
-        unknown = listed - v.db.known_names(sc.name)
-        seen = v.db.seen_unknown(sc.name) if dry_run else v.db.note_unknown(sc.name, unknown, now)
-        for name in sorted(unknown):
-            first = seen.get(name, now)
-            if now - first < grace:
-                report.swept.append({"store": sc.name, "name": name, "action": "waiting",
-                                     "reason": f"first seen unreferenced {_ago(now - first)} "
-                                               "ago; deleted after sweep_grace if a pack"})
-                continue
-            try:
-                action, why = _judge(v, sc.name, name)
-            except (StoreError, KeyError) as exc:
-                action, why = "unread", str(exc)
-            if action == "gone":
-                continue
-            if action == "delete" and not dry_run:
-                if name in v.db.known_names(sc.name):
-                    continue  # taken up meanwhile (the daemon's uploads)
-                v.db.sweep_out(sc.name, name)
-            report.swept.append({"store": sc.name, "name": name, "action": action,
-                                 **({"reason": why} if why else {})})
-    if not dry_run:
-        v.empty_trash()
-
-
-def _ago(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
 # ------------------------------------------------------------------ the operation
@@ -424,8 +215,9 @@ def prune(v: Archive, *, dry_run: bool = False, progress: Progress | None = None
         deleted, waiting = release(v, write=exclusive)
         report.deleted += deleted
         report.waiting = waiting  # what is still waiting now
-    if swept:
-        sweep(v, report, now, dry_run, stop)
+    if swept and not report.interrupted:
+        report.swept, cut = sweep(v, now, dry_run, stop)
+        report.interrupted |= cut
     if not dry_run:
         level = logging.WARNING if report.failed else logging.INFO
         event(level, "prune finished", packs=len(report.decisions),
@@ -441,5 +233,5 @@ def progress_total(decisions: list[Decision]) -> int:
     return sum(d.pack.size + d.live_bytes for d in decisions if d.action == "repack")
 
 
-__all__ = ["Decision", "MemberSource", "PruneReport", "decide", "housekeeping", "plan",
-           "progress_total", "prune", "release", "rewrite", "send_repacked", "sweep"]
+__all__ = ["Decision", "PruneReport", "decide", "housekeeping", "plan", "progress_total",
+           "prune", "release"]

@@ -26,6 +26,13 @@ class MovedMember:
 
 
 class PruneMixin(Database):
+    def pack_usage(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(store, pack) -> (members still referenced, their bytes), for every pack that
+        has any: one query, however many packs."""
+        return {(r[0], r[1]): (r[2], r[3] or 0) for r in self.query(
+            "SELECT store, name, COUNT(*), SUM(length) FROM objects WHERE pack_digest IS "
+            "NOT NULL GROUP BY store, name")}
+
     def empty_packs(self) -> list[PackRow]:
         """Packs no object row points into (their members were forgotten, re-keyed or
         moved): what prune deletes once a manifest backup no longer needs them."""
