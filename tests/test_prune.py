@@ -459,3 +459,35 @@ def test_schedule_prune_is_a_duration_or_null(tmp_path):
     cfg.write_text(yaml.safe_dump(raw))
     with pytest.raises(Exception, match="prune"):
         load_config(cfg)
+
+
+# ------------------------------------------------------------------ on real cloud servers
+
+@pytest.mark.parametrize("kind", ["s3", "azure", "gcs"])
+def test_forget_prune_and_sweep_on_a_cloud_server(tmp_path, make_store_settings, kind):
+    """The same over an S3, Azure or GCS server: listings for the sweep, whole and
+    ranged reads of packs, deletes; every surviving file restores bit-exact."""
+    stores = [{"name": f"cloud-{c}", "type": kind, "trust": "untrusted",
+               **make_store_settings(kind)} for c in "abc"]
+    stores.append({"name": "vault", "type": kind, "trust": "trusted",
+                   **make_store_settings(kind)})
+    cfg = write_config(tmp_path, stores, {"mode": "erasure", "k": 2,
+                                          "stores": ["cloud-a", "cloud-b", "cloud-c"]},
+                       {"min_trust": "trusted", "stores": ["vault"]})
+    paths = records(tmp_path, 6)
+    with archive(cfg) as v:
+        fids = protect_together(v, paths)
+        pieces = container_pieces(v, fids[0])
+        forget(v, fids[0])
+        forget(v, fids[1])
+        assert holders(v, pieces) == set()
+        name, data = _our_pack(v, fids[2:])
+        v.store("cloud-b").put_bytes(name, data)
+        t0 = time.time()
+        rep = prune(v, now=t0)
+        assert rep.count("repack") == 3 and len(rep.deleted) == 3
+        assert [s["action"] for s in rep.swept] == ["waiting"]
+        rep = prune(v, now=t0 + 2 * DAY)
+        assert [(s["name"], s["action"]) for s in rep.swept] == [(name, "delete")]
+        all_restore(v, fids[2:], paths[2:], tmp_path / "out")
+        clean(v)
