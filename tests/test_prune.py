@@ -433,7 +433,8 @@ def test_prune_command_help_json_and_summary(tmp_path):
     assert res["repack"] == 3 and len(res["new_packs"]) == 3 and len(res["deleted"]) == 3
     assert res["freed_bytes"] > 0 and res["failed"] == []
     _, out, _ = cli(cfg, "prune")
-    assert out.startswith("4 packs: 4 kept, 0 rewritten, 0 deleted")
+    assert out.startswith("4 packs: 4 kept, 0 rewritten, 0 without a live member deleted; "
+                          "0 old packs deleted")
     assert "sweep: 0 unreferenced packs deleted" in out
     with archive(cfg) as v:
         all_restore(v, fids[2:], paths[2:], tmp_path / "out")

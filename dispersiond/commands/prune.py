@@ -74,9 +74,10 @@ def _bar(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int],
 def _summary(rep: PruneReport) -> None:
     would = "would be " if rep.dry_run else ""
     print(f"{len(rep.decisions)} packs: {rep.count('keep')} kept, {rep.count('repack')} "
-          f"{would}rewritten, {rep.count('delete')} {would}deleted"
+          f"{would}rewritten, {rep.count('delete')} without a live member {would}deleted"
           + (f", {rep.count('skip')} skipped" if rep.count("skip") else "")
-          + ("" if rep.dry_run else f"; {human_size(max(0, rep.freed_bytes))} given back"))
+          + ("" if rep.dry_run else f"; {len(rep.deleted)} old packs deleted, "
+             f"{human_size(max(0, rep.freed_bytes))} given back"))
     for d in rep.decisions:
         if d.action == "repack":
             print(f"  {d.pack.store}: pack {d.pack.name} is {d.dead_fraction:.0%} dead: "
