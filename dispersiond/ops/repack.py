@@ -51,7 +51,8 @@ class MemberSource:
         self.packs: dict[tuple[str, str], Path] = {}
         self.lock = threading.Lock()
 
-    def read(self, v: Archive, obj: ObjectRow) -> bytes:
+    def read(self, obj: ObjectRow) -> bytes:
+        v = self.v
         if obj.role == "private":
             try:
                 data = v.container_path(obj.file_id).read_bytes()
