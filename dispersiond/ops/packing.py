@@ -27,11 +27,6 @@ from ..state import ObjectRow, PackRow, PlacedMember
 from ..archive import Progress, Archive
 from .upload import Throttle, Upload, send, send_all
 
-#: TEST-ONLY: $DISPERSIOND_TEST_PACK_PAUSE=uploaded (the pack is on its store, its members
-#: not yet re-pointed) or =committed (re-pointed, the daemon's loop not yet told) makes
-#: `send_pack` stop there for good, so the crash tests can SIGKILL inside that window.
-PAUSE_ENV = "DISPERSIOND_TEST_PACK_PAUSE"
-
 
 #: A member's bytes for `build`, checked against its row's digest (raises IntegrityError).
 MemberSource = Callable[[ObjectRow], bytes]
@@ -145,9 +140,7 @@ def send_pack(v: Archive, job: PackJob, throttle: Throttle,
         row, placed, path = build(v, job, name, members)
         send(v, Upload("", job.store, name, path, row.size, row.digest, job.digest_alg),
              throttle, progress)
-        _pause_if_asked("uploaded", job.store)
         v.db.commit_pack(row, placed, release)
-        _pause_if_asked("committed", job.store)
     except BaseException:
         v.db.abandon_pack(job.store, name)
         raise
@@ -160,16 +153,6 @@ def send_pack(v: Archive, job: PackJob, throttle: Throttle,
     v.db.store_ok(job.store)
     event(logging.INFO, "pack stored", store=job.store, kind=job.kind, members=len(placed))
     return row
-
-
-def _pause_if_asked(point: str, store: str) -> None:
-    """TEST-ONLY (PAUSE_ENV): unset, as everywhere but the crash tests, returns at once."""
-    if os.environ.get(PAUSE_ENV) != point:
-        return
-    event(logging.WARNING, "pack upload paused on purpose (a crash test)", point=point,
-          store=store)
-    while True:
-        time.sleep(3600)
 
 
 def send_objects(v: Archive, objs: list[ObjectRow], throttle: Throttle | None = None,
