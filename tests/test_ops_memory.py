@@ -141,13 +141,21 @@ def test_rotate_key_rewraps_containers_and_leaves_public_objects(tmp_path):
     with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         old_id = key_id(v.key)
-        public = {(o.store, o.name, o.digest) for o in v.db.objects(fid, role="public")}
+        public = v.db.objects(fid, role="public")
+        assert all(o.packed for o in public)  # a small file: its fragments are in packs
+        members = {(o.store, o.shard, o.offset, o.length, o.digest) for o in public}
         private = {o.name for o in v.db.objects(fid, role="private")}
         res = rotate_key(v)
         assert res["containers_rewrapped"] == 1 and res["public_objects_rewritten"] == 0
         assert res["new_key_id"] != old_id and key_id(v.key) == res["new_key_id"]
         assert Path(v.cfg.path(v.cfg.key.file)).read_bytes() == v.key
-        assert {(o.store, o.name, o.digest) for o in v.db.objects(fid, role="public")} == public
+        # a pack is keyed from the master key: each is re-masked under a new name, its
+        # members' bytes unchanged, and the old packs are gone
+        after = v.db.objects(fid, role="public")
+        assert res["public_packs_remasked"] == len(public) == 3
+        assert {(o.store, o.shard, o.offset, o.length, o.digest) for o in after} == members
+        assert not {o.name for o in public} & {o.name for o in after}
+        assert not {o.name for o in public} & set().union(*every_object(v).values())
         new_private = {o.name for o in v.db.objects(fid, role="private")}
         assert not new_private & private
         assert not private & every_object(v)["vault"]  # the old wraps are gone

@@ -1,6 +1,6 @@
 """The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3.
 
-Tables added without changing an existing one (`requests`) need no version step: the
+Tables added without changing an existing one (`requests`, `share_copies`) need no version step: the
 CREATE TABLE IF NOT EXISTS below adds them to an older database when it is opened, and
 a build that does not know them leaves them alone.
 """
@@ -160,6 +160,13 @@ CREATE TABLE IF NOT EXISTS requests (       -- consent requests from recipients 
     state    TEXT NOT NULL,                 -- pending | approved | denied
     decided  REAL,
     outcome  TEXT                           -- JSON: the bundles written, or the owner's note
+);
+CREATE TABLE IF NOT EXISTS share_copies (   -- standalone copies of packed members behind a
+    store   TEXT NOT NULL,                  -- share's links (docs/FORMAT.md section 6.6)
+    name    TEXT NOT NULL,
+    file_id TEXT NOT NULL,                  -- no foreign key: a forgotten file's copies
+    expires REAL NOT NULL,                  -- still go once their links have expired
+    PRIMARY KEY (store, name)
 );
 CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
     id     INTEGER PRIMARY KEY CHECK (id = 1),
