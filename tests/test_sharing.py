@@ -247,6 +247,8 @@ def test_each_store_type_serves_a_bundle(tmp_path: Path, make_store_settings, do
     expected = {"s3": "X-Amz-Signature=", "gcs": "X-Goog-Signature=", "azure": "sig=",
                 "local": "file://"}[kind]
     assert expected in url
+    (copy,) = linked(cfg, fid).values()  # CT is small: packed, so linked through a copy
+    assert copy in url and objects(cfg, fid)[0]["name"] not in url
     assert p["name"] == CT.name and p["expires"] - p["created"] == 600
     outdir = tmp_path / "inbox-of-dr-lee"
     outdir.mkdir()
@@ -292,11 +294,17 @@ def test_rekey_revokes_an_earlier_bundle(tmp_path: Path, make_store_settings, do
     assert sha(open_bundle(old_bundle, ident, tmp_path / "before.bin").path) == sha(CT)
     old_objs = objects(cfg, fid) + objects(cfg, fid, "private")
     old_prf = (tmp_path / "state" / "prf" / f"{fid}.prf").read_bytes()
+    copies = linked(cfg, fid)  # the bundle's links: standalone copies of packed shards
+    assert len(copies) == 3
 
     res = cli_json(cfg, "rekey", fid)
     assert res["old_deleted"] and res["new_objects"] == 4 and res["deletions_pending"] == 0
+    assert res["share_copies_deleted"] == 3 and linked(cfg, fid) == {}
 
-    # every old object is gone from its store; the new ones are different objects
+    # every old object (and copy) is gone from its store; the new ones are different objects
+    for store, name in copies.items():
+        with store_of(cfg, store) as st:
+            assert name not in set(st.list("")), store
     for o in old_objs:
         with store_of(cfg, o["store"]) as st:
             assert o["name"] not in set(st.list("")), o["store"]
