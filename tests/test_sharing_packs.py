@@ -218,3 +218,36 @@ def test_rekey_deletes_the_copies_at_once_even_before_a_backup_lands(
         for fid, src in ((fa, FHIR), (fb, CSV)):
             restore(v, fid, tmp_path / f"{fid}.out")
             assert sha(tmp_path / f"{fid}.out") == sha(src)
+
+
+def test_copies_of_a_share_that_fails_go_at_once(tmp_path: Path, doctor) -> None:
+    """A copy whose upload failed, and the copies of a bundle that is then not written
+    (too few objects could be linked), go to the trash at once, not at expiry."""
+    from dispersiond.share import ShareError, create_bundle, device
+
+    with memory_archive(tmp_path, recipients=[
+            {"name": "dr-lee", "role": "doctor", "public_key": doctor[1]}]) as v:
+        (fid,) = pack_together(v, [CSV])  # erasure, 2 of 3
+        before = every_object(v)
+        v.store("cloud-b").fail_next(1, verbs={"put"})
+        v.store("cloud-c").fail_next(1, verbs={"put"})
+        with pytest.raises(ShareError, match="only 1 of the 2 public objects needed"):
+            create_bundle(v, fid, "dr-lee", "1h", out=tmp_path / "x.dspshare")
+        assert not (tmp_path / "x.dspshare").exists()
+        assert v.db.share_copies() == []
+        v.empty_trash()  # (the share-failed entry's backup may have emptied some already)
+        clouds = ("cloud-a", "cloud-b", "cloud-c")  # (the vault gets manifest backups)
+        assert v.db.trashed() == [] and all(every_object(v)[s] == before[s] for s in clouds)
+
+        v.store("cloud-c").fail_next(1, verbs={"put"})  # one copy fails: the bundle stands
+        res = create_bundle(v, fid, "dr-lee", "1h", out=tmp_path / "y.dspshare")
+        assert res.links == 2 and {c.store for c in v.db.share_copies()} == {"cloud-a",
+                                                                               "cloud-b"}
+        v.empty_trash()
+        after = every_object(v)
+        assert {s: after[s] - before[s] for s in clouds} == {  # the two copies, no more
+            s: {c.name for c in v.db.share_copies() if c.store == s} for s in clouds}
+        senders = {device.load(v.root, v.key).public_bytes: "patient"}
+        got = open_bundle(res.path, load_identity(doctor[0]), tmp_path / "y.out",
+                          senders=senders)
+        assert got.fetched == 2 and sha(got.path) == sha(CSV)
