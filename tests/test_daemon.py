@@ -629,8 +629,9 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     (shape,) = out["shapes"]
     assert shape["files"] == 20 and shape["size"] == 4096 and shape["digest"] == "sha256"
     assert shape["raw"]["requests_per_file"] == 1.0
-    # one public and one private object per file, plus the manifest backup
-    assert 2.0 <= shape["pipeline"]["requests_per_file"] <= 2.3
+    # small files share packs: one public and one private pack, plus the manifest backup
+    # (a burst that straddles a flush adds two packs and a backup)
+    assert 3 / 20 <= shape["pipeline"]["requests_per_file"] <= 6 / 20
     assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0
 
 
