@@ -207,9 +207,11 @@ def test_store_outage_mid_batch_then_everything_completes(tmp_path, make_store_s
         # Not stalled: every file becomes restorable from the other two clouds.
         wait_until(lambda: status(cfg)["files"]["committed"] + status(cfg)["files"]["done"]
                    == len(names), 60, "all committed during the outage", d)
-        st = status(cfg)
+        # the database records the error before the loop rewrites its status document
+        st = wait_until(lambda: (s := status(cfg))["stores"]["aws"]["retry_at"] and s, 10,
+                        "the status document names the next try", d)
         assert st["stores"]["aws"]["failing"] and st["stores"]["aws"]["pending_objects"] > 0
-        assert st["stores"]["aws"]["last_error"] and st["stores"]["aws"]["retry_at"]
+        assert st["stores"]["aws"]["last_error"]
         assert st["files"]["committed"] > 0  # kept until its last shard is up
         assert st["files"]["failed"] == 0
         assert len(list((tmp_path / "inbox").iterdir())) == 0

@@ -285,6 +285,9 @@ class Uploader:
         for obj in ev.objs:  # still pending: packed again (under a new name) after the wait
             self.buffers[ev.store].add(obj, now - self.pack_policy.max_wait)
         self.store_failed(ev.store, ev.started, exc)
+        for fid in fids:
+            self.db.note_upload_failure(fid, h.retry_at or time.time(),
+                                        f"pack upload to {ev.store} failed: {msg}"[:500])
         return fids
 
     def store_failed(self, store: str, started: float, exc: BaseException) -> None:
