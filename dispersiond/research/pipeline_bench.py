@@ -36,7 +36,8 @@ import yaml
 
 from .. import digests
 from ..errors import DispersiondError
-from ..state import peek_done, peek_done_times
+from ..state import peek_done
+from ..state.peek import peek_done_times
 
 SHAPES = [(1000, 16 << 10), (10000, 2 << 10), (1, 256 << 20)]
 #: Issue #14's trickle: one record (of TRICKLE_SIZE) every 200 ms for a minute.
