@@ -49,14 +49,14 @@ def register(sub) -> None:
     p.add_argument("--compression", default=None, metavar="off|auto|zstd:N",
                    help="pipeline: the daemon's compression setting (default: with --content "
                         "fhir, off and auto one after the other; else auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
     p.add_argument("--trickle", default=None, metavar="INTERVAL",
                    help="pipeline: drop one record (of --size, default 16KiB) every INTERVAL "
                         "(e.g. 200ms) for --duration, and report each record's latency from "
                         "drop to done next to a plain put of each as it arrives")
     p.add_argument("--duration", default=None, metavar="TIME",
                    help="pipeline --trickle: how long records keep coming (default 60s)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
     p.set_defaults(func=_run)
 
 
@@ -189,7 +189,7 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
         shapes = [(args.files or 1000, size if size is not None else 16 << 10)]
     else:
         shapes = pb.SHAPES
-        trickle = pb.TRICKLE  # the default set: the batch shapes, then the trickle
+        trickle = pb.TRICKLE  # the default set: the trickle and the batch shapes
     link = parse_size(args.link) if args.link else None
     if link is not None and link < 1 << 20:
         raise DispersiondError("--link must be at least 1MiB (per second)")
@@ -205,21 +205,29 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
             raise DispersiondError(f"--compression: {exc}") from None
     settings = ([args.compression] if args.compression else
                 ["off", "auto"] if args.content == "fhir" else ["auto"])
+    trickled = [] if trickle is None else [_trickle(args, trickle, pb.Setup(
+        link, nice, args.digest, args.content, settings[-1]), size)]
     results = []
     for compression in settings:
         setup = pb.Setup(link, nice, args.digest, args.content, compression)
         results += pb.run(shapes, args.runs, setup,
                           on_shape=(lambda r: None) if args.json else _print_shape)
-    if trickle is not None:
-        interval, duration = trickle
-        setup = pb.Setup(link, nice, args.digest, args.content, settings[-1])
-        results.append(pb.run_trickle(interval, duration, size or pb.TRICKLE_SIZE, args.runs,
-                                      setup))
-        if not args.json:
-            _print_trickle(results[-1])
     if args.json:
-        print(json.dumps({"machine": describe(), "workers": pb.WORKERS, "shapes": results}))
+        print(json.dumps({"machine": describe(), "workers": pb.WORKERS,
+                          "shapes": results + trickled}))
     return 0
+
+
+def _trickle(args: argparse.Namespace, trickle: tuple[float, float], setup,
+             size: int | None) -> dict:
+    """The trickle run (printed unless --json); its result."""
+    from ..research import pipeline_bench as pb
+
+    interval, duration = trickle
+    r = pb.run_trickle(interval, duration, size or pb.TRICKLE_SIZE, args.runs, setup)
+    if not args.json:
+        _print_trickle(r)
+    return r
 
 
 def _seconds(text: str, what: str) -> float:

@@ -206,39 +206,6 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setu
     return path
 
 
-#: What the daemon used in a run, by the run's folder (noted by `_pipeline`): its peak
-#: RSS in bytes and its CPU seconds from the drop to the last file done.
-DAEMON_USED: dict[Path, tuple[int | None, float | None]] = {}
-
-
-def peak_rss(pid: int) -> int | None:
-    """A running process's peak resident set so far (VmHWM), in bytes; None without /proc."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def cpu_seconds(pid: int | None = None) -> float | None:
-    """CPU (user + system) a running process has used so far; this one's with None. On a
-    shared, loaded machine the clock measures the others too; this does not."""
-    if pid is None:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _less(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
 def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
               setup: Setup) -> tuple[float, int]:
     """Seconds from drop to the last file done, and S3 requests in that span."""
@@ -270,9 +237,9 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
                 raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
                                        f"{root / 'daemon.log'}")
             time.sleep(0.01)
+        DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
         took = time.perf_counter() - t0
         requests = server.requests() - before
-        DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -281,6 +248,39 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
             proc.kill()
         sock.close()
     return took, requests
+
+
+#: What the daemon used in a run, by the run's folder (noted by `_pipeline`): its peak
+#: RSS in bytes and its CPU seconds from the drop to the last file done.
+DAEMON_USED: dict[Path, tuple[int | None, float | None]] = {}
+
+
+def peak_rss(pid: int) -> int | None:
+    """A running process's peak resident set so far (VmHWM), in bytes; None without /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU (user + system) a running process has used so far; this one's with None. On a
+    shared, loaded machine the clock measures the others too; this does not."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _stored(c, bucket: str) -> int:
