@@ -250,6 +250,19 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
     return took, requests
 
 
+def _stored(c, bucket: str) -> int:
+    """Bytes the bucket holds (what the clouds bill)."""
+    return sum(o["Size"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+               for o in page.get("Contents", ()))
+
+
+def _empty(c, bucket: str) -> None:
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+        if keys:
+            c.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 #: What the daemon used in a run, by the run's folder (noted by `_pipeline`): its peak
 #: RSS in bytes and its CPU seconds from the drop to the last file done.
 DAEMON_USED: dict[Path, tuple[int | None, float | None]] = {}
@@ -281,19 +294,6 @@ def cpu_seconds(pid: int | None = None) -> float | None:
 
 def _less(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
-
-
-def _stored(c, bucket: str) -> int:
-    """Bytes the bucket holds (what the clouds bill)."""
-    return sum(o["Size"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-               for o in page.get("Contents", ()))
-
-
-def _empty(c, bucket: str) -> None:
-    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
-        if keys:
-            c.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
 def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
