@@ -205,9 +205,9 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
             raise DispersiondError(f"--compression: {exc}") from None
     settings = ([args.compression] if args.compression else
                 ["off", "auto"] if args.content == "fhir" else ["auto"])
+    results = []
     trickled = [] if trickle is None else [_trickle(args, trickle, pb.Setup(
         link, nice, args.digest, args.content, settings[-1]), size)]
-    results = []
     for compression in settings:
         setup = pb.Setup(link, nice, args.digest, args.content, compression)
         results += pb.run(shapes, args.runs, setup,
