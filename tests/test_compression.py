@@ -161,6 +161,105 @@ def test_a_large_file_compresses_in_bounded_memory():
     assert enc.codec == "zstd" and enc.content_len < len(data) / 10
 
 
+@settings(max_examples=80, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=3000), max_size=12), memory=st.integers(0, 9000),
+       reads=st.lists(st.integers(1, 5000), min_size=1, max_size=8))
+def test_spool_gives_back_its_bytes_from_memory_or_its_file(tmp_path_factory, pieces, memory,
+                                                           reads):
+    """Below `memory` bytes the spool keeps them; past it every byte (those kept too) is
+    in the temporary file, as ciphertext; read back in any sizes, the bytes are the same."""
+    data = b"".join(pieces)
+    spool = compress.Spool(tmp_path_factory.mktemp("spool"), memory)
+    try:
+        for piece in pieces:
+            assert spool.write(piece) == len(piece)
+        assert spool.n == len(data) and spool.spilled == (len(data) > memory)
+        if spool.spilled and len(data) >= 64:
+            spool.f.flush()
+            spool.f.seek(0)
+            raw = spool.f.read()
+            assert len(raw) == len(data) and raw != data and data[:32] not in raw
+        spool.rewind()
+        got, i = b"", 0
+        while True:
+            n = reads[i % len(reads)]
+            if i % 2:
+                chunk = spool.read(n)
+            else:
+                buf = bytearray(n)
+                chunk = bytes(buf[: spool.readinto(buf)])
+            if not chunk:
+                break
+            got, i = got + chunk, i + 1
+        assert got == data and spool.read() == b""
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("memory", [0, 1 << 10, None])
+def test_a_compressed_encode_round_trips_through_either_spool(monkeypatch, memory):
+    """The in-memory spool (the default for records), and one that spills at once or
+    after 1 KiB: the same original comes back, and the temporary file exists only then."""
+    if memory is not None:
+        monkeypatch.setattr(compress, "SPOOL_MEMORY", memory)
+    made = []
+    real = compress.tempfile.TemporaryFile
+    monkeypatch.setattr(compress.tempfile, "TemporaryFile",
+                        lambda *a, **kw: made.append(1) or real(*a, **kw))
+    data = b"".join(fhir_records(3, seed=5))
+    enc, puf, prf = roundtrip(data, "auto", 0, 12)
+    assert enc.codec == "zstd" and len(made) == (0 if memory is None else 1)
+
+
+class _Recording:
+    """A trial compressor that notes what it was given."""
+
+    def __init__(self) -> None:
+        self.c, self.seen = zstandard.ZstdCompressor(level=compress.TRIAL_LEVEL), []
+
+    def compress(self, data) -> bytes:
+        self.seen.append(len(data))
+        return self.c.compress(data)
+
+
+def test_trial_on_incompressible_content_stops_after_its_first_look(monkeypatch):
+    rec = _Recording()
+    monkeypatch.setattr(compress, "_trial_compressor", lambda: rec)
+    noise, text = os.urandom(compress.TRIAL), b"OBX|1|NM|8480-6^Systolic^LN||120|mm[Hg]\r" * 500
+    assert not compress.trial_pays([noise, text[: compress.TRIAL]])
+    assert rec.seen == [compress.FIRST_LOOK]  # 4 KiB tried, not 16 (nor the middle)
+    rec.seen.clear()
+    assert compress.trial_pays([text[: compress.TRIAL], text[: compress.TRIAL]])
+    assert rec.seen == [compress.FIRST_LOOK, compress.TRIAL, compress.TRIAL]
+    # the first look decides only what zstd stores raw: a mostly compressible sample
+    # with random bytes first is still tried whole
+    rec.seen.clear()
+    mixed = os.urandom(1024) + text[: compress.TRIAL - 1024]
+    assert compress.trial_pays([mixed]) and rec.seen == [compress.FIRST_LOOK, compress.TRIAL]
+    rec.seen.clear()
+    assert not compress.trial_pays([noise[: compress.FIRST_LOOK]])  # short: tried once, whole
+    assert rec.seen == [compress.FIRST_LOOK]
+
+
+def test_every_version_2_writer_seals_a_random_file_id():
+    """No file id given: each container seals its own random one (never zeros)."""
+    data = b"".join(fhir_records(1, seed=2))
+    ids = []
+    for policy in ("off", "auto", "auto", None):
+        puf, prf = io.BytesIO(), io.BytesIO()
+        enc = codec.encode_stream("se2", K, io.BytesIO(data), len(data), puf, prf,
+                                  compression=policy)
+        dec = se2.Se2Decoder(K, prf.getvalue()[:104], puf.getvalue()[:32])
+        at = se2.PRF_HEADER_LEN + se2.TAG
+        meta = dec.open_meta(prf.getvalue()[at: at + se2.META_LEN + se2.TAG])
+        assert meta.file_id == enc.file_id
+        ids.append(meta.file_id)
+    puf, prf = codec.encode("se2", K, data)
+    ids.append(se2.Se2Decoder(K, prf[:104], puf[:32]).open_meta(
+        prf[se2.PRF_HEADER_LEN + se2.TAG: se2.PRF_HEADER_LEN + se2.TAG + 48]).file_id)
+    assert bytes(16) not in ids and len(set(ids)) == len(ids)
+
+
 # ---------------------------------------------------------------- tamper evidence
 
 def _compressed_pair(n: int = 5000):

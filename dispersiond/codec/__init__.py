@@ -14,6 +14,7 @@ import numpy as np
 from .. import digests
 from ..errors import ExtendedError, TruncatedError
 from . import compress, paper_v1, se2
+from .headers import head_says_compressed
 
 SCHEMES = ("se2", "paper-v1")
 DEFAULT_SCHEME = "se2"
@@ -112,11 +113,9 @@ def prepare(src: BinaryIO, size: int, *, head_len: int = 0, file_id: bytes | Non
     policy = compress.policy_of(compression)
     hasher = digests.new(digest_alg) if digest_alg else None
     watch = _Watch(src, hasher, progress)
-    head = _read(watch, head_len, "input")
+    head = _read(watch, head_len, "input") if head_len else b""
     plain = size - head_len
     if policy.mode != "off" and plain > 0:
-        from .headers import head_says_compressed  # (headers imports se2)
-
         skip = policy.mode == "auto" and head_says_compressed(head)
         samples = [] if skip else compress.read_samples(src, head_len, plain)
         if not skip and compress.should_compress(policy, False, samples):
@@ -155,7 +154,7 @@ def _compressed(src, watch: _Watch, head: bytes, plain: int, policy: compress.Po
     except BaseException:
         spool.close()
         raise
-    digest = bytes.fromhex(h.hexdigest())
+    digest = h.digest()
     if n >= plain:  # never store more than the uncompressed path would
         spool.close()
         return None, digest
@@ -187,7 +186,7 @@ def write(prep: Prepared, key: bytes, puf_out: BinaryIO, prf_out: BinaryIO) -> E
                              "reading?")
         digest = prep.digest
         if prep.hasher is not None:
-            digest = bytes.fromhex(prep.hasher.hexdigest())
+            digest = prep.hasher.digest()
         last = enc.finish(tail, digest if prep.meta.codec else b"")
         prf_out.write(last)
         prf_len += len(last)
