@@ -245,6 +245,23 @@ def test_every_derived_key_is_the_documented_hkdf():
     assert len(se2._MASTERS) == 2
 
 
+def test_layout_and_meta_stay_frozen_values():
+    """Their hand-written __init__ keeps what the dataclass gave: equality, hashing,
+    replace, and no assignment."""
+    import dataclasses
+
+    lay = se2.Layout(12, 1000, 7, 2, 32)
+    assert lay == se2.Layout(12, 1000, 7, version=2, trailer_len=32) and hash(lay) == hash(
+        se2.Layout(chunk_log2=12, content_len=1000, head_len=7, version=2, trailer_len=32))
+    assert lay != se2.Layout(12, 1000, 7, 2) and se2.Layout(12, 1000, 7).version == se2.VERSION
+    assert dataclasses.replace(lay, trailer_len=0) == se2.Layout(12, 1000, 7, 2)
+    m = se2.Meta(b"i" * 16, 1, 1, 5000)
+    assert se2.Meta.unpack(m.pack()) == m and se2.Meta().pack() == bytes(se2.META_LEN)
+    for obj, field in ((lay, "content_len"), (m, "plain_len")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, 1)
+
+
 def test_containers_of_alternating_keys_each_open_with_their_own():
     """Kept master-key derivations never hand one key's wrap key to another's files."""
     a, b = os.urandom(32), os.urandom(32)
