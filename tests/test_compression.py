@@ -135,6 +135,17 @@ def test_incompressible_data_is_stored_as_before():
         assert (len(puf), len(prf)) == (lay.puf_len, lay.prf_len)
 
 
+def test_a_frame_that_falls_into_the_tail_is_not_stored():
+    """32 compressible bytes: the frame (21 bytes) is shorter, but as a tail it would
+    make the container 33 bytes larger (found by the round-trip property above)."""
+    data = bytes(29) + b"\x01" + bytes(3)
+    enc, puf, prf = roundtrip(data, "auto", 1, 10)
+    assert enc.codec == "none" and len(prf) == se2.Layout(10, 32, 1).prf_len
+    enc, puf, prf = roundtrip(bytes(200), "auto", 1, 10)  # a few units more: it pays
+    assert enc.codec == "zstd" and len(puf) + len(prf) < sum(
+        (lambda lay: (lay.puf_len, lay.prf_len))(se2.Layout(10, 199, 1)))
+
+
 def test_known_compressed_formats_skip_the_trial():
     for start in (b"\x1f\x8b\x08\x00", b"\x89PNG\r\n", b"PK\x03\x04", b"\xff\xd8\xff\xe0"):
         assert compress.known_compressed(start + bytes(100))
@@ -239,6 +250,46 @@ def test_trial_on_incompressible_content_stops_after_its_first_look(monkeypatch)
     rec.seen.clear()
     assert not compress.trial_pays([noise[: compress.FIRST_LOOK]])  # short: tried once, whole
     assert rec.seen == [compress.FIRST_LOOK]
+
+
+class _Reads(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.sizes: list[int] = []
+
+    def read(self, n: int = -1) -> bytes:
+        self.sizes.append(n)
+        return super().read(n)
+
+
+_TEXT = st.builds(lambda t, n: t * n, st.binary(min_size=1, max_size=60), st.integers(1, 3000))
+
+
+@settings(max_examples=80, deadline=None)
+@given(parts=st.lists(st.one_of(st.binary(max_size=20000), _TEXT), max_size=4),
+       policy=st.sampled_from(["off", "auto", "zstd:3"]), head=st.integers(0, 50))
+def test_the_encoder_decides_as_the_trial_on_its_samples(parts, policy, head):
+    """pays() reads less, but decides what should_compress() decides on read_samples()."""
+    data = b"".join(parts)
+    pol = compress.Policy.parse(policy)
+    src = io.BytesIO(os.urandom(head) + data)
+    if data:
+        want = compress.should_compress(pol, False, compress.read_samples(
+            io.BytesIO(src.getvalue()), head, len(data)))
+        assert compress.pays(pol, src, head, len(data)) == want
+        assert src.tell() == (head if policy == "auto" else 0)  # off, zstd: nothing read
+
+
+def test_incompressible_content_costs_one_small_read():
+    src = _Reads(os.urandom(200_000))
+    assert not compress.pays(compress.AUTO, src, 0, 200_000)
+    assert src.sizes == [compress.FIRST_LOOK + 1]
+    src = _Reads(b"".join(fhir_records(10, seed=3)))
+    assert compress.pays(compress.AUTO, src, 0, len(src.getvalue()))
+    assert src.sizes == [compress.FIRST_LOOK + 1, compress.TRIAL, compress.TRIAL]
+    src = _Reads(os.urandom(100))
+    assert not compress.pays(compress.Policy.parse("off"), src, 0, 100) and src.sizes == []
+    assert compress.pays(compress.Policy.parse("zstd:3"), src, 0, 100) and src.sizes == []
 
 
 def test_every_version_2_writer_seals_a_random_file_id():

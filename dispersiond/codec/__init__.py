@@ -117,8 +117,7 @@ def prepare(src: BinaryIO, size: int, *, head_len: int = 0, file_id: bytes | Non
     plain = size - head_len
     if policy.mode != "off" and plain > 0:
         skip = policy.mode == "auto" and head_says_compressed(head)
-        samples = [] if skip else compress.read_samples(src, head_len, plain)
-        if not skip and compress.should_compress(policy, False, samples):
+        if not skip and compress.pays(policy, src, head_len, plain):
             prep, digest = _compressed(src, watch, head, plain, policy, hasher, digest_alg,
                                        spool_dir, chunk_log2, file_id)
             if prep is not None:
@@ -155,11 +154,12 @@ def _compressed(src, watch: _Watch, head: bytes, plain: int, policy: compress.Po
         spool.close()
         raise
     digest = h.digest()
-    if n >= plain:  # never store more than the uncompressed path would
-        spool.close()
-        return None, digest
     meta = se2.Meta(file_id or bytes(16), compress.ZSTD, compress.DIGEST_IDS[alg], plain)
     layout = se2.Layout(chunk_log2, n, len(head), 2, meta.trailer_len)
+    if n >= plain or layout.prf_len > se2.Layout(chunk_log2, plain, len(head)).prf_len + len(
+            digest):  # never store more than the uncompressed path would (beyond the digest:
+        spool.close()  # a frame of a few units that falls into the tail can make it more)
+        return None, digest
     return Prepared(layout, meta, head, spool.rewind(), digest_alg, None, digest, spool,
                     file_id), digest
 

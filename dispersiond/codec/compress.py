@@ -101,6 +101,17 @@ def _trial_compressor() -> zstandard.ZstdCompressor:
     return c
 
 
+def _first_look_refuses(first) -> bool:
+    """Does zstd fail to shrink the first FIRST_LOOK bytes at all (it stores them raw)?"""
+    return (len(first) >= FIRST_LOOK
+            and len(_trial_compressor().compress(memoryview(first)[:FIRST_LOOK])) >= FIRST_LOOK)
+
+
+def _samples_pay(samples: list[bytes]) -> bool:
+    cctx = _trial_compressor()
+    return all(len(cctx.compress(s)) <= PAYS * len(s) for s in samples if s)
+
+
 def trial_pays(samples: list[bytes]) -> bool:
     """A fast zstd pass over a few samples: does each shrink enough to be worth it? The
     first that does not ends the trial. The first FIRST_LOOK bytes of the first sample
@@ -109,12 +120,9 @@ def trial_pays(samples: list[bytes]) -> bool:
     or compressed content costs a 4 KiB trial instead of 16 KiB, a quarter of the time."""
     if not any(samples):
         return False
-    cctx = _trial_compressor()
-    first = samples[0]
-    if (len(first) > FIRST_LOOK
-            and len(cctx.compress(memoryview(first)[:FIRST_LOOK])) >= FIRST_LOOK):
+    if len(samples[0]) > FIRST_LOOK and _first_look_refuses(samples[0]):
         return False
-    return all(len(cctx.compress(s)) <= PAYS * len(s) for s in samples if s)
+    return _samples_pay(samples)
 
 
 def read_samples(src: BinaryIO, start: int, length: int) -> list[bytes]:
@@ -136,6 +144,25 @@ def should_compress(policy: Policy, skip: bool, samples: list[bytes]) -> bool:
     if policy.mode == "zstd":
         return True
     return not skip and not (samples and known_compressed(samples[0])) and trial_pays(samples)
+
+
+def pays(policy: Policy, src: BinaryIO, start: int, length: int) -> bool:
+    """should_compress for the `length` content bytes of src from `start`, reading only
+    what the decision needs: nothing unless the policy is auto, then the first FIRST_LOOK
+    bytes, and the samples only if those shrink (so incompressible content costs one
+    4 KiB read, not 16 KiB or 32). Leaves src at start if it read from it."""
+    if policy.mode != "auto" or length <= 0:
+        return policy.mode == "zstd"
+    src.seek(start)
+    first = src.read(min(FIRST_LOOK + 1, length))
+    src.seek(start)
+    if known_compressed(first):
+        return False
+    if len(first) <= FIRST_LOOK:  # the content is all here: the trial is this
+        return _samples_pay([first])
+    if _first_look_refuses(first):
+        return False
+    return _samples_pay(read_samples(src, start, length))
 
 
 class Spool:
