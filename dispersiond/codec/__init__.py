@@ -156,12 +156,20 @@ def _compressed(src, watch: _Watch, head: bytes, plain: int, policy: compress.Po
     digest = h.digest()
     meta = se2.Meta(file_id or bytes(16), compress.ZSTD, compress.DIGEST_IDS[alg], plain)
     layout = se2.Layout(chunk_log2, n, len(head), 2, meta.trailer_len)
-    if n >= plain or layout.prf_len > se2.Layout(chunk_log2, plain, len(head)).prf_len + len(
-            digest):  # never store more than the uncompressed path would (beyond the digest:
-        spool.close()  # a frame of a few units that falls into the tail can make it more)
+    if not _smaller(layout, se2.Layout(chunk_log2, plain, len(head))):
+        spool.close()
         return None, digest
     return Prepared(layout, meta, head, spool.rewind(), digest_alg, None, digest, spool,
                     file_id), digest
+
+
+def _smaller(compressed: se2.Layout, plain: se2.Layout) -> bool:
+    """Are the two fragments of the compressed content smaller together than those of
+    the original? A shorter frame is not enough: the container then also carries the
+    digest (32 bytes), and a frame of a unit or two lands in the tail, which the
+    container holds whole (the public fragment never grows)."""
+    return (compressed.content_len < plain.content_len
+            and compressed.puf_len + compressed.prf_len < plain.puf_len + plain.prf_len)
 
 
 def write(prep: Prepared, key: bytes, puf_out: BinaryIO, prf_out: BinaryIO) -> Encoded:
