@@ -390,11 +390,12 @@ def overhead_bench(files: list[bytes], runs: int = 7, previous=None) -> dict:
 
 def incompressible_bench(runs: int = 3, previous="auto") -> dict:
     """overhead_bench on incompressible files of every size the daemon sees: random
-    records of 16 KiB and 64 KiB, 1 MiB, 64 MiB, and pydicom's JPEG-family DICOM
+    records of 1 KiB, 16 KiB and 64 KiB, 1 MiB, 64 MiB, and pydicom's JPEG-family DICOM
     (35 KB each on average; the trial is skipped, the transfer syntax says JPEG). Small
     sets are cheap, so they get ten times the runs."""
     prev = previous_codec() if previous == "auto" else previous
-    sets = {"random-16KiB": (random_files(64, 16 << 10), 10),
+    sets = {"random-1KiB": (random_files(64, 1 << 10), 10),
+            "random-16KiB": (random_files(64, 16 << 10), 10),
             "random-64KiB": (random_files(32, 64 << 10), 10),
             "random-1MiB": (random_files(16), 5),
             "random-64MiB": (random_files(1, 64 << 20), 5),
