@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from dispersiond import codec
 from dispersiond.codec import headers
 from dispersiond.codec import compress, se2
-from dispersiond.research.compress_bench import fhir_records
+from dispersiond.research.compress_bench import (fhir_records, overhead_bench, previous_codec,
+                                                 random_files)
 from dispersiond.errors import CodecError, ConfigError, FragmentMismatch, IntegrityError
 
 from dsp import cli, local_config, run_cli
@@ -319,6 +320,25 @@ def test_every_version_2_writer_seals_a_random_file_id():
     ids.append(se2.Se2Decoder(K, prf[:104], puf[:32]).open_meta(
         prf[se2.PRF_HEADER_LEN + se2.TAG: se2.PRF_HEADER_LEN + se2.TAG + 48]).file_id)
     assert bytes(16) not in ids and len(set(ids)) == len(ids)
+
+
+def test_the_release_before_version_2_writes_what_this_build_reads():
+    """The writer bench compress times as the previous release: it is that release's
+    codec (version 1 fragments), and this build decodes what it writes."""
+    prev = previous_codec()
+    if prev is None:
+        pytest.skip("not a git checkout holding the previous release")
+    data = b"".join(fhir_records(2, seed=8))
+    puf, prf = prev.encode("se2", K, data, head_len=9)
+    assert puf[4] == 1 and prf[4] == 1 and codec.decode("se2", K, puf, prf) == data
+    assert prev is not codec and not hasattr(prev, "prepare")  # no version 2 in it
+
+
+def test_the_incompressible_bench_runs_every_writer_on_the_same_files():
+    r = overhead_bench(random_files(3, 3000), runs=1, previous=codec)
+    assert (r["files"], r["bytes"], r["runs"]) == (3, 9000, 1)
+    assert all(r[f"us_per_file_{k}"] > 0 for k in ("v1", "v2-auto", "previous"))
+    assert r["auto_vs_v1"] > 0 and r["auto_vs_previous"] > 0
 
 
 # ---------------------------------------------------------------- tamper evidence
