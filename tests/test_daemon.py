@@ -646,6 +646,7 @@ def test_pipeline_bench_on_local_folders_needs_no_server(tmp_path):
     assert shape["stores"] == "local" and shape["files"] == 12 and shape["bytes"] == 12 * 3072
     assert shape["stored_vs_raw"] > 1.0  # both objects of every file, and the manifest
     assert shape["pipeline"]["ms_per_file"] > 0 and shape["raw"]["seconds"] > 0
+    assert 0 < shape["pipeline"]["cpu_ms_per_file"] < 10 * shape["pipeline"]["ms_per_file"]
     bad = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--stores",
                           "local", "--link", "8MiB"], check=False, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -228,7 +228,8 @@ def _print_shape(r: dict) -> None:
     base = "local put (baseline)" if local else "boto3 put (baseline)"
     for label, key in ((base, "raw"), ("dispersiond pipeline", "pipeline")):
         x = r[key]
-        tail = (f"{x['ms_per_file']:6.2f} ms/file" if "ms_per_file" in x else
+        tail = (f"{x['ms_per_file']:6.2f} ms/file ({x['cpu_ms_per_file']:.2f} ms of CPU)"
+                if "ms_per_file" in x else
                 f"{x['requests_per_file']:6.2f} requests/file" if "requests_per_file" in x
                 else "")
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "

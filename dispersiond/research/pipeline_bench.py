@@ -203,10 +203,18 @@ def _daemon_config(root: Path, server: S3Server | None, pub: str, prv: str, setu
     return path
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, prv: str,
-              setup: Setup, stores: Callable[[str], dict] | None = None) -> tuple[float, int]:
+              setup: Setup, stores: Callable[[str], dict] | None = None,
+              cpu: list[float] | None = None) -> tuple[float, int]:
     """Seconds from drop to the last file done, and S3 requests in that span (0 without
-    a server)."""
+    a server); the daemon's CPU seconds in that span are appended to `cpu` if given
+    (what a loaded machine moves least)."""
     cfg = _daemon_config(root, server, pub, prv, setup, stores)
     nice = setup.nice
     sock_path = root / "notify.sock"
@@ -225,6 +233,7 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
         before = server.requests() if server else 0
         inbox = root / "inbox"
+        cpu0 = _cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
@@ -235,6 +244,8 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
                                        f"{root / 'daemon.log'}")
             time.sleep(0.01)
         took = time.perf_counter() - t0
+        if cpu is not None:
+            cpu.append(_cpu_seconds(proc.pid) - cpu0)
         requests = server.requests() - before if server else 0
     finally:
         proc.send_signal(signal.SIGTERM)
