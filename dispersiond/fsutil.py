@@ -52,11 +52,13 @@ def fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
-                  mode: int = 0o600) -> Iterator[BinaryIO]:
+                  mode: int = 0o600, sync_dir: bool = True) -> Iterator[BinaryIO]:
     """Write `path` via a temporary file in the same folder, fsync, then rename.
 
     On any exception the temporary file is removed and `path` is untouched.
     With overwrite=False an existing `path` is never replaced (FileExistsError).
+    With sync_dir=False the folder is not fsynced: the caller does it once for many files
+    (until then a crash may lose the new name, never expose a partial file under it).
     """
     path = Path(path)
     if not overwrite and path.exists():
@@ -73,7 +75,8 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
         else:
             os.link(tmp, path)  # fails if path appeared meanwhile
             os.unlink(tmp)
-        fsync_dir(path.parent)
+        if sync_dir:
+            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
