@@ -27,7 +27,8 @@ from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, 
 from backends import NotFound, StoreError, Unavailable
 
 from .. import audit, codec, digests
-from ..errors import DispersiondError, FormatError, IntegrityError
+from ..codec import se2
+from ..errors import DispersiondError, FormatError, IntegrityError, WrongKey
 from ..fsutil import atomic_output, fsync_dir
 from ..layout import Layout
 from ..logs import event
@@ -246,7 +247,7 @@ def _try_fetch(v: Archive, obj: ObjectRow, dest: Blob, errors: list[str],
     return False
 
 
-def _failing(v: Archive) -> set[str]:
+def failing_stores(v: Archive) -> set[str]:
     """Stores that failed lately: in this run, or in the last few minutes with no success
     since."""
     recent = time.time() - 300
@@ -258,7 +259,7 @@ def _failing(v: Archive) -> set[str]:
 def _order(v: Archive, objs: list[ObjectRow], failing: set[str] | None = None) -> list[ObjectRow]:
     """Copies believed good first; stores that failed lately last, so a dead cloud costs
     no waiting while the others suffice."""
-    failing = _failing(v) if failing is None else failing
+    failing = failing_stores(v) if failing is None else failing
     return sorted(objs, key=lambda o: (o.store in failing, o.state != "uploaded",
                                        o.shard if o.shard is not None else 0))
 
@@ -386,11 +387,21 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
     """Fetch and check both fragments, decode, check the original's digest, and only then
     put the file at `dest` (fsynced, renamed; the folder fsynced unless `sync_dir` is
     False, when the caller does it once for many files)."""
+    _same_key(v, f)
     prf = private_container(v, f, tmp, progress, windows)
     puf = public_fragment(v, f, tmp, progress, windows)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dest, overwrite=force, sync_dir=sync_dir) as out:
         decode_to(v, f, puf, prf, out)
+
+
+def _same_key(v: Archive, f: FileRow) -> None:
+    """Refuse another master key before anything is fetched: a packed member's mask
+    derives from the key, so under the wrong one every member would fail its digest and
+    be marked corrupt, and the user would hear of damage instead of the key."""
+    if f.key_id and f.key_id != (mine := se2.key_id(v.key).hex()):
+        raise WrongKey(f"file {f.file_id} was protected with a different master key (key id "
+                       f"{f.key_id}, yours {mine}): use the key it was made with")
 
 
 def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
@@ -539,23 +550,31 @@ def _restore_one(v: Archive, f: FileRow, path: Path, force: bool, windows: PackW
     return BulkItem(f, path, True)
 
 
+def preferred(v: Archive, objs: list[ObjectRow], need: int = 1,
+              failing: set[str] | None = None) -> list[ObjectRow]:
+    """The objects a restore fetches first when every copy is good: the first `need`
+    distinct shards (or copies) in `_order`, as `gather` and `first_intact` take them."""
+    out: list[ObjectRow] = []
+    seen: set[int] = set()
+    for i, o in enumerate(_order(v, objs, failing)):
+        key = o.shard if o.shard is not None else i
+        if len(seen) < need and key not in seen:
+            seen.add(key)
+            out.append(o)
+    return out
+
+
 def first_choices(v: Archive, files: list[FileRow]) -> list[ObjectRow]:
-    """The objects each file's restore fetches first, when every copy is good: `need`
-    public ones in `_order` (as `gather` takes them), and a private one when the device
-    lacks its own copy of the container. A bulk restore fetches each pack's share of
-    them at once."""
-    failing = _failing(v)
+    """What each file's restore fetches first: its `need` preferred public objects, and a
+    private one when the device lacks its own copy of the container. A bulk restore
+    fetches each pack's share of them at once."""
+    failing = failing_stores(v)
     out: list[ObjectRow] = []
     for f in files:
-        objs, need = v.db.objects(f.file_id), layout_of(f).need
-        seen: set[int] = set()
-        for i, o in enumerate(_order(v, [o for o in objs if o.role == "public"], failing)):
-            key = o.shard if o.shard is not None else i
-            if len(seen) < need and key not in seen:
-                seen.add(key)
-                out.append(o)
+        objs = v.db.objects(f.file_id)
+        out += preferred(v, [o for o in objs if o.role == "public"], layout_of(f).need, failing)
         if not v.container_path(f.file_id).exists():
-            out += _order(v, [o for o in objs if o.role == "private"], failing)[:1]
+            out += preferred(v, [o for o in objs if o.role == "private"], 1, failing)
     return out
 
 
