@@ -481,10 +481,10 @@ def _suffixed(name: str, tag: str) -> str:
 
 def _free_name(name: str, file_id: str, taken: set[str]) -> str:
     """`name`, or with the shortest id prefix (then a counter) that no other file took."""
-    tags = [file_id[:8], file_id[:16], file_id]
-    candidates = [name, *(_suffixed(name, t) for t in tags)]
-    for c in candidates:
-        if c not in taken:
+    if name not in taken:
+        return name
+    for tag in (file_id[:8], file_id[:16], file_id):
+        if (c := _suffixed(name, tag)) not in taken:
             return c
     n = 2
     while _suffixed(name, f"{file_id}-{n}") in taken:
@@ -570,8 +570,9 @@ def first_choices(v: Archive, files: list[FileRow]) -> list[ObjectRow]:
     fetches each pack's share of them at once."""
     failing = failing_stores(v)
     out: list[ObjectRow] = []
+    by_file = v.db.objects_of(f.file_id for f in files)
     for f in files:
-        objs = v.db.objects(f.file_id)
+        objs = by_file.get(f.file_id, [])
         out += preferred(v, [o for o in objs if o.role == "public"], layout_of(f).need, failing)
         if not v.container_path(f.file_id).exists():
             out += preferred(v, [o for o in objs if o.role == "private"], 1, failing)
