@@ -28,7 +28,7 @@ from backends import NotFound, StoreError, Unavailable
 
 from .. import audit, codec, digests
 from ..codec import se2
-from ..errors import DispersiondError, FormatError, IntegrityError, WrongKey
+from ..errors import CodecError, DispersiondError, FormatError, IntegrityError, WrongKey
 from ..fsutil import atomic_output, fsync_dir
 from ..layout import Layout
 from ..logs import event
@@ -39,6 +39,7 @@ from ..archive import Progress, Archive
 from ..display import shown
 from ..units import parse_duration
 from .packread import PackWindows, fetch_range
+from .streaming import ObjectStream
 
 
 class Unrestorable(DispersiondError):
@@ -61,8 +62,13 @@ def _blob(tmp: Path | None, name: str) -> Blob:
     return io.BytesIO() if tmp is None else tmp / name
 
 
-def _reading(b: Blob) -> BinaryIO:
-    return open(b, "rb") if isinstance(b, Path) else io.BytesIO(b.getbuffer())
+def _reading(b: Blob | BinaryIO) -> ContextManager[BinaryIO]:
+    """A reader of `b` from its start (a stream is read as it is, once)."""
+    if isinstance(b, Path):
+        return open(b, "rb")
+    if isinstance(b, io.BytesIO):
+        return io.BytesIO(b.getbuffer())
+    return contextlib.nullcontext(b)
 
 
 def _writing(b: Blob) -> ContextManager[BinaryIO]:
@@ -231,9 +237,18 @@ def _fetch_member(v: Archive, obj: ObjectRow, dest: BinaryIO, progress: Progress
 
 def _try_fetch(v: Archive, obj: ObjectRow, dest: Blob, errors: list[str],
                progress: Progress | None, windows: PackWindows | None = None) -> bool:
-    try:
+    def fetch() -> None:
         with _writing(dest) as f:
             fetch_object(v, obj, f, progress, windows)
+
+    return _attempt(v, obj, errors, fetch)
+
+
+def _attempt(v: Archive, obj: ObjectRow, errors: list[str], use: Callable[[], None]) -> bool:
+    """Run `use` (a fetch of `obj`, or a decode from it as it downloads); False, with the
+    reason in `errors` and the store's failure recorded, if the copy was not intact."""
+    try:
+        use()
         return True
     except NotFound:
         errors.append(f"{obj.store}: missing")
@@ -309,9 +324,38 @@ def public_fragment(v: Archive, f: FileRow, tmp: Path | None,
     if isinstance(got, tuple):
         return got[0]
     if f.public_mode != "erasure":
-        raise Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
+        raise _no_replica(f, errors)
     raise Unrestorable(f"file {f.file_id}: only {got} of the {f.k} shards needed are "
                        f"intact ({'; '.join(errors)})")
+
+
+def _no_replica(f: FileRow, errors: list[str]) -> Unrestorable:
+    return Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
+
+
+def _stream_replica(v: Archive, f: FileRow, prf: Blob, dest: Path, *, force: bool,
+                    sync_dir: bool, progress: Progress | None) -> None:
+    """A large replicated file decoded into `dest` while its public object downloads, no
+    copy of the object on disk (`ObjectStream`); each copy in turn, best first."""
+    errors: list[str] = []
+    for obj in _order(v, v.db.objects(f.file_id, role="public")):
+        def use(obj: ObjectRow = obj) -> None:
+            stream = ObjectStream(lambda sink: fetch_object(v, obj, sink, progress))
+            try:
+                with atomic_output(dest, overwrite=force, sync_dir=sync_dir) as out:
+                    try:
+                        stream.skip(obj.fragment_offset)
+                        decode_to(v, f, stream, prf, out)
+                    except CodecError:
+                        stream.drain()  # the object's own failure comes first, if it has one
+                        raise
+                    stream.drain()  # the padding, then the object's size and digest verdict
+            finally:
+                stream.close()
+
+        if _attempt(v, obj, errors, use):
+            return
+    raise _no_replica(f, errors)
 
 
 def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
@@ -323,7 +367,7 @@ def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
     return {shard: path for shard, (path, _) in good.items()}
 
 
-def decode_to(v: Archive, f: FileRow, puf: Blob, prf: Blob, out: BinaryIO) -> None:
+def decode_to(v: Archive, f: FileRow, puf: Blob | BinaryIO, prf: Blob, out: BinaryIO) -> None:
     """Decode into `out`, then check the original's digest."""
     w = HashingWriter(out, f.digest_alg)
     with _reading(puf) as pu, _reading(prf) as pr:
@@ -386,11 +430,15 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
              sync_dir: bool = True) -> None:
     """Fetch and check both fragments, decode, check the original's digest, and only then
     put the file at `dest` (fsynced, renamed; the folder fsynced unless `sync_dir` is
-    False, when the caller does it once for many files)."""
+    False, when the caller does it once for many files). A large replicated file is
+    decoded as its public object downloads."""
     _same_key(v, f)
     prf = private_container(v, f, tmp, progress, windows)
-    puf = public_fragment(v, f, tmp, progress, windows)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if tmp is not None and f.public_mode != "erasure":
+        _stream_replica(v, f, prf, dest, force=force, sync_dir=sync_dir, progress=progress)
+        return
+    puf = public_fragment(v, f, tmp, progress, windows)
     with atomic_output(dest, overwrite=force, sync_dir=sync_dir) as out:
         decode_to(v, f, puf, prf, out)
 
