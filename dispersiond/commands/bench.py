@@ -133,9 +133,12 @@ def _restore(args: argparse.Namespace, size: int | None) -> int:
         print(json.dumps(r, indent=1))
     else:
         what = "restore ID" if r["files"] == 1 else "restore --all"
-        print(f"{r['files']} x {r['size']} B: boto3 download {r['raw_download']['seconds']} s, "
-              f"{what} {r['restore']['seconds']} s ({r['restore_vs_raw']}x), "
-              f"requests {r['raw_download']['requests']} vs {r['restore']['requests']}")
+        raw = r["raw_download"]
+        print(f"{r['files']} x {r['size']} B: boto3 download {raw['seconds']} s "
+              f"({raw['seconds_with_new_client']} s with a new client), {what} "
+              f"{r['restore']['seconds']} s ({r['restore_vs_raw']}x; "
+              f"{r['restore_vs_raw_with_new_client']}x), requests {raw['requests']} vs "
+              f"{r['restore']['requests']}")
     return 0
 
 

@@ -401,8 +401,9 @@ def target_path(f: FileRow, dest: Path) -> Path:
     return dest / name
 
 
-#: A file this small is restored in memory (no temporary folder or files): a few hundred
-#: KiB at most per job in flight.
+#: A file this small is restored in memory (no temporary folder or files): about three
+#: times this at most per job in flight (the object as fetched, its fragment, the
+#: container).
 IN_MEMORY_MAX = 1 << 20
 
 
@@ -434,11 +435,12 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
     decoded as its public object downloads."""
     _same_key(v, f)
     prf = private_container(v, f, tmp, progress, windows)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if tmp is not None and f.public_mode != "erasure":
+        dest.parent.mkdir(parents=True, exist_ok=True)
         _stream_replica(v, f, prf, dest, force=force, sync_dir=sync_dir, progress=progress)
         return
     puf = public_fragment(v, f, tmp, progress, windows)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dest, overwrite=force, sync_dir=sync_dir) as out:
         decode_to(v, f, puf, prf, out)
 
@@ -636,21 +638,26 @@ class _AuditBatch:
     SIZE = 64
 
     def __init__(self, v: Archive, folder: Path) -> None:
-        self.v, self.folder, self.lock, self.ids = v, folder, threading.RLock(), []
+        self.v, self.folder, self.lock = v, folder, threading.Lock()
+        self.ids: list[str] = []
 
     def add(self, file_id: str) -> None:
         with self.lock:
             self.ids.append(file_id)
-            if len(self.ids) >= self.SIZE:
-                self.flush()
+            if len(self.ids) < self.SIZE:
+                return
+            batch, self.ids = self.ids, []
+        self._write(batch)
 
     def flush(self) -> None:
         with self.lock:
-            if self.ids:
-                fsync_dir(self.folder)
-                audit.append_many(self.v.db, self.v.key, [("restore", fid, {})
-                                                          for fid in self.ids])
-                self.ids = []
+            batch, self.ids = self.ids, []
+        if batch:
+            self._write(batch)
+
+    def _write(self, batch: list[str]) -> None:
+        fsync_dir(self.folder)
+        audit.append_many(self.v.db, self.v.key, [("restore", fid, {}) for fid in batch])
 
 
 def restore_many(v: Archive, files: list[FileRow], dest: Path, *, jobs: int = 4,
