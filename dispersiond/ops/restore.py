@@ -27,8 +27,8 @@ from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, 
 from backends import NotFound, StoreError, Unavailable
 
 from .. import audit, codec, digests
-from ..codec import se2
 from ..errors import CodecError, DispersiondError, FormatError, IntegrityError, WrongKey
+from ..keys import key_id
 from ..fsutil import atomic_output, fsync_dir
 from ..layout import Layout
 from ..logs import event
@@ -449,7 +449,7 @@ def _same_key(v: Archive, f: FileRow) -> None:
     """Refuse another master key before anything is fetched: a packed member's mask
     derives from the key, so under the wrong one every member would fail its digest and
     be marked corrupt, and the user would hear of damage instead of the key."""
-    if f.key_id and f.key_id != (mine := se2.key_id(v.key).hex()):
+    if f.key_id and f.key_id != (mine := key_id(v.key)):
         raise WrongKey(f"file {f.file_id} was protected with a different master key (key id "
                        f"{f.key_id}, yours {mine}): use the key it was made with")
 
