@@ -130,10 +130,6 @@ class PackWindows:
                     self._of_file.setdefault(o.file_id, []).append(w)
                     self._rank.setdefault(o.file_id, rank)
 
-    @property
-    def spans(self) -> int:
-        return len({id(w) for w in self._by_key.values()})
-
     def rank(self, file_id: str) -> int:
         """Where a file comes in an order that keeps the files of one span together (files
         with no planned member last)."""
