@@ -50,15 +50,48 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: How much a large output may have written before the kernel is asked to start writing
+#: it out (`atomic_output(writeback=True)`).
+WRITEBACK_EVERY = 32 << 20
+
+
+class _Writeback:
+    """A file whose written bytes the kernel starts writing out every WRITEBACK_EVERY
+    bytes (posix_fadvise DONTNEED starts writeback of dirty pages without waiting), so
+    the final fsync of a large file waits for the last stretch only, not for all of it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.n, self.mark = f, 0, 0
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.n += n
+        if self.n - self.mark >= WRITEBACK_EVERY:
+            self.f.flush()
+            os.posix_fadvise(self.f.fileno(), self.mark, self.n - self.mark,
+                             os.POSIX_FADV_DONTNEED)
+            self.mark = self.n
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
-                  mode: int = 0o600, sync_dir: bool = True) -> Iterator[BinaryIO]:
+                  mode: int = 0o600, sync_dir: bool = True,
+                  writeback: bool = False) -> Iterator[BinaryIO]:
     """Write `path` via a temporary file in the same folder, fsync, then rename.
 
     On any exception the temporary file is removed and `path` is untouched.
     With overwrite=False an existing `path` is never replaced (FileExistsError).
     With sync_dir=False the folder is not fsynced: the caller does it once for many files
     (until then a crash may lose the new name, never expose a partial file under it).
+    With writeback=True a large file is written out to disk as it grows (where the
+    system can be asked to), so the fsync at the end is short.
     """
     path = Path(path)
     if not overwrite and path.exists():
@@ -67,7 +100,8 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            yield f
+            yield (_Writeback(f) if writeback and hasattr(os, "posix_fadvise")  # type: ignore
+                   else f)
             f.flush()
             os.fsync(f.fileno())
         if overwrite:

@@ -144,3 +144,21 @@ def test_closing_the_stream_stops_a_download_that_waits_for_room():
     assert s.read(10) == b"x" * 10
     s.close()  # returns only once the download thread has ended
     assert len(wrote) < 100
+
+
+def test_an_output_written_out_as_it_grows_is_still_whole_and_atomic(tmp_path, monkeypatch):
+    from dispersiond import fsutil
+
+    monkeypatch.setattr(fsutil, "WRITEBACK_EVERY", 1000)
+    data = os.urandom(1_000_000)
+    target = tmp_path / "out.bin"
+    with fsutil.atomic_output(target, writeback=True) as f:
+        for i in range(0, len(data), 4096):
+            f.write(data[i:i + 4096])
+        assert f.mark > 0 and not target.exists()  # writeback started; not in place yet
+    assert target.read_bytes() == data
+    with pytest.raises(RuntimeError):
+        with fsutil.atomic_output(target, writeback=True) as f:
+            f.write(b"half")
+            raise RuntimeError("decode failed")
+    assert target.read_bytes() == data and leftovers(tmp_path) == []

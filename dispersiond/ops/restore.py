@@ -342,7 +342,7 @@ def _stream_replica(v: Archive, f: FileRow, prf: Blob, dest: Path, *, force: boo
         def use(obj: ObjectRow = obj) -> None:
             stream = ObjectStream(lambda sink: fetch_object(v, obj, sink, progress))
             try:
-                with atomic_output(dest, overwrite=force, sync_dir=sync_dir) as out:
+                with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
                     try:
                         stream.skip(obj.fragment_offset)
                         decode_to(v, f, stream, prf, out)
@@ -441,7 +441,7 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
         return
     puf = public_fragment(v, f, tmp, progress, windows)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(dest, overwrite=force, sync_dir=sync_dir) as out:
+    with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
         decode_to(v, f, puf, prf, out)
 
 

@@ -126,11 +126,12 @@ def bench(n: int, size: int, runs: int, jobs: int) -> dict[str, Any]:
             ids = _protect(cfg, src)
             stored = server.requests() - before
             _upload_raw(server, "raw", src, jobs)
-            raw_t, cold_t, bulk_t, raw_req, bulk_req, bulk_cpu = [], [], [], [], [], []
+            raw_t, cold_t, bulk_t, raw_req, bulk_req, bulk_cpu, raw_cpu = ([] for _ in range(7))
             for r in range(runs):
                 def raw() -> None:
-                    before = server.requests()
+                    before, cpu = server.requests(), _cpu()
                     raw_t.append(_download(server, "raw", work / f"raw-{r}", jobs))
+                    raw_cpu.append(_cpu() - cpu)
                     raw_req.append(server.requests() - before)
 
                 def cold() -> None:
@@ -168,6 +169,7 @@ def bench(n: int, size: int, runs: int, jobs: int) -> dict[str, Any]:
             "protect_requests": stored,
             "raw_download": {"seconds": round(raw_m, 3), "files_per_s": round(n / raw_m, 1),
                              "requests": statistics.median(raw_req),
+                             "cpu_seconds": round(statistics.median(raw_cpu), 3),
                              "seconds_with_new_client": round(cold_m, 3)},
             "restore": {"seconds": round(bulk_m, 3), "files_per_s": round(n / bulk_m, 1),
                         "requests": statistics.median(bulk_req),
