@@ -59,15 +59,27 @@ def _mac(key: bytes, prev: str, seq: int, ts: float, event: str, file_id: str | 
 def append(db: StateDB, master_key: bytes, event: str, file_id: str | None = None,
            **detail) -> int:
     """Add one entry; returns its sequence number."""
+    return append_many(db, master_key, [(event, file_id, detail)])
+
+
+def append_many(db: StateDB, master_key: bytes,
+                entries: list[tuple[str, str | None, dict]]) -> int:
+    """Add (event, file_id, detail) entries in order, in one transaction (one fsync
+    however many: a bulk restore records each of its files); returns the last sequence
+    number."""
+    if not entries:
+        raise ValueError("append_many needs at least one entry")
     key = subkey(master_key, "audit")
-    text = dumps(detail)
     with db.tx() as conn:
         tail = db.audit_tail(conn)
-        seq, prev = (tail[0] + 1, tail[1]) if tail else (1, GENESIS)
-        ts = round(time.time(), 6)
-        h = _mac(key, prev, seq, ts, event, file_id, text)
-        db.add_audit_row(conn, seq, ts, event, file_id, text, prev, h)
-        db.set_audit_head(sealed_head(master_key, seq, h), conn)
+        seq, prev = tail if tail else (0, GENESIS)
+        for event, file_id, detail in entries:
+            text = dumps(detail)
+            seq, ts = seq + 1, round(time.time(), 6)
+            h = _mac(key, prev, seq, ts, event, file_id, text)
+            db.add_audit_row(conn, seq, ts, event, file_id, text, prev, h)
+            prev = h
+        db.set_audit_head(sealed_head(master_key, seq, prev), conn)
         # The next manifest backup carries the new head, so cutting entries off the
         # end of the log is caught against it too.
         db.mark_manifest_dirty(conn)

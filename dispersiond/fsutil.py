@@ -73,9 +73,40 @@ def sync_batch(files: Iterable[Path], dirs: Iterable[Path]) -> None:
         fsync_dir(path)
 
 
+#: How much a large output may have written before the kernel is asked to start writing
+#: it out (`atomic_output(writeback=True)`).
+WRITEBACK_EVERY = 32 << 20
+
+
+class _Writeback:
+    """A file whose written bytes the kernel starts writing out every WRITEBACK_EVERY
+    bytes (posix_fadvise DONTNEED starts writeback of dirty pages without waiting), so
+    the final fsync of a large file waits for the last stretch only, not for all of it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.n, self.mark = f, 0, 0
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.n += n
+        if self.n - self.mark >= WRITEBACK_EVERY:
+            self.f.flush()
+            os.posix_fadvise(self.f.fileno(), self.mark, self.n - self.mark,
+                             os.POSIX_FADV_DONTNEED)
+            self.mark = self.n
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
-                  mode: int = 0o600, sync: bool = True) -> Iterator[BinaryIO]:
+                  mode: int = 0o600, sync: bool = True, sync_dir: bool = True,
+                  writeback: bool = False) -> Iterator[BinaryIO]:
     """Write `path` via a temporary file in the same folder, fsync, then rename.
 
     On any exception the temporary file is removed and `path` is untouched.
@@ -84,6 +115,11 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
     old file or the whole new one while the system runs, but only a later barrier
     (`sync_batch`) makes it durable; until then nothing may depend on it surviving a
     power cut.
+    With sync_dir=False (and sync) the file is fsynced but not its folder: the caller
+    does that once for many files (until then a crash may lose the new name, never
+    expose a partial file under it).
+    With writeback=True a large file is written out to disk as it grows (where the
+    system can be asked to), so the fsync at the end is short.
     """
     path = Path(path)
     if not overwrite and path.exists():
@@ -92,7 +128,8 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            yield f
+            yield (_Writeback(f) if writeback and hasattr(os, "posix_fadvise")  # type: ignore
+                   else f)
             f.flush()
             if sync:
                 os.fsync(f.fileno())
@@ -101,7 +138,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
         else:
             os.link(tmp, path)  # fails if path appeared meanwhile
             os.unlink(tmp)
-        if sync:
+        if sync and sync_dir:
             fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

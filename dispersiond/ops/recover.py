@@ -17,7 +17,8 @@ from backends import StoreError
 from .. import audit, digests, manifest
 from ..errors import DispersiondError
 from ..logs import log
-from .restore import first_intact
+from .packread import PackWindows
+from .restore import failing_stores, first_intact, preferred
 from ..state import ChainTip, ObjectRow
 from ..archive import Progress, Archive
 
@@ -176,19 +177,31 @@ def _fetch_containers(v: Archive, state: manifest.Replayed,
                       progress: Progress | None) -> tuple[list[dict], int]:
     """Put each file's private container in place (verified), before anything is written
     to the state; returns the files none of whose copies is intact, and how many
-    containers were downloaded."""
+    containers were downloaded. Containers packed together come with one request per
+    pack (`PackWindows`), not one per file."""
     missing, fetched = [], 0
+    todo: list[tuple[dict, list[ObjectRow]]] = []
+    for e in state.files.values():
+        dest = v.container_path(e["file_id"])
+        if dest.exists() and digests.of_path(e["digest_alg"], dest) == e["prf_digest"]:
+            continue
+        todo.append((e, [ObjectRow(i, e["file_id"], o["role"], o["shard"], o["store"],
+                                   o["name"], o["offset"], o["length"], o["object_size"],
+                                   o["digest"], "uploaded", None, e["digest_alg"],
+                                   o.get("pack_digest"))
+                         for i, o in enumerate(e["objects"]) if o["role"] == "private"]))
+    failing = failing_stores(v)
+    windows = PackWindows(v, [o for _, objs in todo for o in preferred(v, objs, 1, failing)],
+                          v.root / "work", progress)
+    todo.sort(key=lambda t: windows.rank(t[0]["file_id"]))  # one pack's files together
     with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
-        for e in state.files.values():
+        for e, objs in todo:
             dest = v.container_path(e["file_id"])
-            if dest.exists() and digests.of_path(e["digest_alg"], dest) == e["prf_digest"]:
-                continue
             errors: list[str] = []
-            objs = [ObjectRow(i, e["file_id"], o["role"], o["shard"], o["store"], o["name"],
-                              o["offset"], o["length"], o["object_size"], o["digest"],
-                              "uploaded", None, e["digest_alg"], o.get("pack_digest"))
-                    for i, o in enumerate(e["objects"]) if o["role"] == "private"]
-            got = first_intact(v, objs, Path(tmpd), "prf", errors, progress)
+            try:
+                got = first_intact(v, objs, Path(tmpd), "prf", errors, progress, windows)
+            finally:
+                windows.release(e["file_id"])
             if got is None:
                 reason = "; ".join(errors) or "none recorded"
                 log.warning("recover: file %s: no intact private container (%s); it cannot be "

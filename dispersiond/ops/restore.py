@@ -9,24 +9,27 @@ authentication and the original's digest both passed.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Protocol
+from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Protocol, Union
 
 from backends import NotFound, StoreError, Unavailable
 
-from .. import codec, digests
-from ..errors import DispersiondError, FormatError, IntegrityError, WrongKey
+from .. import audit, codec, digests
+from ..errors import CodecError, DispersiondError, FormatError, IntegrityError, WrongKey
 from ..keys import key_id
-from ..fsutil import atomic_output
+from ..fsutil import atomic_output, fsync_dir
 from ..layout import Layout
 from ..logs import event
 from ..pack import covering_range, extract
@@ -35,6 +38,8 @@ from ..state import PROTECTED, FileRow, ObjectRow
 from ..archive import Progress, Archive
 from ..display import shown
 from ..units import parse_duration
+from .packread import PackWindows, fetch_range
+from .streaming import ObjectStream
 
 
 class Unrestorable(DispersiondError):
@@ -46,6 +51,28 @@ class ShardsDoNotFit(IntegrityError):
 
 
 # --------------------------------------------------------------- one restorer
+
+#: Where fetched bytes are kept: a file in the restore's temporary folder, or (no folder:
+#: `tmp` is None) memory, for the small files of a bulk restore, where creating, renaming
+#: and removing a few files and a folder per record cost more than everything else.
+Blob = Union[Path, io.BytesIO]
+
+
+def _blob(tmp: Path | None, name: str) -> Blob:
+    return io.BytesIO() if tmp is None else tmp / name
+
+
+def _reading(b: Blob | BinaryIO) -> ContextManager[BinaryIO]:
+    """A reader of `b` from its start (a stream is read as it is, once)."""
+    if isinstance(b, Path):
+        return open(b, "rb")
+    if isinstance(b, io.BytesIO):
+        return io.BytesIO(b.getbuffer())
+    return contextlib.nullcontext(b)
+
+
+def _writing(b: Blob) -> ContextManager[BinaryIO]:
+    return open(b, "wb") if isinstance(b, Path) else contextlib.nullcontext(b)
 
 @dataclass(frozen=True)
 class Piece:
@@ -63,33 +90,39 @@ class ObjectSource(Protocol):
     def pieces(self) -> list[Piece]:
         """Every object of the fragment, best first."""
 
-    def fetch(self, piece: Piece, dest: Path) -> bool:
+    def fetch(self, piece: Piece, dest: Blob) -> bool:
         """Download `piece` intact into `dest`; False (reason kept by the source) if not."""
 
 
-def gather(source: ObjectSource, need: int, tmp: Path,
-           exclude: int | None = None) -> dict[int, tuple[Path, Piece]]:
+def gather(source: ObjectSource, need: int, tmp: Path | None,
+           exclude: int | None = None) -> dict[int, tuple[Blob, Piece]]:
     """Intact objects (shard number, or copy number for replicas) until `need` are had."""
-    good: dict[int, tuple[Path, Piece]] = {}
+    good: dict[int, tuple[Blob, Piece]] = {}
     for i, piece in enumerate(source.pieces()):
         if len(good) == need:
             break
         key = piece.shard if piece.shard is not None else i
         if key == exclude or key in good:
             continue
-        path = tmp / f"obj-{i}"
-        if source.fetch(piece, path):
-            good[key] = (path, piece)
+        dest = _blob(tmp, f"obj-{i}")
+        if source.fetch(piece, dest):
+            good[key] = (dest, piece)
     return good
 
 
-def _extract(path: Path, piece: Piece, dest: Path) -> None:
+def _extract(got: Blob, piece: Piece, tmp: Path | None, name: str) -> Blob:
     """The fragment bytes [offset, offset + length) of a downloaded object (drops padding)."""
+    if isinstance(got, io.BytesIO):
+        data = got.getbuffer()[piece.offset:piece.offset + piece.length]
+        if len(data) < piece.length:
+            raise ShardsDoNotFit("an object is shorter than the fragment it should hold")
+        return got if len(data) == len(got.getbuffer()) else io.BytesIO(data)
+    dest = tmp / name
     if piece.offset == 0:
-        os.replace(path, dest)
+        os.replace(got, dest)
         os.truncate(dest, piece.length)
-        return
-    with open(path, "rb") as src, open(dest, "wb") as fo:
+        return dest
+    with open(got, "rb") as src, open(dest, "wb") as fo:
         src.seek(piece.offset)
         left = piece.length
         while left:
@@ -98,26 +131,26 @@ def _extract(path: Path, piece: Piece, dest: Path) -> None:
                 raise ShardsDoNotFit("an object is shorter than the fragment it should hold")
             fo.write(block)
             left -= len(block)
+    return dest
 
 
-def rebuild_public(source: ObjectSource, layout: Layout, tmp: Path) -> tuple[Path, int] | int:
-    """The verified public fragment as (file, objects used), or the number of intact
-    objects found when fewer than needed were (the caller says why, in its own terms)."""
+def rebuild_public(source: ObjectSource, layout: Layout,
+                   tmp: Path | None) -> tuple[Blob, int] | int:
+    """The verified public fragment as (file, or memory with no `tmp`; objects used), or
+    the number of intact objects found when fewer than needed were (the caller says why,
+    in its own terms)."""
     good = gather(source, layout.need, tmp)
     if len(good) < layout.need:
         return len(good)
-    out = tmp / "puf"
     if layout.mode != "erasure":
-        path, piece = next(iter(good.values()))
-        _extract(path, piece, out)
-        return out, len(good)
+        got, piece = next(iter(good.values()))
+        return _extract(got, piece, tmp, "puf"), len(good)
+    out = _blob(tmp, "puf")
     readers = {}
     try:
-        for shard, (path, piece) in good.items():
-            part = tmp / f"shard-{shard}"
-            _extract(path, piece, part)
-            readers[shard] = open(part, "rb")
-        with open(out, "wb") as fo:
+        for shard, (got, piece) in good.items():
+            readers[shard] = _reading(_extract(got, piece, tmp, f"shard-{shard}"))
+        with _writing(out) as fo:
             try:
                 decode_shards(layout.puf_len, layout.k, layout.n, layout.block, readers, fo)
             except ValueError as exc:
@@ -132,16 +165,18 @@ class StoreSource:
     """A file's public objects on the configured stores, failing stores tried last."""
 
     def __init__(self, v: Archive, f: FileRow, errors: list[str], progress: Progress | None = None,
-                 states: tuple[str, ...] | None = None) -> None:
+                 states: tuple[str, ...] | None = None,
+                 windows: PackWindows | None = None) -> None:
         self.v, self.f, self.errors, self.progress, self.states = v, f, errors, progress, states
+        self.windows = windows
 
     def pieces(self) -> list[Piece]:
         objs = self.v.db.objects(self.f.file_id, role="public", states=self.states)
         return [Piece(o.shard, o.fragment_offset, o.length, o)
                 for o in _order(self.v, objs)]
 
-    def fetch(self, piece: Piece, dest: Path) -> bool:
-        return _try_fetch(self.v, piece.handle, dest, self.errors, self.progress)
+    def fetch(self, piece: Piece, dest: Blob) -> bool:
+        return _try_fetch(self.v, piece.handle, dest, self.errors, self.progress, self.windows)
 
 
 def layout_of(f: FileRow) -> Layout:
@@ -149,12 +184,13 @@ def layout_of(f: FileRow) -> Layout:
 
 
 def fetch_object(v: Archive, obj: ObjectRow, dest: BinaryIO,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, windows: PackWindows | None = None) -> None:
     """Download one object into `dest`, checking size and digest; marks the object's state.
-    A packed member is read with one ranged GET of the blocks that cover it, unmasked and
-    checked against its own digest: `dest` gets exactly its bytes."""
+    A packed member is read with one ranged GET of the blocks that cover it (or from the
+    span of its pack a bulk restore fetched for many members), unmasked and checked
+    against its own digest: `dest` gets exactly its bytes."""
     if obj.packed:
-        _fetch_member(v, obj, dest, progress)
+        _fetch_member(v, obj, dest, progress, windows)
         return
     w = HashingWriter(dest, obj.digest_alg)
     try:
@@ -174,20 +210,20 @@ def fetch_object(v: Archive, obj: ObjectRow, dest: BinaryIO,
     v.db.store_ok(obj.store)
 
 
-def _fetch_member(v: Archive, obj: ObjectRow, dest: BinaryIO,
-                  progress: Progress | None) -> None:
-    start, n = covering_range(obj.offset, obj.length, obj.object_size)
+def _fetch_member(v: Archive, obj: ObjectRow, dest: BinaryIO, progress: Progress | None,
+                  windows: PackWindows | None) -> None:
+    got = windows.window(obj) if windows is not None else None
+    if got is None:
+        start, n = covering_range(obj.offset, obj.length, obj.object_size)
+        buf = io.BytesIO()
+        if n:
+            fetch_range(v, obj.store, obj.name, start, n, buf, progress)
+        window = buf.getbuffer()
+        got = start, lambda off, ln: window[off - start:off - start + ln]
+    start, read = got
     try:
-        window = v.store(obj.store).get_bytes(obj.name, start, n) if n else b""
-    except NotFound:
-        v.db.set_pack_state(obj.store, obj.name, "missing")  # every member went with it
-        raise
-    if progress:
-        progress(len(window))
-    try:
-        data = extract(lambda off, ln: window[off - start:off - start + ln], obj.offset,
-                       obj.length, master_key=v.key, name=obj.name, digest=obj.digest,
-                       digest_alg=obj.digest_alg or "")
+        data = extract(read, obj.offset, obj.length, master_key=v.key, name=obj.name,
+                       digest=obj.digest, digest_alg=obj.digest_alg or "")
     except (IntegrityError, FormatError) as exc:
         v.db.set_object_state(obj.id, "corrupt")
         event(logging.WARNING, "packed member failed its digest", file_id=obj.file_id,
@@ -199,11 +235,20 @@ def _fetch_member(v: Archive, obj: ObjectRow, dest: BinaryIO,
     v.db.store_ok(obj.store)
 
 
-def _try_fetch(v: Archive, obj: ObjectRow, path: Path, errors: list[str],
-               progress: Progress | None) -> bool:
+def _try_fetch(v: Archive, obj: ObjectRow, dest: Blob, errors: list[str],
+               progress: Progress | None, windows: PackWindows | None = None) -> bool:
+    def fetch() -> None:
+        with _writing(dest) as f:
+            fetch_object(v, obj, f, progress, windows)
+
+    return _attempt(v, obj, errors, fetch)
+
+
+def _attempt(v: Archive, obj: ObjectRow, errors: list[str], use: Callable[[], None]) -> bool:
+    """Run `use` (a fetch of `obj`, or a decode from it as it downloads); False, with the
+    reason in `errors` and the store's failure recorded, if the copy was not intact."""
     try:
-        with open(path, "wb") as f:
-            fetch_object(v, obj, f, progress)
+        use()
         return True
     except NotFound:
         errors.append(f"{obj.store}: missing")
@@ -217,55 +262,100 @@ def _try_fetch(v: Archive, obj: ObjectRow, path: Path, errors: list[str],
     return False
 
 
-def _order(v: Archive, objs: list[ObjectRow]) -> list[ObjectRow]:
-    """Copies believed good first; stores that failed lately (in this run, or in the
-    last few minutes with no success since) last, so a dead cloud costs no waiting
-    while the others suffice."""
-    import time
-
+def failing_stores(v: Archive) -> set[str]:
+    """Stores that failed lately: in this run, or in the last few minutes with no success
+    since."""
     recent = time.time() - 300
-    failing = set(v.down) | {
+    return set(v.down) | {
         s["store"] for s in v.db.store_status()
         if s["error_at"] and s["error_at"] > recent and (s["last_ok"] or 0) < s["error_at"]}
+
+
+def _order(v: Archive, objs: list[ObjectRow], failing: set[str] | None = None) -> list[ObjectRow]:
+    """Copies believed good first; stores that failed lately last, so a dead cloud costs
+    no waiting while the others suffice."""
+    failing = failing_stores(v) if failing is None else failing
     return sorted(objs, key=lambda o: (o.store in failing, o.state != "uploaded",
                                        o.shard if o.shard is not None else 0))
 
 
-def first_intact(v: Archive, objs: list[ObjectRow], tmp: Path, label: str, errors: list[str],
-                 progress: Progress | None = None) -> tuple[ObjectRow, Path] | None:
-    """The first of `objs` (best first) that downloads intact, as (object, local file)."""
+def first_intact(v: Archive, objs: list[ObjectRow], tmp: Path | None, label: str,
+                 errors: list[str], progress: Progress | None = None,
+                 windows: PackWindows | None = None) -> tuple[ObjectRow, Blob] | None:
+    """The first of `objs` (best first) that downloads intact, as (object, local file, or
+    memory with no `tmp`)."""
     for obj in _order(v, objs):
-        path = tmp / f"{label}-{obj.id}"
-        if _try_fetch(v, obj, path, errors, progress):
-            return obj, path
+        dest = _blob(tmp, f"{label}-{obj.id}")
+        if _try_fetch(v, obj, dest, errors, progress, windows):
+            return obj, dest
     return None
 
 
-def private_container(v: Archive, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
-    """The local container if intact, else a verified copy from a private store."""
+def private_container(v: Archive, f: FileRow, tmp: Path | None,
+                      progress: Progress | None = None,
+                      windows: PackWindows | None = None) -> Blob:
+    """The local container if intact, else a verified copy from a private store (in
+    memory, the local one too, with no `tmp`)."""
     local = v.container_path(f.file_id)
     if local.exists():
-        if digests.of_path(f.digest_alg, local) == f.container_digest:
+        if tmp is None:
+            held = io.BytesIO(local.read_bytes())
+            if digests.of(f.digest_alg, held.getbuffer()) == f.container_digest:
+                return held
+        elif digests.of_path(f.digest_alg, local) == f.container_digest:
             return local
         event(logging.WARNING, "local private container damaged; using a backup",
               file_id=f.file_id)
     errors: list[str] = []
-    got = first_intact(v, v.db.objects(f.file_id, role="private"), tmp, "prf", errors, progress)
+    got = first_intact(v, v.db.objects(f.file_id, role="private"), tmp, "prf", errors, progress,
+                       windows)
     if got:
         return got[1]
     raise Unrestorable(f"file {f.file_id}: no intact private container ({'; '.join(errors) or 'none recorded'})")
 
 
-def public_fragment(v: Archive, f: FileRow, tmp: Path, progress: Progress | None = None) -> Path:
-    """A verified public fragment file (replica, or rebuilt from any k shards)."""
+def public_fragment(v: Archive, f: FileRow, tmp: Path | None,
+                    progress: Progress | None = None,
+                    windows: PackWindows | None = None) -> Blob:
+    """A verified public fragment (replica, or rebuilt from any k shards), in a file in
+    `tmp` or, with no `tmp`, in memory."""
     errors: list[str] = []
-    got = rebuild_public(StoreSource(v, f, errors, progress), layout_of(f), tmp)
+    got = rebuild_public(StoreSource(v, f, errors, progress, windows=windows), layout_of(f), tmp)
     if isinstance(got, tuple):
         return got[0]
     if f.public_mode != "erasure":
-        raise Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
+        raise _no_replica(f, errors)
     raise Unrestorable(f"file {f.file_id}: only {got} of the {f.k} shards needed are "
                        f"intact ({'; '.join(errors)})")
+
+
+def _no_replica(f: FileRow, errors: list[str]) -> Unrestorable:
+    return Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
+
+
+def _stream_replica(v: Archive, f: FileRow, prf: Blob, dest: Path, *, force: bool,
+                    sync_dir: bool, progress: Progress | None) -> None:
+    """A large replicated file decoded into `dest` while its public object downloads, no
+    copy of the object on disk (`ObjectStream`); each copy in turn, best first."""
+    errors: list[str] = []
+    for obj in _order(v, v.db.objects(f.file_id, role="public")):
+        def use(obj: ObjectRow = obj) -> None:
+            stream = ObjectStream(lambda sink: fetch_object(v, obj, sink, progress))
+            try:
+                with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
+                    try:
+                        stream.skip(obj.fragment_offset)
+                        decode_to(v, f, stream, prf, out)
+                    except CodecError:
+                        stream.drain()  # the object's own failure comes first, if it has one
+                        raise
+                    stream.drain()  # the padding, then the object's size and digest verdict
+            finally:
+                stream.close()
+
+        if _attempt(v, obj, errors, use):
+            return
+    raise _no_replica(f, errors)
 
 
 def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
@@ -277,10 +367,10 @@ def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
     return {shard: path for shard, (path, _) in good.items()}
 
 
-def decode_to(v: Archive, f: FileRow, puf: Path, prf: Path, out: BinaryIO) -> None:
+def decode_to(v: Archive, f: FileRow, puf: Blob | BinaryIO, prf: Blob, out: BinaryIO) -> None:
     """Decode into `out`, then check the original's digest."""
     w = HashingWriter(out, f.digest_alg)
-    with open(puf, "rb") as pu, open(prf, "rb") as pr:
+    with _reading(puf) as pu, _reading(prf) as pr:
         codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.container_len, w)
     if w.n != f.size or (f.digest and w.hexdigest() != f.digest):
         raise IntegrityError(f"file {f.file_id}: rebuilt bytes do not match the recorded "
@@ -311,27 +401,69 @@ def target_path(f: FileRow, dest: Path) -> Path:
     return dest / name
 
 
-def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
-            progress: Progress | None = None) -> FileRow:
-    """Rebuild one file at `dest` bit-exact; never writes unverified bytes over anything,
-    nor anywhere but `dest` (a file, or a folder to restore into)."""
+#: A file this small is restored in memory (no temporary folder or files): about three
+#: times this at most per job in flight (the object as fetched, its fragment, the
+#: container).
+IN_MEMORY_MAX = 1 << 20
+
+
+def _protected(v: Archive, ref: str) -> FileRow:
     f = v.resolve(ref)
     checked_id(f)
     if f.state not in PROTECTED:
         raise DispersiondError(f"file {f.file_id} is not protected yet (state {f.state})")
-    if f.key_id and f.key_id != key_id(v.key):  # else every packed member fails its digest
+    return f
+
+
+@contextlib.contextmanager
+def _scratch(v: Archive, f: FileRow) -> Iterator[Path | None]:
+    """Where `f`'s fetched objects are kept: memory (None) for a small file, else a
+    temporary folder in the work area, removed afterwards."""
+    if f.size <= IN_MEMORY_MAX:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=".restore-", dir=v.root / "work") as tmpd:
+        yield Path(tmpd)
+
+
+def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: bool,
+             progress: Progress | None = None, windows: PackWindows | None = None,
+             sync_dir: bool = True) -> None:
+    """Fetch and check both fragments, decode, check the original's digest, and only then
+    put the file at `dest` (fsynced, renamed; the folder fsynced unless `sync_dir` is
+    False, when the caller does it once for many files). A large replicated file is
+    decoded as its public object downloads."""
+    _same_key(v, f)
+    prf = private_container(v, f, tmp, progress, windows)
+    if tmp is not None and f.public_mode != "erasure":
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _stream_replica(v, f, prf, dest, force=force, sync_dir=sync_dir, progress=progress)
+        return
+    puf = public_fragment(v, f, tmp, progress, windows)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
+        decode_to(v, f, puf, prf, out)
+
+
+def _same_key(v: Archive, f: FileRow) -> None:
+    """Refuse another master key before anything is fetched: a packed member's mask
+    derives from the key, so under the wrong one every member would fail its digest and
+    be marked corrupt, and the user would hear of damage instead of the key."""
+    if f.key_id and f.key_id != (mine := key_id(v.key)):
         raise WrongKey(f"file {f.file_id} was protected with a different master key (key id "
-                       f"{f.key_id}, yours {key_id(v.key)}): use the key it was made with")
+                       f"{f.key_id}, yours {mine}): use the key it was made with")
+
+
+def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
+            progress: Progress | None = None) -> FileRow:
+    """Rebuild one file at `dest` bit-exact; never writes unverified bytes over anything,
+    nor anywhere but `dest` (a file, or a folder to restore into)."""
+    f = _protected(v, ref)
     dest = target_path(f, dest)
     if dest.exists() and not force:
         raise DispersiondError(f"{dest} exists; choose another --to or pass --force")
-    with tempfile.TemporaryDirectory(prefix=".restore-", dir=v.root / "work") as tmpd:
-        tmp = Path(tmpd)
-        prf = private_container(v, f, tmp, progress)
-        puf = public_fragment(v, f, tmp, progress)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(dest, overwrite=force) as out:
-            decode_to(v, f, puf, prf, out)
+    with _scratch(v, f) as tmp:
+        _rebuild(v, f, dest, tmp, force=force, progress=progress)
     v.audit("restore", f.file_id)
     event(logging.INFO, "file restored", file_id=f.file_id)
     return f
@@ -399,10 +531,10 @@ def _suffixed(name: str, tag: str) -> str:
 
 def _free_name(name: str, file_id: str, taken: set[str]) -> str:
     """`name`, or with the shortest id prefix (then a counter) that no other file took."""
-    tags = [file_id[:8], file_id[:16], file_id]
-    candidates = [name, *(_suffixed(name, t) for t in tags)]
-    for c in candidates:
-        if c not in taken:
+    if name not in taken:
+        return name
+    for tag in (file_id[:8], file_id[:16], file_id):
+        if (c := _suffixed(name, tag)) not in taken:
             return c
     n = 2
     while _suffixed(name, f"{file_id}-{n}") in taken:
@@ -439,17 +571,93 @@ def _reason(exc: Exception) -> str:
         f"{type(exc).__name__}: {text}"
 
 
-def _restore_one(v: Archive, f: FileRow, path: Path, force: bool) -> BulkItem:
+def _in_the_way(f: FileRow, path: Path, force: bool) -> BulkItem | None:
+    """The outcome of a file whose target is taken (a folder; a file, without force)."""
     if path.is_dir():
         return BulkItem(f, path, False, f"file {f.file_id}: a folder {shown(path)} is in the "
                         "way; move it or restore into another --to")
     if path.exists() and not force:
         return BulkItem(f, path, False, None, skipped=True)
+    return None
+
+
+def _restore_one(v: Archive, f: FileRow, path: Path, force: bool, windows: PackWindows,
+                 audits: "_AuditBatch") -> BulkItem:
+    """`restore` of one file, its spans shared with the others, its audit entry batched."""
     try:
-        restore(v, f.file_id, path, force=force)
+        taken = _in_the_way(f, path, force)
+        if taken:
+            return taken
+        f = _protected(v, f.file_id)
+        with _scratch(v, f) as tmp:
+            _rebuild(v, f, path, tmp, force=force, windows=windows, sync_dir=False)
+        event(logging.INFO, "file restored", file_id=f.file_id)
     except Exception as exc:  # one file's failure never stops the others
         return BulkItem(f, path, False, _reason(exc))
+    finally:
+        windows.release(f.file_id)
+    audits.add(f.file_id)
     return BulkItem(f, path, True)
+
+
+def preferred(v: Archive, objs: list[ObjectRow], need: int = 1,
+              failing: set[str] | None = None) -> list[ObjectRow]:
+    """The objects a restore fetches first when every copy is good: the first `need`
+    distinct shards (or copies) in `_order`, as `gather` and `first_intact` take them."""
+    out: list[ObjectRow] = []
+    seen: set[int] = set()
+    for i, o in enumerate(_order(v, objs, failing)):
+        key = o.shard if o.shard is not None else i
+        if len(seen) < need and key not in seen:
+            seen.add(key)
+            out.append(o)
+    return out
+
+
+def first_choices(v: Archive, files: list[FileRow]) -> list[ObjectRow]:
+    """What each file's restore fetches first: its `need` preferred public objects, and a
+    private one when the device lacks its own copy of the container. A bulk restore
+    fetches each pack's share of them at once."""
+    failing = failing_stores(v)
+    out: list[ObjectRow] = []
+    by_file = v.db.objects_of(f.file_id for f in files)
+    for f in files:
+        objs = by_file.get(f.file_id, [])
+        out += preferred(v, [o for o in objs if o.role == "public"], layout_of(f).need, failing)
+        if not v.container_path(f.file_id).exists():
+            out += preferred(v, [o for o in objs if o.role == "private"], 1, failing)
+    return out
+
+
+class _AuditBatch:
+    """The restore entries of a bulk restore, appended in batches (one transaction and one
+    fsync per batch rather than per file; the rest at the end). Before each batch the
+    folder the files were renamed into is fsynced: an entry never names a file whose
+    name could still be lost."""
+
+    SIZE = 64
+
+    def __init__(self, v: Archive, folder: Path) -> None:
+        self.v, self.folder, self.lock = v, folder, threading.Lock()
+        self.ids: list[str] = []
+
+    def add(self, file_id: str) -> None:
+        with self.lock:
+            self.ids.append(file_id)
+            if len(self.ids) < self.SIZE:
+                return
+            batch, self.ids = self.ids, []
+        self._write(batch)
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.ids = self.ids, []
+        if batch:
+            self._write(batch)
+
+    def _write(self, batch: list[str]) -> None:
+        fsync_dir(self.folder)
+        audit.append_many(self.v.db, self.v.key, [("restore", fid, {}) for fid in batch])
 
 
 def restore_many(v: Archive, files: list[FileRow], dest: Path, *, jobs: int = 4,
@@ -464,21 +672,29 @@ def restore_many(v: Archive, files: list[FileRow], dest: Path, *, jobs: int = 4,
     start = time.monotonic()
     report = BulkReport()
     planned = plan_targets(files, dest)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = []
-        for f, target in planned:
-            if isinstance(target, str):
-                item = BulkItem(f, None, False, target)
+    todo = [(f, t) for f, t in planned if isinstance(t, Path)]
+    wanted = [f for f, t in todo if _in_the_way(f, t, force) is None]
+    windows = PackWindows(v, first_choices(v, wanted), v.root / "work")
+    todo.sort(key=lambda ft: windows.rank(ft[0].file_id))  # the files of one span together
+    audits = _AuditBatch(v, dest)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for f, target in planned:
+                if isinstance(target, str):
+                    item = BulkItem(f, None, False, target)
+                    report.items.append(item)
+                    if done:
+                        done(item)
+            futures = [pool.submit(_restore_one, v, f, target, force, windows, audits)
+                       for f, target in todo]
+            for fut in as_completed(futures):
+                item = fut.result()
                 report.items.append(item)
                 if done:
                     done(item)
-            else:
-                futures.append(pool.submit(_restore_one, v, f, target, force))
-        for fut in as_completed(futures):
-            item = fut.result()
-            report.items.append(item)
-            if done:
-                done(item)
+    finally:
+        audits.flush()
+        windows.close()
     order = {f.file_id: i for i, (f, _) in enumerate(planned)}
     report.items.sort(key=lambda i: order[i.file.file_id])
     report.seconds = time.monotonic() - start

@@ -8,9 +8,11 @@ from .members import PackIndex, PackMember
 from .policy import PackPolicy, load_policy
 from .reader import PackReader, covering_range, extract, open_index
 from .repack import RepackPlan, plan_repack
+from .spans import Span, plan_spans
 from .writer import PackWriter, build_pack
 
 __all__ = ["MAX_MEMBERS", "MAX_PACK_SIZE", "VERSION", "PackIndex", "PackMember",
-           "PackPolicy", "PackReader", "PackWriter", "RepackPlan", "build_pack",
+           "PackPolicy", "PackReader", "PackWriter", "RepackPlan", "Span", "build_pack",
            "covering_range", "encode_index", "extract", "load_policy", "open_index",
-           "open_sealed", "padded_size", "parse_index", "plan_repack", "seal_index"]
+           "open_sealed", "padded_size", "parse_index", "plan_repack", "plan_spans",
+           "seal_index"]

@@ -62,7 +62,8 @@ class Setup:
     compression: str = "auto"
 
 
-_REQUEST = re.compile(rb'"(GET|PUT|POST|HEAD|DELETE) ')
+# werkzeug colours some status lines (206 for a ranged GET, 4xx) with ANSI escapes
+_REQUEST = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) ')
 _KEY_ENV, _SECRET_ENV = "DISPERSIOND_BENCH_S3_KEY", "DISPERSIOND_BENCH_S3_SECRET"
 
 

@@ -1,12 +1,18 @@
-"""Bulk restore against a plain download: `restore --all` of N records from a local S3
-server, next to a concurrent boto3 download of the same public objects from the same
-server in the same run (the floor any restore has to pay).
+"""Restore against a plain download: `restore --all` of N records (or `restore ID` of one
+large file) from a local S3 server, next to a concurrent boto3 download of the same
+records stored one object per file on the same server in the same run (the floor a tool
+that keeps one object per file pays).
 
 Run: `python -m dispersiond.research.restore_bench [N] [SIZE_BYTES] [RUNS] [JOBS]`.
-The records are protected once (`put`, replicate mode, one public bucket); each run
-then times `restore --all --jobs JOBS` (in this process, through the CLI's entry point:
-config, archive, every digest checked, decode, fsync, rename) and the baseline (list
-the bucket, GET every object, write it to a file), alternating which goes first.
+The records are protected once, all in one batch (replicate mode, one public bucket,
+one private bucket): small ones go into packs as the batched pipeline stores them, one
+pack per store per `pack_size`. The originals are also uploaded, one object per file,
+to a third bucket. Each run then times `restore --all --jobs JOBS` (N > 1) or `restore
+ID` (N = 1), in this process, through the CLI's entry point (config, archive, its S3
+client, every digest checked, decode, fsync, rename), and the baseline (list the bucket,
+GET every object with JOBS threads, write it to a file) twice: with a client made
+before the clock starts, and with a fresh boto3 session's client made inside it, as
+any new process pays (the restore makes its own each time), in rotating order.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -37,21 +44,70 @@ def _cli(*argv: str) -> str:
     return out.getvalue()
 
 
-def _download(server: S3Server, bucket: str, dest: Path, workers: int) -> float:
+def _protect(cfg: str, files: list[Path]) -> list[str]:
+    """Protect `files` as one batch: encode each, then send every pending object at once
+    (the small ones packed), commit, back the manifest up."""
+    from ..archive import open_archive
+    from ..config import load_config
+    from ..ops import protect
+    from ..ops.packing import send_objects
+
+    with open_archive(load_config(Path(cfg)), exclusive=True) as v:
+        ids = [protect.admit(v, p) for p in files]
+        for fid in ids:
+            protect.encode(v, fid)
+        failures = send_objects(v, v.db.objects(None, states=("pending",)))
+        if failures:
+            raise SystemExit(f"protecting the records failed: {failures[0][1]}")
+        protect.commit_many(v, [v.db.file(fid) for fid in ids])
+        protect.finish(v, ids)
+        return ids
+
+
+def _upload_raw(server: S3Server, bucket: str, files: list[Path], workers: int) -> None:
     c = server.client()
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(lambda p: c.upload_file(str(p), bucket, p.name), files))
+
+
+def _fresh_client(server: S3Server):
+    """A client from a new boto3 session: it loads botocore's models again, as a new
+    process does (a client of the default session reuses those already loaded)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=server.endpoint, region_name="us-east-1",
+        aws_access_key_id="bench", aws_secret_access_key="bench",
+        config=Config(max_pool_connections=64, s3={"addressing_style": "path"}))
+
+
+def _download(server: S3Server, bucket: str, dest: Path, workers: int,
+              fresh: bool = False) -> float:
+    """Seconds to list `bucket` and GET every object into `dest`; with `fresh`, making
+    the client is inside the clock."""
     dest.mkdir()
+    c = None if fresh else server.client()
     t0 = time.perf_counter()
+    if c is None:
+        c = _fresh_client(server)
     keys = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", ())]
 
     def get(key: str) -> None:
-        body = c.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = c.get_object(Bucket=bucket, Key=key)["Body"]
         with open(dest / key, "wb") as f:
-            f.write(body)
+            for chunk in body.iter_chunks(1 << 20):
+                f.write(chunk)
 
     with ThreadPoolExecutor(workers) as ex:
         list(ex.map(get, keys))
     return time.perf_counter() - t0
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def bench(n: int, size: int, runs: int, jobs: int) -> dict[str, Any]:
@@ -62,48 +118,67 @@ def bench(n: int, size: int, runs: int, jobs: int) -> dict[str, Any]:
         server = S3Server(work)
         try:
             c = server.client()
-            for b in ("pub", "prv"):
+            for b in ("pub", "prv", "raw"):
                 c.create_bucket(Bucket=b)
             cfg = str(_daemon_config(work / "device", server, "pub", "prv", Setup()))
             src = _make_files(work / "src", n, size)
-            _cli("-c", cfg, "put", "--json", *map(str, src))
-            raw_t, bulk_t, raw_req, bulk_req = [], [], [], []
+            before = server.requests()
+            ids = _protect(cfg, src)
+            stored = server.requests() - before
+            _upload_raw(server, "raw", src, jobs)
+            raw_t, cold_t, bulk_t, raw_req, bulk_req, bulk_cpu, raw_cpu = ([] for _ in range(7))
             for r in range(runs):
                 def raw() -> None:
-                    before = server.requests()
-                    raw_t.append(_download(server, "pub", work / f"raw-{r}", jobs))
+                    before, cpu = server.requests(), _cpu()
+                    raw_t.append(_download(server, "raw", work / f"raw-{r}", jobs))
+                    raw_cpu.append(_cpu() - cpu)
                     raw_req.append(server.requests() - before)
 
-                def bulk() -> None:
+                def cold() -> None:
+                    cold_t.append(_download(server, "raw", work / f"cold-{r}", jobs, True))
+
+                def ours() -> None:
                     out = work / f"out-{r}"
                     out.mkdir()
-                    before = server.requests()
+                    before, cpu = server.requests(), _cpu()
                     t0 = time.perf_counter()
-                    res = json.loads(_cli("-c", cfg, "restore", "--all", "--to", str(out),
-                                          "--jobs", str(jobs), "--json"))
+                    if n == 1:
+                        _cli("-c", cfg, "restore", ids[0], "--to", str(out), "--json")
+                    else:
+                        res = json.loads(_cli("-c", cfg, "restore", "--all", "--to", str(out),
+                                              "--jobs", str(jobs), "--json"))
+                        if res["restored"] != n:
+                            raise SystemExit(f"restored {res['restored']} of {n}")
                     bulk_t.append(time.perf_counter() - t0)
+                    bulk_cpu.append(_cpu() - cpu)
                     bulk_req.append(server.requests() - before)
-                    if res["restored"] != n:
-                        raise SystemExit(f"restored {res['restored']} of {n}")
                     for p in src[:: max(1, n // 50)]:  # spot check, bit-exact
                         if (out / p.name).read_bytes() != p.read_bytes():
                             raise SystemExit(f"{p.name} differs after restore")
 
-                for side in ((raw, bulk) if r % 2 == 0 else (bulk, raw)):
+                sides = [raw, cold, ours]
+                for side in sides[r % 3:] + sides[:r % 3]:
                     side()
-                shutil.rmtree(work / f"raw-{r}")
-                shutil.rmtree(work / f"out-{r}")
+                for d in ("raw", "cold", "out"):
+                    shutil.rmtree(work / f"{d}-{r}")
         finally:
             server.stop()
-    raw_m, bulk_m = statistics.median(raw_t), statistics.median(bulk_t)
+    raw_m, cold_m = statistics.median(raw_t), statistics.median(cold_t)
+    bulk_m = statistics.median(bulk_t)
     return {"files": n, "size": size, "runs": runs, "jobs": jobs,
+            "protect_requests": stored,
             "raw_download": {"seconds": round(raw_m, 3), "files_per_s": round(n / raw_m, 1),
-                             "requests": statistics.median(raw_req)},
-            "restore_all": {"seconds": round(bulk_m, 3), "files_per_s": round(n / bulk_m, 1),
-                            "requests": statistics.median(bulk_req)},
+                             "requests": statistics.median(raw_req),
+                             "cpu_seconds": round(statistics.median(raw_cpu), 3),
+                             "seconds_with_new_client": round(cold_m, 3)},
+            "restore": {"seconds": round(bulk_m, 3), "files_per_s": round(n / bulk_m, 1),
+                        "requests": statistics.median(bulk_req),
+                        "cpu_seconds": round(statistics.median(bulk_cpu), 3)},
             "restore_vs_raw": round(bulk_m / raw_m, 2),
+            "restore_vs_raw_with_new_client": round(bulk_m / cold_m, 2),
             "all_seconds": {"raw_download": [round(x, 3) for x in raw_t],
-                            "restore_all": [round(x, 3) for x in bulk_t]}}
+                            "raw_download_with_new_client": [round(x, 3) for x in cold_t],
+                            "restore": [round(x, 3) for x in bulk_t]}}
 
 
 if __name__ == "__main__":
