@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -381,7 +382,7 @@ def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
     for attempt in range(1, ENCODE_ATTEMPTS):
         enc.waiting.pop(fid, None)  # as `start` does when it hands the file to the pool
         enc.encoding.add(fid)
-        daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+        daemon.handle(Encoded.one(fid, time.monotonic(), RuntimeError("codec exploded")))
         assert fid in enc.waiting and fid not in enc.encoding
         assert daemon.v.db.file(fid).attempts == attempt
         waits.append(enc.retry[fid].wait(time.monotonic()))
@@ -389,8 +390,121 @@ def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
         assert fid in enc.waiting and not enc.encoding  # backing off: not started
     assert waits[1] > waits[0] > 0  # exponential, from retry_base
     enc.waiting.pop(fid)
-    daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+    daemon.handle(Encoded.one(fid, time.monotonic(), RuntimeError("codec exploded")))
     f = daemon.v.db.file(fid)
     assert f.state == FileState.FAILED and "encoding failed 3 times" in f.error
     assert fid not in enc.waiting and fid not in enc.retry
     assert (tmp_path / "state" / "quarantine" / fid / "a.dcm").read_bytes() == b"a" * 100
+
+
+# --------------------------------------------------------------- batches of small files
+
+def test_batches_are_cut_by_count_and_bytes_in_arrival_order() -> None:
+    from dispersiond.ops.encode import batches
+
+    items = [(f"f{i}", 10) for i in range(7)]
+    assert batches(items, files=3, size=1000) == [["f0", "f1", "f2"], ["f3", "f4", "f5"], ["f6"]]
+    assert batches(items, files=100, size=25) == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"], ["f6"]]
+    # A file larger than the byte bound is a batch of its own; nothing is ever dropped.
+    assert batches([("a", 5), ("big", 99), ("b", 5)], files=10, size=20) == [
+        ["a"], ["big"], ["b"]]
+    assert batches([], files=3, size=10) == []
+
+
+def test_a_batch_needs_the_staging_slack_once(tmp_path: Path) -> None:
+    from dispersiond.daemon.encoder import batch_need, staging_need
+
+    cfg = load_config(local_config(tmp_path, "erasure"))
+    sizes = [16 << 10] * 64
+    need = batch_need(cfg.public, sizes)
+    assert need == staging_need(cfg.public, 16 << 10, False) + 63 * (
+        staging_need(cfg.public, 16 << 10, False) - (1 << 20))
+    assert need < 64 * staging_need(cfg.public, 16 << 10, False) / 10
+    assert need >= sum(sizes) * 1.5  # 3 shards of k=2: 1.5x the bytes, before padding
+
+
+def _claim_files(daemon: Daemon, inbox: Path, files: dict[str, bytes]) -> dict[str, str]:
+    """Drop `files` and claim them; returns name -> file id."""
+    for name, data in files.items():
+        (inbox / name).write_bytes(data)
+    daemon.intake.rescan()
+    stop = threading.Event()
+    daemon.intake.claim(stop)  # first look: the stability clock starts
+    time.sleep(0.35)
+    for fid, size in daemon.intake.claim(stop):
+        daemon.encoder.add(fid, size)
+    return {f.name: f.file_id for f in daemon.v.db.files_in(FileState.CLAIMED)}
+
+
+def _next_encoded(daemon: Daemon):
+    from dispersiond.daemon.events import Encoded
+
+    while True:
+        ev = daemon.q.get(timeout=30)
+        if isinstance(ev, Encoded):
+            return ev
+
+
+def test_small_files_are_encoded_as_one_batch_and_booked_at_once(daemon: Daemon,
+                                                                  tmp_path: Path) -> None:
+    from dispersiond.ops.encode import BATCH_FILE_MAX
+
+    small = {f"lab-{i}.json": os.urandom(100 + i * 997) for i in range(9)}
+    _claim_files(daemon, tmp_path / "inbox", small)
+    ids = _claim_files(daemon, tmp_path / "inbox", {"scan.dcm": os.urandom(BATCH_FILE_MAX)})
+    enc = daemon.encoder
+    assert len(enc.waiting) == 10
+    enc.start(stopping=False)
+    assert enc.tasks == 2 and len(enc.encoding) == 10 and not enc.waiting  # a batch, a file
+    events = [_next_encoded(daemon), _next_encoded(daemon)]
+    batch = next(ev for ev in events if len(ev.outcomes) > 1)
+    assert sorted(batch.fids) == sorted(ids[n] for n in small)  # the large one alone
+    assert all(exc is None for _, exc in batch.outcomes)
+    for ev in events:
+        assert daemon.encoder.on_encoded(ev, cancelling=False) == []  # no early uploads
+    assert enc.tasks == 0 and not enc.encoding
+    assert {f.state for f in daemon.v.db.files()} == {FileState.ENCODED}
+    per_file = len(daemon.v.db.objects(ids["lab-0.json"]))
+    assert per_file == 4 and daemon.uploader.pending() == 10 * per_file  # queued at once
+
+
+def test_a_bad_file_in_a_batch_is_booked_alone(daemon: Daemon, tmp_path: Path) -> None:
+    files = {f"vitals-{i}.hl7": os.urandom(500) for i in range(5)}
+    ids = _claim_files(daemon, tmp_path / "inbox", files)
+    gone = ids["vitals-2.hl7"]
+    Path(daemon.v.db.file(gone).source).unlink()  # vanished behind the daemon's back
+    daemon.encoder.start(stopping=False)
+    ev = _next_encoded(daemon)
+    assert len(ev.outcomes) == 5
+    assert [fid for fid, exc in ev.outcomes if exc is not None] == [gone]
+    daemon.handle(ev)
+    f = daemon.v.db.file(gone)
+    assert f.state == FileState.FAILED and "vanished or cannot be read" in f.error
+    others = [fid for name, fid in ids.items() if fid != gone]
+    assert {daemon.v.db.file(fid).state for fid in others} == {FileState.ENCODED}
+    assert daemon.uploader.pending() == 4 * len(daemon.v.db.objects(others[0]))
+    assert not daemon.encoder.encoding and not daemon.encoder.waiting
+
+
+def test_a_failed_batch_backs_off_each_file(daemon: Daemon, tmp_path: Path) -> None:
+    """A batch that fails as a whole (here: an error no file is to blame for) books each
+    of its files as a failed attempt, so each backs off and, in the end, is set aside."""
+    from dispersiond.daemon.events import Encoded
+
+    ids = _claim_files(daemon, tmp_path / "inbox", {f"r{i}.csv": b"a,b\n" * (i + 1)
+                                                     for i in range(3)})
+    enc = daemon.encoder
+    fids = list(enc.waiting)
+    for fid in fids:
+        del enc.waiting[fid]
+        enc.encoding.add(fid)
+    enc.tasks = 1
+    err = OSError(5, "Input/output error")
+    daemon.handle(Encoded(tuple((fid, err) for fid in fids), time.monotonic()))
+    assert enc.tasks == 0 and not enc.encoding and set(enc.waiting) == set(ids.values())
+    for fid in fids:
+        f = daemon.v.db.file(fid)
+        assert f.state == FileState.CLAIMED and f.attempts == 1 and "Input/output" in f.error
+        assert enc.retry[fid].wait(time.monotonic()) > 0
+    enc.start(stopping=False)
+    assert enc.tasks == 0  # backing off: nothing started

@@ -18,7 +18,7 @@ from ..errors import DispersiondError
 from ..logs import event, log
 from ..ops.backup import backup_manifest
 from ..ops.finalize import AfterPolicyFailed, finish
-from ..ops.protect import all_uploaded, commit_many
+from ..ops.protect import all_uploaded_of, commit_many
 from ..state import FileState
 from ..archive import Archive
 from .uploader import Uploader
@@ -63,13 +63,13 @@ class Finisher:
     def advance(self, fids: Iterable[str]) -> None:
         """Commit the files that became restorable (one transaction for all); drop the
         staged copies of committed ones whose every object is now confirmed."""
-        rows = [f for f in map(self.v.db.file, fids) if f is not None]
+        rows = list(self.v.db.files_by_id(fids).values())  # a few reads for the batch
         if commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED]):
             self.manifest_dirty = True
-        for f in rows:
-            if f.state == FileState.COMMITTED and all_uploaded(self.v, f.file_id):
-                shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
-                self.finish_due = True
+        committed = [f.file_id for f in rows if f.state == FileState.COMMITTED]
+        for fid in all_uploaded_of(self.v, committed) if committed else ():
+            shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
+            self.finish_due = True
 
     def advance_all(self) -> None:
         """At start-up: files a crash left between steps (uploads done, commit not)."""

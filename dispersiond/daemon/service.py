@@ -267,9 +267,9 @@ class Daemon:
             fid = self.uploader.on_uploaded(ev, cancelling)
             if fid is not None:
                 self.finisher.settle(fid)
-        elif isinstance(ev, Encoded):
-            if self.encoder.on_encoded(ev, cancelling):
-                self.finisher.settle(ev.fid)  # early uploads may have finished it already
+        elif isinstance(ev, Encoded):  # one file, or a batch of small ones
+            for fid in self.encoder.on_encoded(ev, cancelling):
+                self.finisher.settle(fid)  # early uploads may have finished it already
         elif isinstance(ev, BackupNow):
             self.finisher.backup_now()
         elif isinstance(ev, VerifyNow):

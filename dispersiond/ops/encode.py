@@ -90,6 +90,12 @@ class Staged:
                       k=pol.k if erasure else None, n=pol.n,
                       block=DEFAULT_BLOCK if erasure else None)
 
+    def durable(self) -> tuple[list[Path], list[Path]]:
+        """(files, folders) a barrier must fsync for this encode to survive a power cut:
+        every staged file written locally and the container, then their folders."""
+        files = [p for p in self.paths.values() if p.exists()]
+        return files, list(dict.fromkeys(p.parent for p in files))
+
     def file_fields(self, cfg, key: bytes) -> dict:
         """State columns to record (the scheme was recorded at admission)."""
         fields = self.layout_of(cfg, key).row_fields()
@@ -99,13 +105,17 @@ class Staged:
 
 def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
           progress: Progress | None = None,
-          on_layout: Callable[[se2.Layout], Feeds] | None = None) -> Staged:
+          on_layout: Callable[[se2.Layout], Feeds] | None = None, *,
+          sync: bool = True) -> Staged:
     """Encode `src` with a fresh secret: the container to `container_path` (atomically,
     fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`.
 
     `on_layout`, if given, is called once the sizes are known and before any byte is
     written; the Taps it returns (by staged file name) are fed as the files grow, and a
-    staged file given Pipes instead is not written at all: its bytes go to them."""
+    staged file given Pipes instead is not written at all: its bytes go to them.
+
+    With sync=False nothing is fsynced: the caller syncs a whole batch at once
+    (`Staged.durable`, then `fsutil.sync_batch`) before it records any of it."""
     cfg, pol = v.cfg, v.cfg.public
     size = os.fstat(src.fileno()).st_size
     hl = head_len(src.read(PROBE), size, cfg.dicom_header)
@@ -125,7 +135,7 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
                         else HashingWriter(open(stage_dir / name, "w+b"), alg, feed))
         sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
                                                                    DEFAULT_BLOCK)
-        with atomic_output(container_path) as prf_file:
+        with atomic_output(container_path, sync=sync) as prf_file:
             prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
             prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
             enc = codec.write(prep, v.key, sink, prf)
@@ -133,12 +143,14 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
             sink.close()
         for o in outs:
             o.pad_random(padded(o.n, pol.pad))
-            o.sync()
+            if sync:
+                o.sync()
     finally:
         prep.close()
         for o in outs:
             o.close()
-    fsync_dir(stage_dir)
+    if sync:
+        fsync_dir(stage_dir)
     if (enc.puf_len, enc.prf_len) != (layout.puf_len, layout.prf_len):
         raise IntegrityError("the encoder wrote other sizes than its layout says")
     writers = {**dict(zip(names, outs)), "prf": prf}
@@ -151,6 +163,30 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
 
 
 EARLY_UPLOAD_MIN = 16 << 20  # below this a file goes up in one request, which cannot start early
+
+#: Files below this size are encoded in batches (`protect.encode_many`): one durability
+#: barrier and one transaction for the batch. Above it the per-file costs (~1 ms of
+#: fsyncs, a transaction, a thread hand-off) are small next to the encode itself.
+BATCH_FILE_MAX = 1 << 20
+#: Bounds of one batch: files, and bytes of originals (it is all uploaded after the last
+#: one is encoded, so a batch is kept to a few tens of milliseconds of encoding).
+BATCH_FILES = 64
+BATCH_BYTES = 8 << 20
+
+
+def batches(sizes: list[tuple[str, int]], files: int = BATCH_FILES,
+            size: int = BATCH_BYTES) -> list[list[str]]:
+    """Cut (file_id, size) pairs, in their order, into batches of at most `files` files
+    and `size` bytes (a single file larger than `size` is a batch of its own)."""
+    out: list[list[str]] = []
+    n = 0
+    for fid, s in sizes:
+        if not out or len(out[-1]) >= files or (n + s > size and out[-1]):
+            out.append([])
+            n = 0
+        out[-1].append(fid)
+        n += s
+    return out
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 from ..errors import DispersiondError
 from .backup import backup_manifest
-from ..state import PROTECTED, FileRow
+from ..state import PROTECTED, FileRow, ObjectState
 from ..archive import Archive
 
 
@@ -60,11 +60,15 @@ def finish(v: Archive, fids: Iterable[str], *, grant_errors: list[str] | None = 
     if backup:
         backup_manifest(v)
     handled: dict[str, dict] = {}
+    fids = list(fids)
+    rows = v.db.files_by_id(fids)  # a few reads for the lot, not two a file
+    staged = {o.file_id for o in v.db.objects_of(
+        fids, states=[s for s in ObjectState if s != ObjectState.UPLOADED])}
     try:
         for fid in fids:
             if stopping is not None and stopping():
                 break
-            f = v.db.file(fid)
+            f = rows.get(fid)
             if f is None or f.state not in PROTECTED:
                 continue
             res: dict = {"bundles": grant_standing(v, fid, grant_errors)}
@@ -76,7 +80,7 @@ def finish(v: Archive, fids: Iterable[str], *, grant_errors: list[str] | None = 
                     failed = AfterPolicyFailed(fid, exc)
                     failed.handled = handled  # finalized in `finally` below
                     raise failed from exc
-            if not v.db.objects(fid, not_state="uploaded"):  # stages still needed else
+            if fid not in staged:  # the staged copies are still needed else
                 shutil.rmtree(v.work_dir(fid), ignore_errors=True)
             handled[fid] = res
     finally:  # one transaction for the lot (a crash before it: the steps are redone)

@@ -17,10 +17,10 @@ from typing import Callable, Iterable
 from ..archive import Archive, Progress
 from ..errors import DispersiondError
 from ..state import FileState
-from .encode import EARLY_UPLOAD_MIN
+from .encode import BATCH_FILE_MAX, EARLY_UPLOAD_MIN, batches
 from .finalize import finish
 from .packing import send_objects
-from .protect import commit_many, encode, encode_early, upload_failed
+from .protect import commit_many, encode, encode_early, encode_many, upload_failed
 from .upload import Throttle
 
 #: A batch: at most this many files and bytes of originals. Its staged copies wait on the
@@ -28,27 +28,12 @@ from .upload import Throttle
 #: store and kind (more once a pack reaches pack.pack_size).
 BATCH_FILES = 1000
 BATCH_BYTES = 128 << 20
-#: Small files are encoded in chunks on a pool this wide: their cost is mostly fsyncs and
-#: file creation, which overlap (the journal commits them together) while the CPU is free.
+#: Encodes at once: small files in chunks (`encode_many`: one durability barrier and one
+#: transaction a chunk), medium ones alone. Their cost is mostly fsyncs and file creation,
+#: which overlap (the journal commits them together) while the CPU is free; in flight at
+#: most ENCODERS chunks (8 MiB) or medium files (below EARLY_UPLOAD_MIN), plus the one
+#: large file encoded beside them.
 ENCODERS = 4
-#: One chunk: the bytes a worker holds in flight (so ENCODERS x CHUNK_BYTES in all, plus
-#: the one large file encoded beside them).
-CHUNK_FILES = 64
-CHUNK_BYTES = 8 << 20
-
-
-def batches(sizes: Iterable[tuple[str, int]], files: int, size: int) -> list[list[str]]:
-    """Cut (file_id, size) pairs, in their order, into batches of at most `files` files and
-    `size` bytes (a file larger than `size` is a batch of its own). Pure."""
-    out: list[list[str]] = []
-    n = 0
-    for fid, s in sizes:
-        if not out or len(out[-1]) >= files or (n + s > size and out[-1]):
-            out.append([])
-            n = 0
-        out[-1].append(fid)
-        n += s
-    return out
 
 
 @dataclass
@@ -67,7 +52,7 @@ def protect_batch(v: Archive, fids: list[str], throttle: Throttle,
     encode, upload, commit, one manifest backup, finish. One bad file never stops the
     others: its error is in the result and its state is kept."""
     res = BatchResult()
-    rows = {fid: v.db.file(fid) for fid in fids}
+    rows = v.db.files_by_id(fids)
     claimed = [(fid, f.size) for fid, f in rows.items() if f.state == FileState.CLAIMED]
     for fid, exc in encode_all(v, claimed, throttle, progress).items():
         if exc is not None:
@@ -75,7 +60,7 @@ def protect_batch(v: Archive, fids: list[str], throttle: Throttle,
     live = {fid for fid in fids if fid not in res.errors}
     pending = [o for o in v.db.upload_queue() if o.file_id in live]
     failures = send_objects(v, pending, throttle, progress)
-    commit_many(v, [v.db.file(fid) for fid in fids if fid in live])
+    commit_many(v, list(v.db.files_by_id([fid for fid in fids if fid in live]).values()))
     first: dict[str, Exception] = {}
     for store, exc in failures:
         first.setdefault(store, exc)
@@ -106,15 +91,19 @@ def encode_error(exc: BaseException) -> str:
 
 def encode_all(v: Archive, claimed: list[tuple[str, int]], throttle: Throttle,
                progress: Progress | None = None) -> dict[str, BaseException | None]:
-    """Encode claimed files: the small ones in chunks on the pool, the large ones one at a
-    time in this thread (their uploads start while they are encoded). Per file: None, or
-    the error that stopped it."""
-    small = [(fid, s) for fid, s in claimed if s < EARLY_UPLOAD_MIN]
+    """Encode claimed files: on the pool the small ones in chunks and the medium ones one
+    each, the large ones one at a time in this thread (their uploads start while they are
+    encoded). Per file: None, or the error that stopped it."""
+    small = [(fid, s) for fid, s in claimed if s < BATCH_FILE_MAX]
+    medium = [fid for fid, s in claimed if BATCH_FILE_MAX <= s < EARLY_UPLOAD_MIN]
     large = [fid for fid, s in claimed if s >= EARLY_UPLOAD_MIN]
+    sizes = dict(claimed)
     out: dict[str, BaseException | None] = {}
     with ThreadPoolExecutor(ENCODERS, thread_name_prefix="put-encode") as pool:
-        running = [pool.submit(encode_chunk, v, chunk, progress)
-                   for chunk in batches(small, CHUNK_FILES, CHUNK_BYTES)]
+        running = [pool.submit(encode_chunk, v, chunk, sizes, progress)
+                   for chunk in batches(small)]
+        running += [pool.submit(lambda fid=fid: {fid: _outcome(lambda: encode(v, fid, progress))})
+                    for fid in medium]
         for fid in large:
             out[fid] = _outcome(lambda fid=fid: encode_early(v, fid, throttle, progress))
         for fut in running:
@@ -122,11 +111,17 @@ def encode_all(v: Archive, claimed: list[tuple[str, int]], throttle: Throttle,
     return out
 
 
-def encode_chunk(v: Archive, fids: list[str],
+def encode_chunk(v: Archive, fids: list[str], sizes: dict[str, int],
                  progress: Progress | None = None) -> dict[str, BaseException | None]:
-    """Encode small files, each staged for the batch's uploads; per file: None or its
-    error. (The one call site for a batched encode with one durability barrier.)"""
-    return {fid: _outcome(lambda fid=fid: encode(v, fid, progress)) for fid in fids}
+    """Small files encoded as one chunk (one barrier, one transaction); per file: None or
+    its error. A failure of the chunk itself (its barrier or transaction) is each file's."""
+    try:
+        out = encode_many(v, fids)
+    except Exception as exc:  # noqa: BLE001 - nothing of the chunk was recorded
+        return {fid: exc for fid in fids}
+    if progress:
+        progress(sum(sizes[fid] for fid, exc in out.items() if exc is None))
+    return out
 
 
 def _outcome(step: Callable[[], None]) -> BaseException | None:
