@@ -34,14 +34,14 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
-def sources(args: list[str], errors: list[str]) -> list[Path]:
-    """The files to protect: each FILE as given, each DIR walked. What is neither (or a
-    folder that cannot be read) is an error of its own; the others go on."""
+def sources(args: list[str], errors: list[str], skip: Path | None = None) -> list[Path]:
+    """The files to protect: each FILE as given, each DIR walked (never into `skip`, the
+    state directory). What is neither is an error of its own; the others go on."""
     out: list[Path] = []
     for a in args:
         p = Path(a)
         if p.is_dir():
-            out += walk(p, errors)
+            out += walk(p, errors, skip)
         elif p.is_file():
             out.append(p)
         else:
@@ -50,9 +50,12 @@ def sources(args: list[str], errors: list[str]) -> list[Path]:
     return out
 
 
-def walk(root: Path, errors: list[str]) -> list[Path]:
+def walk(root: Path, errors: list[str], skip: Path | None = None) -> list[Path]:
     """Regular files under `root`, sorted by name at each level (a folder's files and
-    subfolders in one order); symlinks, FIFOs, sockets and devices are skipped."""
+    subfolders in one order); symlinks, FIFOs, sockets and devices are skipped, and so is
+    the folder `skip`. A folder that cannot be listed is an error; the walk goes on."""
+    if skip is not None and os.path.exists(skip) and os.path.samefile(root, skip):
+        return []
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: os.fsencode(e.name))
@@ -64,7 +67,7 @@ def walk(root: Path, errors: list[str]) -> list[Path]:
     for e in entries:
         try:
             if e.is_dir(follow_symlinks=False):
-                out += walk(Path(e.path), errors)
+                out += walk(Path(e.path), errors, skip)
             elif e.is_file(follow_symlinks=False):
                 out.append(Path(e.path))
         except OSError as exc:  # vanished while listed
@@ -79,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DispersiondError("name at least one FILE or DIR (or --resume)")
     errors: list[str] = []
     grant_errors: list[str] = []
-    paths = sources(args.files, errors)
+    paths = sources(args.files, errors, cfg.state_path)
     out: list[dict] = []  # per protected file: --json
     lines: list[str] = []  # ... and as text
     with open_archive(cfg, exclusive=True) as v:
@@ -97,16 +100,17 @@ def _run(args: argparse.Namespace) -> int:
                                   "protected")
                 else:
                     todo.append(fid)
-        rows = {fid: v.db.file(fid) for fid in todo}
+        rows = v.db.files_by_id(todo)
         total = sum(transfer_bytes(v.cfg, f.size) for f in rows.values())
         label = shown(rows[todo[0]].name) if len(todo) == 1 else f"{len(todo)} files"
         throttle = Throttle(v.cfg.schedule.bandwidth())
         with transfer_progress(label, total, not args.json) as adv:
-            for batch in batches(((fid, rows[fid].size) for fid in todo), BATCH_FILES,
+            for batch in batches([(fid, rows[fid].size) for fid in todo], BATCH_FILES,
                                  BATCH_BYTES):
                 res = protect_batch(v, batch, throttle, adv, grant_errors)
+                now = v.db.files_by_id(batch)
                 for fid in batch:
-                    f = v.db.file(fid)
+                    f = now[fid]
                     if fid in res.errors:
                         errors.append(f"{shown(f.name)}: {res.errors[fid]}")
                         continue

@@ -22,6 +22,7 @@ from ..placement import (DEFAULT_BLOCK, HashingWriter, PipeWriter, ShardWriter, 
                          padded, shard_length)
 from ..tap import DirectUploadFailed, Pipe, Tap
 from ..archive import Progress, Archive
+from .packing import remove_staged_packs
 from .upload import Cancelled, Throttle, UploadReader
 
 
@@ -291,7 +292,11 @@ class EarlyUploadRun:
 
 def abandon_planned(v: Archive, fid: str | None = None) -> int:
     """Names planned for early uploads of an encode that never finished (of `fid`, or
-    of every file): to the trash, whether or not their objects exist."""
+    of every file): to the trash, whether or not their objects exist. For every file
+    (at start-up, nothing else running) the packs a killed process was building or
+    sending are also removed from the staging area: their names are among those."""
+    if fid is None:
+        remove_staged_packs(v)
     return v.db.abandon_planned(fid)
 
 

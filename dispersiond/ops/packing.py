@@ -13,6 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from backends import StoreError
@@ -82,12 +83,26 @@ def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     return data[:obj.length]
 
 
+_STAGED_PACK = "pack-"  # staging area name prefix of a pack being built or sent
+
+
+def _staged_pack(v: Archive, name: str) -> Path:
+    return v.root / "work" / f"{_STAGED_PACK}{name}"
+
+
+def remove_staged_packs(v: Archive) -> None:
+    """Packs a killed process was building or sending (their names were planned, and go
+    to the trash with the others): removed from the staging area, at start-up only."""
+    for stale in (v.root / "work").glob(f"{_STAGED_PACK}*"):
+        stale.unlink(missing_ok=True)
+
+
 def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
     """Write the pack into the staging area; returns its row, where each member landed,
     and the staged file."""
     pad = v.cfg.public.pad
     w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
-    path = v.root / "work" / f"pack-{name}"
+    path = _staged_pack(v, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     h = digests.new(job.digest_alg)
     placed: list[PlacedMember] = []
