@@ -107,18 +107,18 @@ def _run(args: argparse.Namespace) -> int:
         with transfer_progress(label, total, not args.json) as adv:
             for batch in batches([(fid, rows[fid].size) for fid in todo], BATCH_FILES,
                                  BATCH_BYTES):
-                res = protect_batch(v, batch, throttle, adv, grant_errors)
-                now = v.db.files_by_id(batch)
+                res = protect_batch(v, {fid: rows[fid] for fid in batch}, throttle, adv,
+                                    grant_errors)
                 for fid in batch:
-                    f = now[fid]
+                    name, state = rows[fid].name, res.states[fid]
                     if fid in res.errors:
-                        errors.append(f"{shown(f.name)}: {res.errors[fid]}")
+                        errors.append(f"{shown(name)}: {res.errors[fid]}")
                         continue
-                    item = {"file_id": fid, **json_fields(f.name), "state": f.state}
+                    item = {"file_id": fid, **json_fields(name), "state": state}
                     if v.cfg.grants and fid in res.handled:
                         item["bundles"] = [str(p) for p in res.handled[fid]["bundles"]]
                     out.append(item)
-                    lines.append(f"{fid}  {f.state:9}  {shown(f.name)}")
+                    lines.append(f"{fid}  {state:9}  {shown(name)}")
         v.empty_trash()  # best effort; what a store refuses now waits for the next run
     if args.json:
         emit_json({"files": out, "errors": errors, "grant_errors": grant_errors})

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from ..archive import Archive, Progress
 from ..errors import DispersiondError
-from ..state import FileState
+from ..state import FileRow, FileState
 from .encode import BATCH_FILE_MAX, EARLY_UPLOAD_MIN, batches
 from .finalize import finish
 from .packing import send_objects
@@ -38,35 +38,37 @@ ENCODERS = 4
 
 @dataclass
 class BatchResult:
-    """What became of a batch's files: an error per file that is not protected (it stays
-    for a resume), the files the finish step handled (bundles, done)."""
+    """What became of a batch's files: the state each is in now, an error for each that
+    is not protected (it stays for a resume), what the finish step handled (bundles)."""
 
+    states: dict[str, FileState] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     handled: dict[str, dict] = field(default_factory=dict)
 
 
-def protect_batch(v: Archive, fids: list[str], throttle: Throttle,
+def protect_batch(v: Archive, rows: dict[str, FileRow], throttle: Throttle,
                   progress: Progress | None = None,
                   grant_errors: list[str] | None = None) -> BatchResult:
-    """Every remaining step for a batch of admitted files (claimed, encoded or committed):
-    encode, upload, commit, one manifest backup, finish. One bad file never stops the
-    others: its error is in the result and its state is kept."""
+    """Every remaining step for a batch of admitted files (`rows`: claimed, encoded or
+    committed, as read before): encode, upload, commit, one manifest backup, finish.
+    One bad file never stops the others: its error is in the result, its state kept."""
     res = BatchResult()
-    rows = v.db.files_by_id(fids)
     claimed = [(fid, f.size) for fid, f in rows.items() if f.state == FileState.CLAIMED]
     for fid, exc in encode_all(v, claimed, throttle, progress).items():
         if exc is not None:
             res.errors[fid] = encode_error(exc)
-    live = {fid for fid in fids if fid not in res.errors}
-    pending = [o for o in v.db.upload_queue() if o.file_id in live]
+    live = [fid for fid in rows if fid not in res.errors]
+    wanted = set(live)
+    pending = [o for o in v.db.upload_queue() if o.file_id in wanted]
     failures = send_objects(v, pending, throttle, progress)
-    commit_many(v, list(v.db.files_by_id([fid for fid in fids if fid in live]).values()))
+    now = v.db.files_by_id(live)  # as encoded: what commit_many needs of each
+    commit_many(v, list(now.values()))
     first: dict[str, Exception] = {}
     for store, exc in failures:
         first.setdefault(store, exc)
     short: dict[str, set[str]] = {}  # file -> the stores it still lacks a copy on
     for o in v.db.upload_queue():
-        if o.file_id in live:
+        if o.file_id in wanted:
             short.setdefault(o.file_id, set()).add(o.store)
     for fid, stores in short.items():
         try:
@@ -74,9 +76,15 @@ def protect_batch(v: Archive, fids: list[str], throttle: Throttle,
                 (s, first.get(s) or DispersiondError("not sent")) for s in sorted(stores)])
         except DispersiondError as exc:
             res.errors[fid] = str(exc)
-    protected = [fid for fid in fids if fid not in res.errors]
+    protected = [fid for fid in live if fid not in res.errors]
     if protected:  # as the daemon after its uploads: backup, grants, done
         res.handled = finish(v, protected, grant_errors=grant_errors)
+    for fid, f in rows.items():
+        h = res.handled.get(fid)
+        if h is not None:  # committed, and perhaps done now
+            res.states[fid] = FileState.DONE if h["done"] else FileState.COMMITTED
+        else:  # as it was encoded (or, if its encode failed, as it was)
+            res.states[fid] = now[fid].state if fid in now else f.state
     return res
 
 
