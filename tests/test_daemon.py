@@ -207,9 +207,11 @@ def test_store_outage_mid_batch_then_everything_completes(tmp_path, make_store_s
         # Not stalled: every file becomes restorable from the other two clouds.
         wait_until(lambda: status(cfg)["files"]["committed"] + status(cfg)["files"]["done"]
                    == len(names), 60, "all committed during the outage", d)
-        st = status(cfg)
+        # the database records the error before the loop rewrites its status document
+        st = wait_until(lambda: (s := status(cfg))["stores"]["aws"]["retry_at"] and s, 10,
+                        "the status document names the next try", d)
         assert st["stores"]["aws"]["failing"] and st["stores"]["aws"]["pending_objects"] > 0
-        assert st["stores"]["aws"]["last_error"] and st["stores"]["aws"]["retry_at"]
+        assert st["stores"]["aws"]["last_error"]
         assert st["files"]["committed"] > 0  # kept until its last shard is up
         assert st["files"]["failed"] == 0
         assert len(list((tmp_path / "inbox").iterdir())) == 0
@@ -629,8 +631,9 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     (shape,) = out["shapes"]
     assert shape["files"] == 20 and shape["size"] == 4096 and shape["digest"] == "sha256"
     assert shape["raw"]["requests_per_file"] == 1.0
-    # one public and one private object per file, plus the manifest backup
-    assert 2.0 <= shape["pipeline"]["requests_per_file"] <= 2.3
+    # small files share packs: one public and one private pack, plus the manifest backup
+    # (a burst that straddles a flush adds two packs and a backup)
+    assert 3 / 20 <= shape["pipeline"]["requests_per_file"] <= 6 / 20
     assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0
 
 

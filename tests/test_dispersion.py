@@ -76,28 +76,51 @@ def test_restore_refuses_to_overwrite_and_names_unknown_files(tmp_path):
     assert "no protected file matches" in err
 
 
+def stored_member(cfg: Path, fid: str, store: str):
+    """The object row of `fid` on `store` (a packed member: name = its pack's)."""
+    from dispersiond.config import load_config
+    from dispersiond.state import StateDB
+
+    db = StateDB(load_config(cfg).state_path / "state.db")
+    try:
+        (obj,) = [o for o in db.objects(fid) if o.store == store]
+        return obj
+    finally:
+        db.close()
+
+
+def tamper(cfg: Path, store: str, name: str, at: int) -> None:
+    """Flip one byte of a stored object in place: same name, same size."""
+    raw = next(s for s in yaml.safe_load(cfg.read_text())["stores"] if s["name"] == store)
+    with open_store(raw["type"], store, **{k: v for k, v in raw.items()
+                                           if k not in ("name", "type", "trust")}) as st:
+        data = bytearray(st.get_bytes(name))
+        data[at] ^= 0x40
+        st.delete(name)
+        st.put_bytes(name, bytes(data))
+
+
 def test_tampered_object_is_never_returned_and_repair_fixes_it(tmp_path):
     cfg = local_config(tmp_path, "replicate")
     f = real_files()[4]
     fid = put_all(cfg, [f])[f.name]
-    # flip one byte in every public replica: restore must refuse
-    replicas = [p for d in ("cloud-a", "cloud-b") for p in (tmp_path / d).rglob("*") if p.is_file()]
-    assert len(replicas) == 2
-    for p in replicas:
-        data = bytearray(p.read_bytes())
-        data[100] ^= 1
-        p.write_bytes(bytes(data))
+    # flip one byte inside the file's member in every public replica's pack: restore
+    # must refuse
+    replicas = [stored_member(cfg, fid, s) for s in ("cloud-a", "cloud-b")]
+    assert all(o.packed for o in replicas)
+    for o in replicas:
+        tamper(cfg, o.store, o.name, o.offset + 100)
     out = tmp_path / "out.bin"
     code, _, err = cli(cfg, "restore", fid, "--to", str(out), expect=2)
     assert "digest" in err and not out.exists()
     # one good replica is enough: put one back, restore works, repair fixes the other
-    data = bytearray(replicas[0].read_bytes())
-    data[100] ^= 1
-    replicas[0].write_bytes(bytes(data))
+    tamper(cfg, replicas[0].store, replicas[0].name, replicas[0].offset + 100)
     cli(cfg, "restore", fid, "--to", str(out))
     assert sha(out) == sha(f)
     rep = cli_json(cfg, "repair", "--deep")
     assert len(rep["repaired"]) == 1 and rep["failed"] == []
+    assert [(p["store"], p["members"]) for p in rep["repacked"]] == [("cloud-b", 1)]
+    assert stored_member(cfg, fid, "cloud-b").name != replicas[1].name
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
 
 
@@ -277,31 +300,31 @@ def test_erasure_across_three_clouds_survives_an_outage(tmp_path, make_store_set
     assert {p["problem"] for p in cli_json(cfg, "verify", expect=1)["problems"]} == {"missing"}
     rep = cli_json(cfg, "repair")
     assert len(rep["repaired"]) == len(files) and rep["failed"] == []
+    # every file's lost gcp member rebuilt into one new pack on gcp, whatever packs they had
+    assert [(p["store"], p["members"]) for p in rep["repacked"]] == [("gcp", len(files))]
+    assert len({stored_member(cfg, fid, "gcp").name for fid in ids.values()}) == 1
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
     assert all(r["health"] == "ok" for r in cli_json(cfg, "ls"))
+    restore_all(cfg, ids, files, tmp_path / "out3")
 
 
 def test_corrupted_shard_is_named_and_repaired(tmp_path, make_store_settings):
     cfg = cloud_config(tmp_path, make_store_settings, {})
     f = real_files()[2]
     fid = put_all(cfg, [f])[f.name]
-    raw = yaml.safe_load(cfg.read_text())
-    azr = next(s for s in raw["stores"] if s["name"] == "azr")
-    with open_store("azure", "azr", **{k: v for k, v in azr.items()
-                                       if k not in ("name", "type", "trust")}) as st:
-        (name,) = list(st.list(""))
-        data = bytearray(st.get_bytes(name))
-        data[len(data) // 2] ^= 0x40
-        st.delete(name)
-        st.put_bytes(name, bytes(data))
+    shard = stored_member(cfg, fid, "azr")  # a member of azr's pack
+    assert shard.packed
+    tamper(cfg, "azr", shard.name, shard.offset + shard.length // 2)
     assert cli_json(cfg, "verify")["problems"] == []  # same size: shallow cannot see it
     rep = cli_json(cfg, "verify", "--deep", expect=1)
-    assert [(p["store"], p["problem"], p["object"]) for p in rep["problems"]] == [("azr", "corrupt", name)]
+    assert [(p["store"], p["problem"], p["object"], p["shard"]) for p in rep["problems"]] == [
+        ("azr", "corrupt", shard.name, 2)]
     out = tmp_path / "out"
     cli(cfg, "restore", fid, "--to", str(out))
     assert sha(out) == sha(f)
     assert len(cli_json(cfg, "repair", "--deep")["repaired"]) == 1
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
+    assert stored_member(cfg, fid, "azr").name != shard.name
 
 
 # ------------------------------------------------------------------ init and keys

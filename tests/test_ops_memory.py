@@ -64,12 +64,18 @@ def test_finish_backs_up_then_marks_done(tmp_path):
         assert v.db.backups("vault")
 
 
-def test_verify_finds_a_missing_object_and_repair_rebuilds_it(tmp_path):
+#: Config that packs the test files' small fragments (the default), or packs nothing.
+PACKING = {"packed": {}, "standalone": {"pack": {"threshold": 1}}}
+
+
+@pytest.mark.parametrize("packing", PACKING)
+def test_verify_finds_a_missing_object_and_repair_rebuilds_it(tmp_path, packing):
     src = real_files()[2]
-    with memory_archive(tmp_path) as v:
+    with memory_archive(tmp_path, **PACKING[packing]) as v:
         fid = _protected(v, src)
         victim = next(o for o in v.db.objects(fid, role="public") if o.shard == 1)
-        v.store(victim.store).delete(victim.name)
+        assert victim.packed == (packing == "packed")
+        v.store(victim.store).delete(victim.name)  # the object, or the whole pack
         rep = verify(v)
         assert [(p.file_id, p.store, p.shard, p.problem) for p in rep.findings] == [
             (fid, victim.store, 1, "missing")]
@@ -79,6 +85,7 @@ def test_verify_finds_a_missing_object_and_repair_rebuilds_it(tmp_path):
             (victim.store, 1)]
         new = next(o for o in v.db.objects(fid, role="public") if o.shard == 1)
         assert new.name != victim.name and new.state == "uploaded"
+        assert new.packed == victim.packed  # a pack is re-packed, an object stays one
         assert new.name in every_object(v)[victim.store]
         assert verify(v, deep=True).findings == []
         # the rebuilt shard is really used: without another shard, restore still works
@@ -87,17 +94,19 @@ def test_verify_finds_a_missing_object_and_repair_rebuilds_it(tmp_path):
         assert _restored(v, fid, tmp_path / "out") == src.read_bytes()
 
 
-def test_verify_finds_a_corrupt_object_deep(tmp_path):
-    with memory_archive(tmp_path) as v:
+@pytest.mark.parametrize("packing", PACKING)
+def test_verify_finds_a_corrupt_object_deep(tmp_path, packing):
+    with memory_archive(tmp_path, **PACKING[packing]) as v:
         fid = _protected(v, real_files()[3])
         o = v.db.objects(fid, role="public")[0]
         store = v.store(o.store)
         data = bytearray(store.get_bytes(o.name))
-        data[len(data) // 2] ^= 1
+        data[o.offset + o.length // 2] ^= 1  # inside the fragment (a packed one: its member)
         store.delete(o.name)
         store.put(o.name, io.BytesIO(bytes(data)), len(data))
         assert verify(v).findings == []  # same size, no checksum of the same kind
-        assert [p.problem for p in verify(v, deep=True).findings] == ["corrupt"]
+        assert [(p.object, p.problem) for p in verify(v, deep=True).findings] == [
+            (o.name, "corrupt")]
 
 
 def test_forget_removes_every_copy(tmp_path):

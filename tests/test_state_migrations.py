@@ -65,7 +65,7 @@ def _to_schema_4(db_path: Path) -> None:
 
 
 def test_a_schema_4_database_gains_packs_and_keeps_its_objects(tmp_path: Path) -> None:
-    cfg = local_config(tmp_path, "erasure")
+    cfg = local_config(tmp_path, "erasure", pack={"threshold": 1})  # schema 4 had no packs
     old = real_files()[0]
     (old_id,) = put(cfg, old)
     db_path = load_config(cfg).state_path / "state.db"

@@ -11,9 +11,11 @@ from ._common import add_config, add_json, config, emit_json, transfer_progress
 def register(sub) -> None:
     p = sub.add_parser("verify", help="check every stored object (exit 1 if any problem)",
                        description="Shallow (default): every object exists with the right size, "
-                                   "and the store's own SHA-256 matches where it keeps one; "
+                                   "and the store's own hash matches where it keeps one of the "
+                                   "same kind; a pack is checked once for all its members; "
                                    "nothing is downloaded. --deep: download every object and "
-                                   "check its SHA-256.")
+                                   "pack and check its digests, a pack's index, and each of "
+                                   "its members.")
     add_config(p)
     p.add_argument("--deep", action="store_true", help="download and check every byte")
     add_json(p)
@@ -32,7 +34,9 @@ def _run(args: argparse.Namespace) -> int:
               f"({'deep' if args.deep else 'shallow'}): {rep.ok} ok, {len(rep.findings)} problems")
         for p in rep.findings:
             shard = f" shard {p.shard}" if p.shard is not None else ""
-            print(f"  {p.file_id[:12]}  {p.role}{shard} on {p.store}: {p.problem} ({p.object})")
+            detail = f"; {p.detail}" if p.detail else ""
+            print(f"  {p.file_id[:12]}  {p.role}{shard} on {p.store}: {p.problem} "
+                  f"({p.object}{detail})")
         for fid in rep.unrestorable:
             print(f"  {fid[:12]}  NOT RESTORABLE from what is left")
         if rep.findings:

@@ -51,6 +51,17 @@ class Uploaded:
 
 
 @dataclass(frozen=True)
+class PackSent:
+    """A pack upload came back: `error` is None when the pack landed and its members'
+    rows were committed."""
+
+    store: str
+    objs: tuple[ObjectRow, ...]
+    started: float  # monotonic
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
 class Encoded:
     """An encode came back: one file's, or a batch of small files' (one event, so the
     loop books the batch at once). Each outcome is (file_id, error), the error None when
@@ -75,7 +86,8 @@ class Verified:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-Event = Union[PathSeen, Rescan, BackupNow, VerifyNow, Wake, Uploaded, Encoded, Verified]
+Event = Union[PathSeen, Rescan, BackupNow, VerifyNow, Wake, Uploaded, PackSent, Encoded,
+              Verified]
 
 
 def drain(q: queue.SimpleQueue, timeout: float) -> list[Event]:

@@ -38,6 +38,7 @@ from ..config import Config
 from ..errors import ConfigError, DispersiondError
 from ..logs import event, log
 from ..ops.encode import abandon_planned
+from ..ops.packing import PackJob, packable, send_pack
 from ..ops.upload import Cancelled, Throttle, upload_one
 from ..metrics import Exporter
 from ..sdnotify import Notifier, hang_if_asked
@@ -45,11 +46,12 @@ from ..state import FileState, ObjectRow
 from ..units import parse_size
 from ..archive import Archive
 from .encoder import Encoder, quarantine
-from .events import (BackupNow, Encoded, Event, PathSeen, Rescan, Uploaded, Verified,
-                     VerifyNow, Wake, drain)
+from .events import (BackupNow, Encoded, Event, PackSent, PathSeen, Rescan, Uploaded,
+                     Verified, VerifyNow, Wake, drain)
 from .finisher import Finisher
 from .intake import Intake, SpaceGate, Watcher
 from .paths import check_paths
+from .pruner import Pruner
 from .status import StatusWriter, status_doc, status_line
 from .uploader import Uploader
 from .verifier import Verifier
@@ -113,7 +115,10 @@ class Daemon:
         self.watcher = Watcher(self.paths.inbox, self.q.put)
         self.uploader = Uploader(self.v.db, [s.name for s in cfg.stores], self._send, self.q.put,
                                  workers=cfg.upload_workers, retry_base=retry_base,
-                                 retry_max=retry_max, window=sch.window())
+                                 retry_max=retry_max, window=sch.window(),
+                                 send_pack=self._send_pack,
+                                 packable=lambda obj: packable(self.v, obj),
+                                 pack_policy=cfg.pack)
         self.maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self.encoder = Encoder(self.v, self.uploader, self.gate, self.throttle, self.q.put,
                                self._check_cancel, self._quarantine, self.maintenance,
@@ -121,6 +126,9 @@ class Daemon:
         self.finisher = Finisher(self.v, self.uploader, self.stop, self._idle,
                                  retry_base=retry_base, retry_max=retry_max)
         self.verifier = Verifier(self.v, self.stop, self.q.put, self.maintenance)
+        self.pruner = Pruner(self.v, self.stop, self.maintenance)
+        self.uploader.quiet = lambda: not (self.encoder.waiting or self.encoder.encoding
+                                           or self.intake.waiting())
         self.status = StatusWriter(self.v.db.set_daemon_status)
         self.status_at = float("-inf")
         self.status_line = ""
@@ -176,6 +184,9 @@ class Daemon:
         if sch.verify:
             s.add_job(put, "interval", args=[VerifyNow()], id="verify",
                       seconds=sch.seconds("verify"))
+        if sch.prune:
+            s.add_job(self.pruner.start, "interval", id="prune", seconds=sch.seconds("prune"))
+        self.pruner.start(light=True)  # packs a killed prune or forget left without members
         s.start()
         self.scheduler = s
 
@@ -207,7 +218,7 @@ class Daemon:
         self.encoder.shutdown()
         self.maintenance.shutdown(wait=False, cancel_futures=True)
         event(logging.INFO, "daemon stopped", interrupted=stuck)
-        if stuck or self.verifier.running:
+        if stuck or self.verifier.running or self.pruner.running:
             # A thread is blocked inside a store call: do not wait for its timeout. Every
             # step is committed or will be redone; the exit is as safe as a crash, and clean.
             for h in logging.getLogger("dispersiond").handlers:
@@ -242,6 +253,9 @@ class Daemon:
         due = self.intake.next_due()
         if due is not None:
             t = min(t, max(due, 0.02))
+        flush = self.uploader.flush_due_in()
+        if flush is not None:
+            t = min(t, max(flush, 0.01))
         ping = self.notifier.watchdog_due_in()
         if ping is not None:
             t = min(t, max(ping, 0.01))
@@ -266,6 +280,9 @@ class Daemon:
         elif isinstance(ev, Uploaded):
             fid = self.uploader.on_uploaded(ev, cancelling)
             if fid is not None:
+                self.finisher.settle(fid)
+        elif isinstance(ev, PackSent):
+            for fid in self.uploader.on_pack_sent(ev, cancelling):
                 self.finisher.settle(fid)
         elif isinstance(ev, Encoded):  # one file, or a batch of small ones
             for fid in self.encoder.on_encoded(ev, cancelling):
@@ -296,6 +313,9 @@ class Daemon:
 
     def _send(self, obj: ObjectRow) -> None:
         upload_one(self.v, obj, self.throttle, self._check_cancel, record=False)
+
+    def _send_pack(self, job: PackJob) -> None:
+        send_pack(self.v, job, self.throttle, self._check_cancel)
 
     def _check_cancel(self, n: int) -> None:
         if self.cancel.is_set():

@@ -4,6 +4,11 @@ Stores fail independently: while one backs off nothing is sent to it but, once t
 is over, a single probe; the others keep moving. Requests run on a pool and report back
 as Uploaded events; the main loop records them (`record`, one transaction a batch) and
 hands each to `on_uploaded`.
+
+Small fragments wait in a per-store pack buffer instead (docs/FORMAT.md §8): it is
+flushed, as one pack per kind, once it holds `pack_size` bytes, once its oldest member
+has waited `max_wait`, or once nothing more is on the way (`quiet`) and no member has
+arrived for LINGER seconds; a pack reports back as one PackSent event.
 """
 from __future__ import annotations
 
@@ -17,16 +22,51 @@ from concurrent.futures import ThreadPoolExecutor
 from backends import SourceError, StoreError
 
 from ..logs import event
+from ..ops.packing import PackJob, plan_packs
 from ..ops.upload import Cancelled
+from ..pack import PackPolicy
 from ..state import ObjectRow, StateDB
-from .events import Event, Uploaded
+from .events import Event, PackSent, Uploaded
 from .health import StoreHealth
 from .window import Window, in_window, window_opens
 
 #: Sends one object (raises on failure); runs on the pool.
 Send = Callable[[ObjectRow], None]
+#: Sends one pack (builds, uploads and commits it; raises on failure); runs on the pool.
+SendPack = Callable[[PackJob], None]
 #: How soon an object whose own upload failed (not its store) is looked at again.
 OBJECT_RETRY = 10.0
+#: With nothing more on the way, how long a pack buffer waits for one more member.
+LINGER = 0.2
+
+
+class PackBuffer:
+    """One store's small fragments waiting for their pack."""
+
+    def __init__(self) -> None:
+        self.objs: collections.OrderedDict[int, ObjectRow] = collections.OrderedDict()
+        self.since = 0.0  # monotonic: when the oldest waiting member arrived
+        self.touched = 0.0  # ... and the newest
+
+    def add(self, obj: ObjectRow, now: float) -> None:
+        if not self.objs:
+            self.since = now
+        self.objs[obj.id] = obj
+        self.touched = now
+
+    def bytes(self) -> int:
+        return sum(o.length for o in self.objs.values())
+
+    def due_in(self, policy: PackPolicy, quiet: bool, now: float) -> float | None:
+        """Seconds until this buffer should be flushed (0: now); None when empty."""
+        if not self.objs:
+            return None
+        if self.bytes() >= policy.pack_size:
+            return 0.0
+        due = self.since + policy.max_wait - now
+        if quiet:
+            due = min(due, self.touched + LINGER - now)
+        return max(0.0, due)
 
 
 class Uploader:
@@ -34,12 +74,20 @@ class Uploader:
 
     def __init__(self, db: StateDB, stores: Iterable[str], send: Send,
                  put: Callable[[Event], None], *, workers: int, retry_base: float,
-                 retry_max: float, window: Window | None = None) -> None:
+                 retry_max: float, window: Window | None = None,
+                 send_pack: SendPack | None = None,
+                 packable: Callable[[ObjectRow], bool] | None = None,
+                 pack_policy: PackPolicy | None = None) -> None:
         self.db, self.send, self.put = db, send, put
         self.workers, self.window = workers, window
+        self.send_pack, self.packable = send_pack, packable
+        self.pack_policy = pack_policy or PackPolicy()
+        #: Is nothing more on the way (no file waiting or being encoded)? Set by the daemon.
+        self.quiet: Callable[[], bool] = lambda: True
         self.health = {s: StoreHealth(retry_base, retry_max) for s in stores}
         self.queues: dict[str, collections.OrderedDict[int, ObjectRow]] = {
             s: collections.OrderedDict() for s in self.health}
+        self.buffers = {s: PackBuffer() for s in self.health}
         self.in_flight: dict[int, ObjectRow] = {}
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="upload")
         self.held_logged = False
@@ -63,20 +111,43 @@ class Uploader:
         return any(o.file_id == fid for o in self.in_flight.values())
 
     def pending(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return (sum(len(q) for q in self.queues.values())
+                + sum(len(b.objs) for b in self.buffers.values()))
+
+    def flush_due_in(self, now: float | None = None) -> float | None:
+        """Seconds until a pack buffer is due (for the loop's wake-up); None: none waits."""
+        now = time.monotonic() if now is None else now
+        quiet = self.quiet()
+        dues = [d for b in self.buffers.values()
+                if (d := b.due_in(self.pack_policy, quiet, now)) is not None]
+        return min(dues, default=None)
 
     # --- queues
 
-    def enqueue(self, objs: Iterable[ObjectRow]) -> None:
+    def enqueue(self, objs: Iterable[ObjectRow], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
         for obj in objs:
-            if obj.store in self.queues and obj.id not in self.in_flight:
+            if obj.store not in self.queues or obj.id in self.in_flight:
+                continue
+            if self.send_pack is not None and self.packable is not None and self.packable(obj):
+                self.buffers[obj.store].add(obj, now)
+            else:
                 self.queues[obj.store][obj.id] = obj
 
     def reload(self, rows: Iterable[ObjectRow]) -> None:
-        """Rebuild the queues from the database's pending objects (the rows decide)."""
+        """Rebuild the queues from the database's pending objects (the rows decide). A
+        pack buffer keeps its clock: a reload must not postpone a flush."""
+        now = time.monotonic()
+        since = {s: (b.since, b.touched) for s, b in self.buffers.items() if b.objs}
         for q in self.queues.values():
             q.clear()
-        self.enqueue(rows)
+        for b in self.buffers.values():
+            b.objs.clear()
+        self.enqueue(rows, now)
+        for s, (t0, t1) in since.items():
+            b = self.buffers[s]
+            if b.objs:
+                b.since, b.touched = min(b.since, t0), max(t0, min(b.touched, t1))
 
     def dispatch(self, now: float | None = None) -> None:
         """Start what the window, the in-flight cap and each store's health allow."""
@@ -95,10 +166,15 @@ class Uploader:
         per_store: dict[str, int] = {}
         for obj in self.in_flight.values():
             per_store[obj.store] = per_store.get(obj.store, 0) + 1
+        quiet = self.quiet()
         for store, h in self.health.items():
             q = self.queues[store]
             if cap <= 0:
                 break
+            buf = self.buffers[store]
+            if buf.due_in(self.pack_policy, quiet, now) == 0.0 \
+                    and h.can_send(now, per_store.get(store, 0)):
+                cap -= self._flush(store, buf, 1 if h.failing else cap)
             if not q or not h.can_send(now, per_store.get(store, 0)):
                 continue
             limit = 1 if h.failing else cap  # a failing store gets one probe
@@ -108,6 +184,31 @@ class Uploader:
                 self.pool.submit(self._task, obj)
                 limit -= 1
                 cap -= 1
+
+    def _flush(self, store: str, buf: PackBuffer, limit: int) -> int:
+        """Start up to `limit` packs from `store`'s buffer; returns how many started."""
+        started = 0
+        for job in plan_packs(buf.objs.values(), self.pack_policy.pack_size):
+            if started >= limit:
+                break
+            for obj in job.objs:
+                del buf.objs[obj.id]
+                self.in_flight[obj.id] = obj
+            self.pool.submit(self._pack_task, job)
+            started += 1
+        if buf.objs:  # what is left waits its turn, due at once
+            buf.since = min(buf.since, time.monotonic() - self.pack_policy.max_wait)
+        return started
+
+    def _pack_task(self, job: PackJob) -> None:
+        started = time.monotonic()
+        try:
+            assert self.send_pack is not None
+            self.send_pack(job)
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            self.put(PackSent(job.store, job.objs, started, exc))
+            return
+        self.put(PackSent(job.store, job.objs, started))
 
     def _task(self, obj: ObjectRow) -> None:
         started = time.monotonic()
@@ -156,6 +257,38 @@ class Uploader:
         self.db.note_upload_failure(obj.file_id, h.retry_at or time.time(),
                                     f"upload to {obj.store} failed: {msg}"[:500])
         return obj.file_id
+
+    def on_pack_sent(self, ev: PackSent, cancelling: bool) -> set[str]:
+        """Book one pack's outcome (its rows were committed by the task); returns the
+        files to look at."""
+        for obj in ev.objs:
+            self.in_flight.pop(obj.id, None)
+        fids = {obj.file_id for obj in ev.objs}
+        h, exc = self.health[ev.store], ev.error
+        if exc is None:
+            if h.recover():
+                event(logging.INFO, "store reachable again", store=ev.store)
+            return fids
+        if isinstance(exc, Cancelled) or (cancelling and isinstance(exc, SourceError)):
+            return set()
+        msg = str(exc) or type(exc).__name__
+        if not isinstance(exc, StoreError):
+            # a member's own problem (its staged copy): not the store's; the rows decide
+            # again at the next queue reload
+            for fid in fids:
+                self.db.update_file(fid, error=f"pack upload to {ev.store} failed: {msg}"[:500],
+                                    next_try=time.time() + OBJECT_RETRY)
+            event(logging.WARNING, "pack upload failed; retrying later", store=ev.store,
+                  error=type(exc).__name__)
+            return fids
+        now = time.monotonic()
+        for obj in ev.objs:  # still pending: packed again (under a new name) after the wait
+            self.buffers[ev.store].add(obj, now - self.pack_policy.max_wait)
+        self.store_failed(ev.store, ev.started, exc)
+        for fid in fids:
+            self.db.note_upload_failure(fid, h.retry_at or time.time(),
+                                        f"pack upload to {ev.store} failed: {msg}"[:500])
+        return fids
 
     def store_failed(self, store: str, started: float, exc: BaseException) -> None:
         """A request to `store` that began at `started` failed: back off."""

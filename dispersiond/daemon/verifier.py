@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..logs import event, log
+from ..ops.pack_checks import PackVerdicts
 from ..ops.verify import verify
 from ..state import PROTECTED
 from ..archive import Archive
@@ -50,11 +51,12 @@ class Verifier:
             if isinstance(down, set):
                 down.clear()  # what failed in an earlier run says nothing about this one
             fids = self.v.db.file_ids_in(*PROTECTED)
+            packs: PackVerdicts = {}  # a pack holding members of several chunks: one check
             for i in range(0, len(fids), CHUNK):
                 if self.stop.is_set():
                     res["interrupted"] = True
                     break
-                rep = verify(self.v, files=fids[i:i + CHUNK])
+                rep = verify(self.v, files=fids[i:i + CHUNK], packs=packs)
                 res["files"] += rep.files
                 res["objects"] += rep.objects
                 res["ok"] += rep.ok

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from backends import StoreError
 
@@ -26,6 +26,10 @@ from ..placement import new_object_name
 from ..state import ObjectRow, PackRow, PlacedMember
 from ..archive import Progress, Archive
 from .upload import Throttle, Upload, send, send_all
+
+
+#: A member's bytes for `build`, checked against its row's digest (raises IntegrityError).
+MemberSource = Callable[[ObjectRow], bytes]
 
 
 def packable(v: Archive, obj: ObjectRow) -> bool:
@@ -97,9 +101,12 @@ def remove_staged_packs(v: Archive) -> None:
         stale.unlink(missing_ok=True)
 
 
-def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
+def build(v: Archive, job: PackJob, name: str,
+          members: MemberSource | None = None) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
     """Write the pack into the staging area; returns its row, where each member landed,
-    and the staged file."""
+    and the staged file. `members` gives each member's bytes, checked (default: its staged
+    copy; repair gives the rebuilt ones)."""
+    read = members or (lambda obj: _member_bytes(v, obj))
     pad = v.cfg.public.pad
     w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
     path = _staged_pack(v, name)
@@ -108,7 +115,7 @@ def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMemb
     placed: list[PlacedMember] = []
     with open(path, "wb") as out:
         for obj in job.objs:
-            m = w.add(bytes.fromhex(obj.file_id), _member_bytes(v, obj))
+            m = w.add(bytes.fromhex(obj.file_id), read(obj))
             placed.append(PlacedMember(obj.id, m.offset, m.length, m.digest))
             chunk = w.drain()
             h.update(chunk)
@@ -125,17 +132,19 @@ def build(v: Archive, job: PackJob, name: str) -> tuple[PackRow, list[PlacedMemb
 
 
 def send_pack(v: Archive, job: PackJob, throttle: Throttle,
-              progress: Progress | None = None) -> PackRow:
+              progress: Progress | None = None, members: MemberSource | None = None,
+              release: Iterable[tuple[str, str]] = ()) -> PackRow:
     """Build, upload and commit one pack; raises StoreError, OSError or IntegrityError
-    (then the members stay pending and the pack's name goes to the trash)."""
+    (then the members stay where they were and the pack's name goes to the trash).
+    `members` and `release`: repair's rebuilt bytes, and the old packs to give up."""
     name = new_object_name()
     v.db.plan_pack(job.store, name)
     path = None
     try:
-        row, placed, path = build(v, job, name)
+        row, placed, path = build(v, job, name, members)
         send(v, Upload("", job.store, name, path, row.size, row.digest, job.digest_alg),
              throttle, progress)
-        v.db.commit_pack(row, placed)
+        v.db.commit_pack(row, placed, release)
     except BaseException:
         v.db.abandon_pack(job.store, name)
         raise

@@ -24,7 +24,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol
 from backends import NotFound, StoreError, Unavailable
 
 from .. import codec, digests
-from ..errors import DispersiondError, FormatError, IntegrityError
+from ..errors import DispersiondError, FormatError, IntegrityError, WrongKey
+from ..keys import key_id
 from ..fsutil import atomic_output
 from ..layout import Layout
 from ..logs import event
@@ -318,6 +319,9 @@ def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
     checked_id(f)
     if f.state not in PROTECTED:
         raise DispersiondError(f"file {f.file_id} is not protected yet (state {f.state})")
+    if f.key_id and f.key_id != key_id(v.key):  # else every packed member fails its digest
+        raise WrongKey(f"file {f.file_id} was protected with a different master key (key id "
+                       f"{f.key_id}, yours {key_id(v.key)}): use the key it was made with")
     dest = target_path(f, dest)
     if dest.exists() and not force:
         raise DispersiondError(f"{dest} exists; choose another --to or pass --force")

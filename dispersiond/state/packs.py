@@ -41,9 +41,11 @@ class PacksMixin(Database):
             conn.execute("DELETE FROM planned WHERE store=? AND name=?", (store, name))
             self.trash_many([(store, name)], conn)  # TrashMixin
 
-    def commit_pack(self, pack: PackRow, placed: Iterable[PlacedMember]) -> None:
+    def commit_pack(self, pack: PackRow, placed: Iterable[PlacedMember],
+                    release: Iterable[tuple[str, str]] = ()) -> None:
         """The pack landed: its row, and every member re-pointed at it, in one transaction
-        (the members' old planned names were never uploaded)."""
+        (the members' old planned names were never uploaded). `release`: packs the members
+        came from (repair), trashed in the same transaction once no member points into them."""
         now = time.time()
         with self.tx() as conn:
             conn.execute("INSERT INTO packs (store, name, kind, size, digest, digest_alg, "
@@ -58,6 +60,7 @@ class PacksMixin(Database):
                 [(pack.name, m.offset, m.length, pack.size, m.digest, pack.digest,
                   ObjectState.UPLOADED.value, now, m.object_id) for m in placed])
             conn.execute("DELETE FROM planned WHERE store=? AND name=?", (pack.store, pack.name))
+            self.trash_many(list(release), conn)  # TrashMixin
 
     def pack(self, store: str, name: str) -> PackRow | None:
         rows = self.query("SELECT * FROM packs WHERE store=? AND name=?", (store, name))
@@ -90,6 +93,18 @@ class PacksMixin(Database):
                        (str(state), now, store, name))
             db.execute("UPDATE objects SET state=?, checked=? WHERE store=? AND name=? AND "
                        "pack_digest IS NOT NULL", (str(state), now, store, name))
+
+    def record_pack_check(self, store: str, name: str, state: str,
+                          members: dict[int, str]) -> None:
+        """One verify of a pack: its own state and each member's (object id -> state), in
+        one transaction (not one per member)."""
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute("UPDATE packs SET state=?, checked=? WHERE store=? AND name=?",
+                         (str(state), now, store, name))
+            conn.executemany("UPDATE objects SET state=?, checked=? WHERE id=? AND store=? AND "
+                             "name=? AND pack_digest IS NOT NULL",
+                             [(str(s), now, i, store, name) for i, s in members.items()])
 
     def set_pack_body(self, store: str, name: str, body_len: int, members: int) -> None:
         """What a pack's index says (a recovered pack row does not know it until read)."""
