@@ -109,6 +109,8 @@ def test_put_dir_restores_bit_exact_and_small_files_share_packs(tmp_path):
     names = {base64.b64decode(f["name_b64"]).decode("utf-8", "surrogateescape")
              if "name_b64" in f else f["name"]: f["file_id"] for f in res["files"]}
     assert set(names) == set(originals)
+    # admitted in one transaction, listed in the order they were given (walked)
+    assert [r["file_id"] for r in cli_json(cfg, "ls")] == [f["file_id"] for f in res["files"]]
     out = tmp_path / "out"
     out.mkdir()
     for name, fid in names.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -50,13 +51,15 @@ def admit_many(v: Archive, sources: list[tuple[Path, str | None]]) -> list[str |
     order: its new id, or the OSError its stat raised (that file alone is left out)."""
     rows: list[dict] = []
     out: list[str | OSError] = []
+    now = time.time()
     for source, name in sources:
         try:
             st = source.stat()
         except OSError as exc:
             out.append(exc)
             continue
-        rows.append(_admission(v, source, name, st))
+        # a microsecond apart: listings and queues ("oldest first") keep the order given
+        rows.append(dict(_admission(v, source, name, st), created=now + len(rows) * 1e-6))
         out.append(rows[-1]["file_id"])
     v.db.add_files(rows)
     for row in rows:
