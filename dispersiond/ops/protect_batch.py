@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from functools import partial
+from typing import Callable
 
 from ..archive import Archive, Progress
 from ..errors import DispersiondError
@@ -108,14 +109,15 @@ def encode_all(v: Archive, claimed: list[tuple[str, int]], throttle: Throttle,
     sizes = dict(claimed)
     out: dict[str, BaseException | None] = {}
     with ThreadPoolExecutor(ENCODERS, thread_name_prefix="put-encode") as pool:
-        running = [pool.submit(encode_chunk, v, chunk, sizes, progress)
-                   for chunk in batches(small)]
-        running += [pool.submit(lambda fid=fid: {fid: _outcome(lambda: encode(v, fid, progress))})
-                    for fid in medium]
+        chunks = [pool.submit(encode_chunk, v, chunk, sizes, progress)
+                  for chunk in batches(small)]
+        alone = {fid: pool.submit(_outcome, partial(encode, v, fid, progress))
+                 for fid in medium}
         for fid in large:
-            out[fid] = _outcome(lambda fid=fid: encode_early(v, fid, throttle, progress))
-        for fut in running:
+            out[fid] = _outcome(partial(encode_early, v, fid, throttle, progress))
+        for fut in chunks:
             out.update(fut.result())
+        out.update((fid, fut.result()) for fid, fut in alone.items())
     return out
 
 
