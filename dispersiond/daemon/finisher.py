@@ -27,6 +27,8 @@ from .uploader import Uploader
 BACKUP_SPACING = 1.0
 #: The longest wait before an after-policy that failed is tried again.
 AFTER_RETRY = 60.0
+#: How often the loop looks for share copies whose links have expired.
+COPIES_EVERY = 60.0
 
 
 class Finisher:
@@ -46,6 +48,7 @@ class Finisher:
         self.sweep_tried = False
         self.finish_due = True
         self.finish_not_before = 0.0
+        self.copies_due = 0.0  # monotonic: next look for expired share copies
 
     # --- commit
 
@@ -89,7 +92,18 @@ class Finisher:
             self.sweep_tried = True  # once per start; before a backup it is tried again
             self.sweep_orphans()
 
+    def expire_share_copies(self) -> None:
+        """Delete the standalone copies behind share links that have expired (at most once
+        a minute; one query of a small table when there are none)."""
+        now = time.monotonic()
+        if now < self.copies_due:
+            return
+        self.copies_due = now + COPIES_EVERY
+        if self.v.db.trash_expired_copies(time.time()):
+            self.v.empty_trash()
+
     def maybe_backup(self) -> None:
+        self.expire_share_copies()
         now = time.monotonic()
         if now < self.backup_due or not self.manifest_dirty:
             return

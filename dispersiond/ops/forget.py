@@ -61,6 +61,8 @@ def forget(v: Archive, ref: str, keep_public: bool = False) -> dict:
     with v.db.tx() as conn:
         # public copies on a store that is down: delete later
         v.db.trash_many([(x["store"], x["object"]) for x in failed], conn)
+        if not keep_public:  # and the copies behind earlier shares' links: revoked
+            v.db.trash_share_copies(f.file_id, conn)
         v.db.delete_file(f.file_id, conn)
         v.db.mark_manifest_dirty(conn)
     v.audit("forget", f.file_id, keep_public=keep_public)

@@ -23,13 +23,15 @@ from .peek import peek, peek_counts, peek_done, peek_planned, read_status
 from .recovery import RecoveryMixin
 from .rekey_rows import RekeyMixin
 from .request_rows import RequestsMixin
+from .share_copies import ShareCopiesMixin, ShareCopy
 from .schema import SCHEMA_VERSION
 from .stores import StoresMixin
 from .trash import TrashMixin
 
 
 class StateDB(FilesMixin, ObjectsMixin, TrashMixin, BackupsMixin, RekeyMixin, AuditMixin,
-              StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin, PruneMixin):
+              StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin, PruneMixin,
+              ShareCopiesMixin):
     """A thread-safe handle on the state database (one connection, one lock)."""
 
 
@@ -40,6 +42,6 @@ def dumps(obj: Any) -> str:
 
 __all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "ChainTip", "Conn",
            "FileRow", "FileState", "IllegalTransition", "MovedMember", "ObjectRow", "ObjectState",
-           "PACK_PLAN", "PackRow", "PlacedMember", "StateDB",
+           "PACK_PLAN", "PackRow", "PlacedMember", "ShareCopy", "StateDB",
            "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_planned",
            "read_status"]

@@ -1,8 +1,8 @@
 """The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3.
 
-Tables added without changing an existing one (`requests`, `sweep_seen`, `pack_release`)
-need no version step: the CREATE TABLE IF NOT EXISTS below adds them to an older database
-when it is opened, and a build that does not know them leaves them alone.
+Tables added without changing an existing one (`requests`, `sweep_seen`, `pack_release`,
+`share_copies`) need no version step: the CREATE TABLE IF NOT EXISTS below adds them to an
+older database when it is opened, and a build that does not know them leaves them alone.
 """
 from __future__ import annotations
 
@@ -171,6 +171,13 @@ CREATE TABLE IF NOT EXISTS pack_release (   -- a pack no row points into any mor
     store TEXT NOT NULL,                    -- once a manifest backup newer than `seq` (the
     name  TEXT NOT NULL,                    -- newest when it was found empty) has landed
     seq   INTEGER NOT NULL,
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS share_copies (   -- standalone copies of packed members behind a
+    store   TEXT NOT NULL,                  -- share's links (docs/FORMAT.md section 6.6)
+    name    TEXT NOT NULL,
+    file_id TEXT NOT NULL,                  -- no foreign key: a forgotten file's copies
+    expires REAL NOT NULL,                  -- still go once their links have expired
     PRIMARY KEY (store, name)
 );
 CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
