@@ -672,6 +672,25 @@ def test_pipeline_bench_trickle_arguments(args, message):
     assert code != 0 and message in err, err
 
 
+def test_pipeline_bench_on_local_folders_needs_no_server(tmp_path):
+    """`bench pipeline --stores local`: the same run with local-folder stores (no
+    network); every file's public object and private container land in the folders."""
+    res = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--stores",
+                          "local", "--files", "12", "--size", "3KiB", "--runs", "1", "--json"],
+                         check=False, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    (shape,) = __import__("json").loads(res.stdout)["shapes"]
+    assert shape["stores"] == "local" and shape["files"] == 12 and shape["bytes"] == 12 * 3072
+    assert shape["stored_vs_raw"] > 1.0  # both objects of every file, and the manifest
+    assert shape["pipeline"]["ms_per_file"] > 0 and shape["raw"]["seconds"] > 0
+    assert 0 < shape["pipeline"]["cpu_ms_per_file"] < 10 * shape["pipeline"]["ms_per_file"]
+    bad = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--stores",
+                          "local", "--link", "8MiB"], check=False, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode != 0 and "--link caps an uplink" in bad.stderr
+
+
 def test_pipeline_bench_link_cap_applies_to_both_sides(tmp_path):
     """--link caps the baseline and the daemon alike (a 1-second burst, then the rate);
     the 24 MiB file also goes through the daemon's early uploads."""

@@ -402,13 +402,20 @@ def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
 def test_batches_are_cut_by_count_and_bytes_in_arrival_order() -> None:
     from dispersiond.ops.encode import batches
 
+    def cut(items, **bounds):
+        return [[fid for fid, _ in b] for b in batches(items, **bounds)]
+
     items = [(f"f{i}", 10) for i in range(7)]
-    assert batches(items, files=3, size=1000) == [["f0", "f1", "f2"], ["f3", "f4", "f5"], ["f6"]]
-    assert batches(items, files=100, size=25) == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"], ["f6"]]
-    # A file larger than the byte bound is a batch of its own; nothing is ever dropped.
-    assert batches([("a", 5), ("big", 99), ("b", 5)], files=10, size=20) == [
-        ["a"], ["big"], ["b"]]
-    assert batches([], files=3, size=10) == []
+    assert cut(items, files=3, size=1000) == [["f0", "f1", "f2"], ["f3", "f4", "f5"], ["f6"]]
+    assert cut(items, files=100, size=25) == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"], ["f6"]]
+    # A file at or above `small` goes alone, and closes the run before it (arrival order);
+    # a small one above the byte bound is a batch of its own. Nothing is ever dropped.
+    assert cut([("a", 5), ("big", 50), ("b", 5), ("c", 30), ("d", 5)], files=10, size=20,
+               small=50) == [["a"], ["big"], ["b"], ["c"], ["d"]]
+    assert cut([], files=3, size=10) == []
+    taken = []
+    lazy = batches(((taken.append(i) or (f"f{i}", 1)) for i in range(1000)), files=4)
+    assert len(next(lazy)) == 4 and len(taken) == 5  # looked one file past the first batch
 
 
 def test_a_batch_needs_the_staging_slack_once(tmp_path: Path) -> None:
@@ -508,3 +515,76 @@ def test_a_failed_batch_backs_off_each_file(daemon: Daemon, tmp_path: Path) -> N
         assert enc.retry[fid].wait(time.monotonic()) > 0
     enc.start(stopping=False)
     assert enc.tasks == 0  # backing off: nothing started
+
+
+# --------------------------------------------------------------- the after-policy of a batch
+
+def _claimed_rows(daemon: Daemon, tmp_path: Path, files: dict[str, bytes]):
+    ids = _claim_files(daemon, tmp_path / "inbox", files)
+    rows = daemon.v.db.files_by_id(ids.values())
+    return ids, list(rows.values())
+
+
+def test_the_after_policy_of_a_batch_is_one_record_and_one_fsync_a_folder(
+        daemon: Daemon, tmp_path: Path, monkeypatch) -> None:
+    from contextlib import contextmanager
+
+    from dispersiond import inbox as ib
+
+    files = {f"obs-{i}.json": os.urandom(300 + i) for i in range(6)}
+    ids, rows = _claimed_rows(daemon, tmp_path, files)
+    v = daemon.v
+    assert v.cfg.after == "keep"
+    synced: list[str] = []
+    real_fsync, real_tx, txs = os.fsync, v.db.tx, [0]
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    @contextmanager
+    def counted():
+        txs[0] += 1
+        with real_tx() as conn:
+            yield conn
+
+    monkeypatch.setattr(os, "fsync", spy)
+    v.db.tx = counted
+    try:
+        done, failed = ib.apply_after_many(v, rows)
+    finally:
+        v.db.tx = real_tx
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert failed == [] and done == dict.fromkeys(ids.values(), "kept")
+    assert txs[0] == 1  # where every original went, recorded at once
+    kept, claimed = v.root / "kept", v.root / "claimed"
+    assert sorted(synced) == sorted([str(kept), str(claimed)])  # one fsync a folder
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == files
+    assert not any(claimed.iterdir())
+    for name, fid in ids.items():
+        assert v.db.file(fid).source == str(kept / name)
+
+
+def test_an_after_policy_cut_short_is_finished_by_the_next_look(daemon: Daemon,
+                                                                tmp_path: Path) -> None:
+    """A crash after the new places were recorded, before the originals left claimed/:
+    the next look removes an original whose new place is there, and puts one whose new
+    place is gone there again; no original is ever lost."""
+    from dispersiond import inbox as ib
+
+    files = {"a.hl7": b"MSH|a" * 50, "b.hl7": b"MSH|b" * 50}
+    ids, rows = _claimed_rows(daemon, tmp_path, files)
+    v = daemon.v
+    kept = v.root / "kept"
+    kept.mkdir()
+    dests = {f.file_id: ib.link_into(Path(f.source), kept, f) for f in rows}
+    v.db.set_sources([(fid, str(dest)) for fid, dest in dests.items()])  # then: the crash
+    dests[ids["b.hl7"]].unlink()  # and b's new place went missing meanwhile
+    fresh = list(v.db.files_by_id(ids.values()).values())
+    done, failed = ib.apply_after_many(v, fresh)
+    assert failed == []
+    assert done == {ids["a.hl7"]: "untouched", ids["b.hl7"]: "kept"}
+    assert not any((v.root / "claimed").iterdir())
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == files
+    assert ib.apply_after_many(v, list(v.db.files_by_id(ids.values()).values())) == (
+        dict.fromkeys(ids.values(), "untouched"), [])  # done: nothing more to do

@@ -53,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--compression", default=None, metavar="off|auto|zstd:N",
                    help="pipeline: the daemon's compression setting (default: with --content "
                         "fhir, off and auto one after the other; else auto)")
+    p.add_argument("--stores", choices=["s3", "local"], default="s3",
+                   help="pipeline: the daemon's stores on a local S3 server (default), or "
+                        "local folders: no network, the device's own work per file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
     p.add_argument("--trickle", default=None, metavar="INTERVAL",
@@ -209,13 +212,23 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
             raise DispersiondError(f"--compression: {exc}") from None
     settings = ([args.compression] if args.compression else
                 ["off", "auto"] if args.content == "fhir" else ["auto"])
+    if args.stores == "local" and link is not None:
+        raise DispersiondError("--link caps an uplink: it needs --stores s3")
+    if args.stores == "local" and args.mode == "put":
+        raise DispersiondError("--mode put runs against the S3 server: it needs --stores s3")
+    if args.stores == "local":
+        from ..research import local_pipeline_bench as lpb
+
+        run = lpb.run
+    else:
+        run = pb.run
     results = []
     trickled = [] if trickle is None else [_trickle(args, trickle, pb.Setup(
         link, nice, args.digest, args.content, settings[-1]), size)]
     for compression in settings:
         setup = pb.Setup(link, nice, args.digest, args.content, compression, args.mode)
-        results += pb.run(shapes, args.runs, setup,
-                          on_shape=(lambda r: None) if args.json else _print_shape)
+        results += run(shapes, args.runs, setup,
+                       on_shape=(lambda r: None) if args.json else _print_shape)
     if args.json:
         print(json.dumps({"machine": describe(), "workers": pb.WORKERS,
                           "shapes": results + trickled}))
@@ -288,17 +301,25 @@ def _print_shape(r: dict) -> None:
     from ..research.pipeline_bench import WORKERS
 
     link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
-    who = (f"daemon at nice {r['daemon_nice']}" if r["mode"] == "daemon" else
+    local = r.get("stores") == "local"
+    mode = r.get("mode", "daemon")
+    who = (f"daemon at nice {r['daemon_nice']}" if mode == "daemon" else
            "`dispersiond put` in-process")
     print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
           f"{WORKERS} upload threads each{link}, {who}, "
-          f"{r['digest']} digests, {r['content']} content, compression {r['compression']}:")
-    ours = "dispersiond pipeline" if r["mode"] == "daemon" else "dispersiond put"
-    for label, key in (("boto3 put (baseline)", "raw"), (ours, "pipeline")):
+          f"{r['digest']} digests, {r['content']} content, compression {r['compression']}"
+          f"{', local-folder stores' if local else ''}:")
+    base = "local put (baseline)" if local else "boto3 put (baseline)"
+    ours = "dispersiond pipeline" if mode == "daemon" else "dispersiond put"
+    for label, key in ((base, "raw"), (ours, "pipeline")):
         x = r[key]
+        tail = (f"{x['ms_per_file']:6.2f} ms/file ({x['cpu_ms_per_file']:.2f} ms of CPU)"
+                if "ms_per_file" in x else
+                f"{x['requests_per_file']:6.2f} requests/file" if "requests_per_file" in x
+                else "")
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
-              f"{x['mb_per_s']:8.1f} MB/s {x['requests_per_file']:6.2f} requests/file")
-    print(f"  {r['mode']} / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
+              f"{x['mb_per_s']:8.1f} MB/s {tail}")
+    print(f"  {mode} / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
           f"private containers, manifest) {human_size(r['stored_bytes'])} = "
           f"{r['stored_vs_raw']:.3f}x of {human_size(r['bytes'])}")
     if r.get("daemon_peak_rss_mib") is not None:

@@ -21,7 +21,7 @@ from backends.backoff import Backoff
 from .. import inbox as ib
 from ..config import PublicPolicy
 from ..logs import event, log
-from ..ops.encode import BATCH_BYTES, BATCH_FILE_MAX, BATCH_FILES, EARLY_UPLOAD_MIN, EarlyUploads
+from ..ops.encode import BATCH_FILE_MAX, EARLY_UPLOAD_MIN, EarlyUploads, batches
 from ..ops.protect import SourceGone, encode, encode_many
 from ..ops.upload import Cancelled, Throttle
 from ..tap import DirectUploadFailed
@@ -95,26 +95,16 @@ class Encoder:
         if self.tasks > ENCODERS and self.early:
             return  # every thread busy: nothing can start
         now = time.monotonic()
-        batch: list[tuple[str, int]] = []
-        held = 0  # bytes in `batch`
-        for fid, size in list(self.waiting.items()):
+        ready = ((fid, size) for fid, size in list(self.waiting.items())
+                 if (b := self.retry.get(fid)) is None or b.wait(now) <= 0)
+        for group in batches(ready):
             if self.gate.paused is not None:
                 return
-            b = self.retry.get(fid)
-            if b is not None and b.wait(now) > 0:
-                continue
+            fid, size = group[0]
             if size < BATCH_FILE_MAX:
-                if batch and (len(batch) >= BATCH_FILES or held + size > BATCH_BYTES):
-                    if not self._start_batch(batch):
-                        return
-                    batch, held = [], 0
-                batch.append((fid, size))
-                held += size
-                continue
-            if batch:  # what arrived before this file goes first
-                if not self._start_batch(batch):
+                if not self._start_batch(group):
                     return
-                batch, held = [], 0
+                continue
             early = self._early() if size >= EARLY_UPLOAD_MIN and not self.early else None
             if early is None and self.tasks > ENCODERS:
                 return  # the pool is busy (one task queued ahead)
@@ -130,8 +120,6 @@ class Encoder:
             else:
                 self.tasks += 1
                 self.pool.submit(self._task, fid, None)
-        if batch:
-            self._start_batch(batch)
 
     def _start_batch(self, batch: list[tuple[str, int]]) -> bool:
         """Hand a batch of small files to the pool; False if it cannot take it now (busy,

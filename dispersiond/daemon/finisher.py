@@ -178,7 +178,7 @@ class Finisher:
         if not fids:
             return
         try:
-            handled = finish(self.v, fids, after=lambda f: ib.apply_after(self.v, f),
+            handled = finish(self.v, fids, after=lambda files: ib.apply_after_many(self.v, files),
                              stopping=self.stop.is_set, backup=False)
         except AfterPolicyFailed as exc:
             log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s",

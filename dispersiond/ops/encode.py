@@ -9,7 +9,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .. import codec
 from ..codec import se2
@@ -175,19 +175,26 @@ BATCH_FILES = 64
 BATCH_BYTES = 8 << 20
 
 
-def batches(sizes: list[tuple[str, int]], files: int = BATCH_FILES,
-            size: int = BATCH_BYTES) -> list[list[str]]:
-    """Cut (file_id, size) pairs, in their order, into batches of at most `files` files
-    and `size` bytes (a single file larger than `size` is a batch of its own)."""
-    out: list[list[str]] = []
-    n = 0
-    for fid, s in sizes:
-        if not out or len(out[-1]) >= files or (n + s > size and out[-1]):
-            out.append([])
-            n = 0
-        out[-1].append(fid)
-        n += s
-    return out
+def batches(sizes: Iterable[tuple[str, int]], files: int = BATCH_FILES,
+            size: int = BATCH_BYTES, small: int = BATCH_FILE_MAX
+            ) -> Iterator[list[tuple[str, int]]]:
+    """(file_id, size) pairs in arrival order, cut into what is encoded together: each
+    run of files below `small` in batches of at most `files` files and `size` bytes,
+    every other file alone. Lazy: a caller that must stop takes no more than it uses."""
+    batch: list[tuple[str, int]] = []
+    held = 0
+    for fid, n in sizes:
+        if n >= small or (batch and (len(batch) >= files or held + n > size)):
+            if batch:
+                yield batch
+            batch, held = [], 0
+            if n >= small:
+                yield [(fid, n)]
+                continue
+        batch.append((fid, n))
+        held += n
+    if batch:
+        yield batch
 
 
 @dataclass

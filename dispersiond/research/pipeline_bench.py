@@ -187,18 +187,25 @@ def _raw_upload(server: S3Server, files: list[Path], bucket: str, link: int | No
     return time.perf_counter() - t0
 
 
-def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setup) -> Path:
-    s3 = {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
-          "addressing_style": "path", "access_key_id_env": _KEY_ENV,
-          "secret_access_key_env": _SECRET_ENV}
+def _daemon_config(root: Path, server: S3Server | None, pub: str, prv: str, setup: Setup,
+                   stores: Callable[[str], dict] | None = None) -> Path:
+    """The daemon's config: its two stores on `server` (buckets `pub` and `prv`), or
+    what `stores` makes of those names (local folders: bench pipeline --stores local)."""
+    def s3(bucket: str) -> dict:
+        assert server is not None
+        return {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
+                "addressing_style": "path", "access_key_id_env": _KEY_ENV,
+                "secret_access_key_env": _SECRET_ENV, "bucket": bucket}
+
+    store = stores or s3
     root.mkdir(parents=True)
     key = root / "master.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
     cfg = {"version": 1, "state_dir": str(root / "state"), "inbox": str(root / "inbox"),
            "key": {"file": str(key)}, "trust_levels": ["untrusted", "trusted"],
-           "stores": [{"name": "cloud", "trust": "untrusted", "bucket": pub, **s3},
-                      {"name": "vault", "trust": "trusted", "bucket": prv, **s3}],
+           "stores": [{"name": "cloud", "trust": "untrusted", **store(pub)},
+                      {"name": "vault", "trust": "trusted", **store(prv)}],
            "public": {"mode": "replicate", "stores": ["cloud"]},
            "private": {"min_trust": "trusted", "stores": ["vault"]},
            "after": "delete", "stable_seconds": 0, "upload_workers": WORKERS,
@@ -211,10 +218,19 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setu
     return path
 
 
-def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
-              setup: Setup) -> tuple[float, int]:
-    """Seconds from drop to the last file done, and S3 requests in that span."""
-    cfg = _daemon_config(root, server, pub, prv, setup)
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, prv: str,
+              setup: Setup, stores: Callable[[str], dict] | None = None,
+              cpu: list[float] | None = None) -> tuple[float, int]:
+    """Seconds from drop to the last file done, and S3 requests in that span (0 without
+    a server); the daemon's CPU seconds in that span are appended to `cpu` if given
+    (what a loaded machine moves least)."""
+    cfg = _daemon_config(root, server, pub, prv, setup, stores)
     nice = setup.nice
     sock_path = root / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -230,9 +246,13 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
         while b"READY=1" not in sock.recv(4096):
             pass
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
-        before = server.requests()
+        before = server.requests() if server else 0
         inbox = root / "inbox"
+<<<<<<< HEAD
         cpu0 = cpu_seconds(proc.pid)
+=======
+        cpu0 = _cpu_seconds(proc.pid)
+>>>>>>> batch
         t0 = time.perf_counter()
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
@@ -244,7 +264,9 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
             time.sleep(0.01)
         DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
         took = time.perf_counter() - t0
-        requests = server.requests() - before
+        if cpu is not None:
+            cpu.append(_cpu_seconds(proc.pid) - cpu0)
+        requests = server.requests() - before if server else 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

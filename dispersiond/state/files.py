@@ -59,6 +59,15 @@ class FilesMixin(Database):
         with self._writing(db) as conn:
             conn.execute(f"UPDATE files SET {sets} WHERE file_id=?", (*fields.values(), file_id))
 
+    def set_sources(self, items: Iterable[tuple[str, str]]) -> None:
+        """Where each of many originals now is (file_id, path), in one transaction."""
+        now = time.time()
+        with self.tx() as conn:
+            for fid, source in items:
+                fields = file_columns({"source": source, "updated": now})
+                sets = ", ".join(f"{k}=?" for k in fields)
+                conn.execute(f"UPDATE files SET {sets} WHERE file_id=?", (*fields.values(), fid))
+
     def set_state(self, file_id: str, new: FileState, db: Conn | None = None,
                   **fields: Any) -> None:
         """Move a file to `new` (and set `fields` with it) if the move is legal; raises
