@@ -137,11 +137,13 @@ def test_recover_on_a_blank_device(tmp_path):
 def test_forget_is_crypto_erasure(tmp_path):
     cfg = local_config(tmp_path)
     a, b = real_files()[3:5]
-    ids = put_all(cfg, [a, b])
+    ids = put_all(cfg, [a, b])  # one batch: a and b share a pack on each store
     vault_before = {p.name for p in (tmp_path / "vault").rglob("*") if p.is_file()}
     res = cli_json(cfg, "forget", ids[a.name])
-    assert {d["role"] for d in res["deleted"]} == {"public", "private"}
+    # the private pack is rewritten without a; a's public members stay, noise, until prune
+    assert {d["role"] for d in res["deleted"]} == {"private"}
     assert any(d["store"] == "vault" for d in res["deleted"])
+    assert {d["store"] for d in res["in_packs"]} == {"cloud-a", "cloud-b", "cloud-c"}
     code, _, err = cli(cfg, "restore", ids[a.name], "--to", str(tmp_path / "x"), expect=2)
     assert "no protected file" in err
     # no private copy of a is left anywhere; b still restores; no backup names `a`

@@ -17,7 +17,8 @@ def register(sub) -> None:
                     "(whole-file envelope encryption), se2 and paper-v1 encode/decode, each the "
                     "median of --runs runs on one random buffer in one process. stream: encode "
                     "a file of --size through the streaming API and report peak RSS. pipeline: "
-                    "files through the whole pipeline to a local S3 server. compress: stored "
+                    "files through the whole pipeline (the daemon, or `put` with --mode put) to "
+                    "a local S3 server. compress: stored "
                     "bytes and encode time with and without compression. scale: the manifest "
                     "backup one more record costs an archive of --records records (bytes "
                     "uploaded, backup time, recover time). restore: `restore --all` of --files "
@@ -33,6 +34,9 @@ def register(sub) -> None:
                    help="runs for paper-v1 (slow by design; default: --runs)")
     p.add_argument("--scheme", default="se2", help="stream: scheme to encode with")
     p.add_argument("--files", type=int, default=None, help="pipeline: number of files")
+    p.add_argument("--mode", choices=["daemon", "put"], default="daemon",
+                   help="pipeline: files dropped into the daemon's inbox (default), or one "
+                        "`dispersiond put FILE...` of them")
     p.add_argument("--nice", type=int, default=None, metavar="N",
                    help="pipeline: run the daemon at this niceness (default: the Nice= of "
                         "deploy/dispersiond.service)")
@@ -216,6 +220,8 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
                 ["off", "auto"] if args.content == "fhir" else ["auto"])
     if args.stores == "local" and link is not None:
         raise DispersiondError("--link caps an uplink: it needs --stores s3")
+    if args.stores == "local" and args.mode == "put":
+        raise DispersiondError("--mode put runs against the S3 server: it needs --stores s3")
     if args.stores == "local":
         from ..research import local_pipeline_bench as lpb
 
@@ -226,7 +232,7 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
     trickled = [] if trickle is None else [_trickle(args, trickle, pb.Setup(
         link, nice, args.digest, args.content, settings[-1]), size)]
     for compression in settings:
-        setup = pb.Setup(link, nice, args.digest, args.content, compression)
+        setup = pb.Setup(link, nice, args.digest, args.content, compression, args.mode)
         results += run(shapes, args.runs, setup,
                        on_shape=(lambda r: None) if args.json else _print_shape)
     if args.json:
@@ -302,12 +308,16 @@ def _print_shape(r: dict) -> None:
 
     link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
     local = r.get("stores") == "local"
+    mode = r.get("mode", "daemon")
+    who = (f"daemon at nice {r['daemon_nice']}" if mode == "daemon" else
+           "`dispersiond put` in-process")
     print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
-          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
+          f"{WORKERS} upload threads each{link}, {who}, "
           f"{r['digest']} digests, {r['content']} content, compression {r['compression']}"
           f"{', local-folder stores' if local else ''}:")
     base = "local put (baseline)" if local else "boto3 put (baseline)"
-    for label, key in ((base, "raw"), ("dispersiond pipeline", "pipeline")):
+    ours = "dispersiond pipeline" if mode == "daemon" else "dispersiond put"
+    for label, key in ((base, "raw"), (ours, "pipeline")):
         x = r[key]
         tail = (f"{x['ms_per_file']:6.2f} ms/file ({x['cpu_ms_per_file']:.2f} ms of CPU)"
                 if "ms_per_file" in x else
@@ -315,7 +325,7 @@ def _print_shape(r: dict) -> None:
                 else "")
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
               f"{x['mb_per_s']:8.1f} MB/s {tail}")
-    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
+    print(f"  {mode} / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
           f"private containers, manifest) {human_size(r['stored_bytes'])} = "
           f"{r['stored_vs_raw']:.3f}x of {human_size(r['bytes'])}")
     if r.get("daemon_peak_rss_mib") is not None:

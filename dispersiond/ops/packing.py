@@ -57,16 +57,20 @@ def plan_packs(objs: Iterable[ObjectRow], pack_size: int) -> list[PackJob]:
     """Group objects by (store, kind, digest algorithm) in the order given, each group cut
     into packs of about `pack_size` member bytes (a pack closes once it reaches it). Pure."""
     groups: dict[tuple[str, str, str], list[list[ObjectRow]]] = {}
+    filled: dict[tuple[str, str, str], int] = {}  # member bytes of each group's last pack
     seen: set[tuple[str, str]] = set()
     for o in objs:
         ref = (o.store, o.file_id)
         if ref in seen:  # one member per file and pack (the reference is the file id)
             continue
         seen.add(ref)
-        packs = groups.setdefault((o.store, o.role, o.digest_alg or ""), [[]])
-        if sum(m.length for m in packs[-1]) >= pack_size:
+        key = (o.store, o.role, o.digest_alg or "")
+        packs = groups.setdefault(key, [[]])
+        if filled.get(key, 0) >= pack_size:
             packs.append([])
+            filled[key] = 0
         packs[-1].append(o)
+        filled[key] = filled.get(key, 0) + o.length
     return [PackJob(store, kind, alg, tuple(members))
             for (store, kind, alg), packs in groups.items() for members in packs if members]
 

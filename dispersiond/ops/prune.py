@@ -29,6 +29,7 @@ from ..pack import PackMember, open_index, plan_repack
 from ..state import PackRow
 from ..archive import Progress, Archive
 from .backup import backup_manifest, held
+from .packing import remove_staged_packs
 from .repack import TMP_PREFIX, Rewritten, rewrite
 from .sweep import sweep
 
@@ -186,8 +187,7 @@ def housekeeping(v: Archive, exclusive: bool = True) -> tuple[list[dict], list[d
         v.db.abandon_planned()
         for p in (v.root / "work").glob(TMP_PREFIX + "*"):
             shutil.rmtree(p, ignore_errors=True)
-        for p in (v.root / "work").glob("pack-*"):  # a build no planned name owns any more
-            p.unlink(missing_ok=True)
+        remove_staged_packs(v)  # builds no planned name owns any more
     deleted, waiting = release(v, write=exclusive)
     v.empty_trash()
     return deleted, waiting

@@ -1,10 +1,13 @@
 """`dispersiond bench pipeline`: files through the real daemon to a local S3 server, next to
 a plain concurrent boto3 upload of the same bytes to the same server in the same run.
+With mode "put" the other side is `dispersiond put` of the same files instead of the daemon.
 
 The daemon runs as `dispersiond run` in a subprocess with a fresh state directory per run;
 the clock starts when the files appear in its inbox (linked in at once) and stops when
 the last one is `done`: encoded, public and private objects uploaded, committed, a
-manifest backup landed and the original deleted. The baseline is what any uploader does
+manifest backup landed and the original deleted. `put` runs through the CLI's entry
+point in this process (config, archive, every step to `done`; no interpreter start-up), its
+clock around that one call. The baseline is what any uploader does
 at the least: each file's bytes in one object (multipart with `upload_workers` threads
 for large ones). Requests are counted from the S3 server's own request log.
 
@@ -60,6 +63,8 @@ class Setup:
     #: "random" (incompressible) or "fhir" (generated FHIR R4 Bundles of about `size`)
     content: str = "random"
     compression: str = "auto"
+    #: "daemon" (files dropped into `dispersiond run`'s inbox) or "put" (`dispersiond put`)
+    mode: str = "daemon"
 
 
 # werkzeug colours some status lines (206 for a ranged GET, 4xx) with ANSI escapes
@@ -263,6 +268,30 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
     return took, requests
 
 
+def _put(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
+         setup: Setup) -> tuple[float, int]:
+    """Seconds of one `dispersiond put --json FILE...` to done, and S3 requests in it."""
+    import contextlib
+    import io
+    import json
+
+    from ..cli import main
+
+    cfg = _daemon_config(root, server, pub, prv, setup)
+    os.environ.update({_KEY_ENV: "bench", _SECRET_ENV: "bench"})
+    out = io.StringIO()
+    before = server.requests()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = main(["-c", str(cfg), "put", "--json", *map(str, files)])
+    took = time.perf_counter() - t0
+    requests = server.requests() - before
+    states = {f["state"] for f in json.loads(out.getvalue())["files"]} if not code else set()
+    if code or states != {"done"}:
+        raise DispersiondError(f"put exited {code} with states {sorted(states)}")
+    return took, requests
+
+
 def _stored(c, bucket: str) -> int:
     """Bytes the bucket holds (what the clouds bill)."""
     return sum(o["Size"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket)
@@ -333,7 +362,8 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
             _empty(c, bucket)  # the server holds objects in memory: each side starts level
 
         def pipe() -> None:
-            took, req = _pipeline(server, src, work / f"daemon-{r}", pub, prv, setup)
+            side = _put if setup.mode == "put" else _pipeline
+            took, req = side(server, src, work / f"daemon-{r}", pub, prv, setup)
             pipe_t.append(took)
             pipe_req.append(req)
             rss, cpu = DAEMON_USED.pop(work / f"daemon-{r}", (None, None))
@@ -350,7 +380,8 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
         shutil.rmtree(work / f"daemon-{r}", ignore_errors=True)
     raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
     return {
-        "files": n, "size": size, "runs": runs, "link": setup.link, "daemon_nice": setup.nice,
+        "mode": setup.mode, "files": n, "size": size, "runs": runs, "link": setup.link,
+        "daemon_nice": setup.nice if setup.mode == "daemon" else None,
         "digest": setup.digest, "content": setup.content, "compression": setup.compression,
         "bytes": total, "stored_bytes": statistics.median(stored),
         "stored_vs_raw": round(statistics.median(stored) / total, 3) if total else None,

@@ -34,15 +34,21 @@ def _in(states: Iterable[str]) -> tuple[str, tuple[str, ...]]:
 class FilesMixin(Database):
     def add_file(self, **fields: Any) -> None:
         """A new row; its state must be one a file may start in."""
-        fields["state"] = check_transition(fields["file_id"], None, fields["state"]).value
+        self.add_files([fields])
+
+    def add_files(self, rows: list[dict[str, Any]]) -> None:
+        """New rows (each as `add_file` takes it, all with the same columns), in one
+        transaction: a batch is admitted with one fsync."""
         now = time.time()
-        fields.setdefault("created", now)
-        fields.setdefault("updated", now)
-        fields = file_columns(fields)
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
+        cols = [file_columns({"created": now, "updated": now, **r, "state": check_transition(
+            r["file_id"], None, r["state"]).value}) for r in rows]
+        if not cols:
+            return
+        names = ", ".join(cols[0])
+        marks = ", ".join("?" for _ in cols[0])
         with self.tx() as db:
-            db.execute(f"INSERT INTO files ({cols}) VALUES ({marks})", tuple(fields.values()))
+            db.executemany(f"INSERT INTO files ({names}) VALUES ({marks})",
+                           [tuple(c.values()) for c in cols])
 
     def update_file(self, file_id: str, db: Conn | None = None, **fields: Any) -> None:
         """Change a file's other fields; its state changes only through `set_state`."""
