@@ -10,7 +10,6 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.memory import MemoryStore
 from dispersiond import manifest
 from dispersiond.daemon.events import PackSent
 from dispersiond.daemon.uploader import LINGER, PackBuffer, Uploader

@@ -620,7 +620,7 @@ def first_choices(v: Archive, files: list[FileRow]) -> list[ObjectRow]:
     fetches each pack's share of them at once."""
     failing = failing_stores(v)
     out: list[ObjectRow] = []
-    by_file = v.db.objects_of(f.file_id for f in files)
+    by_file = v.db.objects_grouped(f.file_id for f in files)
     for f in files:
         objs = by_file.get(f.file_id, [])
         out += preferred(v, [o for o in objs if o.role == "public"], layout_of(f).need, failing)

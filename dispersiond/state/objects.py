@@ -71,7 +71,7 @@ class ObjectsMixin(Database):
             out.setdefault(r["file_id"], []).append(ObjectRow(**dict(r)))
         return out
 
-    def objects_of(self, file_ids: Iterable[str]) -> dict[str, list[ObjectRow]]:
+    def objects_grouped(self, file_ids: Iterable[str]) -> dict[str, list[ObjectRow]]:
         """The objects of many files, grouped by file (in `objects`' order): a few queries
         for a bulk restore's plan, however large the archive."""
         ids, out = list(file_ids), {}
