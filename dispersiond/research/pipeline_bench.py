@@ -218,12 +218,6 @@ def _daemon_config(root: Path, server: S3Server | None, pub: str, prv: str, setu
     return path
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, prv: str,
               setup: Setup, stores: Callable[[str], dict] | None = None,
               cpu: list[float] | None = None) -> tuple[float, int]:
@@ -248,11 +242,7 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
         before = server.requests() if server else 0
         inbox = root / "inbox"
-<<<<<<< HEAD
         cpu0 = cpu_seconds(proc.pid)
-=======
-        cpu0 = _cpu_seconds(proc.pid)
->>>>>>> batch
         t0 = time.perf_counter()
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
@@ -262,10 +252,11 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
                 raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
                                        f"{root / 'daemon.log'}")
             time.sleep(0.01)
-        DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
+        used = _less(cpu_seconds(proc.pid), cpu0)
+        DAEMON_USED[root] = (peak_rss(proc.pid), used)
         took = time.perf_counter() - t0
-        if cpu is not None:
-            cpu.append(_cpu_seconds(proc.pid) - cpu0)
+        if cpu is not None and used is not None:
+            cpu.append(used)
         requests = server.requests() - before if server else 0
     finally:
         proc.send_signal(signal.SIGTERM)
