@@ -281,10 +281,12 @@ def _put(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
     os.environ.update({_KEY_ENV: "bench", _SECRET_ENV: "bench"})
     out = io.StringIO()
     before = server.requests()
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out):
         code = main(["-c", str(cfg), "put", "--json", *map(str, files)])
     took = time.perf_counter() - t0
+    DAEMON_USED[root] = (None, _less(cpu_seconds(), cpu0))  # put runs in this process
     requests = server.requests() - before
     states = {f["state"] for f in json.loads(out.getvalue())["files"]} if not code else set()
     if code or states != {"done"}:
