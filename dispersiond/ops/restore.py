@@ -84,6 +84,20 @@ class Piece:
     handle: Any  # the source's own reference (an object row, a link)
 
 
+@dataclass(frozen=True)
+class Known:
+    """What a bulk restore read once for all its files: each file's objects and the
+    stores failing at the start (one failing later is still seen through `v.down`).
+    Spares every file the same queries on the one state connection, where the workers
+    would queue behind each other."""
+
+    objects: dict[str, list[ObjectRow]]
+    failing: set[str]
+
+    def of(self, f: FileRow, role: str) -> list[ObjectRow]:
+        return [o for o in self.objects.get(f.file_id, ()) if o.role == role]
+
+
 class ObjectSource(Protocol):
     """Somewhere public objects come from, each checked for its digest as it arrives."""
 
@@ -166,14 +180,18 @@ class StoreSource:
 
     def __init__(self, v: Archive, f: FileRow, errors: list[str], progress: Progress | None = None,
                  states: tuple[str, ...] | None = None,
-                 windows: PackWindows | None = None) -> None:
+                 windows: PackWindows | None = None, known: Known | None = None) -> None:
         self.v, self.f, self.errors, self.progress, self.states = v, f, errors, progress, states
-        self.windows = windows
+        self.windows, self.known = windows, known
 
     def pieces(self) -> list[Piece]:
-        objs = self.v.db.objects(self.f.file_id, role="public", states=self.states)
+        if self.known is not None:
+            objs, failing = self.known.of(self.f, "public"), self.known.failing
+        else:
+            objs = self.v.db.objects(self.f.file_id, role="public", states=self.states)
+            failing = None
         return [Piece(o.shard, o.fragment_offset, o.length, o)
-                for o in _order(self.v, objs)]
+                for o in _order(self.v, objs, failing)]
 
     def fetch(self, piece: Piece, dest: Blob) -> bool:
         return _try_fetch(self.v, piece.handle, dest, self.errors, self.progress, self.windows)
@@ -272,9 +290,10 @@ def failing_stores(v: Archive) -> set[str]:
 
 
 def _order(v: Archive, objs: list[ObjectRow], failing: set[str] | None = None) -> list[ObjectRow]:
-    """Copies believed good first; stores that failed lately last, so a dead cloud costs
-    no waiting while the others suffice."""
-    failing = failing_stores(v) if failing is None else failing
+    """Copies believed good first; stores that failed lately (`failing`, as read before,
+    and those down in this run; all read now if None) last, so a dead cloud costs no
+    waiting while the others suffice."""
+    failing = failing_stores(v) if failing is None else failing | v.down
     return sorted(objs, key=lambda o: (o.store in failing, o.state != "uploaded",
                                        o.shard if o.shard is not None else 0))
 
@@ -315,12 +334,13 @@ def private_container(v: Archive, f: FileRow, tmp: Path | None,
 
 
 def public_fragment(v: Archive, f: FileRow, tmp: Path | None,
-                    progress: Progress | None = None,
-                    windows: PackWindows | None = None) -> Blob:
+                    progress: Progress | None = None, windows: PackWindows | None = None,
+                    known: Known | None = None) -> Blob:
     """A verified public fragment (replica, or rebuilt from any k shards), in a file in
     `tmp` or, with no `tmp`, in memory."""
     errors: list[str] = []
-    got = rebuild_public(StoreSource(v, f, errors, progress, windows=windows), layout_of(f), tmp)
+    source = StoreSource(v, f, errors, progress, windows=windows, known=known)
+    got = rebuild_public(source, layout_of(f), tmp)
     if isinstance(got, tuple):
         return got[0]
     if f.public_mode != "erasure":
@@ -407,8 +427,7 @@ def target_path(f: FileRow, dest: Path) -> Path:
 IN_MEMORY_MAX = 1 << 20
 
 
-def _protected(v: Archive, ref: str) -> FileRow:
-    f = v.resolve(ref)
+def _protected(f: FileRow) -> FileRow:
     checked_id(f)
     if f.state not in PROTECTED:
         raise DispersiondError(f"file {f.file_id} is not protected yet (state {f.state})")
@@ -428,7 +447,7 @@ def _scratch(v: Archive, f: FileRow) -> Iterator[Path | None]:
 
 def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: bool,
              progress: Progress | None = None, windows: PackWindows | None = None,
-             sync_dir: bool = True) -> None:
+             known: Known | None = None, sync_dir: bool = True) -> None:
     """Fetch and check both fragments, decode, check the original's digest, and only then
     put the file at `dest` (fsynced, renamed; the folder fsynced unless `sync_dir` is
     False, when the caller does it once for many files). A large replicated file is
@@ -439,7 +458,7 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
         dest.parent.mkdir(parents=True, exist_ok=True)
         _stream_replica(v, f, prf, dest, force=force, sync_dir=sync_dir, progress=progress)
         return
-    puf = public_fragment(v, f, tmp, progress, windows)
+    puf = public_fragment(v, f, tmp, progress, windows, known)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
         decode_to(v, f, puf, prf, out)
@@ -458,7 +477,7 @@ def restore(v: Archive, ref: str, dest: Path, *, force: bool = False,
             progress: Progress | None = None) -> FileRow:
     """Rebuild one file at `dest` bit-exact; never writes unverified bytes over anything,
     nor anywhere but `dest` (a file, or a folder to restore into)."""
-    f = _protected(v, ref)
+    f = _protected(v.resolve(ref))
     dest = target_path(f, dest)
     if dest.exists() and not force:
         raise DispersiondError(f"{dest} exists; choose another --to or pass --force")
@@ -582,15 +601,16 @@ def _in_the_way(f: FileRow, path: Path, force: bool) -> BulkItem | None:
 
 
 def _restore_one(v: Archive, f: FileRow, path: Path, force: bool, windows: PackWindows,
-                 audits: "_AuditBatch") -> BulkItem:
+                 known: Known, audits: "_AuditBatch") -> BulkItem:
     """`restore` of one file, its spans shared with the others, its audit entry batched."""
     try:
         taken = _in_the_way(f, path, force)
         if taken:
             return taken
-        f = _protected(v, f.file_id)
+        _protected(f)
         with _scratch(v, f) as tmp:
-            _rebuild(v, f, path, tmp, force=force, windows=windows, sync_dir=False)
+            _rebuild(v, f, path, tmp, force=force, windows=windows, known=known,
+                     sync_dir=False)
         event(logging.INFO, "file restored", file_id=f.file_id)
     except Exception as exc:  # one file's failure never stops the others
         return BulkItem(f, path, False, _reason(exc))
@@ -614,19 +634,22 @@ def preferred(v: Archive, objs: list[ObjectRow], need: int = 1,
     return out
 
 
-def first_choices(v: Archive, files: list[FileRow]) -> list[ObjectRow]:
+def first_choices(v: Archive, files: list[FileRow],
+                  known: Known | None = None) -> list[ObjectRow]:
     """What each file's restore fetches first: its `need` preferred public objects, and a
     private one when the device lacks its own copy of the container. A bulk restore
     fetches each pack's share of them at once."""
-    failing = failing_stores(v)
+    known = known or know(v, files)
     out: list[ObjectRow] = []
-    by_file = v.db.objects_grouped(f.file_id for f in files)
     for f in files:
-        objs = by_file.get(f.file_id, [])
-        out += preferred(v, [o for o in objs if o.role == "public"], layout_of(f).need, failing)
+        out += preferred(v, known.of(f, "public"), layout_of(f).need, known.failing)
         if not v.container_path(f.file_id).exists():
-            out += preferred(v, [o for o in objs if o.role == "private"], 1, failing)
+            out += preferred(v, known.of(f, "private"), 1, known.failing)
     return out
+
+
+def know(v: Archive, files: list[FileRow]) -> Known:
+    return Known(v.db.objects_grouped(f.file_id for f in files), failing_stores(v))
 
 
 class _AuditBatch:
@@ -674,7 +697,8 @@ def restore_many(v: Archive, files: list[FileRow], dest: Path, *, jobs: int = 4,
     planned = plan_targets(files, dest)
     todo = [(f, t) for f, t in planned if isinstance(t, Path)]
     wanted = [f for f, t in todo if _in_the_way(f, t, force) is None]
-    windows = PackWindows(v, first_choices(v, wanted), v.root / "work")
+    known = know(v, [f for f, _ in todo])
+    windows = PackWindows(v, first_choices(v, wanted, known), v.root / "work")
     todo.sort(key=lambda ft: windows.rank(ft[0].file_id))  # the files of one span together
     audits = _AuditBatch(v, dest)
     try:
@@ -685,7 +709,7 @@ def restore_many(v: Archive, files: list[FileRow], dest: Path, *, jobs: int = 4,
                     report.items.append(item)
                     if done:
                         done(item)
-            futures = [pool.submit(_restore_one, v, f, target, force, windows, audits)
+            futures = [pool.submit(_restore_one, v, f, target, force, windows, known, audits)
                        for f, target in todo]
             for fut in as_completed(futures):
                 item = fut.result()
