@@ -428,8 +428,9 @@ def test_public_header_carries_no_length_and_no_id():
 
 
 def test_stored_objects_in_one_padded_class_carry_no_length(tmp_path):
-    """The daemon's own objects: same padded size, no length at a fixed place."""
-    cfg = local_config(tmp_path, "replicate")
+    """The daemon's own standalone objects: same padded size, no length at a fixed place
+    (packs hide their members' lengths under their mask: tests/test_pack_format.py)."""
+    cfg = local_config(tmp_path, "replicate", pack={"threshold": 1})
     src = tmp_path / "in"
     src.mkdir()
     sizes = [40_000, 40_700, 41_300, 42_000]
