@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from contextlib import AbstractContextManager, suppress
 from datetime import timedelta
 from typing import Any, BinaryIO, Iterator
@@ -71,6 +72,20 @@ def _classify(exc: BaseException) -> type[StoreError] | None:
     return None
 
 
+_SESSIONS: dict[str | None, boto3.session.Session] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(profile: str | None) -> boto3.session.Session:
+    """One boto3 session per profile for the whole process: each session parses and keeps
+    its own copy of the S3 service model (about 13 MiB), so stores share one and pass
+    their own keys and region to their client."""
+    with _SESSIONS_LOCK:
+        if profile not in _SESSIONS:
+            _SESSIONS[profile] = boto3.session.Session(profile_name=profile)
+        return _SESSIONS[profile]
+
+
 class S3Store(Store):
     """One bucket. Credentials: boto3's standard chain, a profile, or env variables named here."""
 
@@ -117,8 +132,8 @@ class S3Store(Store):
             # Servers without flexible checksums: set checksum_algorithm to None.
             request_checksum_calculation="when_supported" if checksum_algorithm else "when_required",
         )
-        session = boto3.session.Session(profile_name=profile, region_name=region, **keys)
-        self._s3 = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._s3 = _session(profile).client("s3", endpoint_url=endpoint_url, config=config,
+                                            region_name=region, **keys)
         self._checksum = {"ChecksumAlgorithm": checksum_algorithm} if checksum_algorithm else {}
         # Parts are checked with CRC32, whatever the setting: a multipart object's SHA-256
         # is only a digest of its part digests (never the object's), so per part SHA-256

@@ -129,7 +129,9 @@ class Archive:
         self.db.trash(store, name)
 
     def empty_trash(self) -> tuple[int, int]:
-        """Delete what the trash holds; returns (deleted, still waiting)."""
+        """Delete what the trash holds, share copies whose links have expired included;
+        returns (deleted, still waiting)."""
+        self.db.trash_expired_copies(time.time())
         done = waiting = 0
         for store, name in self.db.trashed():
             try:

@@ -20,7 +20,7 @@ from .errors import DispersiondError
 # Order here is the order `--help` lists them in.
 COMMANDS = [
     "init", "put", "ls", "restore", "verify", "repair", "recover", "rotate_key", "forget",
-    "run", "status", "keygen", "identity", "share", "export", "request", "requests",
+    "prune", "run", "status", "keygen", "identity", "share", "export", "request", "requests",
     "open_share", "audit", "rekey",
     "se", "bench", "analyze",
 ]

@@ -181,6 +181,7 @@ class KeyConfig(_Strict):
 class Schedule(_Strict):
     rescan: str = "60s"
     verify: str | None = "24h"
+    prune: str | None = "24h"  # repack dead bytes out of packs, sweep unreferenced packs
     manifest_backup: str = "15m"
     upload_window: str | None = None  # "01:00-05:00", local time
     bandwidth_limit: str | int | None = None  # bytes per second, e.g. "2MB"
@@ -193,7 +194,7 @@ class Schedule(_Strict):
         parse_duration(v)
         return v
 
-    @field_validator("verify")
+    @field_validator("verify", "prune")
     @classmethod
     def _opt_dur(cls, v: str | None) -> str | None:
         if v is not None:

@@ -7,7 +7,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 
 #: Modes of what holds state (names, paths, keys to files): owner only, whatever the umask.
@@ -50,6 +50,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file by its name, after it was written and closed. On Linux any descriptor
+    of the inode will do, and a write-back error not yet seen is reported to it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_batch(files: Iterable[Path], dirs: Iterable[Path]) -> None:
+    """One durability barrier for many files written without their own fsyncs: each
+    file's data and inode, then each folder once (new entries, renames).
+
+    Written first and synced after, the files share the filesystem's journal commits:
+    the first fsync commits the metadata of all of them, so a batch costs far less than
+    a file-by-file fsync and folder fsync (BENCHMARKS.md, "Batched encode")."""
+    for path in files:
+        fsync_path(path)
+    for path in dict.fromkeys(dirs):  # each once, in the order given
+        fsync_dir(path)
+
+
 #: How much a large output may have written before the kernel is asked to start writing
 #: it out (`atomic_output(writeback=True)`).
 WRITEBACK_EVERY = 32 << 20
@@ -82,14 +105,19 @@ class _Writeback:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
-                  mode: int = 0o600, sync_dir: bool = True,
+                  mode: int = 0o600, sync: bool = True, sync_dir: bool = True,
                   writeback: bool = False) -> Iterator[BinaryIO]:
     """Write `path` via a temporary file in the same folder, fsync, then rename.
 
     On any exception the temporary file is removed and `path` is untouched.
     With overwrite=False an existing `path` is never replaced (FileExistsError).
-    With sync_dir=False the folder is not fsynced: the caller does it once for many files
-    (until then a crash may lose the new name, never expose a partial file under it).
+    With sync=False neither the file nor its folder is fsynced: a reader still sees the
+    old file or the whole new one while the system runs, but only a later barrier
+    (`sync_batch`) makes it durable; until then nothing may depend on it surviving a
+    power cut.
+    With sync_dir=False (and sync) the file is fsynced but not its folder: the caller
+    does that once for many files (until then a crash may lose the new name, never
+    expose a partial file under it).
     With writeback=True a large file is written out to disk as it grows (where the
     system can be asked to), so the fsync at the end is short.
     """
@@ -103,13 +131,14 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
             yield (_Writeback(f) if writeback and hasattr(os, "posix_fadvise")  # type: ignore
                    else f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)  # fails if path appeared meanwhile
             os.unlink(tmp)
-        if sync_dir:
+        if sync and sync_dir:
             fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

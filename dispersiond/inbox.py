@@ -27,7 +27,9 @@ the file has landed: `delete` unlinks the claimed original; `move` puts it, unde
 own name, into `after_move_to`; `keep` puts it, under its own name, into
 `state_dir/kept/`. Either way it has left the inbox, so it is never protected twice.
 A name already taken there by different bytes gets `.<file_id prefix>` before its
-suffix. Each of these is idempotent: re-running after a crash finds the job done.
+suffix. Each of these is idempotent: re-running after a crash finds the job done. The
+daemon applies it to a batch of files at once (`apply_after_many`: one fsync per
+folder, one transaction recording where the originals went).
 
 Names are whatever bytes the file system holds: kept exactly (as `os.fsdecode` gives
 them; the state package stores undecodable bytes beside the text), shown only through
@@ -177,9 +179,10 @@ def _same_bytes(path: Path, f: FileRow) -> bool:
         return False
 
 
-def place(src: Path, folder: Path, f: FileRow) -> Path:
-    """Move a claimed original into `folder` under its own name, never overwriting
-    different bytes; idempotent (an earlier, interrupted attempt is recognised)."""
+def link_into(src: Path, folder: Path, f: FileRow) -> Path:
+    """A second name (or, across filesystems, a durable copy) for a claimed original in
+    `folder`, under its own name, never over different bytes; the original stays. An
+    earlier attempt's is recognised and returned. Durable once `folder` is fsynced."""
     folder.mkdir(parents=True, exist_ok=True)  # the mode of a folder the user named is theirs
     name = Path(f.name).name or f.file_id
     first = folder / name
@@ -188,16 +191,14 @@ def place(src: Path, folder: Path, f: FileRow) -> Path:
     for dest in (first, second):
         if dest.exists():
             if dest == second or _same_bytes(dest, f):
-                src.unlink()  # moved by an earlier attempt that died before this unlink
-                fsync_dir(src.parent)
-                return dest
+                return dest  # an earlier attempt that died before the original went
             continue
-        _move_no_clobber(src, dest)
+        _link_no_clobber(src, dest)
         return dest
     raise FileExistsError(second)  # not reached
 
 
-def _move_no_clobber(src: Path, dest: Path) -> None:
+def _link_no_clobber(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)  # fails if dest appeared meanwhile: nothing is ever overwritten
     except OSError as exc:
@@ -211,9 +212,6 @@ def _move_no_clobber(src: Path, dest: Path) -> None:
             tmp.unlink()
             raise FileExistsError(dest) from None
         os.rename(tmp, dest)
-    fsync_dir(dest.parent)
-    src.unlink()
-    fsync_dir(src.parent)
 
 
 # --------------------------------------------------------------- claim and reconcile
@@ -387,17 +385,77 @@ def finish_quarantine(v: Archive, f: FileRow, quarantine: Path) -> None:
 
 
 def apply_after(v: Archive, f: FileRow) -> str:
-    """Delete, move or keep the claimed original; files added by `put` are never touched."""
-    src = Path(f.source) if f.source else None
-    if src is None or src.parent != claimed_dir(v) or not src.exists():
-        return "untouched"
+    """Delete, move or keep the claimed original; files added by `put` are never touched.
+    Raises the OSError that stopped it."""
+    done, failed = apply_after_many(v, [f])
+    if failed:
+        raise failed[0][1]
+    return done[f.file_id]
+
+
+def apply_after_many(v: Archive, files: list[FileRow]
+                     ) -> tuple[dict[str, str], list[tuple[FileRow, OSError]]]:
+    """`apply_after` for a batch: ({file_id: what became of its original}, [(file, the
+    OSError that stopped it)]); one file's failure does not stop the others.
+
+    Moving (`move`, `keep`) is ordered so that a crash anywhere loses no original and
+    leaves no row pointing at nothing: every new name is made and made durable (one
+    fsync of the folder), the new places are recorded (one transaction), and only then
+    are the originals removed from claimed/ (one fsync). A crash after the record and
+    before the removal leaves an original behind in claimed/: the next look removes it
+    once its new place is there (or puts it there again if it is not)."""
+    cdir = claimed_dir(v)
+    done: dict[str, str] = {}
+    failed: list[tuple[FileRow, OSError]] = []
+    todo: list[tuple[FileRow, Path]] = []
+    for f in files:
+        src = Path(f.source) if f.source else None
+        if src is not None and src.parent == cdir and src.exists():
+            todo.append((f, src))
+            continue
+        left = cdir / f.file_id  # moved and recorded; the original not yet removed
+        if v.cfg.after != "delete" and src is not None and src != left and left.exists():
+            if not src.exists():
+                todo.append((f, left))  # its new place is gone: move it there again
+                continue
+            try:
+                left.unlink()
+            except OSError as exc:
+                failed.append((f, exc))
+                continue
+        done[f.file_id] = "untouched"
     if v.cfg.after == "delete":
-        src.unlink()  # no fsync: should a power cut undo it, reconcile deletes it again
-        return "deleted"
-    if v.cfg.after == "move":
-        dest = place(src, v.cfg.path(v.cfg.after_move_to or ""), f)
-        v.db.update_file(f.file_id, source=str(dest))
-        return "moved"
-    dest = place(src, private_dir(v.root / "kept"), f)
-    v.db.update_file(f.file_id, source=str(dest))
-    return "kept"
+        for f, src in todo:
+            try:
+                src.unlink()  # no fsync: should a power cut undo it, reconcile deletes it again
+                done[f.file_id] = "deleted"
+            except OSError as exc:
+                failed.append((f, exc))
+        return done, failed
+    if not todo:
+        return done, failed
+    folder = (v.cfg.path(v.cfg.after_move_to or "") if v.cfg.after == "move"
+              else private_dir(v.root / "kept"))
+    linked: list[tuple[FileRow, Path, Path]] = []
+    for f, src in todo:
+        try:
+            linked.append((f, src, link_into(src, folder, f)))
+        except OSError as exc:
+            failed.append((f, exc))
+    if not linked:
+        return done, failed
+    try:
+        for d in dict.fromkeys(dest.parent for _, _, dest in linked):
+            fsync_dir(d)
+        v.db.set_sources([(f.file_id, str(dest)) for f, _, dest in linked])
+    except OSError as exc:  # nothing removed: the next attempt finds its links again
+        return done, failed + [(f, exc) for f, _, _ in linked]
+    for f, src, _ in linked:
+        try:
+            src.unlink(missing_ok=True)
+        except OSError as exc:  # recorded: the next look removes it
+            failed.append((f, exc))
+            continue
+        done[f.file_id] = "moved" if v.cfg.after == "move" else "kept"
+    fsync_dir(cdir)
+    return done, failed

@@ -6,7 +6,7 @@ from `Layout` here, and nowhere else. The documents' keys never change (FORMAT.m
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 #: Layout field -> state database column, where they differ.
@@ -46,7 +46,7 @@ class Layout:
 
     def row_fields(self) -> dict[str, Any]:
         """Columns of `files` (for update_file / set_state)."""
-        return {_ROW.get(k, k): v for k, v in asdict(self).items()}
+        return {_ROW.get(k, k): getattr(self, k) for k in _fields()}
 
     # --- the manifest entry (docs/FORMAT.md section 5)
     @classmethod
@@ -54,7 +54,7 @@ class Layout:
         return cls(**{k: e[_ENTRY.get(k, k)] for k in _fields()})
 
     def entry_fields(self) -> dict[str, Any]:
-        return {_ENTRY.get(k, k): v for k, v in asdict(self).items()}
+        return {_ENTRY.get(k, k): getattr(self, k) for k in _fields()}
 
     # --- the share payload (docs/FORMAT.md section 6.3)
     @classmethod

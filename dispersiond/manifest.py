@@ -86,10 +86,14 @@ def delta(db: StateDB, seq: int, base: int, prev: dict, changed: list[str], audi
     protected, the ids of those that are not (forgotten), the audit entries after
     `audit_after`."""
     files, removed = [], []
+    rows = db.files_by_id(changed)  # a few reads for the batch, not two a file
+    objects: dict[str, list] = {}
+    for o in db.objects_of([fid for fid, f in rows.items() if f.state in PROTECTED]):
+        objects.setdefault(o.file_id, []).append(o)
     for fid in changed:
-        f = db.file(fid)
+        f = rows.get(fid)
         if f is not None and f.state in PROTECTED:
-            files.append(entry(db, f))
+            files.append(_entry(f, objects.get(fid, [])))
         else:
             removed.append(fid)
     return _doc("delta", seq, base, prev, db, db.audit_rows_after(audit_after), files, removed,

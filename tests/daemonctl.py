@@ -89,19 +89,24 @@ class DaemonProc:
         return self.proc.wait(timeout=timeout)
 
     def lines(self) -> list[dict]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"level": "raw", "msg": line})
-        return out
+        return log_lines(self.log)
 
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "(no log)"
+
+
+def log_lines(log: Path) -> list[dict]:
+    """A JSON log, one dict a line (a line that is not JSON, e.g. a traceback, as raw)."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            out.append({"level": "raw", "msg": line})
+    return out
 
 
 def status(cfg: Path) -> dict:
@@ -141,3 +146,112 @@ def sha(data: bytes) -> str:
 
 def done_count(cfg: Path) -> int:
     return status(cfg)["files"].get("done", 0)
+
+
+def state_rows(cfg: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows from a running daemon's state database, read-only (it is not disturbed); none
+    while the database is not there yet or its tables are being made."""
+    import sqlite3
+
+    from dispersiond.config import load_config
+
+    db = load_config(cfg).state_path / "state.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def log_events(log: Path, msg: str) -> list[dict]:
+    """The JSON log lines whose message is `msg`."""
+    return [e for e in log_lines(log) if e.get("msg") == msg]
+
+
+def store_dirs(cfg: Path) -> dict[str, Path]:
+    """Each local store's directory, by store name."""
+    raw = yaml.safe_load(cfg.read_text())
+    return {s["name"]: Path(s["path"]) for s in raw["stores"] if s["type"] == "local"}
+
+
+def partial_writes(cfg: Path) -> set[Path]:
+    """Temporary files a local store writes an object into before linking it (a put cut
+    short by a kill leaves one; `list` never shows it)."""
+    return {p for d in store_dirs(cfg).values() for p in d.rglob(".tmp-*")}
+
+
+def check_archive(cfg: Path, originals: dict[str, bytes], out: Path,
+                  moved: Path | None = None) -> dict[str, int]:
+    """After the daemon stopped: every record done exactly once (one file row per name, one
+    object row per fragment and store, each restoring bit-exact), the after-policy run
+    once, nothing left in the trash, in `planned` or staged, every pack row backed by its
+    members, and every store holding exactly the names the state or a recorded manifest
+    backup references. Returns a few counts for the caller's report."""
+    import collections
+
+    from dispersiond.archive import open_archive
+    from dispersiond.config import load_config
+    from dispersiond.ops.backup import _backups
+    from dispersiond.ops.restore import restore
+    from backends import open_store
+
+    c = load_config(cfg)
+    with open_archive(c) as v:
+        assert v.db.counts() == {"done": len(originals)}, v.db.counts()
+        assert v.db.integrity_check() == "ok"
+        rows = v.db.files()
+        names = collections.Counter(f.name for f in rows)
+        assert names == collections.Counter(originals.keys()), ("duplicated or missing files", names)
+        out.mkdir(exist_ok=True)
+        for f in rows:
+            restore(v, f.file_id, out / f.name)
+            assert sha((out / f.name).read_bytes()) == sha(originals[f.name]), f.name
+        if moved is not None:  # the after-policy ran exactly once per file
+            assert {p.name: p.read_bytes() for p in moved.iterdir()} == originals
+        inbox = Path(c.inbox) if c.inbox else None
+        assert inbox is None or not any(inbox.iterdir())
+        for sub in ("claimed", "work"):
+            assert not any((c.state_path / sub).iterdir()), sub
+        assert sorted(p.name for p in (c.state_path / "prf").iterdir()) == sorted(
+            f"{f.file_id}.prf" for f in rows)
+        assert not v.db.query("SELECT * FROM trash")
+        assert not v.db.query("SELECT * FROM planned")
+        # One row per fragment and store; every file has all of them.
+        objs = v.db.objects()
+        assert all(o.state == "uploaded" for o in objs)
+        places = collections.Counter((o.file_id, o.role, o.shard, o.store) for o in objs)
+        assert set(places.values()) == {1}, "a fragment recorded twice"
+        per_file = collections.Counter((o.file_id, o.role) for o in objs)
+        for f in rows:
+            assert per_file[f.file_id, "public"] == len(c.public.stores), f.name
+            assert per_file[f.file_id, "private"] == len(c.private.stores), f.name
+        # Pack rows and their members agree; no pack without a member.
+        packs = {(p.store, p.name): p for p in v.db.packs()}
+        members = collections.defaultdict(list)
+        for o in objs:
+            if o.packed:
+                members[o.store, o.name].append(o)
+        assert set(members) == set(packs), "a pack row without members, or members without one"
+        for key, p in packs.items():
+            assert p.state == "uploaded" and p.members == len(members[key]), key
+            assert {(o.pack_digest, o.object_size) for o in members[key]} == {(p.digest, p.size)}
+        # Every stored name is referenced: by an object row or a recorded manifest backup.
+        referenced = collections.defaultdict(set)
+        for o in objs:
+            referenced[o.store].add(o.name)
+        raw = yaml.safe_load(cfg.read_text())
+        for s in raw["stores"]:
+            with open_store(s["type"], s["name"], path=s["path"]) as store:
+                listed = set(store.list(""))
+            expected = referenced[s["name"]]
+            if s["name"] in c.private.stores:
+                expected = expected | {n for _, n in _backups(v, s["name"])}
+            assert listed == expected, (s["name"], len(listed - expected), len(expected - listed))
+        return {"files": len(rows), "objects": len(objs), "packs": len(packs),
+                "packed": sum(len(m) for m in members.values())}

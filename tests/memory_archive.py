@@ -28,3 +28,21 @@ def objects_on(v: Archive, store: str, prefix: str = "") -> set[str]:
 
 def every_object(v: Archive) -> dict[str, set[str]]:
     return {sc.name: objects_on(v, sc.name) for sc in v.cfg.stores}
+
+
+def pack_together(v: Archive, paths: list[Path]) -> list[str]:
+    """Protect `paths` (committed) with one pack per store holding all their fragments,
+    as the batched pipeline packs them; returns their ids."""
+    from dispersiond.ops.packing import send_objects
+    from dispersiond.ops.protect import admit, commit_many, encode
+
+    fids = [admit(v, p) for p in paths]
+    for fid in fids:
+        encode(v, fid)
+    pending = [o for fid in fids for o in v.db.objects(fid, states=("pending",))]
+    assert send_objects(v, pending) == []
+    assert len(commit_many(v, [v.db.file(fid) for fid in fids])) == len(fids)
+    rows = [o for fid in fids for o in v.db.objects(fid)]
+    assert all(o.packed and o.state == "uploaded" for o in rows)
+    assert len({(o.store, o.name) for o in rows}) == len({o.store for o in rows})
+    return fids

@@ -204,6 +204,74 @@ def test_rewrap_changes_only_the_key_fields():
         codec.decode("se2", K32, puf, prf2)
 
 
+def _reference_hkdf(ikm: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(ikm)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ikm=st.binary(max_size=200), infos=st.lists(st.binary(max_size=100), max_size=5))
+def test_key_schedule_is_rfc_5869_hkdf(ikm, infos):
+    """se2's own HKDF (one extract per key, two hash compressions per label) gives the
+    bytes of the library's HKDF-SHA256, for keys and labels of any length."""
+    h = se2.Hkdf(ikm)
+    for info in infos:
+        assert h.derive(info) == _reference_hkdf(ikm, info) == se2._hkdf(ikm, info)
+
+
+def test_every_derived_key_is_the_documented_hkdf():
+    """The keys a container uses are those FORMAT.md 2.1 and 2.5 name (checked against
+    the library's HKDF, not against the code's own), whatever the cache holds."""
+    secret, keys = os.urandom(32), [os.urandom(32) for _ in range(3)]
+    k = se2._Keys(secret, bytes(36), 2)
+    assert k.pad == _reference_hkdf(secret, b"dispersiond se2 v1 pad")
+    assert k.pair == _reference_hkdf(secret, b"dispersiond se2 v2 pair")[:24]
+    assert se2.pair_tag(secret) == k.pair and se2._Keys(secret, bytes(36)).pair == b""
+    zeros = bytes(64)
+    pos = _reference_hkdf(secret, b"dispersiond se2 v1 positions")
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    assert k.pos.update(zeros) == Cipher(algorithms.AES(pos), modes.CTR(bytes(16))
+                                         ).encryptor().update(zeros)
+    sealed = k.seg.encrypt(bytes(12), b"x", b"")
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    assert sealed == AESGCM(_reference_hkdf(secret, b"dispersiond se2 v1 container")).encrypt(
+        bytes(12), b"x", b"")
+    # the master key derivations, while keys alternate and a third pushes one out
+    for mk in keys + keys[::-1] + [keys[0], keys[2], keys[0]]:
+        assert se2.key_id(mk) == _reference_hkdf(mk, b"dispersiond se2 v1 key-id")[:8]
+        assert se2._master(mk)[1] == _reference_hkdf(mk, b"dispersiond se2 v1 wrap")
+    assert len(se2._MASTERS) == 2
+
+
+def test_layout_and_meta_stay_frozen_values():
+    """Their hand-written __init__ keeps what the dataclass gave: equality, hashing,
+    replace, and no assignment."""
+    import dataclasses
+
+    lay = se2.Layout(12, 1000, 7, 2, 32)
+    assert lay == se2.Layout(12, 1000, 7, version=2, trailer_len=32) and hash(lay) == hash(
+        se2.Layout(chunk_log2=12, content_len=1000, head_len=7, version=2, trailer_len=32))
+    assert lay != se2.Layout(12, 1000, 7, 2) and se2.Layout(12, 1000, 7).version == se2.VERSION
+    assert dataclasses.replace(lay, trailer_len=0) == se2.Layout(12, 1000, 7, 2)
+    m = se2.Meta(b"i" * 16, 1, 1, 5000)
+    assert se2.Meta.unpack(m.pack()) == m and se2.Meta().pack() == bytes(se2.META_LEN)
+    for obj, field in ((lay, "content_len"), (m, "plain_len")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, 1)
+
+
+def test_containers_of_alternating_keys_each_open_with_their_own():
+    """Kept master-key derivations never hand one key's wrap key to another's files."""
+    a, b = os.urandom(32), os.urandom(32)
+    pairs = [(k, codec.encode("se2", k, bytes([i]) * 100)) for i, k in enumerate([a, b, a, b])]
+    for i, (k, (puf, prf)) in enumerate(pairs):
+        assert codec.decode("se2", k, puf, prf) == bytes([i]) * 100
+        with pytest.raises(WrongKey):
+            codec.decode("se2", b if k is a else a, puf, prf)
+
+
 def test_paper_v1_has_no_integrity_but_refuses_impossible_lengths():
     data = os.urandom(1000)
     puf, prf = codec.encode("paper-v1", K16, data)

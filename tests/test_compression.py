@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from dispersiond import codec
 from dispersiond.codec import headers
 from dispersiond.codec import compress, se2
-from dispersiond.research.compress_bench import fhir_records
+from dispersiond.research.compress_bench import (fhir_records, overhead_bench, previous_codec,
+                                                 random_files)
 from dispersiond.errors import CodecError, ConfigError, FragmentMismatch, IntegrityError
 
 from dsp import cli, local_config, run_cli
@@ -89,10 +90,13 @@ def test_any_bytes_any_size_round_trip_compressed_or_not(data, policy, head, log
     head = min(head, len(data))
     enc, puf, prf = roundtrip(data, policy, head, log2)
     plain = se2.Layout(log2, len(data) - head, head)
-    # never larger than the uncompressed encode
-    assert len(puf) <= plain.puf_len and len(prf) <= plain.prf_len + se2.DIGEST_LEN
+    # never larger than the uncompressed encode: the public fragment not, both together
+    # strictly smaller (the container alone can grow: it carries the digest, and a short
+    # frame's tail, up to 27 bytes more than a unit's private words and tag)
+    assert len(puf) <= plain.puf_len and len(prf) <= plain.prf_len + se2.DIGEST_LEN + 27
     if enc.codec == "zstd":
         assert enc.content_len < len(data) - head
+        assert len(puf) + len(prf) < plain.puf_len + plain.prf_len
     else:
         assert (len(puf), len(prf)) == (plain.puf_len, plain.prf_len)
 
@@ -135,6 +139,24 @@ def test_incompressible_data_is_stored_as_before():
         assert (len(puf), len(prf)) == (lay.puf_len, lay.prf_len)
 
 
+def test_a_frame_is_stored_only_if_both_fragments_shrink_together():
+    """A frame shorter than the content by less than the digest it costs is dropped,
+    even when forced; one unit of zeros whose frame becomes a tail is kept (the container
+    grows by 33 bytes, the public fragment shrinks by 44: found by the property above)."""
+    import random
+
+    barely = random.Random(4).randbytes(400) + bytes(30)  # ~15 bytes shorter as a frame
+    assert len(zstandard.ZstdCompressor(level=3).compress(barely)) < len(barely)
+    enc, puf, prf = roundtrip(barely, "zstd:3", 0, 10)
+    plain = se2.Layout(10, len(barely), 0)
+    assert enc.codec == "none" and (len(puf), len(prf)) == (plain.puf_len, plain.prf_len)
+    one_unit = bytes(29) + b"\x01" + bytes(3)
+    enc, puf, prf = roundtrip(one_unit, "auto", 1, 10)
+    plain = se2.Layout(10, 32, 1)
+    assert enc.codec == "zstd" and len(prf) == plain.prf_len + 33
+    assert len(puf) + len(prf) < plain.puf_len + plain.prf_len
+
+
 def test_known_compressed_formats_skip_the_trial():
     for start in (b"\x1f\x8b\x08\x00", b"\x89PNG\r\n", b"PK\x03\x04", b"\xff\xd8\xff\xe0"):
         assert compress.known_compressed(start + bytes(100))
@@ -159,6 +181,164 @@ def test_a_large_file_compresses_in_bounded_memory():
     data = b"".join(line % (i % 997) for i in range(220_000))
     enc, puf, prf = roundtrip(data, "auto", 0, 18)
     assert enc.codec == "zstd" and enc.content_len < len(data) / 10
+
+
+@settings(max_examples=80, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=3000), max_size=12), memory=st.integers(0, 9000),
+       reads=st.lists(st.integers(1, 5000), min_size=1, max_size=8))
+def test_spool_gives_back_its_bytes_from_memory_or_its_file(tmp_path_factory, pieces, memory,
+                                                           reads):
+    """Below `memory` bytes the spool keeps them; past it every byte (those kept too) is
+    in the temporary file, as ciphertext; read back in any sizes, the bytes are the same."""
+    data = b"".join(pieces)
+    spool = compress.Spool(tmp_path_factory.mktemp("spool"), memory)
+    try:
+        for piece in pieces:
+            assert spool.write(piece) == len(piece)
+        assert spool.n == len(data) and spool.spilled == (len(data) > memory)
+        if spool.spilled and len(data) >= 64:
+            spool.f.flush()
+            spool.f.seek(0)
+            raw = spool.f.read()
+            assert len(raw) == len(data) and raw != data and data[:32] not in raw
+        spool.rewind()
+        got, i = b"", 0
+        while True:
+            n = reads[i % len(reads)]
+            if i % 2:
+                chunk = spool.read(n)
+            else:
+                buf = bytearray(n)
+                chunk = bytes(buf[: spool.readinto(buf)])
+            if not chunk:
+                break
+            got, i = got + chunk, i + 1
+        assert got == data and spool.read() == b""
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("memory", [0, 1 << 10, None])
+def test_a_compressed_encode_round_trips_through_either_spool(monkeypatch, memory):
+    """The in-memory spool (the default for records), and one that spills at once or
+    after 1 KiB: the same original comes back, and the temporary file exists only then."""
+    if memory is not None:
+        monkeypatch.setattr(compress, "SPOOL_MEMORY", memory)
+    made = []
+    real = compress.tempfile.TemporaryFile
+    monkeypatch.setattr(compress.tempfile, "TemporaryFile",
+                        lambda *a, **kw: made.append(1) or real(*a, **kw))
+    data = b"".join(fhir_records(3, seed=5))
+    enc, puf, prf = roundtrip(data, "auto", 0, 12)
+    assert enc.codec == "zstd" and len(made) == (0 if memory is None else 1)
+
+
+class _Recording:
+    """A trial compressor that notes what it was given."""
+
+    def __init__(self) -> None:
+        self.c, self.seen = zstandard.ZstdCompressor(level=compress.TRIAL_LEVEL), []
+
+    def compress(self, data) -> bytes:
+        self.seen.append(len(data))
+        return self.c.compress(data)
+
+
+def test_trial_on_incompressible_content_stops_after_its_first_look(monkeypatch):
+    rec = _Recording()
+    monkeypatch.setattr(compress, "_trial_compressor", lambda: rec)
+    noise, text = os.urandom(compress.TRIAL), b"OBX|1|NM|8480-6^Systolic^LN||120|mm[Hg]\r" * 500
+    assert not compress.trial_pays([noise, text[: compress.TRIAL]])
+    assert rec.seen == [compress.FIRST_LOOK]  # 4 KiB tried, not 16 (nor the middle)
+    rec.seen.clear()
+    assert compress.trial_pays([text[: compress.TRIAL], text[: compress.TRIAL]])
+    assert rec.seen == [compress.FIRST_LOOK, compress.TRIAL, compress.TRIAL]
+    # the first look decides only what zstd stores raw: a mostly compressible sample
+    # with random bytes first is still tried whole
+    rec.seen.clear()
+    mixed = os.urandom(1024) + text[: compress.TRIAL - 1024]
+    assert compress.trial_pays([mixed]) and rec.seen == [compress.FIRST_LOOK, compress.TRIAL]
+    rec.seen.clear()
+    assert not compress.trial_pays([noise[: compress.FIRST_LOOK]])  # short: tried once, whole
+    assert rec.seen == [compress.FIRST_LOOK]
+
+
+class _Reads(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.sizes: list[int] = []
+
+    def read(self, n: int = -1) -> bytes:
+        self.sizes.append(n)
+        return super().read(n)
+
+
+_TEXT = st.builds(lambda t, n: t * n, st.binary(min_size=1, max_size=60), st.integers(1, 3000))
+
+
+@settings(max_examples=80, deadline=None)
+@given(parts=st.lists(st.one_of(st.binary(max_size=20000), _TEXT), max_size=4),
+       policy=st.sampled_from(["off", "auto", "zstd:3"]), head=st.integers(0, 50))
+def test_the_encoder_decides_as_the_trial_on_its_samples(parts, policy, head):
+    """pays() reads less, but decides what should_compress() decides on read_samples()."""
+    data = b"".join(parts)
+    pol = compress.Policy.parse(policy)
+    src = io.BytesIO(os.urandom(head) + data)
+    if data:
+        want = compress.should_compress(pol, False, compress.read_samples(
+            io.BytesIO(src.getvalue()), head, len(data)))
+        assert compress.pays(pol, src, head, len(data)) == want
+        assert src.tell() == (head if policy == "auto" else 0)  # off, zstd: nothing read
+
+
+def test_incompressible_content_costs_one_small_read():
+    src = _Reads(os.urandom(200_000))
+    assert not compress.pays(compress.AUTO, src, 0, 200_000)
+    assert src.sizes == [compress.FIRST_LOOK + 1]
+    src = _Reads(b"".join(fhir_records(10, seed=3)))
+    assert compress.pays(compress.AUTO, src, 0, len(src.getvalue()))
+    assert src.sizes == [compress.FIRST_LOOK + 1, compress.TRIAL, compress.TRIAL]
+    src = _Reads(os.urandom(100))
+    assert not compress.pays(compress.Policy.parse("off"), src, 0, 100) and src.sizes == []
+    assert compress.pays(compress.Policy.parse("zstd:3"), src, 0, 100) and src.sizes == []
+
+
+def test_every_version_2_writer_seals_a_random_file_id():
+    """No file id given: each container seals its own random one (never zeros)."""
+    data = b"".join(fhir_records(1, seed=2))
+    ids = []
+    for policy in ("off", "auto", "auto", None):
+        puf, prf = io.BytesIO(), io.BytesIO()
+        enc = codec.encode_stream("se2", K, io.BytesIO(data), len(data), puf, prf,
+                                  compression=policy)
+        dec = se2.Se2Decoder(K, prf.getvalue()[:104], puf.getvalue()[:32])
+        at = se2.PRF_HEADER_LEN + se2.TAG
+        meta = dec.open_meta(prf.getvalue()[at: at + se2.META_LEN + se2.TAG])
+        assert meta.file_id == enc.file_id
+        ids.append(meta.file_id)
+    puf, prf = codec.encode("se2", K, data)
+    ids.append(se2.Se2Decoder(K, prf[:104], puf[:32]).open_meta(
+        prf[se2.PRF_HEADER_LEN + se2.TAG: se2.PRF_HEADER_LEN + se2.TAG + 48]).file_id)
+    assert bytes(16) not in ids and len(set(ids)) == len(ids)
+
+
+def test_the_release_before_version_2_writes_what_this_build_reads():
+    """The writer bench compress times as the previous release: it is that release's
+    codec (version 1 fragments), and this build decodes what it writes."""
+    prev = previous_codec()
+    if prev is None:
+        pytest.skip("not a git checkout holding the previous release")
+    data = b"".join(fhir_records(2, seed=8))
+    puf, prf = prev.encode("se2", K, data, head_len=9)
+    assert puf[4] == 1 and prf[4] == 1 and codec.decode("se2", K, puf, prf) == data
+    assert prev is not codec and not hasattr(prev, "prepare")  # no version 2 in it
+
+
+def test_the_incompressible_bench_runs_every_writer_on_the_same_files():
+    r = overhead_bench(random_files(3, 3000), runs=1, previous=codec)
+    assert (r["files"], r["bytes"], r["runs"]) == (3, 9000, 1)
+    assert all(r[f"us_per_file_{k}"] > 0 for k in ("v1", "v2-auto", "previous"))
+    assert r["auto_vs_v1"] > 0 and r["auto_vs_previous"] > 0
 
 
 # ---------------------------------------------------------------- tamper evidence

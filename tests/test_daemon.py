@@ -635,6 +635,60 @@ def test_pipeline_bench_runs_and_counts_requests(tmp_path):
     # (a burst that straddles a flush adds two packs and a backup)
     assert 3 / 20 <= shape["pipeline"]["requests_per_file"] <= 6 / 20
     assert shape["pipeline"]["files_per_s"] > 0 and shape["raw"]["mb_per_s"] > 0
+    assert 20 < shape["daemon_peak_rss_mib"] < 1024  # the daemon's VmHWM: an interpreter, not 0
+    assert shape["cpu_seconds"]["raw"] > 0 and shape["cpu_seconds"]["pipeline"] > 0
+
+
+def test_pipeline_bench_trickle_reports_latency_requests_and_rss(tmp_path):
+    """`bench pipeline --trickle`: one record every 200 ms for 2 s (the figures are for the
+    one-minute run; here their shape and sanity): every record is timed on both sides,
+    the baseline makes one request per record, the daemon at most a public and a private
+    pack and a manifest backup per record (fewer once records share a flush)."""
+    res = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--trickle",
+                          "200ms", "--duration", "2s", "--size", "2KiB", "--runs", "1",
+                          "--json"], check=False, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    (shape,) = __import__("json").loads(res.stdout)["shapes"]
+    assert shape["files"] == 10 and shape["size"] == 2048
+    assert shape["trickle"]["interval_s"] == 0.2 and shape["trickle"]["duration_s"] == 2
+    assert shape["raw"]["requests_per_file"] == 1.0
+    assert 0 < shape["pipeline"]["requests_per_file"] <= 3
+    for side in ("raw", "pipeline"):
+        lat = shape[side]["latency"]
+        assert 0 < lat["median_ms"] <= lat["max_ms"] < 60_000, (side, lat)
+    assert 20 < shape["daemon_peak_rss_mib"] < 1024
+    assert shape["cpu_seconds"]["pipeline"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "5s"], "--duration goes with --trickle"),
+    (["--trickle", "200ms", "--files", "3"], "not --files"),
+    (["--trickle", "soon"], "--trickle: not a duration"),
+    (["--trickle", "2s", "--duration", "1s"], "at least one --trickle interval"),
+])
+def test_pipeline_bench_trickle_arguments(args, message):
+    code, _, err = cli(None, "bench", "pipeline", *args, expect=None)
+    assert code != 0 and message in err, err
+
+
+def test_pipeline_bench_on_local_folders_needs_no_server(tmp_path):
+    """`bench pipeline --stores local`: the same run with local-folder stores (no
+    network); every file's public object and private container land in the folders."""
+    res = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--stores",
+                          "local", "--files", "12", "--size", "3KiB", "--runs", "1", "--json"],
+                         check=False, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    (shape,) = __import__("json").loads(res.stdout)["shapes"]
+    assert shape["stores"] == "local" and shape["files"] == 12 and shape["bytes"] == 12 * 3072
+    assert shape["stored_vs_raw"] > 1.0  # both objects of every file, and the manifest
+    assert shape["pipeline"]["ms_per_file"] > 0 and shape["raw"]["seconds"] > 0
+    assert 0 < shape["pipeline"]["cpu_ms_per_file"] < 10 * shape["pipeline"]["ms_per_file"]
+    bad = subprocess.run([sys.executable, "-m", "dispersiond", "bench", "pipeline", "--stores",
+                          "local", "--link", "8MiB"], check=False, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode != 0 and "--link caps an uplink" in bad.stderr
 
 
 def test_pipeline_bench_link_cap_applies_to_both_sides(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -381,7 +382,7 @@ def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
     for attempt in range(1, ENCODE_ATTEMPTS):
         enc.waiting.pop(fid, None)  # as `start` does when it hands the file to the pool
         enc.encoding.add(fid)
-        daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+        daemon.handle(Encoded.one(fid, time.monotonic(), RuntimeError("codec exploded")))
         assert fid in enc.waiting and fid not in enc.encoding
         assert daemon.v.db.file(fid).attempts == attempt
         waits.append(enc.retry[fid].wait(time.monotonic()))
@@ -389,8 +390,201 @@ def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,
         assert fid in enc.waiting and not enc.encoding  # backing off: not started
     assert waits[1] > waits[0] > 0  # exponential, from retry_base
     enc.waiting.pop(fid)
-    daemon.handle(Encoded(fid, time.monotonic(), RuntimeError("codec exploded")))
+    daemon.handle(Encoded.one(fid, time.monotonic(), RuntimeError("codec exploded")))
     f = daemon.v.db.file(fid)
     assert f.state == FileState.FAILED and "encoding failed 3 times" in f.error
     assert fid not in enc.waiting and fid not in enc.retry
     assert (tmp_path / "state" / "quarantine" / fid / "a.dcm").read_bytes() == b"a" * 100
+
+
+# --------------------------------------------------------------- batches of small files
+
+def test_batches_are_cut_by_count_and_bytes_in_arrival_order() -> None:
+    from dispersiond.ops.encode import batches
+
+    def cut(items, **bounds):
+        return [[fid for fid, _ in b] for b in batches(items, **bounds)]
+
+    items = [(f"f{i}", 10) for i in range(7)]
+    assert cut(items, files=3, size=1000) == [["f0", "f1", "f2"], ["f3", "f4", "f5"], ["f6"]]
+    assert cut(items, files=100, size=25) == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"], ["f6"]]
+    # A file at or above `small` goes alone, and closes the run before it (arrival order);
+    # a small one above the byte bound is a batch of its own. Nothing is ever dropped.
+    assert cut([("a", 5), ("big", 50), ("b", 5), ("c", 30), ("d", 5)], files=10, size=20,
+               small=50) == [["a"], ["big"], ["b"], ["c"], ["d"]]
+    assert cut([], files=3, size=10) == []
+    taken = []
+    lazy = batches(((taken.append(i) or (f"f{i}", 1)) for i in range(1000)), files=4)
+    assert len(next(lazy)) == 4 and len(taken) == 5  # looked one file past the first batch
+
+
+def test_a_batch_needs_the_staging_slack_once(tmp_path: Path) -> None:
+    from dispersiond.daemon.encoder import batch_need, staging_need
+
+    cfg = load_config(local_config(tmp_path, "erasure"))
+    sizes = [16 << 10] * 64
+    need = batch_need(cfg.public, sizes)
+    assert need == staging_need(cfg.public, 16 << 10, False) + 63 * (
+        staging_need(cfg.public, 16 << 10, False) - (1 << 20))
+    assert need < 64 * staging_need(cfg.public, 16 << 10, False) / 10
+    assert need >= sum(sizes) * 1.5  # 3 shards of k=2: 1.5x the bytes, before padding
+
+
+def _claim_files(daemon: Daemon, inbox: Path, files: dict[str, bytes]) -> dict[str, str]:
+    """Drop `files` and claim them; returns name -> file id."""
+    for name, data in files.items():
+        (inbox / name).write_bytes(data)
+    daemon.intake.rescan()
+    stop = threading.Event()
+    daemon.intake.claim(stop)  # first look: the stability clock starts
+    time.sleep(0.35)
+    for fid, size in daemon.intake.claim(stop):
+        daemon.encoder.add(fid, size)
+    return {f.name: f.file_id for f in daemon.v.db.files_in(FileState.CLAIMED)}
+
+
+def _next_encoded(daemon: Daemon):
+    from dispersiond.daemon.events import Encoded
+
+    while True:
+        ev = daemon.q.get(timeout=30)
+        if isinstance(ev, Encoded):
+            return ev
+
+
+def test_small_files_are_encoded_as_one_batch_and_booked_at_once(daemon: Daemon,
+                                                                  tmp_path: Path) -> None:
+    from dispersiond.ops.encode import BATCH_FILE_MAX
+
+    small = {f"lab-{i}.json": os.urandom(100 + i * 997) for i in range(9)}
+    _claim_files(daemon, tmp_path / "inbox", small)
+    ids = _claim_files(daemon, tmp_path / "inbox", {"scan.dcm": os.urandom(BATCH_FILE_MAX)})
+    enc = daemon.encoder
+    assert len(enc.waiting) == 10
+    enc.start(stopping=False)
+    assert enc.tasks == 2 and len(enc.encoding) == 10 and not enc.waiting  # a batch, a file
+    events = [_next_encoded(daemon), _next_encoded(daemon)]
+    batch = next(ev for ev in events if len(ev.outcomes) > 1)
+    assert sorted(batch.fids) == sorted(ids[n] for n in small)  # the large one alone
+    assert all(exc is None for _, exc in batch.outcomes)
+    for ev in events:
+        assert daemon.encoder.on_encoded(ev, cancelling=False) == []  # no early uploads
+    assert enc.tasks == 0 and not enc.encoding
+    assert {f.state for f in daemon.v.db.files()} == {FileState.ENCODED}
+    per_file = len(daemon.v.db.objects(ids["lab-0.json"]))
+    assert per_file == 4 and daemon.uploader.pending() == 10 * per_file  # queued at once
+
+
+def test_a_bad_file_in_a_batch_is_booked_alone(daemon: Daemon, tmp_path: Path) -> None:
+    files = {f"vitals-{i}.hl7": os.urandom(500) for i in range(5)}
+    ids = _claim_files(daemon, tmp_path / "inbox", files)
+    gone = ids["vitals-2.hl7"]
+    Path(daemon.v.db.file(gone).source).unlink()  # vanished behind the daemon's back
+    daemon.encoder.start(stopping=False)
+    ev = _next_encoded(daemon)
+    assert len(ev.outcomes) == 5
+    assert [fid for fid, exc in ev.outcomes if exc is not None] == [gone]
+    daemon.handle(ev)
+    f = daemon.v.db.file(gone)
+    assert f.state == FileState.FAILED and "vanished or cannot be read" in f.error
+    others = [fid for name, fid in ids.items() if fid != gone]
+    assert {daemon.v.db.file(fid).state for fid in others} == {FileState.ENCODED}
+    assert daemon.uploader.pending() == 4 * len(daemon.v.db.objects(others[0]))
+    assert not daemon.encoder.encoding and not daemon.encoder.waiting
+
+
+def test_a_failed_batch_backs_off_each_file(daemon: Daemon, tmp_path: Path) -> None:
+    """A batch that fails as a whole (here: an error no file is to blame for) books each
+    of its files as a failed attempt, so each backs off and, in the end, is set aside."""
+    from dispersiond.daemon.events import Encoded
+
+    ids = _claim_files(daemon, tmp_path / "inbox", {f"r{i}.csv": b"a,b\n" * (i + 1)
+                                                     for i in range(3)})
+    enc = daemon.encoder
+    fids = list(enc.waiting)
+    for fid in fids:
+        del enc.waiting[fid]
+        enc.encoding.add(fid)
+    enc.tasks = 1
+    err = OSError(5, "Input/output error")
+    daemon.handle(Encoded(tuple((fid, err) for fid in fids), time.monotonic()))
+    assert enc.tasks == 0 and not enc.encoding and set(enc.waiting) == set(ids.values())
+    for fid in fids:
+        f = daemon.v.db.file(fid)
+        assert f.state == FileState.CLAIMED and f.attempts == 1 and "Input/output" in f.error
+        assert enc.retry[fid].wait(time.monotonic()) > 0
+    enc.start(stopping=False)
+    assert enc.tasks == 0  # backing off: nothing started
+
+
+# --------------------------------------------------------------- the after-policy of a batch
+
+def _claimed_rows(daemon: Daemon, tmp_path: Path, files: dict[str, bytes]):
+    ids = _claim_files(daemon, tmp_path / "inbox", files)
+    rows = daemon.v.db.files_by_id(ids.values())
+    return ids, list(rows.values())
+
+
+def test_the_after_policy_of_a_batch_is_one_record_and_one_fsync_a_folder(
+        daemon: Daemon, tmp_path: Path, monkeypatch) -> None:
+    from contextlib import contextmanager
+
+    from dispersiond import inbox as ib
+
+    files = {f"obs-{i}.json": os.urandom(300 + i) for i in range(6)}
+    ids, rows = _claimed_rows(daemon, tmp_path, files)
+    v = daemon.v
+    assert v.cfg.after == "keep"
+    synced: list[str] = []
+    real_fsync, real_tx, txs = os.fsync, v.db.tx, [0]
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    @contextmanager
+    def counted():
+        txs[0] += 1
+        with real_tx() as conn:
+            yield conn
+
+    monkeypatch.setattr(os, "fsync", spy)
+    v.db.tx = counted
+    try:
+        done, failed = ib.apply_after_many(v, rows)
+    finally:
+        v.db.tx = real_tx
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert failed == [] and done == dict.fromkeys(ids.values(), "kept")
+    assert txs[0] == 1  # where every original went, recorded at once
+    kept, claimed = v.root / "kept", v.root / "claimed"
+    assert sorted(synced) == sorted([str(kept), str(claimed)])  # one fsync a folder
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == files
+    assert not any(claimed.iterdir())
+    for name, fid in ids.items():
+        assert v.db.file(fid).source == str(kept / name)
+
+
+def test_an_after_policy_cut_short_is_finished_by_the_next_look(daemon: Daemon,
+                                                                tmp_path: Path) -> None:
+    """A crash after the new places were recorded, before the originals left claimed/:
+    the next look removes an original whose new place is there, and puts one whose new
+    place is gone there again; no original is ever lost."""
+    from dispersiond import inbox as ib
+
+    files = {"a.hl7": b"MSH|a" * 50, "b.hl7": b"MSH|b" * 50}
+    ids, rows = _claimed_rows(daemon, tmp_path, files)
+    v = daemon.v
+    kept = v.root / "kept"
+    kept.mkdir()
+    dests = {f.file_id: ib.link_into(Path(f.source), kept, f) for f in rows}
+    v.db.set_sources([(fid, str(dest)) for fid, dest in dests.items()])  # then: the crash
+    dests[ids["b.hl7"]].unlink()  # and b's new place went missing meanwhile
+    fresh = list(v.db.files_by_id(ids.values()).values())
+    done, failed = ib.apply_after_many(v, fresh)
+    assert failed == []
+    assert done == {ids["a.hl7"]: "untouched", ids["b.hl7"]: "kept"}
+    assert not any((v.root / "claimed").iterdir())
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == files
+    assert ib.apply_after_many(v, list(v.db.files_by_id(ids.values()).values())) == (
+        dict.fromkeys(ids.values(), "untouched"), [])  # done: nothing more to do

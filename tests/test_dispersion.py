@@ -137,11 +137,13 @@ def test_recover_on_a_blank_device(tmp_path):
 def test_forget_is_crypto_erasure(tmp_path):
     cfg = local_config(tmp_path)
     a, b = real_files()[3:5]
-    ids = put_all(cfg, [a, b])
+    ids = put_all(cfg, [a, b])  # one batch: a and b share a pack on each store
     vault_before = {p.name for p in (tmp_path / "vault").rglob("*") if p.is_file()}
     res = cli_json(cfg, "forget", ids[a.name])
-    assert {d["role"] for d in res["deleted"]} == {"public", "private"}
+    # the private pack is rewritten without a; a's public members stay, noise, until prune
+    assert {d["role"] for d in res["deleted"]} == {"private"}
     assert any(d["store"] == "vault" for d in res["deleted"])
+    assert {d["store"] for d in res["in_packs"]} == {"cloud-a", "cloud-b", "cloud-c"}
     code, _, err = cli(cfg, "restore", ids[a.name], "--to", str(tmp_path / "x"), expect=2)
     assert "no protected file" in err
     # no private copy of a is left anywhere; b still restores; no backup names `a`
@@ -155,20 +157,42 @@ def test_forget_is_crypto_erasure(tmp_path):
     assert cli_json(cfg, "recover")["files"] == 1  # the forgotten file is in no backup
 
 
+def _public_rows(cfg: Path) -> list:
+    from dispersiond.archive import open_archive
+    from dispersiond.config import load_config
+
+    with open_archive(load_config(cfg)) as v:
+        return v.db.objects(None, role="public")
+
+
 def test_rotate_key_rewraps_and_leaves_public_objects_alone(tmp_path):
-    cfg = local_config(tmp_path)
+    # 8 KiB: the CT image's shards are objects of their own; the others' (smaller, or
+    # compressed below it) and every private container are packed
+    cfg = local_config(tmp_path, pack={"threshold": "8KiB"})
     files = real_files()[:3]
     ids = put_all(cfg, files)
+    rows = _public_rows(cfg)
+    standalone = {r.name for r in rows if not r.packed}
+    packs = {r.name for r in rows if r.packed}
+    assert len(standalone) == 3 and len(packs) == 6, (len(standalone), len(packs))
     clouds = {p: p.read_bytes() for d in "abc" for p in (tmp_path / f"cloud-{d}").rglob("*")
               if p.is_file()}
     old_key = (tmp_path / "master.key").read_bytes()
     res = cli_json(cfg, "rotate-key")
-    assert res["public_objects_rewritten"] == 0
-    assert res["containers_rewrapped"] == len(files)
+    assert res["public_objects_rewritten"] == 0 and res["public_packs_remasked"] == 6
+    assert res["containers_rewrapped"] == len(files) and res["packed_members_unreadable"] == 0
     assert (tmp_path / "master.key").read_bytes() != old_key
     after = {p: p.read_bytes() for d in "abc" for p in (tmp_path / f"cloud-{d}").rglob("*")
              if p.is_file()}
-    assert after == clouds  # byte-identical public objects
+    # standalone public objects byte-identical; a pack is keyed from the master key, so
+    # each is written again (new name, new mask) with its members' bytes unchanged
+    assert {p: b for p, b in clouds.items() if p.name in standalone} == \
+        {p: b for p, b in after.items() if p.name in standalone}
+    assert not packs & {p.name for p in after}
+    rows_after = _public_rows(cfg)
+    assert {(r.file_id, r.shard, r.digest) for r in rows_after} == \
+        {(r.file_id, r.shard, r.digest) for r in rows}
+    assert len(after) == len(clouds)
     restore_all(cfg, ids, files, tmp_path / "out")
     # the old key opens nothing any more, and recovery works with the new one
     shutil.rmtree(tmp_path / "state")
@@ -405,7 +429,12 @@ def test_rotate_key_moves_a_passphrase_key_to_a_new_passphrase(tmp_path):
     text = cfg.read_text()
     assert salt.hex() in text  # the salt the interrupted run chose
     assert salt_before not in text and "# set it in the service environment" in text
-    assert {p: p.read_bytes() for p in public} == public  # byte-identical public objects
+    # both files are small, so their public fragments are packed: a pack is keyed from
+    # the master key, so each was written again (new name, new mask)
+    now_public = {p for p in stores.rglob("*") if p.is_file() and "vault" not in p.parts
+                  and "manifest" not in p.parts}
+    assert res["public_packs_remasked"] == len(public) == len(now_public)
+    assert not now_public & set(public)
     # A crash after the config got the new salt but before the record was dropped: the
     # next run only tidies up.
     db = StateDB(tmp_path / "p" / "state" / "state.db")

@@ -52,9 +52,9 @@ def test_the_change_log_follows_every_column_of_an_entry() -> None:
 def test_each_backup_is_a_delta_of_its_batch_chained_to_the_one_before(
         tmp_path: Path, deltas_only) -> None:
     cfg = local_config(tmp_path, "replicate")
-    files = records(tmp_path, 12)
-    ids = put(cfg, *files[:8])
-    for p in files[8:]:
+    files = records(tmp_path, 24)
+    ids = put(cfg, *files[:20])  # one batch (its members' entries share pack names)
+    for p in files[20:]:
         ids += put(cfg, p)
     got = backups(cfg)
     kinds = [d["kind"] for d, _, _ in got]
@@ -70,12 +70,12 @@ def test_each_backup_is_a_delta_of_its_batch_chained_to_the_one_before(
         assert len(manifest.seal(v.key, manifest.snapshot(v.db, 99))) > 1.3 * len(got[0][1])
     shutil.rmtree(tmp_path / "state")
     res = cli_json(cfg, "recover")
-    assert res["files"] == 12 and res["chain"] == [d["seq"] for d, _, _ in got]
+    assert res["files"] == 24 and res["chain"] == [d["seq"] for d, _, _ in got]
     assert res["warnings"] == [] and res["missing_containers"] == []
     restores(cfg, ids[-1], files[-1], tmp_path / "out")
     restores(cfg, ids[0], files[0], tmp_path / "out0")
     # the recovered device continues the chain
-    ids += put(cfg, *records(tmp_path, 1, start=12))
+    ids += put(cfg, *records(tmp_path, 1, start=24))
     doc, _, _ = backups(cfg)[-1]
     assert doc["kind"] == "delta" and doc["prev"]["seq"] == res["manifest_seq"]
 

@@ -23,7 +23,7 @@ from dispersiond.ops.rotate_key import rotate_key
 from dispersiond.ops.verify import verify
 from dispersiond.state import FileState
 from dsp import real_files
-from memory_archive import every_object, memory_archive
+from memory_archive import every_object, memory_archive, pack_together
 
 
 def _protected(v, path: Path) -> str:
@@ -135,8 +135,10 @@ def test_rekey_replaces_every_object_and_still_restores(tmp_path):
         container = v.container_path(fid).read_bytes()
         res = rekey(v, fid)
         assert res["old_deleted"] and res["new_objects"] == len(before)
+        # a small file: the new version's fragments go into new packs (one per store)
+        assert res["new_packs"] == len(before) and all(o.packed for o in v.db.objects(fid))
         after = {(o.store, o.name) for o in v.db.objects(fid)}
-        assert not before & after
+        assert not before & after and all(v.db.pack(s, n) for s, n in after)
         stored = every_object(v)
         assert all(name in stored[s] for s, name in after)
         assert not any(name in stored[s] for s, name in before)
@@ -150,18 +152,69 @@ def test_rotate_key_rewraps_containers_and_leaves_public_objects(tmp_path):
     with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         old_id = key_id(v.key)
-        public = {(o.store, o.name, o.digest) for o in v.db.objects(fid, role="public")}
+        public = v.db.objects(fid, role="public")
+        assert all(o.packed for o in public)  # a small file: its fragments are in packs
+        members = {(o.store, o.shard, o.offset, o.length, o.digest) for o in public}
         private = {o.name for o in v.db.objects(fid, role="private")}
         res = rotate_key(v)
         assert res["containers_rewrapped"] == 1 and res["public_objects_rewritten"] == 0
         assert res["new_key_id"] != old_id and key_id(v.key) == res["new_key_id"]
         assert Path(v.cfg.path(v.cfg.key.file)).read_bytes() == v.key
-        assert {(o.store, o.name, o.digest) for o in v.db.objects(fid, role="public")} == public
+        # a pack is keyed from the master key: each is re-masked under a new name, its
+        # members' bytes unchanged, and the old packs are gone
+        after = v.db.objects(fid, role="public")
+        assert res["public_packs_remasked"] == len(public) == 3
+        assert {(o.store, o.shard, o.offset, o.length, o.digest) for o in after} == members
+        assert not {o.name for o in public} & {o.name for o in after}
+        assert not {o.name for o in public} & set().union(*every_object(v).values())
         new_private = {o.name for o in v.db.objects(fid, role="private")}
         assert not new_private & private
         assert not private & every_object(v)["vault"]  # the old wraps are gone
         os.unlink(v.container_path(fid))  # restore from the re-wrapped backup on the vault
         assert _restored(v, fid, tmp_path / "out") == src.read_bytes()
+
+
+def test_rotate_key_writes_shared_packs_again_and_resumes_after_a_store_failure(tmp_path):
+    """Packs are keyed from the master key: rotation writes each again under the new one
+    (packed containers re-wrapped, public members unchanged). A store that fails part way
+    leaves the rotation unfinished; run again, it takes up where it stopped."""
+    from dispersiond.pack import open_index
+
+    srcs = real_files()[3:6]
+    with memory_archive(tmp_path) as v:
+        fids = pack_together(v, srcs)
+        rows = {o.id: o for fid in fids for o in v.db.objects(fid)}
+        old_packs = {(o.store, o.name) for o in rows.values()}
+        assert len(old_packs) == 4  # one per public store (3 members each) and the vault's
+        old_id = key_id(v.key)
+        v.store("cloud-b").fail_next(1, verbs={"put"})
+        with pytest.raises(DispersiondError, match="run rotate-key again"):
+            rotate_key(v)
+        assert key_id(v.key) == old_id  # not switched: the rotation is unfinished
+        moved = {o.store for fid in fids for o in v.db.objects(fid)
+                 if (o.store, o.name) not in old_packs}
+        assert moved == {"vault", "cloud-a"}  # what got done before cloud-b failed
+        res = rotate_key(v)
+        assert res["new_key_id"] != old_id
+        assert res["containers_rewrapped"] == 0  # done by the first run
+        assert res["public_packs_remasked"] == 2  # cloud-a's was done by the first run
+        assert res["public_objects_rewritten"] == res["packed_members_unreadable"] == 0
+        after = {o.id: o for fid in fids for o in v.db.objects(fid)}
+        for i, o in after.items():
+            assert o.packed and (o.store, o.name) not in old_packs
+            if o.role == "public":  # the same member bytes, in a new pack
+                assert (o.length, o.digest) == (rows[i].length, rows[i].digest)
+        new_packs = {(o.store, o.name) for o in after.values()}
+        assert len(new_packs) == 4 and all(v.db.pack(*p).members == 3 for p in new_packs)
+        for store, name in new_packs:  # each opens under the new key
+            size = v.db.pack(store, name).size
+            index = open_index(v.key, name, v.store(store).get_bytes(name), size)
+            assert {m.ref.hex() for m in index.members} == set(fids)
+        on = {(s, n) for s, ns in every_object(v).items() for n in ns}
+        assert not old_packs & on and new_packs <= on
+        for fid, src in zip(fids, srcs):
+            os.unlink(v.container_path(fid))  # from the re-wrapped container in the pack
+            assert _restored(v, fid, tmp_path / "out") == src.read_bytes()
 
 
 def test_one_layout_shape_for_the_row_and_the_manifest_entry(tmp_path):

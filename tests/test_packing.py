@@ -10,7 +10,6 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.memory import MemoryStore
 from dispersiond import manifest
 from dispersiond.daemon.events import PackSent
 from dispersiond.daemon.uploader import LINGER, PackBuffer, Uploader
@@ -218,3 +217,20 @@ def test_uploader_flushes_a_pack_per_store_and_books_its_members(tmp_path: Path)
     assert set(up.in_flight) == {9}  # the large one's own upload, booked by on_uploaded
     assert len(sent) == 2 and up.pending() == 0
     up.shutdown()
+
+
+def test_a_trickle_lingers_for_its_next_record_a_lone_record_does_not() -> None:
+    pol = PackPolicy(max_wait="5s")
+    b = PackBuffer()
+    b.add(_row(1), 100.0)
+    assert abs(b.due_in(pol, True, 100.0) - LINGER) < 1e-9  # alone: leaves at once
+    b.add(_row(2), 100.3)  # a trickle, 300 ms apart: wait for the next one
+    assert abs(b.due_in(pol, True, 100.3) - 0.6) < 1e-9
+    for i in range(3, 30):
+        b.add(_row(i), 100.0 + 0.3 * (i - 1))
+    assert b.due_in(pol, True, 100.0 + 0.3 * 28) == 0.0  # ... but never past max_wait
+    fresh = PackBuffer()
+    fresh.add(_row(40), 0.0)
+    fresh.objs.clear()
+    fresh.add(_row(41), 3600.0)  # the next record an hour later: no lingering
+    assert abs(fresh.due_in(pol, True, 3600.0) - LINGER) < 1e-9

@@ -96,7 +96,8 @@ def test_name_pattern_and_since_filters(tmp_path):
 def test_a_file_with_its_public_objects_gone_fails_alone(tmp_path):
     cfg = local_config(tmp_path, "replicate")
     files = records(tmp_path / "in", 6)
-    ids = put(cfg, *files)
+    # the victim put alone: its public objects are its own packs, shared with no one
+    ids = put(cfg, *files[:2]) + put(cfg, files[2]) + put(cfg, *files[3:])
     conf = load_config(cfg)
     victim = ids[2]
     db = StateDB(conf.state_path / "state.db")

@@ -103,6 +103,14 @@ def objects(cfg: Path, fid: str, role: str = "public") -> list[dict]:
         return [o.__dict__ for o in v.db.objects(fid, "role=?", (role,))]
 
 
+def linked(cfg: Path, fid: str) -> dict[str, str]:
+    """Store -> the object a bundle of `fid` links there: `fid`'s fragments are packed,
+    so a standalone copy made for the share (docs/FORMAT.md section 6.6)."""
+    with open_archive(load_config(cfg)) as v:
+        assert all(o.packed for o in v.db.objects(fid, role="public"))
+        return {c.store: c.name for c in v.db.share_copies(fid)}
+
+
 def audit_events(cfg: Path) -> list[dict]:
     return cli_json(cfg, "audit", "ls")
 
@@ -204,9 +212,10 @@ def test_bundle_opens_with_no_config_over_three_clouds_from_any_k(
     assert sorted(p.name for p in home.iterdir()) == ["ct.bin"]  # no temporary leftovers
 
     # any 2 of the 3 links do: lose the S3 shard, then the others still rebuild it
+    copies = linked(cfg, fid)
     shard0 = next(o for o in objects(cfg, fid) if o["shard"] == 0)
     with store_of(cfg, shard0["store"]) as st:
-        st.delete(shard0["name"])
+        st.delete(copies[shard0["store"]])
     ident = load_identity(doctor[0])
     got = open_bundle(bundle, ident, tmp_path / "again.bin")
     assert got.fetched == 2 and sha(got.path) == sha(CT)
@@ -214,10 +223,11 @@ def test_bundle_opens_with_no_config_over_three_clouds_from_any_k(
     # an altered GCS shard leaves only one intact: a clear refusal, nothing written
     shard1 = next(o for o in objects(cfg, fid) if o["shard"] == 1)
     with store_of(cfg, shard1["store"]) as st:
-        data = bytearray(st.get_bytes(shard1["name"]))
+        name = copies[shard1["store"]]
+        data = bytearray(st.get_bytes(name))
         data[len(data) // 2] ^= 0x01
-        st.delete(shard1["name"])
-        st.put_bytes(shard1["name"], bytes(data))
+        st.delete(name)
+        st.put_bytes(name, bytes(data))
     with pytest.raises(ObjectTampered, match="shard 1 on .*does not match the digest"):
         open_bundle(bundle, ident, tmp_path / "third.bin")
     assert not (tmp_path / "third.bin").exists()
@@ -237,6 +247,8 @@ def test_each_store_type_serves_a_bundle(tmp_path: Path, make_store_settings, do
     expected = {"s3": "X-Amz-Signature=", "gcs": "X-Goog-Signature=", "azure": "sig=",
                 "local": "file://"}[kind]
     assert expected in url
+    (copy,) = linked(cfg, fid).values()  # CT is small: packed, so linked through a copy
+    assert copy in url and objects(cfg, fid)[0]["name"] not in url
     assert p["name"] == CT.name and p["expires"] - p["created"] == 600
     outdir = tmp_path / "inbox-of-dr-lee"
     outdir.mkdir()
@@ -282,11 +294,17 @@ def test_rekey_revokes_an_earlier_bundle(tmp_path: Path, make_store_settings, do
     assert sha(open_bundle(old_bundle, ident, tmp_path / "before.bin").path) == sha(CT)
     old_objs = objects(cfg, fid) + objects(cfg, fid, "private")
     old_prf = (tmp_path / "state" / "prf" / f"{fid}.prf").read_bytes()
+    copies = linked(cfg, fid)  # the bundle's links: standalone copies of packed shards
+    assert len(copies) == 3
 
     res = cli_json(cfg, "rekey", fid)
     assert res["old_deleted"] and res["new_objects"] == 4 and res["deletions_pending"] == 0
+    assert res["share_copies_deleted"] == 3 and linked(cfg, fid) == {}
 
-    # every old object is gone from its store; the new ones are different objects
+    # every old object (and copy) is gone from its store; the new ones are different objects
+    for store, name in copies.items():
+        with store_of(cfg, store) as st:
+            assert name not in set(st.list("")), store
     for o in old_objs:
         with store_of(cfg, o["store"]) as st:
             assert o["name"] not in set(st.list("")), o["store"]
@@ -378,13 +396,15 @@ def test_bundle_for_one_file_never_opens_another_files_objects(tmp_path: Path, d
     bb = Path(share_cli(cfg, fb, "dr-lee", tmp_path / "b.dspshare")["path"])
     ident = load_identity(doctor[0])
 
-    # a store swaps in file B's public object under A's names: caught by the digests
-    for oa in objects(cfg, fa):
-        ob = next(o for o in objects(cfg, fb) if o["store"] == oa["store"])
-        with store_of(cfg, oa["store"]) as st:
-            data_b = st.get_bytes(ob["name"])
-            st.delete(oa["name"])
-            st.put_bytes(oa["name"], data_b)
+    # a store swaps in what file B's bundle links under the names A's links: caught by
+    # the digests
+    la, lb = linked(cfg, fa), linked(cfg, fb)
+    assert la.keys() == lb.keys() == {"cloud-a", "cloud-b"}
+    for store, name in la.items():
+        with store_of(cfg, store) as st:
+            data_b = st.get_bytes(lb[store])
+            st.delete(name)
+            st.put_bytes(name, data_b)
     with pytest.raises(ObjectTampered, match="does not match the digest"):
         open_bundle(ba, ident, tmp_path / "a.out")
     assert not (tmp_path / "a.out").exists()

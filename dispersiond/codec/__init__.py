@@ -14,6 +14,7 @@ import numpy as np
 from .. import digests
 from ..errors import ExtendedError, TruncatedError
 from . import compress, paper_v1, se2
+from .headers import head_says_compressed
 
 SCHEMES = ("se2", "paper-v1")
 DEFAULT_SCHEME = "se2"
@@ -112,14 +113,11 @@ def prepare(src: BinaryIO, size: int, *, head_len: int = 0, file_id: bytes | Non
     policy = compress.policy_of(compression)
     hasher = digests.new(digest_alg) if digest_alg else None
     watch = _Watch(src, hasher, progress)
-    head = _read(watch, head_len, "input")
+    head = _read(watch, head_len, "input") if head_len else b""
     plain = size - head_len
     if policy.mode != "off" and plain > 0:
-        from .headers import head_says_compressed  # (headers imports se2)
-
         skip = policy.mode == "auto" and head_says_compressed(head)
-        samples = [] if skip else compress.read_samples(src, head_len, plain)
-        if not skip and compress.should_compress(policy, False, samples):
+        if not skip and compress.pays(policy, src, head_len, plain):
             prep, digest = _compressed(src, watch, head, plain, policy, hasher, digest_alg,
                                        spool_dir, chunk_log2, file_id)
             if prep is not None:
@@ -155,14 +153,23 @@ def _compressed(src, watch: _Watch, head: bytes, plain: int, policy: compress.Po
     except BaseException:
         spool.close()
         raise
-    digest = bytes.fromhex(h.hexdigest())
-    if n >= plain:  # never store more than the uncompressed path would
-        spool.close()
-        return None, digest
+    digest = h.digest()
     meta = se2.Meta(file_id or bytes(16), compress.ZSTD, compress.DIGEST_IDS[alg], plain)
     layout = se2.Layout(chunk_log2, n, len(head), 2, meta.trailer_len)
+    if not _smaller(layout, se2.Layout(chunk_log2, plain, len(head))):
+        spool.close()
+        return None, digest
     return Prepared(layout, meta, head, spool.rewind(), digest_alg, None, digest, spool,
                     file_id), digest
+
+
+def _smaller(compressed: se2.Layout, plain: se2.Layout) -> bool:
+    """Are the two fragments of the compressed content smaller together than those of
+    the original? A shorter frame is not enough: the container then also carries the
+    digest (32 bytes), and a frame of a unit or two lands in the tail, which the
+    container holds whole (the public fragment never grows)."""
+    return (compressed.content_len < plain.content_len
+            and compressed.puf_len + compressed.prf_len < plain.puf_len + plain.prf_len)
 
 
 def write(prep: Prepared, key: bytes, puf_out: BinaryIO, prf_out: BinaryIO) -> Encoded:
@@ -187,7 +194,7 @@ def write(prep: Prepared, key: bytes, puf_out: BinaryIO, prf_out: BinaryIO) -> E
                              "reading?")
         digest = prep.digest
         if prep.hasher is not None:
-            digest = bytes.fromhex(prep.hasher.hexdigest())
+            digest = prep.hasher.digest()
         last = enc.finish(tail, digest if prep.meta.codec else b"")
         prf_out.write(last)
         prf_len += len(last)

@@ -20,21 +20,23 @@ PROBE = 64 * 1024  # bytes to read from the start of a file to find its header
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
+_ELEMENT = struct.Struct("<HH2sH")  # group element VR (short length, or 2 reserved bytes)
+_LONG = struct.Struct("<I")
+
+
 def _meta_elements(data: bytes):
     """(group, element, value) of each group 0002 element, in order; stops at the end."""
-    pos = 132
-    while pos + 8 <= len(data):
-        group, elem = struct.unpack_from("<HH", data, pos)
+    pos, end = 132, len(data)
+    while pos + 8 <= end:
+        group, elem, vr, length = _ELEMENT.unpack_from(data, pos)
         if group != 0x0002:
             return
-        vr = data[pos + 4:pos + 6]
         if vr in _LONG_VRS:
-            if pos + 12 > len(data):
+            if pos + 12 > end:
                 return
-            (length,) = struct.unpack_from("<I", data, pos + 8)
+            (length,) = _LONG.unpack_from(data, pos + 8)
             start = pos + 12
         else:
-            (length,) = struct.unpack_from("<H", data, pos + 6)
             start = pos + 8
         if length == 0xFFFFFFFF:
             return

@@ -5,7 +5,9 @@ only when the caller does not pass it (test vectors pass it).
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import hashlib
 import hmac
 import os
 import struct
@@ -14,10 +16,8 @@ from typing import Iterator
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import FormatError, FragmentMismatch, IntegrityError, TruncatedError, WrongKey
 from . import split as _split
@@ -45,18 +45,66 @@ META_LEN = META.size  # 32
 DIGEST_LEN = 32  # version 2, compressed content: digest of the original in the last segment
 
 
+_SHA256 = hashlib.sha256
+_X36 = bytes(b ^ 0x36 for b in range(256))  # HMAC's ipad and opad, as byte translations
+_X5C = bytes(b ^ 0x5C for b in range(256))
+
+
+def _hmac_states(key: bytes) -> tuple:
+    """HMAC-SHA256 (RFC 2104) with `key` (at most 64 bytes) absorbed: the inner and the
+    outer hash after their first block, to be copied for each message."""
+    block = key.ljust(64, b"\0")
+    return _SHA256(block.translate(_X36)), _SHA256(block.translate(_X5C))
+
+
+def _hmac(states: tuple, msg: bytes) -> bytes:
+    inner, outer = states[0].copy(), states[1].copy()
+    inner.update(msg)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+_EXTRACT = _hmac_states(bytes(32))  # salt None: HashLen zero bytes
+
+
+class Hkdf:
+    """HKDF-SHA256 (RFC 5869) with no salt and 32-byte outputs, as in docs/FORMAT.md 2.1:
+    the same bytes as `cryptography`'s HKDF, but one extract per input key and two hash
+    compressions per label (the object-per-derivation API cost ~5 us each, and a file's
+    encode derives six keys: a quarter of the fixed cost of a small file)."""
+
+    def __init__(self, ikm: bytes) -> None:
+        self._prk = _hmac_states(_hmac(_EXTRACT, bytes(ikm)))
+
+    def derive(self, info: bytes) -> bytes:
+        return _hmac(self._prk, info + b"\x01")  # T(1) = HMAC(PRK, info || 0x01)
+
+
 def _hkdf(ikm: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(ikm)
+    return Hkdf(ikm).derive(info)
+
+
+_MASTERS: list[tuple[bytes, bytes, bytes]] = []  # (master key, key_id, K_wrap), newest first
+
+
+def _master(master_key: bytes) -> tuple[bytes, bytes]:
+    """(key_id, K_wrap) of a master key. The last two keys' are kept: every file of an
+    archive is wrapped under one key (two while it is rotated), and the derivations
+    would otherwise be paid per file. The key itself is held by the caller anyway."""
+    check_key(master_key)
+    for mk, kid, wrap in _MASTERS:
+        if hmac.compare_digest(mk, master_key):
+            return kid, wrap
+    h = Hkdf(master_key)
+    entry = (bytes(master_key), h.derive(b"dispersiond se2 v1 key-id")[:8],
+             h.derive(b"dispersiond se2 v1 wrap"))
+    _MASTERS[:] = [entry, *_MASTERS[:1]]
+    return entry[1], entry[2]
 
 
 def key_id(master_key: bytes) -> bytes:
     """8-byte public fingerprint of a master key: tells a wrong key from tampering."""
-    check_key(master_key)
-    return _hkdf(master_key, b"dispersiond se2 v1 key-id")[:8]
-
-
-def _wrap_key(master_key: bytes) -> bytes:
-    return _hkdf(master_key, b"dispersiond se2 v1 wrap")
+    return _master(master_key)[0]
 
 
 def check_key(master_key: bytes) -> None:
@@ -65,7 +113,12 @@ def check_key(master_key: bytes) -> None:
         raise ValueError(f"se2 needs a {KEY_LEN}-byte master key")
 
 
-@dataclass(frozen=True)
+# Layout and Meta are frozen dataclasses made several times per file: their __init__
+# fills the instance dict directly (a generated frozen __init__ goes through
+# object.__setattr__ per field, ~1 us a field, a measurable share of a small file).
+
+
+@dataclass(frozen=True, init=False)
 class Layout:
     """Everything the sizes of both fragments follow from."""
 
@@ -74,6 +127,12 @@ class Layout:
     head_len: int
     version: int = VERSION
     trailer_len: int = 0  # version 2: digest bytes after the tail in the final segment
+
+    def __init__(self, chunk_log2: int, content_len: int, head_len: int,
+                 version: int = VERSION, trailer_len: int = 0) -> None:
+        d = self.__dict__
+        d["chunk_log2"], d["content_len"], d["head_len"] = chunk_log2, content_len, head_len
+        d["version"], d["trailer_len"] = version, trailer_len
 
     @property
     def units(self) -> int:
@@ -114,7 +173,7 @@ class Layout:
         return 2 if self.version >= 2 else 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Meta:
     """What a version 2 container seals about the original (segment 1)."""
 
@@ -122,6 +181,12 @@ class Meta:
     codec: int = 0  # 0: content is the original; 1: content is a zstd frame of it
     digest_alg: int = 0  # 0 with codec 0; else the digest in the last segment (1 blake3, 2 sha256)
     plain_len: int = 0  # bytes of the original after the head
+
+    def __init__(self, file_id: bytes = bytes(16), codec: int = 0, digest_alg: int = 0,
+                 plain_len: int = 0) -> None:
+        d = self.__dict__
+        d["file_id"], d["codec"], d["digest_alg"], d["plain_len"] = (file_id, codec,
+                                                                     digest_alg, plain_len)
 
     def pack(self) -> bytes:
         return META.pack(self.file_id, self.codec, self.digest_alg, self.plain_len)
@@ -142,25 +207,30 @@ class Meta:
         return DIGEST_LEN if self.codec else 0
 
 
+_PAIR_INFO = b"dispersiond se2 v2 pair"
+
+
 def pair_tag(secret: bytes) -> bytes:
     """The version 2 public header's pairing value: random to anyone without s, so it
     links the fragment to nothing, yet lets the decoder tell mixed-up files apart."""
-    return _hkdf(secret, b"dispersiond se2 v2 pair")[:24]
+    return _hkdf(secret, _PAIR_INFO)[:24]
 
 
 _ZERO_NONCE = bytes(12)
+_CTR_ZERO = modes.CTR(bytes(16))  # holds only its (constant) initial counter block: shared
 
 
 class _Keys:
     """Per-file keys, all derived from the file secret s (never from the master key)."""
 
-    def __init__(self, secret: bytes, bind: bytes) -> None:
+    def __init__(self, secret: bytes, bind: bytes, version: int = 1) -> None:
         self.bind = bind
-        self.seg = AESGCM(_hkdf(secret, b"dispersiond se2 v1 container"))
-        self.pad = _hkdf(secret, b"dispersiond se2 v1 pad")
-        zero = bytes(16)
-        self.pos = Cipher(algorithms.AES(_hkdf(secret, b"dispersiond se2 v1 positions")),
-                          modes.CTR(zero)).encryptor()
+        h = Hkdf(secret)
+        self.seg = AESGCM(h.derive(b"dispersiond se2 v1 container"))
+        self.pad = h.derive(b"dispersiond se2 v1 pad")
+        self.pos = Cipher(algorithms.AES(h.derive(b"dispersiond se2 v1 positions")),
+                          _CTR_ZERO).encryptor()
+        self.pair = h.derive(_PAIR_INFO)[:24] if version >= 2 else b""
 
     def pad_key(self, chunk: int, seg_tag) -> bytes:
         # The public pad depends on s and on the authenticated digest (GCM tag) of
@@ -172,12 +242,26 @@ class _Keys:
         return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
-def _aligned(nbytes: int) -> np.ndarray:
-    """uint8 scratch starting on a 64-byte (cache line) boundary: the vector kernels
-    and the non-temporal copy then write whole lines."""
-    raw = np.empty(nbytes + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start: start + nbytes]
+_ZEROS = memoryview(bytes(1 << 13))  # the position keystream's input: one byte per unit
+
+
+def _zeros(n: int) -> memoryview:
+    """n zero bytes, shared (read only): a chunk of the default size fits the kept ones."""
+    return _ZEROS[:n] if n <= len(_ZEROS) else memoryview(bytes(n))
+
+
+def _aligned(*sizes: int) -> list[np.ndarray]:
+    """uint8 scratch arrays, each starting on a 64-byte (cache line) boundary: the vector
+    kernels and the non-temporal copy then write whole lines. One allocation for all
+    (a small file's encode made three, a measurable part of its fixed cost)."""
+    spans = [-(-n // 64) * 64 for n in sizes]
+    raw = np.empty(sum(spans) + 64, dtype=np.uint8)
+    at = -ctypes.addressof(ctypes.c_char.from_buffer(raw)) % 64  # (raw.ctypes costs 2x)
+    out = []
+    for n, span in zip(sizes, spans):
+        out.append(raw[at: at + n])
+        at += span
+    return out
 
 
 class _Chunker:
@@ -187,23 +271,29 @@ class _Chunker:
         self.layout = layout
         self.keys = keys
         u = min(layout.units_per_chunk, max(layout.units, 1))
-        self.work = _aligned(u * UNIT)
-        self.pub = _aligned(u * 28 + 2 * TAG)
-        self.seg = _aligned(u * 4 + 2 * TAG)
+        # the keystream's output needs a block of slack (update_into's rule)
+        self.work, self.pub, self.seg, self._ks = _aligned(u * UNIT, u * 28 + 2 * TAG,
+                                                           u * 4 + 2 * TAG, u + 16)
         # memoryviews of the same scratch: slicing them per chunk is cheaper than numpy's
         self.pub_v, self.seg_v = memoryview(self.pub), memoryview(self.seg)
         self._second: tuple[memoryview, memoryview] | None = None
-        self._zeros = memoryview(bytes(u))
-        self._ks = np.empty(u + 16, dtype=np.uint8)
+        self._zeros = _zeros(u)
         self._ks_v = memoryview(self._ks)
-        self.split = SplitBuffers(u)
+        self._units = u
+        self._split: SplitBuffers | None = None  # the numpy kernels' scratch, made on use
         self.chunk = 0
+
+    @property
+    def split(self) -> SplitBuffers:
+        if self._split is None:
+            self._split = SplitBuffers(self._units)
+        return self._split
 
     def second_scratch(self) -> tuple[memoryview, memoryview]:
         """A second (pub, seg) scratch pair, for working on two chunks at once."""
         if self._second is None:
-            self._second = (memoryview(_aligned(self.pub.size)),
-                            memoryview(_aligned(self.seg.size)))
+            pub, seg = _aligned(self.pub.size, self.seg.size)
+            self._second = (memoryview(pub), memoryview(seg))
         return self._second
 
     def keystream(self, n: int) -> memoryview:
@@ -230,7 +320,8 @@ class Se2Encoder:
                  wrap_nonce: bytes | None = None,
                  chunk_log2: int = DEFAULT_CHUNK_LOG2, meta: Meta | None = None) -> None:
         """`meta` given: a version 2 container (it seals `meta`; `file_id`, if given,
-        replaces meta's), else version 1 (the file id in clear in both headers)."""
+        replaces meta's, and a zero one in meta means "not chosen": random), else
+        version 1 (the file id in clear in both headers)."""
         check_key(master_key)
         if not MIN_CHUNK_LOG2 <= chunk_log2 <= MAX_CHUNK_LOG2:
             raise ValueError(f"chunk_log2 must be in {MIN_CHUNK_LOG2}..{MAX_CHUNK_LOG2}")
@@ -238,8 +329,9 @@ class Se2Encoder:
             raise ValueError(f"format header longer than {MAX_HEAD} bytes")
         if content_len < 0:
             raise ValueError("content length must be >= 0")
-        self.file_id = file_id if file_id is not None else (
-            meta.file_id if meta is not None else os.urandom(16))
+        if file_id is None and meta is not None and any(meta.file_id):
+            file_id = meta.file_id
+        self.file_id = file_id if file_id is not None else os.urandom(16)
         if len(self.file_id) != 16:
             raise ValueError("file_id must be 16 bytes")
         secret = secret if secret is not None else os.urandom(KEY_LEN)
@@ -252,9 +344,9 @@ class Se2Encoder:
         # version 2 keeps the file id out of every clear header (sealed in segment 1)
         bind = BIND.pack(PRF_MAGIC, version, SCHEME_ID, chunk_log2, 0,
                          self.file_id if version == 1 else bytes(16), content_len, len(head))
-        kid = key_id(master_key)
-        wrapped = AESGCM(_wrap_key(master_key)).encrypt(wrap_nonce, secret, bind + kid)
-        self.keys = _Keys(secret, bind)
+        kid, wrap = _master(master_key)
+        wrapped = AESGCM(wrap).encrypt(wrap_nonce, secret, bind + kid)
+        self.keys = _Keys(secret, bind, version)
         self._c = _Chunker(self.layout, self.keys)
         self.work = self._c.work
         if version == 1:
@@ -262,11 +354,11 @@ class Se2Encoder:
                                               self.file_id, content_len)
         else:  # no length and no id in clear: only what every fragment of this build shows
             self.puf_header = PUF_HEADER_V2.pack(PUF_MAGIC, 2, SCHEME_ID, chunk_log2, 0,
-                                                 pair_tag(secret))
+                                                 self.keys.pair)
         seg0 = self.keys.seg.encrypt(_Keys.nonce(0, False), head, bind)
         self.prf_header = bind + kid + wrap_nonce + wrapped + seg0
         if meta is not None:
-            m = dataclasses.replace(meta, file_id=self.file_id).pack()
+            m = META.pack(self.file_id, meta.codec, meta.digest_alg, meta.plain_len)
             self.prf_header += self.keys.seg.encrypt(_Keys.nonce(1, False), m, bind)
 
     def chunk_units(self) -> Iterator[int]:
@@ -400,13 +492,13 @@ class PrfHeader:
                    file_id)
 
     def unwrap(self, master_key: bytes) -> bytes:
-        if key_id(master_key) != self.key_id:
+        kid, wrap = _master(master_key)
+        if kid != self.key_id:
             raise WrongKey("the private container was protected with a different master key "
                            f"(container key id {self.key_id.hex()}, yours "
-                           f"{key_id(master_key).hex()}): use the key it was made with")
+                           f"{kid.hex()}): use the key it was made with")
         try:
-            return AESGCM(_wrap_key(master_key)).decrypt(self.wrap_nonce, self.wrapped,
-                                                         self.bind + self.key_id)
+            return AESGCM(wrap).decrypt(self.wrap_nonce, self.wrapped, self.bind + self.key_id)
         except InvalidTag:
             raise IntegrityError("private container header failed authentication "
                                  "(altered or corrupt)") from None
@@ -425,8 +517,8 @@ def rewrap(prf_header: bytes, old_key: bytes, new_key: bytes,
     h = PrfHeader.parse(prf_header[:PRF_HEADER_LEN])
     secret = h.unwrap(old_key)
     nonce = wrap_nonce if wrap_nonce is not None else os.urandom(12)
-    kid = key_id(new_key)
-    return h.bind + kid + nonce + AESGCM(_wrap_key(new_key)).encrypt(nonce, secret, h.bind + kid)
+    kid, wrap = _master(new_key)
+    return h.bind + kid + nonce + AESGCM(wrap).encrypt(nonce, secret, h.bind + kid)
 
 
 class Se2Decoder:
@@ -440,8 +532,8 @@ class Se2Decoder:
         self.meta: Meta | None = None  # version 2: set by open_meta
         self.file_id = h.file_id
         self.digest = b""  # version 2, compressed: the original's digest, set by finish
-        self._pair = pair_tag(secret) if h.layout.version >= 2 else b""
-        self.keys = _Keys(secret, h.bind)
+        self.keys = _Keys(secret, h.bind, h.layout.version)
+        self._pair = self.keys.pair
         self._c = _Chunker(h.layout, self.keys)
         self._check_puf_header(puf_header)
         self.puf_header = puf_header

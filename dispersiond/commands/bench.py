@@ -17,7 +17,8 @@ def register(sub) -> None:
                     "(whole-file envelope encryption), se2 and paper-v1 encode/decode, each the "
                     "median of --runs runs on one random buffer in one process. stream: encode "
                     "a file of --size through the streaming API and report peak RSS. pipeline: "
-                    "files through the whole pipeline to a local S3 server. compress: stored "
+                    "files through the whole pipeline (the daemon, or `put` with --mode put) to "
+                    "a local S3 server. compress: stored "
                     "bytes and encode time with and without compression. scale: the manifest "
                     "backup one more record costs an archive of --records records (bytes "
                     "uploaded, backup time, recover time). restore: `restore --all` of --files "
@@ -33,6 +34,9 @@ def register(sub) -> None:
                    help="runs for paper-v1 (slow by design; default: --runs)")
     p.add_argument("--scheme", default="se2", help="stream: scheme to encode with")
     p.add_argument("--files", type=int, default=None, help="pipeline: number of files")
+    p.add_argument("--mode", choices=["daemon", "put"], default="daemon",
+                   help="pipeline: files dropped into the daemon's inbox (default), or one "
+                        "`dispersiond put FILE...` of them")
     p.add_argument("--nice", type=int, default=None, metavar="N",
                    help="pipeline: run the daemon at this niceness (default: the Nice= of "
                         "deploy/dispersiond.service)")
@@ -50,8 +54,17 @@ def register(sub) -> None:
     p.add_argument("--compression", default=None, metavar="off|auto|zstd:N",
                    help="pipeline: the daemon's compression setting (default: with --content "
                         "fhir, off and auto one after the other; else auto)")
+    p.add_argument("--stores", choices=["s3", "local"], default="s3",
+                   help="pipeline: the daemon's stores on a local S3 server (default), or "
+                        "local folders: no network, the device's own work per file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="OUT.png", help="codec: draw a bar chart (needs matplotlib)")
+    p.add_argument("--trickle", default=None, metavar="INTERVAL",
+                   help="pipeline: drop one record (of --size, default 16KiB) every INTERVAL "
+                        "(e.g. 200ms) for --duration, and report each record's latency from "
+                        "drop to done next to a plain put of each as it arrives")
+    p.add_argument("--duration", default=None, metavar="TIME",
+                   help="pipeline --trickle: how long records keep coming (default 60s)")
     p.set_defaults(func=_run)
 
 
@@ -182,10 +195,14 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
 
     if args.files is not None and args.files < 1:
         raise DispersiondError("--files must be at least 1")
-    if args.files is not None or size is not None:
+    trickle = _trickle_args(args)
+    if trickle is not None:
+        shapes = []
+    elif args.files is not None or size is not None:
         shapes = [(args.files or 1000, size if size is not None else 16 << 10)]
     else:
         shapes = pb.SHAPES
+        trickle = pb.TRICKLE  # the default set: the trickle and the batch shapes
     link = parse_size(args.link) if args.link else None
     if link is not None and link < 1 << 20:
         raise DispersiondError("--link must be at least 1MiB (per second)")
@@ -201,27 +218,123 @@ def _pipeline(args: argparse.Namespace, size: int | None) -> int:
             raise DispersiondError(f"--compression: {exc}") from None
     settings = ([args.compression] if args.compression else
                 ["off", "auto"] if args.content == "fhir" else ["auto"])
+    if args.stores == "local" and link is not None:
+        raise DispersiondError("--link caps an uplink: it needs --stores s3")
+    if args.stores == "local" and args.mode == "put":
+        raise DispersiondError("--mode put runs against the S3 server: it needs --stores s3")
+    if args.stores == "local":
+        from ..research import local_pipeline_bench as lpb
+
+        run = lpb.run
+    else:
+        run = pb.run
     results = []
+    trickled = [] if trickle is None else [_trickle(args, trickle, pb.Setup(
+        link, nice, args.digest, args.content, settings[-1]), size)]
     for compression in settings:
-        setup = pb.Setup(link, nice, args.digest, args.content, compression)
-        results += pb.run(shapes, args.runs, setup,
-                          on_shape=(lambda r: None) if args.json else _print_shape)
+        setup = pb.Setup(link, nice, args.digest, args.content, compression, args.mode)
+        results += run(shapes, args.runs, setup,
+                       on_shape=(lambda r: None) if args.json else _print_shape)
     if args.json:
-        print(json.dumps({"machine": describe(), "workers": pb.WORKERS, "shapes": results}))
+        print(json.dumps({"machine": describe(), "workers": pb.WORKERS,
+                          "shapes": results + trickled}))
     return 0
+
+
+def _trickle(args: argparse.Namespace, trickle: tuple[float, float], setup,
+             size: int | None) -> dict:
+    """The trickle run (printed unless --json); its result."""
+    from ..research import pipeline_bench as pb
+
+    interval, duration = trickle
+    r = pb.run_trickle(interval, duration, size or pb.TRICKLE_SIZE, args.runs, setup)
+    if not args.json:
+        _print_trickle(r)
+    return r
+
+
+def _seconds(text: str, what: str) -> float:
+    """A duration from the command line: 200ms, 1.5s, 1m (or plain seconds)."""
+    from ..units import parse_duration
+
+    try:
+        if text.strip().lower().endswith("ms"):
+            return float(text.strip()[:-2]) / 1000
+        return parse_duration(text).total_seconds()
+    except ValueError:
+        raise DispersiondError(f"{what}: not a duration: {text!r} (examples: 200ms, 2s, "
+                               "1m)") from None
+
+
+def _trickle_args(args: argparse.Namespace) -> tuple[float, float] | None:
+    """(interval, duration) of `--trickle INTERVAL --duration TIME`; None without --trickle."""
+    if args.trickle is None:
+        if args.duration is not None:
+            raise DispersiondError("--duration goes with --trickle")
+        return None
+    if args.files is not None:
+        raise DispersiondError("--trickle takes --duration, not --files (the count is "
+                               "--duration / INTERVAL)")
+    interval = _seconds(args.trickle, "--trickle")
+    duration = _seconds(args.duration or "60s", "--duration")
+    if not 0.001 <= interval <= 60:
+        raise DispersiondError("--trickle must be between 1ms and 60s")
+    if not interval <= duration <= 3600:
+        raise DispersiondError("--duration must be at least one --trickle interval and at "
+                               "most 1h")
+    return interval, duration
+
+
+def _print_trickle(r: dict) -> None:
+    from ..research.pipeline_bench import WORKERS
+
+    t = r["trickle"]
+    link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
+    print(f"trickle: one {human_size(r['size'])} record every {t['interval_s'] * 1000:.0f} ms "
+          f"for {t['duration_s']:.0f} s ({r['files']} records), {r['runs']} run(s), "
+          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
+          f"{r['digest']} digests, compression {r['compression']}:")
+    for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
+        x = r[key]
+        print(f"  {label:22} latency median {x['latency']['median_ms']:8.1f} ms, max "
+              f"{x['latency']['max_ms']:8.1f} ms {x['requests_per_file']:6.2f} requests/record")
+    print(f"  target (max_wait {t['max_wait_s']:.0f} s + 2 s): {t['target_ms']:.0f} ms; daemon "
+          f"peak RSS {r['daemon_peak_rss_mib']} MiB")
+    _print_cpu(r)
 
 
 def _print_shape(r: dict) -> None:
     from ..research.pipeline_bench import WORKERS
 
     link = f", both capped at {human_size(r['link'])}/s" if r["link"] else ""
+    local = r.get("stores") == "local"
+    mode = r.get("mode", "daemon")
+    who = (f"daemon at nice {r['daemon_nice']}" if mode == "daemon" else
+           "`dispersiond put` in-process")
     print(f"{r['files']} x {human_size(r['size'])}, median of {r['runs']} runs, "
-          f"{WORKERS} upload threads each{link}, daemon at nice {r['daemon_nice']}, "
-          f"{r['digest']} digests, {r['content']} content, compression {r['compression']}:")
-    for label, key in (("boto3 put (baseline)", "raw"), ("dispersiond pipeline", "pipeline")):
+          f"{WORKERS} upload threads each{link}, {who}, "
+          f"{r['digest']} digests, {r['content']} content, compression {r['compression']}"
+          f"{', local-folder stores' if local else ''}:")
+    base = "local put (baseline)" if local else "boto3 put (baseline)"
+    ours = "dispersiond pipeline" if mode == "daemon" else "dispersiond put"
+    for label, key in ((base, "raw"), (ours, "pipeline")):
         x = r[key]
+        tail = (f"{x['ms_per_file']:6.2f} ms/file ({x['cpu_ms_per_file']:.2f} ms of CPU)"
+                if "ms_per_file" in x else
+                f"{x['requests_per_file']:6.2f} requests/file" if "requests_per_file" in x
+                else "")
         print(f"  {label:22} {x['seconds']:8.2f} s {x['files_per_s']:9.1f} files/s "
-              f"{x['mb_per_s']:8.1f} MB/s {x['requests_per_file']:6.2f} requests/file")
-    print(f"  pipeline / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
+              f"{x['mb_per_s']:8.1f} MB/s {tail}")
+    print(f"  {mode} / baseline time: {r['pipeline_vs_raw']:.2f}x; stored (public objects, "
           f"private containers, manifest) {human_size(r['stored_bytes'])} = "
           f"{r['stored_vs_raw']:.3f}x of {human_size(r['bytes'])}")
+    if r.get("daemon_peak_rss_mib") is not None:
+        print(f"  daemon peak RSS (VmHWM): {r['daemon_peak_rss_mib']} MiB")
+    _print_cpu(r)
+
+
+def _print_cpu(r: dict) -> None:
+    cpu = r.get("cpu_seconds") or {}
+    if cpu.get("raw") is not None and cpu.get("pipeline") is not None:
+        print(f"  CPU seconds (user + system; the S3 server's not counted): boto3 side "
+              f"{cpu['raw']:.2f}, daemon {cpu['pipeline']:.2f}")

@@ -15,13 +15,17 @@ def register(sub) -> None:
                                    "manifest entry, and its public objects unless "
                                    "--keep-public, and every copy the state directory holds "
                                    "(an original kept by 'after: keep', work folders); a copy "
-                                   "outside it, your own, is named and left. Afterwards nobody "
-                                   "can restore it; without the container the public bytes "
-                                   "are noise.")
+                                   "outside it, your own, is named and left. A pack holding "
+                                   "the container (with other files' containers) is rewritten "
+                                   "without it at once, and the old pack deleted. Afterwards "
+                                   "nobody can restore it; without the container the public "
+                                   "bytes are noise.")
     add_config(p)
     p.add_argument("ref", metavar="ID|NAME")
     p.add_argument("--keep-public", action="store_true",
-                   help="leave the (now undecipherable) public objects in place. An "
+                   help="leave the (now undecipherable) standalone public objects in "
+                        "place (a small file's public members stay in their packs until "
+                        "'dispersiond prune' either way; no bundle links into a pack). An "
                         "earlier share bundle carries its own copy of the private "
                         "container, so it still opens the file until its links expire: "
                         "without this flag forget deletes the public objects and so "
@@ -40,6 +44,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"forgot {res['file_id']}; deleted:")
         for d in res["deleted"]:
             print(f"  {d['role']:7} on {d['store']}: {d['object']}" + (f" ({d['note']})" if d.get("note") else ""))
+        for d in res.get("in_packs", []):
+            print(f"  {d['role']:7} on {d['store']}: left in pack {d['object']} as dead bytes "
+                  "(noise without the container) until 'dispersiond prune'")
         for d in res["deferred"]:
             print(f"  {d['role']:7} on {d['store']}: NOT YET ({shown(d['error'])}); retried later")
         for path in res["removed_local"]:

@@ -34,6 +34,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"re-keyed {res['file_id']}: {res['new_objects']} new objects uploaded, "
           + ("old objects deleted; earlier shares no longer open" if res["old_deleted"] else
              "old objects NOT yet deleted (no manifest backup landed); run rekey again later"))
+    if res["share_copies_deleted"]:
+        print(f"{res['share_copies_deleted']} copies behind earlier shares' links deleted: "
+              "those links no longer open")
     if res["deletions_pending"]:
         print(f"{res['deletions_pending']} old objects wait for their store to answer; they "
               "are deleted on a later run")

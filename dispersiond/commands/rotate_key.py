@@ -1,4 +1,5 @@
-"""`dispersiond rotate-key`: a new master key; public objects stay untouched."""
+"""`dispersiond rotate-key`: a new master key; standalone public objects stay untouched,
+packs are written again under the new key."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ def register(sub) -> None:
                                    "$DISPERSIOND_NEW_PASSPHRASE, or asked for) and a new salt "
                                    "written into the config. Re-wrap every private container "
                                    "(on this device and on the private stores) and re-seal "
-                                   "the manifest backups. No public object is rewritten. Safe "
+                                   "the manifest backups. No standalone public object is "
+                                   "rewritten; packs (small files' fragments) are written "
+                                   "again under the new key, their members unchanged. Safe "
                                    "to run again after an interruption.")
     add_config(p)
     add_json(p)
@@ -38,7 +41,11 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"new master key {res['new_key_id']}: {res['containers_rewrapped']} private "
               f"containers re-wrapped, {res['private_backups_rewritten']} backups rewritten, "
-              f"{res['public_objects_rewritten']} public objects rewritten")
+              f"{res['public_objects_rewritten']} public objects rewritten, "
+              f"{res['public_packs_remasked']} public packs re-masked")
+        if res["packed_members_unreadable"]:
+            print(f"{res['packed_members_unreadable']} packed member(s) could not be read and "
+                  "are marked for 'dispersiond repair'", file=sys.stderr)
         if cfg.key.passphrase_env is not None:
             print(f"{path} now holds the new salt; set {cfg.key.passphrase_env} to the new "
                   "passphrase wherever the service reads it", file=sys.stderr)

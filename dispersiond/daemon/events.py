@@ -63,11 +63,20 @@ class PackSent:
 
 @dataclass(frozen=True)
 class Encoded:
-    """An encode came back: `error` is None when the file is encoded."""
+    """An encode came back: one file's, or a batch of small files' (one event, so the
+    loop books the batch at once). Each outcome is (file_id, error), the error None when
+    that file is encoded."""
 
-    fid: str
+    outcomes: tuple[tuple[str, BaseException | None], ...]
     started: float  # monotonic
-    error: BaseException | None = None
+
+    @classmethod
+    def one(cls, fid: str, started: float, error: BaseException | None = None) -> "Encoded":
+        return cls(((fid, error),), started)
+
+    @property
+    def fids(self) -> list[str]:
+        return [fid for fid, _ in self.outcomes]
 
 
 @dataclass(frozen=True)

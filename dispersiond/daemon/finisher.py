@@ -18,7 +18,7 @@ from ..errors import DispersiondError
 from ..logs import event, log
 from ..ops.backup import backup_manifest
 from ..ops.finalize import AfterPolicyFailed, finish
-from ..ops.protect import all_uploaded, commit_many
+from ..ops.protect import all_uploaded_of, commit_many
 from ..state import FileState
 from ..archive import Archive
 from .uploader import Uploader
@@ -27,6 +27,8 @@ from .uploader import Uploader
 BACKUP_SPACING = 1.0
 #: The longest wait before an after-policy that failed is tried again.
 AFTER_RETRY = 60.0
+#: How often the loop looks for share copies whose links have expired.
+COPIES_EVERY = 60.0
 
 
 class Finisher:
@@ -46,6 +48,7 @@ class Finisher:
         self.sweep_tried = False
         self.finish_due = True
         self.finish_not_before = 0.0
+        self.copies_due = 0.0  # monotonic: next look for expired share copies
 
     # --- commit
 
@@ -63,13 +66,13 @@ class Finisher:
     def advance(self, fids: Iterable[str]) -> None:
         """Commit the files that became restorable (one transaction for all); drop the
         staged copies of committed ones whose every object is now confirmed."""
-        rows = [f for f in map(self.v.db.file, fids) if f is not None]
+        rows = list(self.v.db.files_by_id(fids).values())  # a few reads for the batch
         if commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED]):
             self.manifest_dirty = True
-        for f in rows:
-            if f.state == FileState.COMMITTED and all_uploaded(self.v, f.file_id):
-                shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
-                self.finish_due = True
+        committed = [f.file_id for f in rows if f.state == FileState.COMMITTED]
+        for fid in all_uploaded_of(self.v, committed) if committed else ():
+            shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
+            self.finish_due = True
 
     def advance_all(self) -> None:
         """At start-up: files a crash left between steps (uploads done, commit not)."""
@@ -89,7 +92,18 @@ class Finisher:
             self.sweep_tried = True  # once per start; before a backup it is tried again
             self.sweep_orphans()
 
+    def expire_share_copies(self) -> None:
+        """Delete the standalone copies behind share links that have expired (at most once
+        a minute; one query of a small table when there are none)."""
+        now = time.monotonic()
+        if now < self.copies_due:
+            return
+        self.copies_due = now + COPIES_EVERY
+        if self.v.db.trash_expired_copies(time.time()):
+            self.v.empty_trash()
+
     def maybe_backup(self) -> None:
+        self.expire_share_copies()
         now = time.monotonic()
         if now < self.backup_due or not self.manifest_dirty:
             return
@@ -164,7 +178,7 @@ class Finisher:
         if not fids:
             return
         try:
-            handled = finish(self.v, fids, after=lambda f: ib.apply_after(self.v, f),
+            handled = finish(self.v, fids, after=lambda files: ib.apply_after_many(self.v, files),
                              stopping=self.stop.is_set, backup=False)
         except AfterPolicyFailed as exc:
             log.error("file %s: the after-policy (%s) failed: %s; retrying in %.0f s",

@@ -51,6 +51,7 @@ from .events import (BackupNow, Encoded, Event, PackSent, PathSeen, Rescan, Uplo
 from .finisher import Finisher
 from .intake import Intake, SpaceGate, Watcher
 from .paths import check_paths
+from .pruner import Pruner
 from .status import StatusWriter, status_doc, status_line
 from .uploader import Uploader
 from .verifier import Verifier
@@ -125,6 +126,7 @@ class Daemon:
         self.finisher = Finisher(self.v, self.uploader, self.stop, self._idle,
                                  retry_base=retry_base, retry_max=retry_max)
         self.verifier = Verifier(self.v, self.stop, self.q.put, self.maintenance)
+        self.pruner = Pruner(self.v, self.stop, self.maintenance)
         self.uploader.quiet = lambda: not (self.encoder.waiting or self.encoder.encoding
                                            or self.intake.waiting())
         self.status = StatusWriter(self.v.db.set_daemon_status)
@@ -182,6 +184,9 @@ class Daemon:
         if sch.verify:
             s.add_job(put, "interval", args=[VerifyNow()], id="verify",
                       seconds=sch.seconds("verify"))
+        if sch.prune:
+            s.add_job(self.pruner.start, "interval", id="prune", seconds=sch.seconds("prune"))
+        self.pruner.start(light=True)  # packs a killed prune or forget left without members
         s.start()
         self.scheduler = s
 
@@ -213,7 +218,7 @@ class Daemon:
         self.encoder.shutdown()
         self.maintenance.shutdown(wait=False, cancel_futures=True)
         event(logging.INFO, "daemon stopped", interrupted=stuck)
-        if stuck or self.verifier.running:
+        if stuck or self.verifier.running or self.pruner.running:
             # A thread is blocked inside a store call: do not wait for its timeout. Every
             # step is committed or will be redone; the exit is as safe as a crash, and clean.
             for h in logging.getLogger("dispersiond").handlers:
@@ -279,9 +284,9 @@ class Daemon:
         elif isinstance(ev, PackSent):
             for fid in self.uploader.on_pack_sent(ev, cancelling):
                 self.finisher.settle(fid)
-        elif isinstance(ev, Encoded):
-            if self.encoder.on_encoded(ev, cancelling):
-                self.finisher.settle(ev.fid)  # early uploads may have finished it already
+        elif isinstance(ev, Encoded):  # one file, or a batch of small ones
+            for fid in self.encoder.on_encoded(ev, cancelling):
+                self.finisher.settle(fid)  # early uploads may have finished it already
         elif isinstance(ev, BackupNow):
             self.finisher.backup_now()
         elif isinstance(ev, VerifyNow):

@@ -36,7 +36,8 @@ Send = Callable[[ObjectRow], None]
 SendPack = Callable[[PackJob], None]
 #: How soon an object whose own upload failed (not its store) is looked at again.
 OBJECT_RETRY = 10.0
-#: With nothing more on the way, how long a pack buffer waits for one more member.
+#: With nothing more on the way, how long a pack buffer waits for one more member (at
+#: least; a trickle's buffer waits twice its records' spacing).
 LINGER = 0.2
 
 
@@ -47,15 +48,26 @@ class PackBuffer:
         self.objs: collections.OrderedDict[int, ObjectRow] = collections.OrderedDict()
         self.since = 0.0  # monotonic: when the oldest waiting member arrived
         self.touched = 0.0  # ... and the newest
+        self.gap: float | None = None  # seconds between the last two arrivals
 
     def add(self, obj: ObjectRow, now: float) -> None:
         if not self.objs:
             self.since = now
+        if obj.id not in self.objs and self.touched:
+            self.gap = max(0.0, now - self.touched)
         self.objs[obj.id] = obj
-        self.touched = now
+        self.touched = max(self.touched, now)
 
     def bytes(self) -> int:
         return sum(o.length for o in self.objs.values())
+
+    def linger(self, policy: PackPolicy) -> float:
+        """How long a quiet buffer waits for one more member: LINGER after a burst or a
+        lone record, twice the last gap for a trickle (records a few hundred ms apart
+        then share a pack, still within max_wait)."""
+        if self.gap is None or self.gap >= policy.max_wait / 2:
+            return LINGER
+        return max(LINGER, 2 * self.gap)
 
     def due_in(self, policy: PackPolicy, quiet: bool, now: float) -> float | None:
         """Seconds until this buffer should be flushed (0: now); None when empty."""
@@ -65,7 +77,7 @@ class PackBuffer:
             return 0.0
         due = self.since + policy.max_wait - now
         if quiet:
-            due = min(due, self.touched + LINGER - now)
+            due = min(due, self.touched + self.linger(policy) - now)
         return max(0.0, due)
 
 

@@ -12,7 +12,6 @@ import io
 import json
 from datetime import date
 
-from . import csvfile, dicom, fhir, hl7v2
 from .outcome import DeidRefused, DeidResult, Tally
 from .policy import CsvPolicy, DeidPolicy, DicomPolicy, FhirPolicy, Hl7Policy
 from .pseudonym import recipient_secret
@@ -93,6 +92,10 @@ def deidentify(data: bytes, kind_hint: str | None, policy: DeidPolicy, key: byte
         if kind_hint != kind:
             raise DeidRefused(f"de-identification: the file was declared {kind_hint} but reads as "
                               f"{kind}; fix the declared kind or the file")
+    # the format libraries (pydicom, hl7, ...) load on first use: the daemon, which only
+    # reads the policies, does not carry them (tens of MiB of resident memory)
+    from . import csvfile, dicom, fhir, hl7v2
+
     tally = Tally()
     year = (today or date.today()).year
     try:

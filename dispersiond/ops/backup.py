@@ -42,6 +42,15 @@ def backup_manifest(v: Archive, force: bool = False) -> int:
         return _backup(v, force)
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """No backup of this process runs meanwhile: a change committed inside is in every
+    backup that lands with a sequence number above today's, and in none before; never
+    lost by one that read the change log before it and then marked the manifest clean."""
+    with _LOCK:
+        yield
+
+
 def anchor(v: Archive) -> int:
     """A backup right after a share, so its audit entry is anchored on the trusted store
     at once (a delta: a few hundred bytes). A failure is logged, never raised: the share

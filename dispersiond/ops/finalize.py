@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 from ..errors import DispersiondError
 from .backup import backup_manifest
-from ..state import PROTECTED, FileRow
+from ..state import PROTECTED, FileRow, ObjectState
 from ..archive import Archive
 
 
@@ -47,40 +47,55 @@ class AfterPolicyFailed(DispersiondError):
 
 
 def finish(v: Archive, fids: Iterable[str], *, grant_errors: list[str] | None = None,
-           after: Callable[[FileRow], str] | None = None,
+           after: Callable[[list[FileRow]], tuple[dict[str, str], list[tuple[FileRow, OSError]]]]
+           | None = None,
            stopping: Callable[[], bool] | None = None,
            backup: bool = True) -> dict[str, dict]:
-    """Back up the manifest if it changed, then for each protected file: standing grants,
-    the after-policy (`after`, returning what became of the original), and `done`.
+    """Back up the manifest if it changed, then for the protected files among `fids`:
+    standing grants (each file), the after-policy (`after`, for the batch: what became
+    of each original, and the files it failed for), and `done` (one transaction).
 
     Returns, per file handled, the bundles written, the after-policy's outcome and
-    whether the file is now done. An OSError from `after` is recorded on its file and
-    raised as AfterPolicyFailed (its `handled` says what was finished before it);
+    whether the file is now done. A file the after-policy failed for is not done: its
+    error is recorded on it and the first such failure is raised as AfterPolicyFailed
+    (its `handled` says what was finished); the others are finished all the same.
     `stopping` is asked between files. The daemon times its own backups (`backup=False`)."""
     if backup:
         backup_manifest(v)
     handled: dict[str, dict] = {}
+    fids = list(fids)
+    rows = v.db.files_by_id(fids)  # a few reads for the lot, not two a file
+    staged = {o.file_id for o in v.db.objects_of(
+        fids, states=[s for s in ObjectState if s != ObjectState.UPLOADED])}
+    failure: AfterPolicyFailed | None = None
     try:
+        granted: dict[str, dict] = {}
+        todo: list[FileRow] = []
         for fid in fids:
             if stopping is not None and stopping():
                 break
-            f = v.db.file(fid)
+            f = rows.get(fid)
             if f is None or f.state not in PROTECTED:
                 continue
-            res: dict = {"bundles": grant_standing(v, fid, grant_errors)}
-            if after is not None:
-                try:
-                    res["original"] = after(f)
-                except OSError as exc:
-                    v.db.update_file(fid, error=f"after-policy failed: {exc}")
-                    failed = AfterPolicyFailed(fid, exc)
-                    failed.handled = handled  # finalized in `finally` below
-                    raise failed from exc
-            if not v.db.objects(fid, not_state="uploaded"):  # stages still needed else
+            granted[fid] = {"bundles": grant_standing(v, fid, grant_errors)}
+            todo.append(f)
+        if after is None:
+            handled.update(granted)
+        elif todo:  # only files whose after-policy ran become done
+            outcomes, failed = after(todo)
+            for fid, outcome in outcomes.items():
+                handled[fid] = {**granted[fid], "original": outcome}
+            for f, exc in failed:
+                v.db.update_file(f.file_id, error=f"after-policy failed: {exc}")
+                failure = failure or AfterPolicyFailed(f.file_id, exc)
+        for fid in handled:
+            if fid not in staged:  # the staged copies are still needed else
                 shutil.rmtree(v.work_dir(fid), ignore_errors=True)
-            handled[fid] = res
     finally:  # one transaction for the lot (a crash before it: the steps are redone)
         done = set(finalize_many(v, handled))
         for fid, res in handled.items():
             res["done"] = fid in done
+    if failure is not None:
+        failure.handled = handled
+        raise failure
     return handled

@@ -13,6 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from backends import StoreError
@@ -56,16 +57,20 @@ def plan_packs(objs: Iterable[ObjectRow], pack_size: int) -> list[PackJob]:
     """Group objects by (store, kind, digest algorithm) in the order given, each group cut
     into packs of about `pack_size` member bytes (a pack closes once it reaches it). Pure."""
     groups: dict[tuple[str, str, str], list[list[ObjectRow]]] = {}
+    filled: dict[tuple[str, str, str], int] = {}  # member bytes of each group's last pack
     seen: set[tuple[str, str]] = set()
     for o in objs:
         ref = (o.store, o.file_id)
         if ref in seen:  # one member per file and pack (the reference is the file id)
             continue
         seen.add(ref)
-        packs = groups.setdefault((o.store, o.role, o.digest_alg or ""), [[]])
-        if sum(m.length for m in packs[-1]) >= pack_size:
+        key = (o.store, o.role, o.digest_alg or "")
+        packs = groups.setdefault(key, [[]])
+        if filled.get(key, 0) >= pack_size:
             packs.append([])
+            filled[key] = 0
         packs[-1].append(o)
+        filled[key] = filled.get(key, 0) + o.length
     return [PackJob(store, kind, alg, tuple(members))
             for (store, kind, alg), packs in groups.items() for members in packs if members]
 
@@ -82,6 +87,20 @@ def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     return data[:obj.length]
 
 
+_STAGED_PACK = "pack-"  # staging area name prefix of a pack being built or sent
+
+
+def _staged_pack(v: Archive, name: str) -> Path:
+    return v.root / "work" / f"{_STAGED_PACK}{name}"
+
+
+def remove_staged_packs(v: Archive) -> None:
+    """Packs a killed process was building or sending (their names were planned, and go
+    to the trash with the others): removed from the staging area, at start-up only."""
+    for stale in (v.root / "work").glob(f"{_STAGED_PACK}*"):
+        stale.unlink(missing_ok=True)
+
+
 def build(v: Archive, job: PackJob, name: str,
           members: MemberSource | None = None) -> tuple[PackRow, list[PlacedMember], "os.PathLike"]:
     """Write the pack into the staging area; returns its row, where each member landed,
@@ -90,7 +109,7 @@ def build(v: Archive, job: PackJob, name: str,
     read = members or (lambda obj: _member_bytes(v, obj))
     pad = v.cfg.public.pad
     w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
-    path = v.root / "work" / f"pack-{name}"
+    path = _staged_pack(v, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     h = digests.new(job.digest_alg)
     placed: list[PlacedMember] = []

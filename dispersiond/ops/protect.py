@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -19,30 +21,56 @@ from ..codec import se2
 from ..errors import DispersiondError
 from ..layout import Layout
 from ..logs import event, log
-from ..state import FileRow, FileState
+from ..state import FileRow, FileState, ObjectRow, ObjectState
 from ..tap import DirectUploadFailed
 from ..archive import Progress, Archive
-from .encode import (EARLY_UPLOAD_MIN, EarlyUploadRun, EarlyUploads, Staged, abandon_planned,
-                     plan_rows, stage, staged_sizes)
+from ..fsutil import sync_batch
+from .encode import (BATCH_FILE_MAX, EARLY_UPLOAD_MIN, EarlyUploadRun, EarlyUploads, Staged,
+                     abandon_planned, batches, plan_rows, stage, staged_sizes)
 from .finalize import finish
 from .packing import send_objects
 from .upload import Cancelled, Throttle, upload_one
 
-__all__ = ["EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone", "Staged", "Throttle",
-           "abandon_planned",
-           "admit", "all_uploaded", "commit", "commit_many", "encode", "finish", "plan_rows",
-           "protect_file", "resume", "stage", "staged_sizes", "transfer_bytes", "upload",
-           "upload_one"]
+__all__ = ["BATCH_FILE_MAX", "EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone",
+           "Staged", "Throttle", "abandon_planned", "admit", "admit_many", "all_uploaded",
+           "all_uploaded_of", "batches", "commit", "commit_many", "encode", "encode_early",
+           "encode_many", "finish", "plan_rows", "protect_file", "remove_stages", "resume",
+           "stage", "staged_sizes", "transfer_bytes", "upload", "upload_failed", "upload_one"]
 
 
 def admit(v: Archive, source: Path, name: str | None = None) -> str:
     """Record a file to protect; returns its new id. Nothing is read yet."""
-    st = source.stat()
-    fid = os.urandom(16).hex()
-    v.db.add_file(file_id=fid, name=name or source.name, size=st.st_size, mtime=st.st_mtime,
-                  scheme=v.cfg.scheme, state=FileState.CLAIMED, source=str(source))
-    event(logging.INFO, "file admitted", file_id=fid, size=st.st_size)
-    return fid
+    row = _admission(v, source, name, source.stat())
+    v.db.add_file(**row)
+    event(logging.INFO, "file admitted", file_id=row["file_id"], size=row["size"])
+    return row["file_id"]
+
+
+def admit_many(v: Archive, sources: list[tuple[Path, str | None]]) -> list[str | OSError]:
+    """`admit` for many files in one transaction (one fsync for the lot). Per source, in
+    order: its new id, or the OSError its stat raised (that file alone is left out)."""
+    rows: list[dict] = []
+    out: list[str | OSError] = []
+    now = time.time()
+    for source, name in sources:
+        try:
+            st = source.stat()
+        except OSError as exc:
+            out.append(exc)
+            continue
+        # a microsecond apart: listings and queues ("oldest first") keep the order given
+        rows.append(dict(_admission(v, source, name, st), created=now + len(rows) * 1e-6))
+        out.append(rows[-1]["file_id"])
+    v.db.add_files(rows)
+    for row in rows:
+        event(logging.INFO, "file admitted", file_id=row["file_id"], size=row["size"])
+    return out
+
+
+def _admission(v: Archive, source: Path, name: str | None, st: os.stat_result) -> dict:
+    return dict(file_id=os.urandom(16).hex(), name=name or source.name, size=st.st_size,
+                mtime=st.st_mtime, scheme=v.cfg.scheme, state=FileState.CLAIMED,
+                source=str(source))
 
 
 
@@ -77,14 +105,103 @@ def encode(v: Archive, fid: str, progress: Progress | None = None,
     rows = [dict(row, state="uploaded" if row["name"] in sent else "pending")
             for row, _ in st.complete(planned)]
     with v.db.tx() as conn:
-        v.db.drop_objects(fid, conn, pending_only=True)
-        v.db.drop_planned(fid, conn)
-        v.db.add_objects(conn, rows)
-        v.db.set_state(fid, FileState.ENCODED, conn, error=None, **st.file_fields(v.cfg, v.key))
+        _record_encoded(v, conn, fid, st, rows)
     for store in {row["store"] for row in rows if row["state"] == "uploaded"}:
         v.db.store_ok(store)
+    _log_encoded(fid, st, len(sent))
+
+
+def _record_encoded(v: Archive, conn, fid: str, st: Staged, rows: list[dict]) -> None:
+    """Inside the caller's transaction: the file's object rows, and the file encoded."""
+    v.db.drop_objects(fid, conn, pending_only=True)
+    v.db.drop_planned(fid, conn)
+    v.db.add_objects(conn, rows)
+    v.db.set_state(fid, FileState.ENCODED, conn, error=None, **st.file_fields(v.cfg, v.key))
+
+
+def _log_encoded(fid: str, st: Staged, sent_early: int = 0) -> None:
     event(logging.INFO, "file encoded", file_id=fid, size=st.size,
-          public_bytes=st.layout.puf_len, private_bytes=st.layout.prf_len, sent_early=len(sent))
+          public_bytes=st.layout.puf_len, private_bytes=st.layout.prf_len, sent_early=sent_early)
+
+
+def encode_many(v: Archive, fids: list[str],
+                check: Callable[[int], None] | None = None) -> dict[str, BaseException | None]:
+    """Encode small files as one batch (`encode` without early uploads, for each): each
+    is staged without fsyncs, then one durability barrier covers them all (every staged
+    file and container, then each folder once) and one transaction marks them all
+    encoded. Returns each file's outcome, in the order given: None, or the error that
+    stopped that file (SourceGone, OSError, an encode error), the others going on.
+
+    `check` is called before each file; what it raises (Cancelled) stops the batch with
+    nothing recorded, as does a failing barrier or transaction: every file is then still
+    claimed and is encoded again, from scratch, by the next attempt. A crash anywhere
+    leaves the same: nothing is recorded before the barrier has made it durable."""
+    if not fids:
+        return {}
+    rows = v.db.files_by_id(fids)
+    v.db.abandon_planned_of(fids)  # none for a small file; one read to be sure
+    outcomes: dict[str, BaseException | None] = {}
+    staged: list[tuple[str, Staged]] = []
+    try:
+        for fid in fids:
+            if check is not None:
+                check(0)
+            try:
+                staged.append((fid, _stage_one(v, fid, rows.get(fid))))
+                outcomes[fid] = None
+            except Exception as exc:  # noqa: BLE001 - this file's own outcome
+                if isinstance(exc, _NotClaimed):
+                    outcomes[fid] = exc  # not ours to clean: the file is elsewhere
+                    continue
+                _unstage(v, fid)
+                outcomes[fid] = exc
+        files: list[Path] = []
+        dirs: list[Path] = []
+        for _, st in staged:
+            f, d = st.durable()
+            files += f
+            dirs += d
+        sync_batch(files, [*dirs, v.root / "work"])
+        with v.db.tx() as conn:
+            for fid, st in staged:
+                _record_encoded(v, conn, fid, st,
+                                [dict(row, state="pending") for row, _ in st.rows(v.cfg, fid)])
+    except BaseException:
+        for fid, _ in staged:  # nothing of it was recorded: give the space back
+            _unstage(v, fid)
+        raise
+    for fid, st in staged:
+        _log_encoded(fid, st)
+    return outcomes
+
+
+class _NotClaimed(DispersiondError):
+    """A file of a batch that is not waiting to be encoded (no row, or another state)."""
+
+
+def _unstage(v: Archive, fid: str) -> None:
+    """What an encode of a still-claimed file left (nothing refers to it yet)."""
+    shutil.rmtree(v.work_dir(fid), ignore_errors=True)
+    v.container_path(fid).unlink(missing_ok=True)
+
+
+def _stage_one(v: Archive, fid: str, f: FileRow | None) -> Staged:
+    """One file of a batch, staged without fsyncs (the batch's barrier makes it durable)."""
+    if f is None or f.state != FileState.CLAIMED:
+        raise _NotClaimed(f"file {fid} is not waiting to be encoded "
+                          f"({'no record' if f is None else f'it is {f.state}'})")
+    work = v.work_dir(fid)
+    try:
+        os.mkdir(work, 0o700)
+    except FileExistsError:  # a crash mid-encode left a partial stage
+        shutil.rmtree(work, ignore_errors=True)
+        os.mkdir(work, 0o700)
+    try:
+        src = open(Path(f.source or ""), "rb")
+    except OSError as exc:
+        raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
+    with src:
+        return stage(v, src, work, v.container_path(fid), sync=False)
 
 
 class SourceGone(DispersiondError):
@@ -104,10 +221,9 @@ def transfer_bytes(cfg, size: int) -> int:
     return size + sum(row["object_size"] for row, _ in rows)
 
 
-def _readiness(v: Archive, f: FileRow) -> tuple[bool, bool]:
-    """(restorable from its confirmed uploads, every upload confirmed), from one read of
-    the file's objects."""
-    objs = v.db.objects(f.file_id)
+def _readiness(f: FileRow, objs: list[ObjectRow]) -> tuple[bool, bool]:
+    """(restorable from its confirmed uploads, every upload confirmed), from the file's
+    objects."""
     up = [o for o in objs if o.state == "uploaded"]
     need = Layout.of_row(f).need
     restorable = (sum(1 for o in up if o.role == "public") >= need
@@ -126,25 +242,57 @@ def commit_many(v: Archive, files: list[FileRow]) -> list[str]:
     restorable, all in one transaction (one fsync, however many files: a stream of small
     files settles many at a time). Returns the ids committed."""
     ready: list[tuple[str, bool]] = []
-    for f in files:
-        if f.state == FileState.ENCODED:
-            restorable, complete = _readiness(v, f)
-            if restorable:
-                ready.append((f.file_id, complete))
+    encoded = [f for f in files if f.state == FileState.ENCODED]
+    objs = _by_file(v.db.objects_of([f.file_id for f in encoded])) if encoded else {}
+    for f in encoded:
+        restorable, complete = _readiness(f, objs.get(f.file_id, []))
+        if restorable:
+            ready.append((f.file_id, complete))
     if not ready:
         return []
     with v.db.tx() as conn:
         v.db.set_states([fid for fid, _ in ready], FileState.COMMITTED, conn, error=None)
         v.db.mark_manifest_dirty(conn)
+    remove_stages(v, [fid for fid, complete in ready if complete])
     for fid, complete in ready:
-        if complete:
-            shutil.rmtree(v.work_dir(fid), ignore_errors=True)
         event(logging.INFO, "file committed", file_id=fid, complete=complete)
     return [fid for fid, _ in ready]
 
 
+#: Stage folders removed at once: each removal waits on the filesystem's journal (and, on
+#: a disk mounted with discard, its trim), and several in flight share those waits.
+REMOVERS = 4
+
+
+def remove_stages(v: Archive, fids: list[str]) -> None:
+    """The staged copies of files that no longer need them, several folders at a time
+    (one at a time, a batch of small files spent most of its commit here)."""
+    if len(fids) < 2:
+        for fid in fids:
+            shutil.rmtree(v.work_dir(fid), ignore_errors=True)
+        return
+    with ThreadPoolExecutor(REMOVERS, thread_name_prefix="remove-stage") as pool:
+        list(pool.map(lambda fid: shutil.rmtree(v.work_dir(fid), ignore_errors=True), fids))
+
+
+def _by_file(objs: list[ObjectRow]) -> dict[str, list[ObjectRow]]:
+    out: dict[str, list[ObjectRow]] = {}
+    for o in objs:
+        out.setdefault(o.file_id, []).append(o)
+    return out
+
+
 def all_uploaded(v: Archive, fid: str) -> bool:
     return not v.db.objects(fid, not_state="uploaded")
+
+
+def all_uploaded_of(v: Archive, fids: list[str]) -> set[str]:
+    """Those of `fids` whose every object is confirmed (one read for the lot)."""
+    waiting = {o.file_id for o in v.db.objects_of(fids, states=_NOT_UPLOADED)}
+    return {fid for fid in fids if fid not in waiting}
+
+
+_NOT_UPLOADED = tuple(s.value for s in ObjectState if s != ObjectState.UPLOADED)
 
 
 def protect_file(v: Archive, path: Path, name: str | None = None,
@@ -164,29 +312,43 @@ def resume(v: Archive, fid: str, progress: Progress | None = None,
     if f.state == FileState.CLAIMED:
         if on_step:
             on_step("encode")
-        stores = frozenset(s.name for s in v.cfg.stores)
-        try:
-            encode(v, fid, progress, EarlyUploads(stores, throttle, progress))
-        except DirectUploadFailed as exc:  # again, staged: what fails now is kept for resume
-            log.warning("file %s: %s; encoding it again with a staged copy for that store",
-                        fid, exc)
-            encode(v, fid, progress, EarlyUploads(stores - {exc.store}, throttle, progress))
+        encode_early(v, fid, throttle, progress)
     if on_step:
         on_step("upload")
     failures = upload(v, fid, throttle, progress)
     state = commit(v, fid)
     if failures:
-        stores = sorted({s for s, _ in failures})
-        first = failures[0][1]
-        v.db.update_file(fid, error=f"upload to {', '.join(stores)} failed: {first}",
-                         attempts=f.attempts + 1)
-        if state != FileState.COMMITTED:
-            raise DispersiondError(
-                f"file {fid}: upload to store(s) {', '.join(stores)} failed ({first}). The file "
-                "is encoded and kept in the state directory; it is retried by 'dispersiond run' "
-                "or 'dispersiond put --resume'")
-        log.warning("file %s is restorable but store(s) %s still lack copies; 'dispersiond "
-                    "repair' or the daemon will finish them", fid, ", ".join(stores))
+        upload_failed(v, fid, f.attempts, state, failures)
     if all_uploaded(v, fid) and state == FileState.COMMITTED:
         shutil.rmtree(v.work_dir(fid), ignore_errors=True)
     return state
+
+
+def encode_early(v: Archive, fid: str, throttle: Throttle,
+                 progress: Progress | None = None) -> None:
+    """`encode` with early (for a large file: direct) uploads to every store; a store
+    that fails under a direct upload gets a staged copy instead, kept for resume."""
+    stores = frozenset(s.name for s in v.cfg.stores)
+    try:
+        encode(v, fid, progress, EarlyUploads(stores, throttle, progress))
+    except DirectUploadFailed as exc:  # again, staged: what fails now is kept for resume
+        log.warning("file %s: %s; encoding it again with a staged copy for that store",
+                    fid, exc)
+        encode(v, fid, progress, EarlyUploads(stores - {exc.store}, throttle, progress))
+
+
+def upload_failed(v: Archive, fid: str, attempts: int, state: str,
+                  failures: list[tuple[str, Exception]]) -> None:
+    """Record that some of a file's uploads failed (`attempts` before this one); raises
+    if the file is not restorable yet (it stays encoded, for a resume)."""
+    stores = sorted({s for s, _ in failures})
+    first = failures[0][1]
+    v.db.update_file(fid, error=f"upload to {', '.join(stores)} failed: {first}",
+                     attempts=attempts + 1)
+    if state != FileState.COMMITTED:
+        raise DispersiondError(
+            f"file {fid}: upload to store(s) {', '.join(stores)} failed ({first}). The file "
+            "is encoded and kept in the state directory; it is retried by 'dispersiond run' "
+            "or 'dispersiond put --resume'")
+    log.warning("file %s is restorable but store(s) %s still lack copies; 'dispersiond "
+                "repair' or the daemon will finish them", fid, ", ".join(stores))

@@ -649,7 +649,7 @@ def first_choices(v: Archive, files: list[FileRow],
 
 
 def know(v: Archive, files: list[FileRow]) -> Known:
-    return Known(v.db.objects_of(f.file_id for f in files), failing_stores(v))
+    return Known(v.db.objects_grouped(f.file_id for f in files), failing_stores(v))
 
 
 class _AuditBatch:

@@ -1,6 +1,9 @@
 """The `rotate-key` operation: a new master key. Every private container (local and on the
 private stores) is re-wrapped, the manifest backups re-sealed, the audit chain re-keyed;
-no public object is touched. Resumable after a crash at any point."""
+no standalone public object is touched. Packs are keyed from the master key, so each is
+written again under the new one (rotate_packs.py): packed containers into new private
+packs, public members, unchanged, into re-masked packs. Resumable after a crash at any
+point."""
 from __future__ import annotations
 
 import os
@@ -20,6 +23,7 @@ from .backup import backup_manifest, drop_all_backups_but_newest
 from ..state import PROTECTED, FileState
 from ..archive import Progress, Archive
 from .restore import private_container
+from .rotate_packs import remask_public, repack_private
 from .upload import replace_copy
 
 
@@ -87,11 +91,13 @@ def rotate_key(v: Archive, progress: Progress | None = None,
                 audit_rechained=True)
         return {"new_key_id": key_id(v.key), "containers_rewrapped": 0,
                 "private_backups_rewritten": 0, "old_objects_deleted": deleted,
-                "deletions_pending": waiting, "public_objects_rewritten": 0}
+                "deletions_pending": waiting, "public_objects_rewritten": 0,
+                "public_packs_remasked": 0, "packed_members_unreadable": 0}
     new_key, install = got
     old_key, new_id = v.key, se2.key_id(new_key).hex()
-    public_before = {(o.store, o.name, o.digest) for o in v.db.objects(None, role="public")}
+    public_before = _standalone_public(v)
     rewrapped = uploaded = 0
+    containers: dict[str, str] = {}  # file id -> digest of its re-wrapped container
     for f in v.db.files_in(FileState.ENCODED, *PROTECTED):
         local = v.container_path(f.file_id)
         with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
@@ -106,11 +112,15 @@ def rotate_key(v: Archive, progress: Progress | None = None,
             rewrapped += 1
         digest = digests.of(f.digest_alg, data)
         v.db.update_file(f.file_id, key_id=new_id, container_digest=digest)
+        containers[f.file_id] = digest
         for obj in v.db.objects(f.file_id, role="private"):
-            if obj.digest == digest and obj.state == "uploaded":
-                continue  # this backup already carries the new wrap
+            if obj.packed or (obj.digest == digest and obj.state == "uploaded"):
+                continue  # packed: below, with the others; else already the new wrap
             replace_copy(v, obj, local, digest)
             uploaded += 1
+    uploaded += repack_private(v, new_key, containers)
+    with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
+        remasked, unreadable = remask_public(v, old_key, new_key, Path(tmpd))
     rechained = audit.rechain(v.db, old_key, new_key)  # the audit MAC key derives from it
     if not rechained:
         log.warning("the audit log does not verify under the old key; it is left as it is "
@@ -126,12 +136,19 @@ def rotate_key(v: Archive, progress: Progress | None = None,
     drop_all_backups_but_newest(v)
     install()
     deleted, waiting = v.empty_trash()
-    public_after = {(o.store, o.name, o.digest) for o in v.db.objects(None, role="public")}
+    public_after = _standalone_public(v)
     v.audit("rotate-key", None, new_key_id=new_id, containers=rewrapped,
-            audit_rechained=rechained)
+            audit_rechained=rechained, public_packs_remasked=remasked)
     return {"new_key_id": new_id, "containers_rewrapped": rewrapped,
             "private_backups_rewritten": uploaded, "old_objects_deleted": deleted,
             "deletions_pending": waiting,
-            "public_objects_rewritten": len(public_after - public_before)}
+            "public_objects_rewritten": len(public_after - public_before),
+            "public_packs_remasked": remasked, "packed_members_unreadable": unreadable}
+
+
+def _standalone_public(v: Archive) -> set[tuple[str, str, str]]:
+    """(store, name, digest) of every standalone public object: rotation never rewrites one."""
+    return {(o.store, o.name, o.digest) for o in v.db.objects(None, role="public")
+            if not o.packed}
 
 

@@ -1,17 +1,26 @@
 """`dispersiond bench pipeline`: files through the real daemon to a local S3 server, next to
 a plain concurrent boto3 upload of the same bytes to the same server in the same run.
+With mode "put" the other side is `dispersiond put` of the same files instead of the daemon.
 
 The daemon runs as `dispersiond run` in a subprocess with a fresh state directory per run;
 the clock starts when the files appear in its inbox (linked in at once) and stops when
 the last one is `done`: encoded, public and private objects uploaded, committed, a
-manifest backup landed and the original deleted. The baseline is what any uploader does
+manifest backup landed and the original deleted. `put` runs through the CLI's entry
+point in this process (config, archive, every step to `done`; no interpreter start-up), its
+clock around that one call. The baseline is what any uploader does
 at the least: each file's bytes in one object (multipart with `upload_workers` threads
 for large ones). Requests are counted from the S3 server's own request log.
+
+The trickle (`trickle`) drops one record every `interval` instead of all at once, and
+reports each record's latency, drop to done (the daemon's own time of `done` in its state),
+against a plain put of each record as it arrives. Peak RSS is the daemon process's
+VmHWM, read just before it is stopped.
 """
 from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -31,8 +40,12 @@ import yaml
 from .. import digests
 from ..errors import DispersiondError
 from ..state import peek_done
+from ..state.peek import peek_done_times
 
-SHAPES = [(1000, 16 << 10), (1, 256 << 20)]
+SHAPES = [(1000, 16 << 10), (10000, 2 << 10), (1, 256 << 20)]
+#: Issue #14's trickle: one record (of TRICKLE_SIZE) every 200 ms for a minute.
+TRICKLE = (0.2, 60.0)
+TRICKLE_SIZE = 16 << 10
 WORKERS = 8
 #: The niceness deploy/dispersiond.service gives the daemon (Nice=): it is measured as it
 #: runs. --nice 0 measures it at normal priority (no difference we could measure).
@@ -50,6 +63,8 @@ class Setup:
     #: "random" (incompressible) or "fhir" (generated FHIR R4 Bundles of about `size`)
     content: str = "random"
     compression: str = "auto"
+    #: "daemon" (files dropped into `dispersiond run`'s inbox) or "put" (`dispersiond put`)
+    mode: str = "daemon"
 
 
 # werkzeug colours some status lines (206 for a ranged GET, 4xx) with ANSI escapes
@@ -173,18 +188,25 @@ def _raw_upload(server: S3Server, files: list[Path], bucket: str, link: int | No
     return time.perf_counter() - t0
 
 
-def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setup) -> Path:
-    s3 = {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
-          "addressing_style": "path", "access_key_id_env": _KEY_ENV,
-          "secret_access_key_env": _SECRET_ENV}
+def _daemon_config(root: Path, server: S3Server | None, pub: str, prv: str, setup: Setup,
+                   stores: Callable[[str], dict] | None = None) -> Path:
+    """The daemon's config: its two stores on `server` (buckets `pub` and `prv`), or
+    what `stores` makes of those names (local folders: bench pipeline --stores local)."""
+    def s3(bucket: str) -> dict:
+        assert server is not None
+        return {"type": "s3", "endpoint_url": server.endpoint, "region": "us-east-1",
+                "addressing_style": "path", "access_key_id_env": _KEY_ENV,
+                "secret_access_key_env": _SECRET_ENV, "bucket": bucket}
+
+    store = stores or s3
     root.mkdir(parents=True)
     key = root / "master.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
     cfg = {"version": 1, "state_dir": str(root / "state"), "inbox": str(root / "inbox"),
            "key": {"file": str(key)}, "trust_levels": ["untrusted", "trusted"],
-           "stores": [{"name": "cloud", "trust": "untrusted", "bucket": pub, **s3},
-                      {"name": "vault", "trust": "trusted", "bucket": prv, **s3}],
+           "stores": [{"name": "cloud", "trust": "untrusted", **store(pub)},
+                      {"name": "vault", "trust": "trusted", **store(prv)}],
            "public": {"mode": "replicate", "stores": ["cloud"]},
            "private": {"min_trust": "trusted", "stores": ["vault"]},
            "after": "delete", "stable_seconds": 0, "upload_workers": WORKERS,
@@ -197,10 +219,13 @@ def _daemon_config(root: Path, server: S3Server, pub: str, prv: str, setup: Setu
     return path
 
 
-def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
-              setup: Setup) -> tuple[float, int]:
-    """Seconds from drop to the last file done, and S3 requests in that span."""
-    cfg = _daemon_config(root, server, pub, prv, setup)
+def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, prv: str,
+              setup: Setup, stores: Callable[[str], dict] | None = None,
+              cpu: list[float] | None = None) -> tuple[float, int]:
+    """Seconds from drop to the last file done, and S3 requests in that span (0 without
+    a server); the daemon's CPU seconds in that span are appended to `cpu` if given
+    (what a loaded machine moves least)."""
+    cfg = _daemon_config(root, server, pub, prv, setup, stores)
     nice = setup.nice
     sock_path = root / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -216,8 +241,9 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
         while b"READY=1" not in sock.recv(4096):
             pass
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
-        before = server.requests()
+        before = server.requests() if server else 0
         inbox = root / "inbox"
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for p in files:  # a second name: the daemon deletes its copy, the source stays
             os.link(p, inbox / p.name)
@@ -227,8 +253,11 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
                 raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
                                        f"{root / 'daemon.log'}")
             time.sleep(0.01)
+        DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
         took = time.perf_counter() - t0
-        requests = server.requests() - before
+        if cpu is not None:
+            cpu.append(_less(cpu_seconds(proc.pid), cpu0) or 0.0)
+        requests = server.requests() - before if server else 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -236,6 +265,30 @@ def _pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: st
         except subprocess.TimeoutExpired:
             proc.kill()
         sock.close()
+    return took, requests
+
+
+def _put(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
+         setup: Setup) -> tuple[float, int]:
+    """Seconds of one `dispersiond put --json FILE...` to done, and S3 requests in it."""
+    import contextlib
+    import io
+    import json
+
+    from ..cli import main
+
+    cfg = _daemon_config(root, server, pub, prv, setup)
+    os.environ.update({_KEY_ENV: "bench", _SECRET_ENV: "bench"})
+    out = io.StringIO()
+    before = server.requests()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = main(["-c", str(cfg), "put", "--json", *map(str, files)])
+    took = time.perf_counter() - t0
+    requests = server.requests() - before
+    states = {f["state"] for f in json.loads(out.getvalue())["files"]} if not code else set()
+    if code or states != {"done"}:
+        raise DispersiondError(f"put exited {code} with states {sorted(states)}")
     return took, requests
 
 
@@ -252,10 +305,46 @@ def _empty(c, bucket: str) -> None:
             c.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
+#: What the daemon used in a run, by the run's folder (noted by `_pipeline`): its peak
+#: RSS in bytes and its CPU seconds from the drop to the last file done.
+DAEMON_USED: dict[Path, tuple[int | None, float | None]] = {}
+
+
+def peak_rss(pid: int) -> int | None:
+    """A running process's peak resident set so far (VmHWM), in bytes; None without /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU (user + system) a running process has used so far; this one's with None. On a
+    shared, loaded machine the clock measures the others too; this does not."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
                 setup: Setup = Setup()) -> dict[str, Any]:
     c = server.client()
     raw_t, pipe_t, raw_req, pipe_req, stored = [], [], [], [], []
+    peaks: list[int | None] = []
+    raw_cpu: list[float] = []
+    pipe_cpu: list[float | None] = []
     total = 0
     for r in range(runs):
         src = _make_files(work / f"src-{r}", n, size, setup.content)
@@ -266,14 +355,20 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
 
         def raw() -> None:
             before = server.requests()
+            cpu0 = cpu_seconds()
             raw_t.append(_raw_upload(server, src, bucket, setup.link))
+            raw_cpu.append(cpu_seconds() - cpu0)  # type: ignore[operator]
             raw_req.append(server.requests() - before)
             _empty(c, bucket)  # the server holds objects in memory: each side starts level
 
         def pipe() -> None:
-            took, req = _pipeline(server, src, work / f"daemon-{r}", pub, prv, setup)
+            side = _put if setup.mode == "put" else _pipeline
+            took, req = side(server, src, work / f"daemon-{r}", pub, prv, setup)
             pipe_t.append(took)
             pipe_req.append(req)
+            rss, cpu = DAEMON_USED.pop(work / f"daemon-{r}", (None, None))
+            peaks.append(rss)
+            pipe_cpu.append(cpu)
             stored.append(sum(_stored(c, b) for b in (pub, prv)))
             for b in (pub, prv):
                 _empty(c, b)
@@ -285,7 +380,8 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
         shutil.rmtree(work / f"daemon-{r}", ignore_errors=True)
     raw, pipe = statistics.median(raw_t), statistics.median(pipe_t)
     return {
-        "files": n, "size": size, "runs": runs, "link": setup.link, "daemon_nice": setup.nice,
+        "mode": setup.mode, "files": n, "size": size, "runs": runs, "link": setup.link,
+        "daemon_nice": setup.nice if setup.mode == "daemon" else None,
         "digest": setup.digest, "content": setup.content, "compression": setup.compression,
         "bytes": total, "stored_bytes": statistics.median(stored),
         "stored_vs_raw": round(statistics.median(stored) / total, 3) if total else None,
@@ -298,7 +394,19 @@ def bench_shape(server: S3Server, work: Path, n: int, size: int, runs: int,
         "pipeline_vs_raw": round(pipe / raw, 2),
         "all_seconds": {"raw": [round(x, 3) for x in raw_t],
                         "pipeline": [round(x, 3) for x in pipe_t]},
+        "daemon_peak_rss_mib": _mib(max((x for x in peaks if x is not None), default=None)),
+        "cpu_seconds": {"raw": _median(raw_cpu), "pipeline": _median(pipe_cpu)},
     }
+
+
+def _median(xs: list[float | None]) -> float | None:
+    """The median of what was measured, rounded; None when nothing was."""
+    got = [x for x in xs if x is not None]
+    return round(statistics.median(got), 2) if got else None
+
+
+def _mib(n: int | None) -> float | None:
+    return None if n is None else round(n / (1 << 20), 1)
 
 
 def run(shapes: list[tuple[int, int]], runs: int, setup: Setup = Setup(),
@@ -307,7 +415,9 @@ def run(shapes: list[tuple[int, int]], runs: int, setup: Setup = Setup(),
     """Every (files, size) shape on one local S3 server; `on_shape` sees each result as it
     lands, so a long run shows progress."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    results = []
+    results: list[dict[str, Any]] = []
+    if not shapes:
+        return results
     with tempfile.TemporaryDirectory(prefix="dispersiond-bench-") as tmp:
         work = Path(tmp)
         server = S3Server(work)
@@ -318,3 +428,168 @@ def run(shapes: list[tuple[int, int]], runs: int, setup: Setup = Setup(),
         finally:
             server.stop()
     return results
+
+
+# ------------------------------------------------------------------ the trickle
+
+def _sleep_until(t: float) -> None:
+    wait = t - time.perf_counter()
+    if wait > 0:
+        time.sleep(wait)
+
+
+def _trickle_raw(server: S3Server, files: list[Path], bucket: str, interval: float,
+                 link: int | None) -> list[float]:
+    """Each file put as it arrives (one every `interval`): seconds from arrival to stored."""
+    from ..ops.upload import Throttle
+
+    c = server.client()
+    throttle = Throttle(link)
+    latency = [0.0] * len(files)
+
+    def put(i: int, p: Path, arrived: float) -> None:
+        body = p.read_bytes()
+        throttle.take(len(body))
+        c.put_object(Bucket=bucket, Key=p.name, Body=body)
+        latency[i] = time.perf_counter() - arrived
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(WORKERS) as ex:
+        running = []
+        for i, p in enumerate(files):
+            _sleep_until(t0 + i * interval)
+            running.append(ex.submit(put, i, p, time.perf_counter()))
+        for fut in running:
+            fut.result()
+    return latency
+
+
+def _start_daemon(root: Path, cfg: Path, setup: Setup) -> tuple[subprocess.Popen, socket.socket]:
+    """`dispersiond run` in a subprocess at the setup's niceness, once it said READY=1."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(root / "notify.sock"))
+    sock.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(root / "notify.sock"), _KEY_ENV: "bench",
+           _SECRET_ENV: "bench", "AWS_EC2_METADATA_DISABLED": "true"}
+    nice = setup.nice
+    with open(root / "daemon.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    try:
+        while b"READY=1" not in sock.recv(4096):
+            pass
+    except BaseException:
+        _stop_daemon(proc, sock)
+        raise
+    return proc, sock
+
+
+def _stop_daemon(proc: subprocess.Popen, sock: socket.socket) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    sock.close()
+
+
+def _trickle_pipeline(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
+                      setup: Setup, interval: float
+                      ) -> tuple[list[float], int, tuple[int | None, float | None]]:
+    """Files dropped into the daemon's inbox one every `interval`: each one's seconds from
+    the drop to `done` (as the daemon recorded it), S3 requests, and the daemon's peak RSS
+    and CPU seconds in the run."""
+    cfg = _daemon_config(root, server, pub, prv, setup)
+    proc, sock = _start_daemon(root, cfg, setup)
+    inbox, db = root / "inbox", root / "state" / "state.db"
+    dropped: dict[str, float] = {}
+    try:
+        time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
+        before = server.requests()
+        cpu0 = cpu_seconds(proc.pid)
+        t0 = time.perf_counter()
+        for i, p in enumerate(files):
+            _sleep_until(t0 + i * interval)
+            dropped[p.name] = time.time()
+            os.link(p, inbox / p.name)
+        while peek_done(db) < len(files):
+            if proc.poll() is not None:
+                raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
+                                       f"{root / 'daemon.log'}")
+            time.sleep(0.05)
+        requests = server.requests() - before
+        used = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
+        done = peek_done_times(db)
+    finally:
+        _stop_daemon(proc, sock)
+    return [done[name] - at for name, at in dropped.items()], requests, used
+
+
+def _latency(xs: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(xs) * 1000, 1),
+            "max_ms": round(max(xs) * 1000, 1)}
+
+
+def bench_trickle(server: S3Server, work: Path, interval: float, duration: float, size: int,
+                  runs: int, setup: Setup = Setup()) -> dict[str, Any]:
+    """One record every `interval` for `duration`, through the daemon and as plain puts."""
+    from ..pack import PackPolicy
+
+    n = max(1, int(round(duration / interval)))
+    c = server.client()
+    raw_lat: list[float] = []
+    pipe_lat: list[float] = []
+    raw_req, pipe_req, peaks, raw_cpu, pipe_cpu = [], [], [], [], []
+    for r in range(runs):
+        src = _make_files(work / f"trickle-src-{r}", n, size, setup.content)
+        bucket, pub, prv = (f"{what}-trickle-{r}" for what in ("raw", "pub", "prv"))
+        for b in (bucket, pub, prv):
+            c.create_bucket(Bucket=b)
+
+        def raw() -> None:
+            before, cpu0 = server.requests(), cpu_seconds()
+            raw_lat.extend(_trickle_raw(server, src, bucket, interval, setup.link))
+            raw_cpu.append(cpu_seconds() - cpu0)  # type: ignore[operator]
+            raw_req.append(server.requests() - before)
+            _empty(c, bucket)
+
+        def pipe() -> None:
+            lat, req, (rss, cpu) = _trickle_pipeline(server, src, work / f"trickle-daemon-{r}",
+                                                     pub, prv, setup, interval)
+            pipe_lat.extend(lat)
+            pipe_req.append(req)
+            peaks.append(rss)
+            pipe_cpu.append(cpu)
+            for b in (pub, prv):
+                _empty(c, b)
+
+        for side in ((raw, pipe) if r % 2 == 0 else (pipe, raw)):
+            side()
+        shutil.rmtree(work / f"trickle-src-{r}", ignore_errors=True)
+        shutil.rmtree(work / f"trickle-daemon-{r}", ignore_errors=True)
+    max_wait = PackPolicy().max_wait  # the bench's daemon runs with the default pack policy
+    return {
+        "trickle": {"interval_s": interval, "duration_s": duration, "max_wait_s": max_wait,
+                    "target_ms": (max_wait + 2) * 1000},
+        "files": n, "size": size, "runs": runs, "link": setup.link, "daemon_nice": setup.nice,
+        "digest": setup.digest, "content": setup.content, "compression": setup.compression,
+        "raw": {"latency": _latency(raw_lat),
+                "requests_per_file": round(statistics.median(raw_req) / n, 2)},
+        "pipeline": {"latency": _latency(pipe_lat),
+                     "requests_per_file": round(statistics.median(pipe_req) / n, 2)},
+        "daemon_peak_rss_mib": _mib(max((x for x in peaks if x is not None), default=None)),
+        "cpu_seconds": {"raw": _median(raw_cpu), "pipeline": _median(pipe_cpu)},
+    }
+
+
+def run_trickle(interval: float, duration: float, size: int, runs: int,
+                setup: Setup = Setup()) -> dict[str, Any]:
+    """The trickle on its own local S3 server."""
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    with tempfile.TemporaryDirectory(prefix="dispersiond-bench-") as tmp:
+        server = S3Server(Path(tmp))
+        try:
+            return bench_trickle(server, Path(tmp), interval, duration, size, runs, setup)
+        finally:
+            server.stop()

@@ -6,6 +6,8 @@ the file's description (sizes, erasure parameters, a time-limited read link, len
 and digest for every public object, the original's digest) are sealed to the
 recipient and signed by this device (bundle.py). The master key never leaves the
 device: the bundle holds only the one file's secret, re-wrapped under the share key.
+A link never points at a pack: a packed member is linked through a standalone copy
+made for the bundle's lifetime (copies.py).
 """
 from __future__ import annotations
 
@@ -84,8 +86,6 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
     control says no (unknown recipient, unknown or unfinished file, bad expiry), and
     "share-failed" when the stores could not provide what a bundle needs.
     """
-    from ..ops.restore import private_container
-
     def refuse(reason: str, fid: str | None = None) -> ShareRefused:
         _audit(v, "share-refused", fid, recipient=recipient, reason=reason, via=via)
         return ShareRefused(f"share refused: {reason}")
@@ -134,67 +134,35 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
         _audit(v, "share-failed", f.file_id, recipient=recipient, reason=reason, via=via)
         return ShareError(f"cannot share file {f.file_id}: {reason}")
 
-    now = int(time.time())
-    links, problems = _links(v, f, life)
-    need = f.k if f.public_mode == "erasure" else 1
-    if len(links) < need:
-        raise fail(f"only {len(links)} of the {need} public objects needed could be linked "
-                   f"({'; '.join(problems) or 'none recorded'})")
     if with_name and not _sendable_name(f.name):
         raise refuse(f"file {f.file_id}: its name has characters a recipient's system cannot "
                      "take (control characters, slashes or bytes that are not UTF-8): share "
                      "it without --with-name",
                      f.file_id)
-    share_key = os.urandom(se2.KEY_LEN)
     dest = out if out is not None else Path.cwd() / bundle_name(f.file_id, recipient)
     if dest.is_dir():
         dest = dest / bundle_name(f.file_id, recipient)
     if dest.exists() and not overwrite:
         raise ShareError(f"{dest} exists; choose another --out or pass --force")
-    with tempfile.TemporaryDirectory(prefix=".share-", dir=v.root / "work") as tmpd:
-        try:
-            container_path = private_container(v, f, Path(tmpd))
-        except DispersiondError as exc:
-            raise fail(str(exc)) from None
-        with open(container_path, "rb") as fh:
-            old_head = fh.read(se2.PRF_HEADER_LEN)
-            try:
-                new_head = se2.rewrap(old_head, v.key, share_key)
-            except (WrongKey, IntegrityError) as exc:
-                raise fail(f"its private container cannot be unwrapped: {exc}") from None
-            h = digests.new(f.digest_alg)
-            h.update(new_head)
-            prf_len = len(new_head)
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-                prf_len += len(block)
-            if prf_len != f.container_len:
-                raise fail("its private container has the wrong length")
-            payload = {
-                "v": PAYLOAD_VERSION, "scheme": f.scheme, "file": f.file_id,
-                "share_key": share_key.hex(), "size": f.size, "digest_alg": f.digest_alg,
-                "digest": f.digest, "puf_len": f.puf_len, "prf_len": prf_len,
-                "prf_digest": h.hexdigest(), "public": _public_params(f), "objects": links,
-                "created": now, "expires": now + int(life.total_seconds()),
-            }
-            if with_name:
-                payload["name"] = f.name
-            signer = device.load_or_create(v.root, v.key)
-            sealed = seal_signed(dumps(payload).encode(), rpk, signer)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            bh = hashlib.sha256()
-            with atomic_output(dest, overwrite=overwrite, mode=0o600) as w:
-                for part in (sealed, new_head):
-                    w.write(part)
-                    bh.update(part)
-                fh.seek(se2.PRF_HEADER_LEN)
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    w.write(block)
-                    bh.update(block)
-    res = ShareResult(dest, f.file_id, recipient, payload["expires"], len(links), bh.hexdigest(),
+    copies: list[tuple[str, str]] = []  # made for this bundle: dropped if it is not written
+    try:
+        with tempfile.TemporaryDirectory(prefix=".share-", dir=v.root / "work") as tmpd:
+            now = int(time.time())
+            links, problems = _links(v, f, life, Path(tmpd), copies)
+            need = f.k if f.public_mode == "erasure" else 1
+            if len(links) < need:
+                raise fail(f"only {len(links)} of the {need} public objects needed could be "
+                           f"linked ({'; '.join(problems) or 'none recorded'})")
+            payload, sha, signer = _write(v, f, dest, Path(tmpd), links, rpk, now, life,
+                                          with_name, overwrite, fail)
+    except BaseException:
+        v.db.drop_share_copies(copies)
+        raise
+    res = ShareResult(dest, f.file_id, recipient, payload["expires"], len(links), sha,
                       signer.fingerprint)
     _audit(v, "share", f.file_id, recipient=recipient, role=rcpt.role,
-           expires=_iso(res.expires), links=len(links), with_name=with_name, via=via,
+           expires=_iso(res.expires), links=len(links), copies=len(copies),
+           with_name=with_name, via=via,
            bundle_sha256=res.bundle_sha256, sender=signer.fingerprint,
            **({"override_reason": override} if override else {}))
     event(logging.INFO, "share bundle written", file_id=f.file_id, recipient=recipient,
@@ -222,34 +190,94 @@ def _audit(v, event_name: str, file_id: str | None, **detail) -> None:
     anchor(v)
 
 
+def _write(v, f, dest: Path, tmp: Path, links: list[dict], rpk: bytes, now: int,
+           life: timedelta, with_name: bool, overwrite: bool, fail) -> tuple[dict, str, object]:
+    """Re-wrap the private container under a fresh share key and write the signed bundle
+    (§6.2) atomically at `dest`; returns (payload, the bundle's SHA-256, the signer)."""
+    from ..ops.restore import private_container
+
+    share_key = os.urandom(se2.KEY_LEN)
+    try:
+        container_path = private_container(v, f, tmp)  # a packed one: fetched, unmasked, checked
+    except DispersiondError as exc:
+        raise fail(str(exc)) from None
+    with open(container_path, "rb") as fh:
+        old_head = fh.read(se2.PRF_HEADER_LEN)
+        try:
+            new_head = se2.rewrap(old_head, v.key, share_key)
+        except (WrongKey, IntegrityError) as exc:
+            raise fail(f"its private container cannot be unwrapped: {exc}") from None
+        h = digests.new(f.digest_alg)
+        h.update(new_head)
+        prf_len = len(new_head)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            prf_len += len(block)
+        if prf_len != f.container_len:
+            raise fail("its private container has the wrong length")
+        payload = {
+            "v": PAYLOAD_VERSION, "scheme": f.scheme, "file": f.file_id,
+            "share_key": share_key.hex(), "size": f.size, "digest_alg": f.digest_alg,
+            "digest": f.digest, "puf_len": f.puf_len, "prf_len": prf_len,
+            "prf_digest": h.hexdigest(), "public": _public_params(f), "objects": links,
+            "created": now, "expires": now + int(life.total_seconds()),
+        }
+        if with_name:
+            payload["name"] = f.name
+        signer = device.load_or_create(v.root, v.key)
+        sealed = seal_signed(dumps(payload).encode(), rpk, signer)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        bh = hashlib.sha256()
+        with atomic_output(dest, overwrite=overwrite, mode=0o600) as w:
+            for part in (sealed, new_head):
+                w.write(part)
+                bh.update(part)
+            fh.seek(se2.PRF_HEADER_LEN)
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                w.write(block)
+                bh.update(block)
+    return payload, bh.hexdigest(), signer
+
+
 def _public_params(f) -> dict:
     if f.public_mode == "erasure":
         return {"mode": "erasure", "k": f.k, "n": f.n, "block": f.block}
     return {"mode": "replicate"}
 
 
-def _links(v, f, life: timedelta) -> tuple[list[dict], list[str]]:
-    """A read link for every public object that is there now; problems for the others."""
+def _links(v, f, life: timedelta, tmp: Path,
+           copies: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
+    """A read link for every public object that is there now (a packed member's through
+    a standalone copy made for this bundle, appended to `copies`); problems for the others."""
     from backends import NotFound, StoreError
+
+    from .copies import copy_member, standalone
 
     links, problems = [], []
     for obj in v.db.objects(f.file_id, role="public", states=("uploaded",)):
         try:
             store = v.store(obj.store)
-            info = store.stat(obj.name)
-            if info.size != obj.object_size:
-                problems.append(f"{obj.store}: object has the wrong size (run verify/repair)")
-                continue
-            url = store.presign(obj.name, life)
+            if obj.packed:
+                target, url = copy_member(v, obj, life, tmp)
+                copies.append((target.store, target.name))
+            else:
+                target = standalone(obj)
+                info = store.stat(obj.name)
+                if info.size != obj.object_size:
+                    problems.append(f"{obj.store}: object has the wrong size (run verify/repair)")
+                    continue
+                url = store.presign(obj.name, life)
         except NotFound:
-            v.db.set_object_state(obj.id, "missing")
+            if not obj.packed:  # a missing pack is marked by the fetch, with every member
+                v.db.set_object_state(obj.id, "missing")
             problems.append(f"{obj.store}: object missing (run repair)")
             continue
-        except (StoreError, KeyError, ValueError) as exc:
+        except IntegrityError as exc:  # a damaged member: the fetch marked it corrupt
             problems.append(f"{obj.store}: {exc}")
             continue
-        links.append({"shard": obj.shard, "url": url, "offset": obj.offset,
-                      "length": obj.length, "size": obj.object_size, "digest": obj.digest})
+        except (StoreError, OSError, KeyError, ValueError) as exc:
+            problems.append(f"{obj.store}: {exc}")
+            continue
+        links.append({"shard": obj.shard, "url": url, "offset": target.offset,
+                      "length": target.length, "size": target.size, "digest": target.digest})
     return links, problems
-
-

@@ -18,17 +18,20 @@ from .model import (PROTECTED, STATES, TRANSITIONS, FileRow, FileState, IllegalT
                     ObjectRow, ObjectState, PackRow, check_transition)
 from .objects import ObjectsMixin
 from .packs import PACK_PLAN, PacksMixin, PlacedMember
+from .prune_rows import MovedMember, PruneMixin
 from .peek import peek, peek_counts, peek_done, peek_planned, read_status
 from .recovery import RecoveryMixin
 from .rekey_rows import RekeyMixin
 from .request_rows import RequestsMixin
+from .share_copies import ShareCopiesMixin, ShareCopy
 from .schema import SCHEMA_VERSION
 from .stores import StoresMixin
 from .trash import TrashMixin
 
 
 class StateDB(FilesMixin, ObjectsMixin, TrashMixin, BackupsMixin, RekeyMixin, AuditMixin,
-              StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin):
+              StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin, PruneMixin,
+              ShareCopiesMixin):
     """A thread-safe handle on the state database (one connection, one lock)."""
 
 
@@ -38,7 +41,7 @@ def dumps(obj: Any) -> str:
 
 
 __all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "ChainTip", "Conn",
-           "FileRow", "FileState", "IllegalTransition", "ObjectRow", "ObjectState", "PACK_PLAN",
-           "PackRow", "PlacedMember", "StateDB",
+           "FileRow", "FileState", "IllegalTransition", "MovedMember", "ObjectRow", "ObjectState",
+           "PACK_PLAN", "PackRow", "PlacedMember", "ShareCopy", "StateDB",
            "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_planned",
            "read_status"]

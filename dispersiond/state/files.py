@@ -18,6 +18,14 @@ FINISHABLE = (f"state='{S.COMMITTED.value}' AND backed_up=1 AND NOT EXISTS (SELE
 check_transition("-", S.COMMITTED, S.DONE)  # what FINISHABLE moves
 
 
+#: Ids per `IN (...)` list: well under SQLite's limit on bound values (999 before 3.32).
+CHUNK = 500
+
+
+def chunks(items: list, size: int = CHUNK) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def _in(states: Iterable[str]) -> tuple[str, tuple[str, ...]]:
     vals = tuple(FileState(s).value for s in states)
     return f"state IN ({', '.join('?' for _ in vals)})", vals
@@ -26,15 +34,21 @@ def _in(states: Iterable[str]) -> tuple[str, tuple[str, ...]]:
 class FilesMixin(Database):
     def add_file(self, **fields: Any) -> None:
         """A new row; its state must be one a file may start in."""
-        fields["state"] = check_transition(fields["file_id"], None, fields["state"]).value
+        self.add_files([fields])
+
+    def add_files(self, rows: list[dict[str, Any]]) -> None:
+        """New rows (each as `add_file` takes it, all with the same columns), in one
+        transaction: a batch is admitted with one fsync."""
         now = time.time()
-        fields.setdefault("created", now)
-        fields.setdefault("updated", now)
-        fields = file_columns(fields)
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
+        cols = [file_columns({"created": now, "updated": now, **r, "state": check_transition(
+            r["file_id"], None, r["state"]).value}) for r in rows]
+        if not cols:
+            return
+        names = ", ".join(cols[0])
+        marks = ", ".join("?" for _ in cols[0])
         with self.tx() as db:
-            db.execute(f"INSERT INTO files ({cols}) VALUES ({marks})", tuple(fields.values()))
+            db.executemany(f"INSERT INTO files ({names}) VALUES ({marks})",
+                           [tuple(c.values()) for c in cols])
 
     def update_file(self, file_id: str, db: Conn | None = None, **fields: Any) -> None:
         """Change a file's other fields; its state changes only through `set_state`."""
@@ -44,6 +58,15 @@ class FilesMixin(Database):
         sets = ", ".join(f"{k}=?" for k in fields)
         with self._writing(db) as conn:
             conn.execute(f"UPDATE files SET {sets} WHERE file_id=?", (*fields.values(), file_id))
+
+    def set_sources(self, items: Iterable[tuple[str, str]]) -> None:
+        """Where each of many originals now is (file_id, path), in one transaction."""
+        now = time.time()
+        with self.tx() as conn:
+            for fid, source in items:
+                fields = file_columns({"source": source, "updated": now})
+                sets = ", ".join(f"{k}=?" for k in fields)
+                conn.execute(f"UPDATE files SET {sets} WHERE file_id=?", (*fields.values(), fid))
 
     def set_state(self, file_id: str, new: FileState, db: Conn | None = None,
                   **fields: Any) -> None:
@@ -132,6 +155,17 @@ class FilesMixin(Database):
     def file(self, file_id: str) -> FileRow | None:
         rows = self.query("SELECT * FROM files WHERE file_id=?", (file_id,))
         return FileRow.from_db(rows[0]) if rows else None
+
+    def files_by_id(self, file_ids: Iterable[str]) -> dict[str, FileRow]:
+        """Many files by id in a few reads (a batch): id -> row for those that exist, in
+        the order asked."""
+        ids = list(file_ids)
+        found: dict[str, FileRow] = {}
+        for part in chunks(ids):
+            marks = ", ".join("?" for _ in part)
+            for r in self.query(f"SELECT * FROM files WHERE file_id IN ({marks})", tuple(part)):
+                found[r["file_id"]] = FileRow.from_db(r)
+        return {fid: found[fid] for fid in ids if fid in found}
 
     def files(self, where: str = "1", args: tuple = ()) -> list[FileRow]:
         return [FileRow.from_db(r) for r in

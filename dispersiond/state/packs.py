@@ -41,19 +41,24 @@ class PacksMixin(Database):
             conn.execute("DELETE FROM planned WHERE store=? AND name=?", (store, name))
             self.trash_many([(store, name)], conn)  # TrashMixin
 
+    def add_packs(self, conn: Conn, packs: Iterable[PackRow]) -> None:
+        """Rows of packs that landed (in the caller's transaction, with their members)."""
+        conn.executemany("INSERT INTO packs (store, name, kind, size, digest, digest_alg, "
+                         "body_len, members, created, state, checked) VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(p.store, p.name, p.kind, p.size, p.digest, p.digest_alg,
+                           p.body_len, p.members, p.created, p.state, p.checked)
+                          for p in packs])
+
     def commit_pack(self, pack: PackRow, placed: Iterable[PlacedMember],
                     release: Iterable[tuple[str, str]] = ()) -> None:
         """The pack landed: its row, and every member re-pointed at it, in one transaction
-        (the members' old planned names were never uploaded). `release`: packs the members
-        came from (repair), trashed in the same transaction once no member points into them."""
+        (the members' old planned names were never uploaded). `release`: the packs the
+        members came from (repair, rotation), trashed in the same transaction once no
+        member points into them."""
         now = time.time()
         with self.tx() as conn:
-            conn.execute("INSERT INTO packs (store, name, kind, size, digest, digest_alg, "
-                         "body_len, members, created, state, checked) VALUES "
-                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (pack.store, pack.name, pack.kind, pack.size, pack.digest,
-                          pack.digest_alg, pack.body_len, pack.members, pack.created,
-                          pack.state, pack.checked))
+            self.add_packs(conn, [pack])
             conn.executemany(
                 "UPDATE objects SET name=?, offset=?, length=?, object_size=?, digest=?, "
                 "pack_digest=?, state=?, checked=? WHERE id=?",

@@ -43,6 +43,18 @@ def peek_done(db_path: Path, timeout: float = 5.0) -> int:
     return peek_counts(db_path, timeout)[FileState.DONE.value]
 
 
+def peek_done_times(db_path: Path, timeout: float = 5.0) -> dict[str, float]:
+    """When each done file became done (its row's last change, time.time()), by original
+    name: a benchmark's per-record latency. Empty while the database is not there."""
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True,
+                                     timeout=timeout)) as db:
+            return dict(db.execute("SELECT name, updated FROM files WHERE state=?",
+                                   (FileState.DONE.value,)).fetchall())
+    except sqlite3.Error:
+        return {}
+
+
 def peek_planned(db_path: Path, timeout: float = 5.0) -> int:
     """How many upload names are planned (early uploads under way)."""
     return peek(db_path, "SELECT COUNT(*) FROM planned", timeout)

@@ -1,8 +1,8 @@
 """The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3.
 
-Tables added without changing an existing one (`requests`) need no version step: the
-CREATE TABLE IF NOT EXISTS below adds them to an older database when it is opened, and
-a build that does not know them leaves them alone.
+Tables added without changing an existing one (`requests`, `sweep_seen`, `pack_release`,
+`share_copies`) need no version step: the CREATE TABLE IF NOT EXISTS below adds them to an
+older database when it is opened, and a build that does not know them leaves them alone.
 """
 from __future__ import annotations
 
@@ -160,6 +160,25 @@ CREATE TABLE IF NOT EXISTS requests (       -- consent requests from recipients 
     state    TEXT NOT NULL,                 -- pending | approved | denied
     decided  REAL,
     outcome  TEXT                           -- JSON: the bundles written, or the owner's note
+);
+CREATE TABLE IF NOT EXISTS sweep_seen (     -- a name on a store the state does not know:
+    store      TEXT NOT NULL,               -- when the sweep first saw it (prune deletes it,
+    name       TEXT NOT NULL,               -- if it is a pack of ours, sweep_grace later)
+    first_seen REAL NOT NULL,
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS pack_release (   -- a pack no row points into any more: deleted
+    store TEXT NOT NULL,                    -- once a manifest backup newer than `seq` (the
+    name  TEXT NOT NULL,                    -- newest when it was found empty) has landed
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS share_copies (   -- standalone copies of packed members behind a
+    store   TEXT NOT NULL,                  -- share's links (docs/FORMAT.md section 6.6)
+    name    TEXT NOT NULL,
+    file_id TEXT NOT NULL,                  -- no foreign key: a forgotten file's copies
+    expires REAL NOT NULL,                  -- still go once their links have expired
+    PRIMARY KEY (store, name)
 );
 CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
     id     INTEGER PRIMARY KEY CHECK (id = 1),

@@ -6,6 +6,7 @@ import time
 from typing import Iterable
 
 from .db import Conn, Database
+from .files import chunks
 
 
 class TrashMixin(Database):
@@ -48,6 +49,16 @@ class TrashMixin(Database):
             self.trash_many([(r[0], r[1]) for r in rows], conn)
             conn.execute(f"DELETE FROM planned WHERE {where}", args)
         return len(rows)
+
+    def abandon_planned_of(self, file_ids: Iterable[str]) -> int:
+        """`abandon_planned` for each of many files (a batch): one read when none has any."""
+        found = 0
+        for part in chunks(list(file_ids)):
+            marks = ", ".join("?" for _ in part)
+            if self.query(f"SELECT 1 FROM planned WHERE file_id IN ({marks}) LIMIT 1",
+                          tuple(part)):
+                found += sum(self.abandon_planned(fid) for fid in part)
+        return found
 
     def drop_planned(self, file_id: str, db: Conn) -> None:
         """The planned names became object rows (the encode committed)."""

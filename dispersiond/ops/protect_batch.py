@@ -1,0 +1,142 @@
+"""`put` of many files on the daemon's engine: batches, not one file after another.
+
+A batch of admitted files is encoded in parallel (a small pool; large files one at a
+time beside it, with their early or direct uploads), every pending object of the batch
+is sent at once (`send_objects`: the small fragments share one pack per store and kind),
+the files are committed in one transaction and finished after one manifest backup. Each
+step is the one the single-file path (`protect.resume`) and the daemon use, and each is
+recorded, so a crash anywhere leaves files that `put --resume` (or the daemon) finishes,
+none lost and none twice.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+from ..archive import Archive, Progress
+from ..errors import DispersiondError
+from ..state import FileRow, FileState
+from .encode import BATCH_FILE_MAX, EARLY_UPLOAD_MIN, batches
+from .finalize import finish
+from .packing import send_objects
+from .protect import commit_many, encode, encode_early, encode_many, upload_failed
+from .upload import Throttle
+
+#: A batch: at most this many files and bytes of originals. Its staged copies wait on the
+#: device until its uploads, and each batch costs one manifest backup and one pack per
+#: store and kind (more once a pack reaches pack.pack_size).
+BATCH_FILES = 1000
+BATCH_BYTES = 128 << 20
+#: Encodes at once: small files in chunks (`encode_many`: one durability barrier and one
+#: transaction a chunk), medium ones alone. Their cost is mostly fsyncs and file creation,
+#: which overlap (the journal commits them together) while the CPU is free; in flight at
+#: most ENCODERS chunks (8 MiB) or medium files (below EARLY_UPLOAD_MIN), plus the one
+#: large file encoded beside them.
+ENCODERS = 4
+
+
+@dataclass
+class BatchResult:
+    """What became of a batch's files: the state each is in now, an error for each that
+    is not protected (it stays for a resume), what the finish step handled (bundles)."""
+
+    states: dict[str, FileState] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    handled: dict[str, dict] = field(default_factory=dict)
+
+
+def protect_batch(v: Archive, rows: dict[str, FileRow], throttle: Throttle,
+                  progress: Progress | None = None,
+                  grant_errors: list[str] | None = None) -> BatchResult:
+    """Every remaining step for a batch of admitted files (`rows`: claimed, encoded or
+    committed, as read before): encode, upload, commit, one manifest backup, finish.
+    One bad file never stops the others: its error is in the result, its state kept."""
+    res = BatchResult()
+    claimed = [(fid, f.size) for fid, f in rows.items() if f.state == FileState.CLAIMED]
+    for fid, exc in encode_all(v, claimed, throttle, progress).items():
+        if exc is not None:
+            res.errors[fid] = encode_error(exc)
+    live = [fid for fid in rows if fid not in res.errors]
+    wanted = set(live)
+    pending = [o for o in v.db.upload_queue() if o.file_id in wanted]
+    failures = send_objects(v, pending, throttle, progress)
+    now = v.db.files_by_id(live)  # as encoded: what commit_many needs of each
+    commit_many(v, list(now.values()))
+    first: dict[str, Exception] = {}
+    for store, exc in failures:
+        first.setdefault(store, exc)
+    short: dict[str, set[str]] = {}  # file -> the stores it still lacks a copy on
+    for o in v.db.upload_queue():
+        if o.file_id in wanted:
+            short.setdefault(o.file_id, set()).add(o.store)
+    for fid, stores in short.items():
+        try:
+            upload_failed(v, fid, rows[fid].attempts, v.db.file(fid).state, [
+                (s, first.get(s) or DispersiondError("not sent")) for s in sorted(stores)])
+        except DispersiondError as exc:
+            res.errors[fid] = str(exc)
+    protected = [fid for fid in live if fid not in res.errors]
+    if protected:  # as the daemon after its uploads: backup, grants, done
+        res.handled = finish(v, protected, grant_errors=grant_errors)
+    for fid, f in rows.items():
+        h = res.handled.get(fid)
+        if h is not None:  # committed, and perhaps done now
+            res.states[fid] = FileState.DONE if h["done"] else FileState.COMMITTED
+        else:  # as it was encoded (or, if its encode failed, as it was)
+            res.states[fid] = now[fid].state if fid in now else f.state
+    return res
+
+
+def encode_error(exc: BaseException) -> str:
+    """One file's encode failure, as the user reads it (its state is kept: claimed)."""
+    if isinstance(exc, DispersiondError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}; nothing of it was protected"
+    return f"encoding failed ({type(exc).__name__}: {exc}); nothing of it was protected"
+
+
+def encode_all(v: Archive, claimed: list[tuple[str, int]], throttle: Throttle,
+               progress: Progress | None = None) -> dict[str, BaseException | None]:
+    """Encode claimed files: on the pool the small ones in chunks and the medium ones one
+    each, the large ones one at a time in this thread (their uploads start while they are
+    encoded). Per file: None, or the error that stopped it."""
+    small = [(fid, s) for fid, s in claimed if s < BATCH_FILE_MAX]
+    medium = [fid for fid, s in claimed if BATCH_FILE_MAX <= s < EARLY_UPLOAD_MIN]
+    large = [fid for fid, s in claimed if s >= EARLY_UPLOAD_MIN]
+    sizes = dict(claimed)
+    out: dict[str, BaseException | None] = {}
+    with ThreadPoolExecutor(ENCODERS, thread_name_prefix="put-encode") as pool:
+        chunks = [pool.submit(encode_chunk, v, chunk, sizes, progress)
+                  for chunk in batches(small)]
+        alone = {fid: pool.submit(_outcome, partial(encode, v, fid, progress))
+                 for fid in medium}
+        for fid in large:
+            out[fid] = _outcome(partial(encode_early, v, fid, throttle, progress))
+        for fut in chunks:
+            out.update(fut.result())
+        out.update((fid, fut.result()) for fid, fut in alone.items())
+    return out
+
+
+def encode_chunk(v: Archive, fids: list[str], sizes: dict[str, int],
+                 progress: Progress | None = None) -> dict[str, BaseException | None]:
+    """Small files encoded as one chunk (one barrier, one transaction); per file: None or
+    its error. A failure of the chunk itself (its barrier or transaction) is each file's."""
+    try:
+        out = encode_many(v, fids)
+    except Exception as exc:  # noqa: BLE001 - nothing of the chunk was recorded
+        return {fid: exc for fid in fids}
+    if progress:
+        progress(sum(sizes[fid] for fid, exc in out.items() if exc is None))
+    return out
+
+
+def _outcome(step: Callable[[], None]) -> BaseException | None:
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - this file's own outcome; the others go on
+        return exc
+    return None
