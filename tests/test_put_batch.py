@@ -28,6 +28,7 @@ from dsp import ROOT, cli, cli_json, local_config, real_files
 from backends import open_store
 from dispersiond.commands.put import walk
 from dispersiond.config import load_config
+from dispersiond.ops.protect_batch import put_batches
 
 BAD = b"bad\xff.dcm"  # not valid UTF-8
 
@@ -96,6 +97,16 @@ def test_walk_takes_regular_files_in_name_order_and_skips_the_rest(tmp_path):
     assert {os.fsdecode(os.fsencode(p.name)) for p in got} == set(originals)
     assert len(got) == len(originals)  # no symlink, no FIFO, nothing of the state dir
     assert all(not p.is_symlink() for p in got)
+
+
+def test_put_batches_keep_the_order_and_both_bounds():
+    sizes = [("a", 10), ("b", 10), ("c", 10), ("d", 100), ("e", 1), ("f", 1), ("g", 1)]
+    assert put_batches(sizes, files=3, size=50) == [["a", "b", "c"], ["d"], ["e", "f", "g"]]
+    assert put_batches(sizes, files=2, size=1000) == [["a", "b"], ["c", "d"], ["e", "f"],
+                                                      ["g"]]
+    assert put_batches(sizes, files=10, size=25) == [["a", "b"], ["c"], ["d"],
+                                                     ["e", "f", "g"]]
+    assert put_batches([], files=3, size=50) == []
 
 
 # ------------------------------------------------------------------ a folder, end to end

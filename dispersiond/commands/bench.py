@@ -336,5 +336,6 @@ def _print_shape(r: dict) -> None:
 def _print_cpu(r: dict) -> None:
     cpu = r.get("cpu_seconds") or {}
     if cpu.get("raw") is not None and cpu.get("pipeline") is not None:
+        ours = "put" if r.get("mode") == "put" else "daemon"
         print(f"  CPU seconds (user + system; the S3 server's not counted): boto3 side "
-              f"{cpu['raw']:.2f}, daemon {cpu['pipeline']:.2f}")
+              f"{cpu['raw']:.2f}, {ours} {cpu['pipeline']:.2f}")

@@ -10,7 +10,7 @@ from ..archive import open_archive
 from ..display import json_fields, shown
 from ..errors import DispersiondError
 from ..ops.protect import abandon_planned, admit_many, transfer_bytes
-from ..ops.protect_batch import BATCH_BYTES, BATCH_FILES, batches, protect_batch
+from ..ops.protect_batch import BATCH_FILES, protect_batch, put_batches
 from ..ops.upload import Throttle
 from ..state import FileState
 from ._common import add_config, add_json, config, emit_json, transfer_progress
@@ -105,8 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         label = shown(rows[todo[0]].name) if len(todo) == 1 else f"{len(todo)} files"
         throttle = Throttle(v.cfg.schedule.bandwidth())
         with transfer_progress(label, total, not args.json) as adv:
-            for batch in batches([(fid, rows[fid].size) for fid in todo], BATCH_FILES,
-                                 BATCH_BYTES):
+            for batch in put_batches((fid, rows[fid].size) for fid in todo):
                 res = protect_batch(v, {fid: rows[fid] for fid in batch}, throttle, adv,
                                     grant_errors)
                 for fid in batch:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..archive import Archive, Progress
 from ..errors import DispersiondError
@@ -35,6 +35,22 @@ BATCH_BYTES = 128 << 20
 #: most ENCODERS chunks (8 MiB) or medium files (below EARLY_UPLOAD_MIN), plus the one
 #: large file encoded beside them.
 ENCODERS = 4
+
+
+def put_batches(sizes: Iterable[tuple[str, int]], files: int = BATCH_FILES,
+                size: int = BATCH_BYTES) -> list[list[str]]:
+    """Cut (file_id, size) pairs, in their order, into batches of at most `files` files
+    and `size` bytes, whatever each file's size (a file larger than `size` is a batch of
+    its own). Pure."""
+    out: list[list[str]] = []
+    held = 0
+    for fid, n in sizes:
+        if not out or len(out[-1]) >= files or (held + n > size and out[-1]):
+            out.append([])
+            held = 0
+        out[-1].append(fid)
+        held += n
+    return out
 
 
 @dataclass
@@ -109,7 +125,7 @@ def encode_all(v: Archive, claimed: list[tuple[str, int]], throttle: Throttle,
     sizes = dict(claimed)
     out: dict[str, BaseException | None] = {}
     with ThreadPoolExecutor(ENCODERS, thread_name_prefix="put-encode") as pool:
-        chunks = [pool.submit(encode_chunk, v, chunk, sizes, progress)
+        chunks = [pool.submit(encode_chunk, v, [fid for fid, _ in chunk], sizes, progress)
                   for chunk in batches(small)]
         alone = {fid: pool.submit(_outcome, partial(encode, v, fid, progress))
                  for fid in medium}

@@ -253,10 +253,11 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
                 raise DispersiondError(f"the daemon exited ({proc.returncode}); see "
                                        f"{root / 'daemon.log'}")
             time.sleep(0.01)
-        DAEMON_USED[root] = (peak_rss(proc.pid), _less(cpu_seconds(proc.pid), cpu0))
+        used = _less(cpu_seconds(proc.pid), cpu0)
+        DAEMON_USED[root] = (peak_rss(proc.pid), used)
         took = time.perf_counter() - t0
-        if cpu is not None:
-            cpu.append(_less(cpu_seconds(proc.pid), cpu0) or 0.0)
+        if cpu is not None and used is not None:
+            cpu.append(used)
         requests = server.requests() - before if server else 0
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -281,10 +282,12 @@ def _put(server: S3Server, files: list[Path], root: Path, pub: str, prv: str,
     os.environ.update({_KEY_ENV: "bench", _SECRET_ENV: "bench"})
     out = io.StringIO()
     before = server.requests()
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out):
         code = main(["-c", str(cfg), "put", "--json", *map(str, files)])
     took = time.perf_counter() - t0
+    DAEMON_USED[root] = (None, _less(cpu_seconds(), cpu0))  # put runs in this process
     requests = server.requests() - before
     states = {f["state"] for f in json.loads(out.getvalue())["files"]} if not code else set()
     if code or states != {"done"}:
