@@ -13,13 +13,13 @@ import pytest
 from dispersiond import manifest
 from dispersiond.archive import open_archive
 from dispersiond.config import load_config
-from dispersiond.ops import packread, protect
-from dispersiond.ops.packing import send_objects
+from dispersiond.ops import packread
 from dispersiond.ops.packread import PackWindows
 from dispersiond.ops.restore import first_choices, restore_many
 from dispersiond.pack import Span, plan_spans
 from dispersiond.traffic import TRAFFIC
 from dsp import cli, cli_json, local_config, write_config
+from packed import archive, protect_together
 
 
 def records(folder: Path, n: int) -> list[Path]:
@@ -33,16 +33,9 @@ def records(folder: Path, n: int) -> list[Path]:
 
 
 def protect_batch(cfg: Path, paths: list[Path]) -> list[str]:
-    """Protect `paths` in one batch, as the batched pipeline does: encode each, then send
-    every pending object at once, so the small fragments share one pack per store."""
-    with open_archive(load_config(cfg), exclusive=True) as v:
-        ids = [protect.admit(v, p) for p in paths]
-        for fid in ids:
-            protect.encode(v, fid)
-        assert send_objects(v, v.db.objects(None, states=("pending",))) == []
-        protect.commit_many(v, [v.db.file(fid) for fid in ids])
-        protect.finish(v, ids)
-        return ids
+    """`paths` protected together: their small fragments share one pack per store."""
+    with archive(cfg) as v:
+        return protect_together(v, paths)
 
 
 def gets() -> dict[str, int]:

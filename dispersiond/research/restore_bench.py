@@ -4,11 +4,11 @@ records stored one object per file on the same server in the same run (the floor
 that keeps one object per file pays).
 
 Run: `python -m dispersiond.research.restore_bench [N] [SIZE_BYTES] [RUNS] [JOBS]`.
-The records are protected once, all in one batch (replicate mode, one public bucket,
-one private bucket): small ones go into packs as the batched pipeline stores them, one
-pack per store per `pack_size`. The originals are also uploaded, one object per file,
-to a third bucket. Each run then times `restore --all --jobs JOBS` (N > 1) or `restore
-ID` (N = 1), in this process, through the CLI's entry point (config, archive, its S3
+The records are protected once by one `put` (replicate mode, one public bucket, one
+private bucket): one batch, so the small ones share packs, one per store per
+`pack_size`. The originals are also uploaded, one object per file, to a third bucket.
+Each run then times `restore --all --jobs JOBS` (N > 1) or `restore ID` (N = 1), in
+this process, through the CLI's entry point (config, archive, its S3
 client, every digest checked, decode, fsync, rename), and the baseline (list the bucket,
 GET every object with JOBS threads, write it to a file) twice: with a client made
 before the clock starts, and with a fresh boto3 session's client made inside it, as
@@ -45,23 +45,11 @@ def _cli(*argv: str) -> str:
 
 
 def _protect(cfg: str, files: list[Path]) -> list[str]:
-    """Protect `files` as one batch: encode each, then send every pending object at once
-    (the small ones packed), commit, back the manifest up."""
-    from ..archive import open_archive
-    from ..config import load_config
-    from ..ops import protect
-    from ..ops.packing import send_objects
-
-    with open_archive(load_config(Path(cfg)), exclusive=True) as v:
-        ids = [protect.admit(v, p) for p in files]
-        for fid in ids:
-            protect.encode(v, fid)
-        failures = send_objects(v, v.db.objects(None, states=("pending",)))
-        if failures:
-            raise SystemExit(f"protecting the records failed: {failures[0][1]}")
-        protect.commit_many(v, [v.db.file(fid) for fid in ids])
-        protect.finish(v, ids)
-        return ids
+    """`put` of every file at once: one batch, the small fragments sharing packs."""
+    res = json.loads(_cli("-c", cfg, "put", "--json", *map(str, files)))
+    if res["errors"]:
+        raise SystemExit(f"protecting the records failed: {res['errors'][0]}")
+    return [f["file_id"] for f in res["files"]]
 
 
 def _upload_raw(server: S3Server, bucket: str, files: list[Path], workers: int) -> None:

@@ -72,16 +72,10 @@ class ObjectsMixin(Database):
         return out
 
     def objects_grouped(self, file_ids: Iterable[str]) -> dict[str, list[ObjectRow]]:
-        """The objects of many files, grouped by file (in `objects`' order): a few queries
-        for a bulk restore's plan, however large the archive."""
-        ids, out = list(file_ids), {}
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            for r in self.query(
-                    "SELECT o.*, f.digest_alg FROM objects o JOIN files f ON f.file_id=o.file_id "
-                    f"WHERE o.file_id IN ({','.join('?' * len(part))}) "
-                    "ORDER BY o.file_id, o.role, o.shard, o.id", tuple(part)):
-                out.setdefault(r["file_id"], []).append(ObjectRow(**dict(r)))
+        """`objects_of`, grouped by file: a bulk restore's plan."""
+        out: dict[str, list[ObjectRow]] = {}
+        for o in self.objects_of(file_ids):
+            out.setdefault(o.file_id, []).append(o)
         return out
 
     def upload_queue(self) -> list[ObjectRow]:
