@@ -241,10 +241,10 @@ def test_finish_records_a_failing_after_policy_and_finalizes_the_files_before_it
     with memory_archive(tmp_path) as v:
         a, b = (protect_file(v, p) for p in real_files()[:2])
 
-        def after(f):
-            if f.file_id == b:
-                raise PermissionError(13, "Permission denied")
-            return "kept"
+        def after(files):  # the after-policy of a batch: outcomes, and what failed
+            ok = {f.file_id: "kept" for f in files if f.file_id != b}
+            return ok, [(f, PermissionError(13, "Permission denied"))
+                        for f in files if f.file_id == b]
 
         with pytest.raises(AfterPolicyFailed) as failed:
             finish(v, [a, b], after=after)
@@ -252,8 +252,8 @@ def test_finish_records_a_failing_after_policy_and_finalizes_the_files_before_it
         assert v.db.file(a).state == FileState.DONE
         assert v.db.file(b).state == FileState.COMMITTED
         assert "after-policy failed" in v.db.file(b).error
-        assert finish(v, [b], after=lambda f: "kept") == {b: {"bundles": [], "original": "kept",
-                                                              "done": True}}
+        assert finish(v, [b], after=lambda fs: ({f.file_id: "kept" for f in fs}, [])) == {
+            b: {"bundles": [], "original": "kept", "done": True}}
 
 
 def test_finish_keeps_the_stage_of_an_upload_still_pending(tmp_path):
