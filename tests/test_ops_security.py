@@ -27,7 +27,7 @@ def _claimed_and_kept(v, src: Path) -> str:
     shutil.copyfile(src, claimed)
     fid = admit(v, claimed, name=src.name)
     resume(v, fid)
-    finish(v, [fid], after=lambda f: inbox.apply_after(v, f))
+    finish(v, [fid], after=lambda files: inbox.apply_after_many(v, files))
     f = v.db.file(fid)
     assert f.state == FileState.DONE and Path(f.source).parent == v.root / "kept"
     return fid
