@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ from backends import StoreError
 from .. import digests
 from ..errors import IntegrityError
 from ..logs import event
-from ..pack import PackWriter
 from ..placement import new_object_name
 from ..state import ObjectRow, PackRow, PlacedMember
 from ..archive import Progress, Archive
+from .pack_files import write_pack
 from .upload import Throttle, Upload, send, send_all
 
 
@@ -107,28 +106,13 @@ def build(v: Archive, job: PackJob, name: str,
     and the staged file. `members` gives each member's bytes, checked (default: its staged
     copy; repair gives the rebuilt ones)."""
     read = members or (lambda obj: _member_bytes(v, obj))
-    pad = v.cfg.public.pad
-    w = PackWriter(v.key, name, kind=job.kind, digest_alg=job.digest_alg, pad=pad)
     path = _staged_pack(v, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    h = digests.new(job.digest_alg)
-    placed: list[PlacedMember] = []
-    with open(path, "wb") as out:
-        for obj in job.objs:
-            m = w.add(bytes.fromhex(obj.file_id), read(obj))
-            placed.append(PlacedMember(obj.id, m.offset, m.length, m.digest))
-            chunk = w.drain()
-            h.update(chunk)
-            out.write(chunk)
-        tail = w.close()
-        h.update(tail)
-        out.write(tail)
-    assert w.index is not None
-    row = PackRow(store=job.store, name=name, kind=job.kind, size=w.index.size,
-                  digest=h.hexdigest(), digest_alg=job.digest_alg, body_len=w.index.body_len,
-                  members=len(placed), created=time.time(), state="uploaded",
-                  checked=time.time())
-    return row, placed, path
+    built = write_pack(v.key, job.store, name, job.kind, job.digest_alg, v.cfg.public.pad,
+                       ((obj.file_id, read(obj)) for obj in job.objs), path)
+    placed = [PlacedMember(obj.id, m.offset, m.length, m.digest)
+              for obj, m in zip(job.objs, built.members)]
+    return built.row, placed, path
 
 
 def send_pack(v: Archive, job: PackJob, throttle: Throttle,
