@@ -53,9 +53,11 @@ class DaemonProc:
     """`dispersiond -c CFG --log-format json run` with its log in a file."""
 
     def __init__(self, cfg: Path, log: Path, env: dict[str, str] | None = None,
-                 unprivileged: bool = False) -> None:
+                 unprivileged: bool = False, preexec: Callable[[], None] | None = None) -> None:
+        """`preexec`: run in the child before exec (a umask, rlimits); `unprivileged`
+        drops the capability bounding set as the unit does."""
         self.cfg, self.log, self.env = cfg, log, env or {}
-        self.unprivileged = unprivileged
+        self.preexec = drop_privileges_like_the_unit if unprivileged else preexec
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> DaemonProc:
@@ -64,7 +66,7 @@ class DaemonProc:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dispersiond", "-c", str(self.cfg), "--log-format", "json",
                  "run"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=drop_privileges_like_the_unit if self.unprivileged else None)  # noqa: PLW1509
+                preexec_fn=self.preexec)  # noqa: PLW1509
         return self
 
     @property

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from daemonctl import DaemonProc, daemon_config, drop, status, wait_until
-from dsp import ROOT
 
 
 def mode(path: Path) -> int:
@@ -20,21 +17,11 @@ def umask_0() -> None:
     os.umask(0)
 
 
-class Umask0Daemon(DaemonProc):
-    def start(self) -> Umask0Daemon:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dispersiond", "-c", str(self.cfg), "--log-format",
-                 "json", "run"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=umask_0)  # noqa: PLW1509
-        return self
-
 
 def test_state_kept_and_quarantine_are_private_under_umask_0(tmp_path):
     cfg = daemon_config(tmp_path, after="keep")
     inbox = tmp_path / "inbox"
-    d = Umask0Daemon(cfg, tmp_path / "daemon.log").start()
+    d = DaemonProc(cfg, tmp_path / "daemon.log", preexec=umask_0).start()
     try:
         drop(inbox, "record.csv", b"a,b\n1,2\n")
         wait_until(lambda: status(cfg)["files"].get("done", 0) == 1, 60, "done", d)
@@ -49,7 +36,7 @@ def test_state_kept_and_quarantine_are_private_under_umask_0(tmp_path):
         db.close()
     finally:
         d.terminate()
-    d = Umask0Daemon(cfg, tmp_path / "daemon2.log").start()
+    d = DaemonProc(cfg, tmp_path / "daemon2.log", preexec=umask_0).start()
     try:
         wait_until(lambda: status(cfg)["files"].get("failed", 0) == 1, 60, "quarantined", d)
         db_files = [state / n for n in ("state.db", "state.db-wal", "state.db-shm")]

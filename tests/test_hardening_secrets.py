@@ -89,18 +89,6 @@ def test_the_passphrase_from_a_file_or_a_systemd_credential(tmp_path):
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-class CoreDaemon(DaemonProc):
-    """The daemon started with core files allowed, as a stock system would."""
-
-    def start(self) -> CoreDaemon:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dispersiond", "-c", str(self.cfg), "--log-format",
-                 "json", "run"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=cores_allowed)  # noqa: PLW1509
-        return self
-
 
 def test_the_daemon_runs_on_a_credential_file_without_core_dumps(tmp_path):
     cfg = passphrase_config(tmp_path, daemon=True)
@@ -108,7 +96,7 @@ def test_the_daemon_runs_on_a_credential_file_without_core_dumps(tmp_path):
     creds.mkdir()
     (creds / "passphrase").write_text(PHRASE)
     env = {"CREDENTIALS_DIRECTORY": str(creds)}
-    d = CoreDaemon(cfg, tmp_path / "daemon.log", env=env).start()
+    d = DaemonProc(cfg, tmp_path / "daemon.log", env=env, preexec=cores_allowed).start()
     try:
         drop(tmp_path / "inbox", "record.csv", b"a,b\n1,2\n")
         wait_until(lambda: status(cfg)["files"].get("done", 0) == 1, 60, "done", d)
