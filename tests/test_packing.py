@@ -234,3 +234,27 @@ def test_a_trickle_lingers_for_its_next_record_a_lone_record_does_not() -> None:
     fresh.objs.clear()
     fresh.add(_row(41), 3600.0)  # the next record an hour later: no lingering
     assert abs(fresh.due_in(pol, True, 3600.0) - LINGER) < 1e-9
+
+
+def test_the_spacing_survives_flushes_and_reloads_and_clumps() -> None:
+    pol = PackPolicy(max_wait="5s")
+    b = PackBuffer()
+    t = 100.0
+    for i in range(5):  # a trickle, 200 ms apart
+        b.add(_row(i), t)
+        t += 0.2
+    assert b.due_in(pol, True, t - 0.2) > 0.35  # lingers twice the spacing, not LINGER
+    b.objs.clear()  # flushed: the next record of the trickle still lingers
+    b.add(_row(10), t)
+    assert b.due_in(pol, True, t) > 0.35
+    rows = list(b.objs.values())
+    b.objs.clear()  # a queue reload re-adds what it knows, much later: it teaches nothing
+    for r in rows:
+        b.add(r, t + 3.0, fresh=False)
+    assert b.linger(pol) > 0.35
+    c = PackBuffer()
+    c.add(_row(20), 10.0)
+    for i in range(64):  # one encoded batch, one instant: one arrival, not 64 gaps of 0
+        c.add(_row(30 + i), 10.6)
+    c.add(_row(99), 11.2)
+    assert abs(c.spacing - 0.6) < 1e-9 and abs(c.linger(pol) - 1.2) < 1e-9

@@ -37,8 +37,12 @@ SendPack = Callable[[PackJob], None]
 #: How soon an object whose own upload failed (not its store) is looked at again.
 OBJECT_RETRY = 10.0
 #: With nothing more on the way, how long a pack buffer waits for one more member (at
-#: least; a trickle's buffer waits twice its records' spacing).
+#: least; a trickle's buffer waits twice its records' recent spacing).
 LINGER = 0.2
+#: The arrival spacing is a moving average: this weight for the newest gap, and no gap
+#: counted as longer than SPACING_CAP seconds.
+SPACING_WEIGHT = 0.3
+SPACING_CAP = 5.0
 
 
 class PackBuffer:
@@ -48,26 +52,41 @@ class PackBuffer:
         self.objs: collections.OrderedDict[int, ObjectRow] = collections.OrderedDict()
         self.since = 0.0  # monotonic: when the oldest waiting member arrived
         self.touched = 0.0  # ... and the newest
-        self.gap: float | None = None  # seconds between the last two arrivals
+        self.last = 0.0  # monotonic: the newest arrival of a new member, across flushes
+        self.spacing: float | None = None  # recent seconds between arrivals (averaged)
 
-    def add(self, obj: ObjectRow, now: float) -> None:
+    def add(self, obj: ObjectRow, now: float, fresh: bool = True) -> None:
+        """`fresh`: a member just encoded (its arrival teaches the buffer the spacing); a
+        reload re-adds known members with fresh=False and teaches nothing."""
         if not self.objs:
             self.since = now
-        if obj.id not in self.objs and self.touched:
-            self.gap = max(0.0, now - self.touched)
+        if fresh and obj.id not in self.objs:
+            self._arrived(now)
         self.objs[obj.id] = obj
         self.touched = max(self.touched, now)
+
+    def _arrived(self, now: float) -> None:
+        # Members of one encoded batch come in one call at one instant: that is one
+        # arrival. The spacing is averaged so that a trickle delivered in clumps (a batch,
+        # then a pause) keeps lingering; a gap longer than max_wait counts as max_wait, so
+        # an hour's silence is forgotten after a few records, not dozens.
+        if self.last and now > self.last + 1e-3:
+            gap = min(now - self.last, SPACING_CAP)
+            self.spacing = gap if self.spacing is None else (
+                SPACING_WEIGHT * gap + (1 - SPACING_WEIGHT) * self.spacing)
+        if now > self.last:
+            self.last = now
 
     def bytes(self) -> int:
         return sum(o.length for o in self.objs.values())
 
     def linger(self, policy: PackPolicy) -> float:
         """How long a quiet buffer waits for one more member: LINGER after a burst or a
-        lone record, twice the last gap for a trickle (records a few hundred ms apart
-        then share a pack, still within max_wait)."""
-        if self.gap is None or self.gap >= policy.max_wait / 2:
+        lone record, twice the recent spacing for a trickle (records a few hundred ms
+        apart then share a pack, still within max_wait)."""
+        if self.spacing is None or self.spacing >= policy.max_wait / 2:
             return LINGER
-        return max(LINGER, 2 * self.gap)
+        return max(LINGER, 2 * self.spacing)
 
     def due_in(self, policy: PackPolicy, quiet: bool, now: float) -> float | None:
         """Seconds until this buffer should be flushed (0: now); None when empty."""
@@ -136,13 +155,14 @@ class Uploader:
 
     # --- queues
 
-    def enqueue(self, objs: Iterable[ObjectRow], now: float | None = None) -> None:
+    def enqueue(self, objs: Iterable[ObjectRow], now: float | None = None,
+                fresh: bool = True) -> None:
         now = time.monotonic() if now is None else now
         for obj in objs:
             if obj.store not in self.queues or obj.id in self.in_flight:
                 continue
             if self.send_pack is not None and self.packable is not None and self.packable(obj):
-                self.buffers[obj.store].add(obj, now)
+                self.buffers[obj.store].add(obj, now, fresh)
             else:
                 self.queues[obj.store][obj.id] = obj
 
@@ -155,7 +175,7 @@ class Uploader:
             q.clear()
         for b in self.buffers.values():
             b.objs.clear()
-        self.enqueue(rows, now)
+        self.enqueue(rows, now, fresh=False)
         for s, (t0, t1) in since.items():
             b = self.buffers[s]
             if b.objs:
@@ -295,7 +315,7 @@ class Uploader:
             return fids
         now = time.monotonic()
         for obj in ev.objs:  # still pending: packed again (under a new name) after the wait
-            self.buffers[ev.store].add(obj, now - self.pack_policy.max_wait)
+            self.buffers[ev.store].add(obj, now - self.pack_policy.max_wait, fresh=False)
         self.store_failed(ev.store, ev.started, exc)
         for fid in fids:
             self.db.note_upload_failure(fid, h.retry_at or time.time(),
