@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from backends import NotFound, Store, StoreError
 
-from . import audit
+from . import audit, scratch
 from .config import Config
 from .errors import DispersiondError
 from .keys import load_master_key
@@ -154,6 +154,7 @@ def open_archive(cfg: Config, *, exclusive: bool = False,
     try:
         if exclusive:
             v.lock()
+        scratch.sweep(v.root / "work")  # what killed processes left: only theirs
         yield v
     finally:
         v.close()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from backends import NotFound, StoreError, Unavailable
 
+from .. import scratch
 from .. import digests
 from ..errors import FormatError, IntegrityError
 from ..pack import PackIndex, extract, open_index
@@ -181,8 +180,7 @@ def downloaded(v: Archive, store: str, name: str, alg: str,
                progress: Progress | None = None) -> Iterator[tuple[RangeReader, int, str]]:
     """The whole pack fetched once into the work area: (ranged reader, size, digest).
     Raises NotFound or StoreError; the file is removed on leaving."""
-    fd, tmp = tempfile.mkstemp(prefix=".pack-", dir=v.root / "work")
-    path = Path(tmp)
+    fd, path = scratch.file(v.root / "work", "pack")
     try:
         h, n = digests.new(alg), 0
         with os.fdopen(fd, "wb") as out:

@@ -8,12 +8,12 @@ stores, fetches the private containers and writes the state in one transaction.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends import StoreError
 
+from .. import scratch
 from .. import audit, digests, manifest
 from ..errors import DispersiondError
 from ..logs import log
@@ -194,7 +194,7 @@ def _fetch_containers(v: Archive, state: manifest.Replayed,
     windows = PackWindows(v, [o for _, objs in todo for o in preferred(v, objs, 1, failing)],
                           v.root / "work", progress)
     todo.sort(key=lambda t: windows.rank(t[0]["file_id"]))  # one pack's files together
-    with tempfile.TemporaryDirectory(prefix=".recover-", dir=v.root / "work") as tmpd:
+    with scratch.folder(v.root / "work", "recover") as tmpd:
         for e, objs in todo:
             dest = v.container_path(e["file_id"])
             errors: list[str] = []

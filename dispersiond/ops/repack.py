@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterable
 
 from backends import NotFound, StoreError
 
+from .. import scratch
 from .. import digests
 from ..errors import DispersiondError
 from ..logs import event
@@ -47,7 +47,7 @@ class MemberSource:
 
     def __init__(self, v: Archive, progress: Progress | None = None) -> None:
         self.v, self.progress = v, progress
-        self.tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=v.root / "work"))
+        self.tmp = scratch.new_folder(v.root / "work", TMP_PREFIX.strip(".-"))
         self.packs: dict[tuple[str, str], Path] = {}
         self.lock = threading.Lock()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from backends import NotFound, StoreError
 
+from .. import scratch
 from .. import digests
 from ..errors import DispersiondError, IntegrityError
 from ..logs import event
@@ -55,7 +56,7 @@ def repair(v: Archive, deep: bool = False, progress: Progress | None = None) -> 
         f = v.db.file(fid)
         if f is None or f.state not in PROTECTED:
             continue
-        with tempfile.TemporaryDirectory(prefix=".repair-", dir=v.root / "work") as tmpd:
+        with scratch.folder(v.root / "work", "repair") as tmpd:
             tmp = Path(tmpd)
             for obj in v.db.objects(fid, states=BROKEN):
                 if obj.packed:
@@ -154,7 +155,7 @@ def _repack_store(v: Archive, store: str, old: list[str], rep: RepairReport,
                 members.append(m)
                 files[m.file_id] = f
     same_key(v, list(files.values()))
-    with tempfile.TemporaryDirectory(prefix=".repack-", dir=v.root / "work") as tmpd:
+    with scratch.folder(v.root / "work", "repack") as tmpd:
         tmp = Path(tmpd)
         got: dict[int, Path] = {}
         for name in old:

@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, 
 
 from backends import NotFound, StoreError, Unavailable
 
+from .. import scratch
 from .. import audit, codec, digests
 from ..errors import CodecError, DispersiondError, FormatError, IntegrityError, WrongKey
 from ..keys import key_id
@@ -441,7 +441,7 @@ def _scratch(v: Archive, f: FileRow) -> Iterator[Path | None]:
     if f.size <= IN_MEMORY_MAX:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix=".restore-", dir=v.root / "work") as tmpd:
+    with scratch.folder(v.root / "work", "restore") as tmpd:
         yield Path(tmpd)
 
 

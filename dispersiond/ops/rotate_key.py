@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import scratch
 from .. import audit, digests
 from ..codec import se2
 from ..errors import DispersiondError
@@ -100,7 +100,7 @@ def rotate_key(v: Archive, progress: Progress | None = None,
     containers: dict[str, str] = {}  # file id -> digest of its re-wrapped container
     for f in v.db.files_in(FileState.ENCODED, *PROTECTED):
         local = v.container_path(f.file_id)
-        with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
+        with scratch.folder(v.root / "work", "rotate") as tmpd:
             if not local.exists():
                 os.replace(private_container(v, f, Path(tmpd), progress), local)
         data = local.read_bytes()
@@ -119,7 +119,7 @@ def rotate_key(v: Archive, progress: Progress | None = None,
             replace_copy(v, obj, local, digest)
             uploaded += 1
     uploaded += repack_private(v, new_key, containers)
-    with tempfile.TemporaryDirectory(prefix=".rotate-", dir=v.root / "work") as tmpd:
+    with scratch.folder(v.root / "work", "rotate") as tmpd:
         remasked, unreadable = remask_public(v, old_key, new_key, Path(tmpd))
     rechained = audit.rechain(v.db, old_key, new_key)  # the audit MAC key derives from it
     if not rechained:

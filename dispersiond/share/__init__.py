@@ -14,7 +14,7 @@ docs/FORMAT.md section 6.
 from __future__ import annotations
 
 from .bundle import (HEADER, HEADER_LEN, MAGIC, MAX_SEALED, SEAL_INFO, SUFFIX, SUITE, TAG,
-                     UNSIGNED_VERSION, VERSION, Sealed, _seal_key, read, seal, seal_signed,
+                     UNSIGNED_VERSION, VERSION, Sealed, read, seal, seal_signed,
                      unseal)
 from .errors import (BundleFormatError, BundleTampered, LinkExpired, ObjectGone,
                      ObjectMismatch, ObjectTampered, ObjectUnavailable, ShareError, ShareRefused,

@@ -15,11 +15,11 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import scratch
 from ..config import Recipient
 from ..deid import DeidRefused, deidentify, detect_kind
 from ..deid.pseudonym import pseudonym
@@ -166,7 +166,7 @@ def write_inline(v, rcpt: Recipient, files: list[FileRow], out: Path, *,
     included: list[str] = []
     skipped: list[dict] = []
     body = 0
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=v.root / "work") as tmpd:
+    with scratch.folder(v.root / "work", "export") as tmpd:
         for rec, f, err in _derived(v, files, rcpt, secret, ident, kind, Path(tmpd)):
             if err is not None:
                 skipped.append({"file_id": f.file_id, "reason": err})

@@ -15,12 +15,12 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from .. import scratch
 from .. import digests
 from ..codec import se2
 from ..errors import DispersiondError, IntegrityError, WrongKey
@@ -146,7 +146,7 @@ def create_bundle(v, ref: str, recipient: str, expires: str | timedelta = DEFAUL
         raise ShareError(f"{dest} exists; choose another --out or pass --force")
     copies: list[tuple[str, str]] = []  # made for this bundle: dropped if it is not written
     try:
-        with tempfile.TemporaryDirectory(prefix=".share-", dir=v.root / "work") as tmpd:
+        with scratch.folder(v.root / "work", "share") as tmpd:
             now = int(time.time())
             links, problems = _links(v, f, life, Path(tmpd), copies)
             need = f.k if f.public_mode == "erasure" else 1
