@@ -9,12 +9,15 @@ live side by side as they do in a bucket, and temporary files (".tmp-*", no trai
 Durability: bytes go to a temporary file in the target directory, are fsynced, then
 hard-linked to the final name (link fails if the name exists: conditional create without
 a race), and the directory is fsynced. The filesystem must support hard links (ext4, xfs,
-btrfs, tmpfs do; FAT/exFAT do not).
+btrfs, tmpfs do; FAT/exFAT do not). A temporary file a killed writer left is deleted by
+the next `list` that walks past it once it has not changed for STALE_TMP seconds (a live
+put writes to its file continuously; a listing is what the daemon's sweep runs).
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +37,17 @@ from .base import (
     link_seconds,
     translating,
 )
+
+#: A temporary file untouched this long belongs to a writer that is gone.
+STALE_TMP = 3600.0
+
+
+def _drop_if_stale(path: Path) -> None:
+    try:
+        if time.time() - path.stat().st_mtime > STALE_TMP:
+            path.unlink()
+    except OSError:
+        pass  # raced with its writer or another sweep, or not ours to remove: leave it
 
 
 def _encode(segment: str) -> str:
@@ -146,7 +160,9 @@ class LocalStore(Store):
             for dirpath, _dirnames, filenames in os.walk(top):
                 rel = Path(dirpath).relative_to(self.root).parts
                 for filename in filenames:
-                    if filename.endswith("%"):
+                    if filename.startswith(".tmp-"):
+                        _drop_if_stale(Path(dirpath, filename))
+                    elif filename.endswith("%"):
                         key = "/".join(_decode(p) for p in (*rel, filename[:-1]))
                         if key.startswith(prefix):
                             yield key

@@ -105,6 +105,19 @@ def test_local_leaves_no_temporary_files(make_store: Callable[..., Store]) -> No
     assert files == ["k%"]
 
 
+def test_local_listing_drops_what_a_killed_writer_left(make_store: Callable[..., Store]) -> None:
+    store = make_store("local")
+    store.put_bytes("d/k", b"1")
+    root = Path(store.root)
+    stale, fresh = root / "d" / ".tmp-killed", root / "d" / ".tmp-writing"
+    stale.write_bytes(b"half an object")
+    fresh.write_bytes(b"a put in progress")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert list(store.list("d/")) == ["d/k"]
+    assert not stale.exists() and fresh.exists()
+
+
 def test_local_directory_gone_is_unavailable(make_store: Callable[..., Store], tmp_path: Path) -> None:
     store = make_store("local")
     store.put_bytes("k", b"x")
