@@ -286,6 +286,10 @@ def test_notify_protocol_ready_status_watchdog_stopping(tmp_path):
         assert len(pings) >= 4, got  # every 0.2 s (half of WatchdogSec)
         assert max(b - a for a, b in itertools.pairwise(pings)) < 0.4
         wait_until(lambda: status(cfg)["files"]["done"] == 1, 20, "done", d)
+        t_done = time.monotonic()  # STATUS= lines are throttled (MIN_INTERVAL): the next says so
+        while not any("1 done" in m for _, m in got if m.startswith("STATUS=")) \
+                and time.monotonic() - t_done < 10:
+            recv()
         d.proc.send_signal(15)
         msgs = []
         while "STOPPING=1" not in msgs:
