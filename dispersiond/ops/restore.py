@@ -40,6 +40,7 @@ from ..display import shown
 from ..units import parse_duration
 from .packread import PackWindows, fetch_range
 from .streaming import ObjectStream
+from .writebehind import WriteBehind
 
 
 class Unrestorable(DispersiondError):
@@ -353,15 +354,21 @@ def _no_replica(f: FileRow, errors: list[str]) -> Unrestorable:
     return Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
 
 
-def _stream_replica(v: Archive, f: FileRow, prf: Blob, dest: Path, *, force: bool,
-                    sync_dir: bool, progress: Progress | None) -> None:
+def _stream_replica(v: Archive, f: FileRow, container: Callable[[], Blob], dest: Path, *,
+                    force: bool, sync_dir: bool, progress: Progress | None) -> None:
     """A large replicated file decoded into `dest` while its public object downloads, no
-    copy of the object on disk (`ObjectStream`); each copy in turn, best first."""
+    copy of the object on disk (`ObjectStream`); each copy in turn, best first. The
+    download starts before the private container is checked (`container`, called once):
+    its first bytes arrive meanwhile."""
     errors: list[str] = []
+    held: list[Blob] = []
     for obj in _order(v, v.db.objects(f.file_id, role="public")):
         def use(obj: ObjectRow = obj) -> None:
             stream = ObjectStream(lambda sink: fetch_object(v, obj, sink, progress))
             try:
+                if not held:
+                    held.append(container())
+                prf = held[0]
                 with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
                     try:
                         stream.skip(obj.fragment_offset)
@@ -389,9 +396,16 @@ def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
 
 def decode_to(v: Archive, f: FileRow, puf: Blob | BinaryIO, prf: Blob, out: BinaryIO) -> None:
     """Decode into `out`, then check the original's digest."""
-    w = HashingWriter(out, f.digest_alg)
-    with _reading(puf) as pu, _reading(prf) as pr:
+    w: HashingWriter | WriteBehind
+    with contextlib.ExitStack() as stack:
+        if f.size > IN_MEMORY_MAX:  # hashed and written while the next chunk decodes
+            w = stack.enter_context(WriteBehind(out, f.digest_alg))
+        else:
+            w = HashingWriter(out, f.digest_alg)
+        pu, pr = stack.enter_context(_reading(puf)), stack.enter_context(_reading(prf))
         codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.container_len, w)
+        if isinstance(w, WriteBehind):
+            w.finish()
     if w.n != f.size or (f.digest and w.hexdigest() != f.digest):
         raise IntegrityError(f"file {f.file_id}: rebuilt bytes do not match the recorded "
                              "digest of the original")
@@ -453,11 +467,12 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
     False, when the caller does it once for many files). A large replicated file is
     decoded as its public object downloads."""
     _same_key(v, f)
-    prf = private_container(v, f, tmp, progress, windows)
     if tmp is not None and f.public_mode != "erasure":
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _stream_replica(v, f, prf, dest, force=force, sync_dir=sync_dir, progress=progress)
+        _stream_replica(v, f, lambda: private_container(v, f, tmp, progress, windows), dest,
+                        force=force, sync_dir=sync_dir, progress=progress)
         return
+    prf = private_container(v, f, tmp, progress, windows)
     puf = public_fragment(v, f, tmp, progress, windows, known)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
