@@ -108,8 +108,14 @@ class ObjectStream:
         return out[:got]
 
     def read(self, n: int = -1) -> bytes:
+        """`n` bytes, fewer only at the end (as a buffered file reads); -1: what is here."""
         buf = bytearray(n if n >= 0 else self.cap)
-        return bytes(buf[:self.readinto(buf)])
+        if n < 0:
+            return bytes(buf[:self.readinto(buf)])
+        view, got = memoryview(buf), 0
+        while got < n and (k := self.readinto(view[got:])):
+            got += k
+        return bytes(buf[:got])
 
     def skip(self, n: int) -> None:
         """Discard `n` bytes (what lies before the fragment in its object)."""
