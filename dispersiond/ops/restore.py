@@ -524,8 +524,8 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
              known: Known | None = None, sync_dir: bool = True) -> None:
     """Fetch and check both fragments, decode, check the original's digest, and only then
     put the file at `dest` (fsynced, renamed; the folder fsynced unless `sync_dir` is
-    False, when the caller does it once for many files). A large replicated file is
-    decoded as its public object downloads."""
+    False, when the caller does it once for many files). A large file is decoded as its
+    public object (or its k preferred shards) downloads."""
     _same_key(v, f)
     held: list[Blob] = []
 
