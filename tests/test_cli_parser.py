@@ -4,6 +4,8 @@ command cannot be told for sure (help, a typo, a command registered by another o
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispersiond import cli
 
@@ -62,3 +64,29 @@ def test_a_typo_gets_the_whole_list_of_commands(capsys):
         cli.main(["restor"])
     err = capsys.readouterr().err
     assert "invalid choice" in err and "restore" in err and "rotate-key" in err
+
+
+_WORDS = st.sampled_from(every_command() + ["x.yaml", "-", "json", "restore", "--"])
+
+
+@st.composite
+def command_lines(draw):
+    """Options before the command, the values of some of them named like commands."""
+    before: list[str] = []
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["-v", "-vv", "-c", "--config", "--conf", "--log-format",
+                                     "-vc", "--config=", "-c="]))
+        value = draw(_WORDS)
+        before += [kind + value] if kind.endswith("=") else [kind] if kind.startswith("-v") \
+            and kind != "-vc" else [kind, value]
+    name = draw(st.sampled_from(every_command()))
+    return before, name, draw(st.lists(_WORDS, max_size=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(command_lines())
+def test_the_command_is_found_behind_any_options(line):
+    before, name, after = line
+    module = name.replace("-", "_")
+    want = module if module in cli.COMMANDS else None
+    assert cli.command_of(before + [name] + after) == want
