@@ -29,7 +29,10 @@ EXIT_ERROR = 2
 EXIT_STORE = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` (a module of COMMANDS) just that command's
+    part: a command needs none of the others, and importing and registering all of
+    them costs a `restore` more than its own start-up."""
     parser = argparse.ArgumentParser(
         prog="dispersiond",
         description="Protect health records before they leave the device: selective "
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else [only]:
         try:
             module = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as exc:
@@ -59,8 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options before the command that take a value (the value is not the command).
+_VALUED = ("-c", "--config", "--log-format")
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The module of the command `argv` names, if it names one of COMMANDS plainly; None
+    (the whole parser is built) otherwise: help, a version, a typo, an abbreviation."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--" or not a.startswith("-"):
+            name = argv[i + 1] if a == "--" and i + 1 < len(argv) else a
+            module = name.replace("-", "_")
+            return module if module in COMMANDS and "_" not in name else None
+        i += 2 if _takes_value(a) else 1
+    return None
+
+
+def _takes_value(a: str) -> bool:
+    """`a` is an option before the command whose value is the next argument: spelled
+    out, abbreviated (`--conf`), or last of a cluster of short ones (`-vc`)."""
+    if a.startswith("--"):
+        return "=" not in a and len(a) > 2 and any(v.startswith(a) for v in _VALUED[1:])
+    return "=" not in a and a.endswith("c")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = None if "_ARGCOMPLETE" in os.environ else command_of(argv)
+    parser = build_parser(only)
+    if only is not None and only.replace("_", "-") not in _commands(parser):
+        parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
         import argcomplete
 
@@ -100,3 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    """The top-level command names `parser` knows."""
+    return {name for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+            for name in a.choices}

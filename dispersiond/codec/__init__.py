@@ -284,6 +284,10 @@ class _Count:
         self.out.write(data)
         self.n += len(data)
 
+    def give(self, buf, n: int) -> None:
+        self.out.give(buf, n)
+        self.n += n
+
     def finish(self, _digest: bytes) -> int:
         return self.n
 
@@ -301,11 +305,27 @@ def _se2_decode_stream(key: bytes, puf_in: BinaryIO, puf_len: int, prf_in: Binar
     _check_len("private container", prf_len, lay.prf_len)
     out.write(head)
     pub = bytearray(28 * lay.units_per_chunk + se2.TAG)
-    res = np.empty(32 * min(lay.units_per_chunk, max(lay.units, 1)), dtype=np.uint8)
+    size = 32 * min(lay.units_per_chunk, max(lay.units, 1))
+    # An `out` that lends buffers (ops.writebehind) gets each chunk without a copy, and
+    # hashes and writes it while the next one is decoded.
+    lend = getattr(out, "take", None) if isinstance(sink, _Count) else None
+    res = np.empty(size, dtype=np.uint8) if lend is None else None
+    view = getattr(puf_in, "view", None)  # a source that can hand out its bytes uncopied
     for n in dec.chunk_units():
         piece = memoryview(pub)[: 28 * n + se2.TAG]
-        _read_exact(puf_in, piece, "public fragment")
+        if view is None:
+            _read_exact(puf_in, piece, "public fragment")
+        elif len(got := view(len(piece), pub)) < len(piece):
+            raise TruncatedError(f"public fragment ended after {len(got)} of {len(piece)} "
+                                 "bytes")
+        else:
+            piece = got
         seg = _read(prf_in, 4 * n + se2.TAG, "private container")
+        if lend is not None:
+            buf = lend(size)
+            dec.decode_chunk(n, piece, seg, buf)
+            sink.give(buf, 32 * n)
+            continue
         dec.decode_chunk(n, piece, seg, res)
         sink.write(res[: 32 * n])
     sink.write(dec.finish(_read(prf_in, lay.tail_len + lay.trailer_len + se2.TAG,

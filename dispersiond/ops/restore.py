@@ -40,6 +40,7 @@ from ..display import shown
 from ..units import parse_duration
 from .packread import PackWindows, fetch_range
 from .streaming import ObjectStream
+from .writebehind import WriteBehind
 
 
 class Unrestorable(DispersiondError):
@@ -353,15 +354,18 @@ def _no_replica(f: FileRow, errors: list[str]) -> Unrestorable:
     return Unrestorable(f"file {f.file_id}: no intact public replica ({'; '.join(errors)})")
 
 
-def _stream_replica(v: Archive, f: FileRow, prf: Blob, dest: Path, *, force: bool,
-                    sync_dir: bool, progress: Progress | None) -> None:
+def _stream_replica(v: Archive, f: FileRow, container: Callable[[], Blob], dest: Path, *,
+                    force: bool, sync_dir: bool, progress: Progress | None) -> None:
     """A large replicated file decoded into `dest` while its public object downloads, no
-    copy of the object on disk (`ObjectStream`); each copy in turn, best first."""
+    copy of the object on disk (`ObjectStream`); each copy in turn, best first. The
+    download starts before the private container is checked (`container`, called once):
+    its first bytes arrive meanwhile."""
     errors: list[str] = []
     for obj in _order(v, v.db.objects(f.file_id, role="public")):
         def use(obj: ObjectRow = obj) -> None:
             stream = ObjectStream(lambda sink: fetch_object(v, obj, sink, progress))
             try:
+                prf = container()
                 with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
                     try:
                         stream.skip(obj.fragment_offset)
@@ -378,6 +382,69 @@ def _stream_replica(v: Archive, f: FileRow, prf: Blob, dest: Path, *, force: boo
     raise _no_replica(f, errors)
 
 
+#: How far each shard's download may run ahead of the rebuild (k of them at once).
+SHARD_AHEAD = 4 << 20
+
+
+def _stream_shards(v: Archive, f: FileRow, container: Callable[[], Blob], dest: Path, *,
+                   force: bool, sync_dir: bool, progress: Progress | None) -> bool:
+    """A large erasure-coded file decoded into `dest` while its k preferred shards download
+    side by side, rebuilt into the public fragment stripe by stripe as they arrive (a
+    thread), no copy of any on disk. False, `dest` untouched, when one of those shards
+    is not intact: the caller then gathers intact shards one by one, the failed one
+    already marked (missing, corrupt) and so tried last. Before `dest` is put in place
+    every shard has passed its own size and digest check (its padding included), and
+    the rebuilt bytes the codec's and the original's."""
+    lay = layout_of(f)
+    objs = preferred(v, v.db.objects(f.file_id, role="public"), lay.need)
+    if len(objs) < lay.need or len({o.shard for o in objs}) < lay.need:
+        return False
+    shards: dict[int, ObjectStream] = {}
+    puf: ObjectStream | None = None
+    errors: list[str] = []
+
+    def rebuild(sink: ObjectStream) -> None:
+        for o in objs:
+            shards[o.shard].skip(o.fragment_offset)
+        try:
+            decode_shards(lay.puf_len, lay.k, lay.n, lay.block, dict(shards), sink)
+        except ValueError as exc:  # a shard ended early: its own verdict says why
+            raise ShardsDoNotFit(f"the shards do not fit the recorded sizes ({exc})") from None
+
+    def verdicts() -> bool:
+        """Each shard read to its end: True if every one passed its size and digest."""
+        return all(_attempt(v, o, errors, shards[o.shard].drain) for o in objs)
+
+    try:
+        for o in objs:
+            shards[o.shard] = ObjectStream(
+                lambda sink, o=o: fetch_object(v, o, sink, progress), cap=SHARD_AHEAD)
+        puf = ObjectStream(rebuild, cap=SHARD_AHEAD)
+        prf = container()
+        with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:
+            try:
+                decode_to(v, f, puf, prf, out)
+                puf.drain()
+            except (CodecError, StoreError):  # a shard's failure comes through the rebuild
+                if verdicts():
+                    raise  # intact shards that still do not decode: not a copy's fault
+                raise _Fallback() from None
+            if not verdicts():
+                raise _Fallback()
+    except _Fallback:
+        event(logging.WARNING, "a shard failed while streaming; gathering others",
+              file_id=f.file_id)
+        return False
+    finally:
+        for stream in list(shards.values()) + ([puf] if puf is not None else []):
+            stream.close()  # the shards first: a rebuild waiting on one ends at once
+    return True
+
+
+class _Fallback(Exception):
+    """A shard of a streamed rebuild was not intact: rebuild from the shards one by one."""
+
+
 def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
                   progress: Progress | None = None, exclude: int | None = None,
                   states: tuple[str, ...] | None = None) -> dict[int, Path]:
@@ -389,9 +456,16 @@ def gather_shards(v: Archive, f: FileRow, tmp: Path, errors: list[str],
 
 def decode_to(v: Archive, f: FileRow, puf: Blob | BinaryIO, prf: Blob, out: BinaryIO) -> None:
     """Decode into `out`, then check the original's digest."""
-    w = HashingWriter(out, f.digest_alg)
-    with _reading(puf) as pu, _reading(prf) as pr:
+    w: HashingWriter | WriteBehind
+    with contextlib.ExitStack() as stack:
+        if f.size > IN_MEMORY_MAX:  # hashed and written while the next chunk decodes
+            w = stack.enter_context(WriteBehind(out, f.digest_alg))
+        else:
+            w = HashingWriter(out, f.digest_alg)
+        pu, pr = stack.enter_context(_reading(puf)), stack.enter_context(_reading(prf))
         codec.decode_stream(f.scheme, v.key, pu, f.puf_len, pr, f.container_len, w)
+        if isinstance(w, WriteBehind):
+            w.finish()
     if w.n != f.size or (f.digest and w.hexdigest() != f.digest):
         raise IntegrityError(f"file {f.file_id}: rebuilt bytes do not match the recorded "
                              "digest of the original")
@@ -450,14 +524,26 @@ def _rebuild(v: Archive, f: FileRow, dest: Path, tmp: Path | None, *, force: boo
              known: Known | None = None, sync_dir: bool = True) -> None:
     """Fetch and check both fragments, decode, check the original's digest, and only then
     put the file at `dest` (fsynced, renamed; the folder fsynced unless `sync_dir` is
-    False, when the caller does it once for many files). A large replicated file is
-    decoded as its public object downloads."""
+    False, when the caller does it once for many files). A large file is decoded as its
+    public object (or its k preferred shards) downloads."""
     _same_key(v, f)
-    prf = private_container(v, f, tmp, progress, windows)
-    if tmp is not None and f.public_mode != "erasure":
+    held: list[Blob] = []
+
+    def container() -> Blob:  # checked once, while the first download starts
+        if not held:
+            held.append(private_container(v, f, tmp, progress, windows))
+        return held[0]
+
+    if tmp is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _stream_replica(v, f, prf, dest, force=force, sync_dir=sync_dir, progress=progress)
-        return
+        if f.public_mode != "erasure":
+            _stream_replica(v, f, container, dest, force=force, sync_dir=sync_dir,
+                            progress=progress)
+            return
+        if _stream_shards(v, f, container, dest, force=force, sync_dir=sync_dir,
+                          progress=progress):
+            return
+    prf = container()
     puf = public_fragment(v, f, tmp, progress, windows, known)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dest, overwrite=force, sync_dir=sync_dir, writeback=True) as out:

@@ -82,9 +82,40 @@ class ObjectStream:
             self._cond.notify_all()
         return n
 
+    def view(self, n: int, scratch) -> memoryview:
+        """The next `n` bytes: a view of the piece the download handed over when one holds
+        them all (no copy; the pieces are never written to again), else copied into
+        `scratch` (at least `n` bytes). Shorter only at the end of the object."""
+        with self._cond:
+            while not self._chunks and not self._done:
+                self._cond.wait()
+            if self._chunks and len(self._chunks[0]) >= n:
+                head = self._chunks[0]
+                if len(head) == n:
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = head[n:]
+                self._buffered -= n
+                self._cond.notify_all()
+                return head[:n]
+        out = memoryview(scratch).cast("B")[:n]
+        got = 0
+        while got < n:
+            k = self.readinto(out[got:])
+            if not k:
+                break
+            got += k
+        return out[:got]
+
     def read(self, n: int = -1) -> bytes:
+        """`n` bytes, fewer only at the end (as a buffered file reads); -1: what is here."""
         buf = bytearray(n if n >= 0 else self.cap)
-        return bytes(buf[:self.readinto(buf)])
+        if n < 0:
+            return bytes(buf[:self.readinto(buf)])
+        view, got = memoryview(buf), 0
+        while got < n and (k := self.readinto(view[got:])):
+            got += k
+        return bytes(buf[:got])
 
     def skip(self, n: int) -> None:
         """Discard `n` bytes (what lies before the fragment in its object)."""
