@@ -74,13 +74,40 @@ class UploadReader(Reader):
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = 1 << 20
+        data = self.f.read(self._slice(n))
+        self._took(len(data))
+        return data
+
+    def readinto(self, buf) -> int:
+        """Straight into the caller's buffer where the source can (files, Taps, Pipes)."""
+        into = getattr(self.f, "readinto", None)
+        if into is None:
+            return super().readinto(buf)
+        out = memoryview(buf).cast("B")
+        got = into(out[: self._slice(len(out))])
+        self._took(got or 0)
+        return got or 0
+
+    @property
+    def live(self) -> bool:
+        """Is the source fed by a running encoder (backends/budget.py)?"""
+        return bool(getattr(self.f, "live", False))
+
+    def ready(self, n: int) -> None:
+        """Wait until `n` more bytes of the source can be read at once."""
+        ready = getattr(self.f, "ready", None)
+        if ready is not None:
+            ready(n)
+
+    def _slice(self, n: int) -> int:
         # Under a cap, small slices: every transfer then waits its turn in slices of
         # 64 KiB, so a small file is not held up behind megabytes of a large one.
-        data = self.f.read(min(n, 64 << 10) if self.throttle.rate else n)
-        self.throttle.take(len(data))
-        if self.progress and data:
-            self.progress(len(data))
-        return data
+        return min(n, 64 << 10) if self.throttle.rate else n
+
+    def _took(self, n: int) -> None:
+        self.throttle.take(n)
+        if self.progress and n:
+            self.progress(n)
 
 
 @dataclass(frozen=True)
