@@ -176,11 +176,11 @@ class S3Store(Store):
 
     def _first_buffer(self, src: BinaryIO, size: int, n: int) -> bytearray:
         """The buffer for an upload's first part in flight (see budget.py)."""
+        wait_ready(src, n)  # a live source only waits out its throttle here
         if is_live(src):
             buf = self.budget.take(size, True, n)
             assert buf is not None
             return buf
-        wait_ready(src, n)
         return self.budget.acquire(size, n)
 
     def _put_one(self, key: str, body: bytes | bytearray, size: int) -> ObjectInfo:

@@ -155,7 +155,7 @@ class DirectUploadFailed(Exception):
 
 #: What may wait in a Pipe for its upload: a few of the encoder's writes. The upload
 #: copies them straight into its part buffers (backends/budget.py), which hold the rest.
-PIPE_CAP = 4 << 20
+PIPE_CAP = 2 << 20
 
 
 class Pipe(_Feed):

@@ -280,3 +280,29 @@ def test_a_failing_source_gives_every_buffer_back(make_store) -> None:
         store.put("cut", io.BytesIO(data[: 2 * PART + 5]), len(data))  # ends early
     assert budget.most > 0 and budget.held == 0
     assert "cut" not in list(store.list())
+
+
+class Recorded(Throttle):
+    """A real throttle (a high rate: no waiting to speak of) that records each take."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 40)
+        self.took: list[int] = []
+
+    def take(self, n: int) -> None:
+        self.took.append(n)
+        super().take(n)
+
+
+def test_ready_pays_the_throttle_before_the_buffer_and_the_read_does_not_again() -> None:
+    data = os.urandom(300_000)
+    t = Recorded()
+    r = UploadReader(io.BytesIO(data), t, None)
+    r.ready(200_000)
+    assert sum(t.took) == 200_000 and max(t.took) == UploadReader.SLICE  # in slices
+    t.took.clear()
+    buf = bytearray(300_000)
+    fill(r, buf, 300_000)
+    assert bytes(buf) == data
+    assert sum(t.took) == 100_000  # only what was not paid ahead
+    assert r.prepaid == 0
