@@ -115,6 +115,17 @@ def wait_ready(src: object, n: int) -> None:
 SHARED = PartBudget()
 
 
+def first_buffer(budget: PartBudget, src: object, size: int, n: int) -> bytearray:
+    """The buffer for an upload's first part in flight, `n` long, charged as `size`: a
+    live source's at once, any other's once its bytes are ready and there is room."""
+    wait_ready(src, n)  # a live source only waits out its throttle here
+    if is_live(src):
+        buf = budget.take(size, True, n)
+        assert buf is not None
+        return buf
+    return budget.acquire(size, n)
+
+
 def fill(src: BinaryIO, buf: bytearray, n: int) -> None:
     """Exactly `n` bytes of `src` into `buf[:n]` (readinto where the source has it, so no
     part is copied twice); SourceError if the source ends or fails first."""

@@ -22,7 +22,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .budget import SHARED, PartBudget, fill, is_live, wait_ready
+from .budget import SHARED, PartBudget, fill, first_buffer, wait_ready
 from .base import (
     AlreadyExists,
     Denied,
@@ -175,13 +175,7 @@ class S3Store(Store):
                 self.budget.give(buf)
 
     def _first_buffer(self, src: BinaryIO, size: int, n: int) -> bytearray:
-        """The buffer for an upload's first part in flight (see budget.py)."""
-        wait_ready(src, n)  # a live source only waits out its throttle here
-        if is_live(src):
-            buf = self.budget.take(size, True, n)
-            assert buf is not None
-            return buf
-        return self.budget.acquire(size, n)
+        return first_buffer(self.budget, src, size, n)
 
     def _put_one(self, key: str, body: bytes | bytearray, size: int) -> ObjectInfo:
         resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",

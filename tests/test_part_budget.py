@@ -306,3 +306,12 @@ def test_ready_pays_the_throttle_before_the_buffer_and_the_read_does_not_again()
     assert bytes(buf) == data
     assert sum(t.took) == 100_000  # only what was not paid ahead
     assert r.prepaid == 0
+
+
+def test_azure_stages_one_block_at_a_time_from_the_budget(make_store) -> None:
+    budget = WatchedBudget(limit=PART)
+    store = make_store("azure", block_size=1 * MiB, budget=budget)
+    data = os.urandom(3 * MiB + 5)
+    store.put("blocks", io.BytesIO(data), len(data))
+    assert _get(store, "blocks") == data
+    assert budget.most == 1 * MiB and budget.held == 0  # one block in memory, given back
