@@ -6,9 +6,10 @@ once held ~80 MiB of parts. Here all parts in flight share `limit` bytes, with o
 exception that keeps uploads from waiting on each other for ever: an upload fed live by
 an encoder (a Pipe: its source waits on the encoder, which may wait on another upload)
 may always hold one part (so the parts in flight stay within `limit` plus one part per
-live upload). Any other upload waits for the bytes of its part to be there
-(`ready`) before it asks, so no buffer sits empty on a slow source. Buffers are kept and
-handed out again while uploads run (warm pages, no allocator fragmentation across
+live upload). Any other upload waits for the bytes of its part to be there (`ready`)
+before it asks, so no buffer sits empty on a slow source (and, should live uploads'
+first parts fill the whole budget, waits for those uploads to end). Buffers are kept
+and handed out again while uploads run (warm pages, no allocator fragmentation across
 threads) and dropped once none does.
 
 A source tells its kind by attributes: `live` (true: fed by an encoder as it runs) and
