@@ -1,7 +1,8 @@
 """Azure Blob Storage (or Azurite) through azure-storage-blob.
 
 Small objects are one Put Blob with `If-None-Match: *` (overwrite=False). Large ones are
-staged as blocks, one block in memory at a time, then committed with `If-None-Match: *`;
+staged as blocks, one block in memory at a time (a buffer from the process's part
+budget, backends/budget.py), then committed with `If-None-Match: *`;
 blocks that are never committed stay invisible and the service discards them (after a
 week on Azure). The MD5 of the whole object is computed while staging and stored as the
 blob's Content-MD5, so `stat` reports it for every size.
@@ -26,6 +27,7 @@ from azure.storage.blob import (
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from .budget import SHARED, PartBudget, fill, first_buffer
 from .base import (
     AlreadyExists,
     Denied,
@@ -37,7 +39,6 @@ from .base import (
     check_key,
     check_range,
     classify_status,
-    iter_parts,
     link_seconds,
     read_exact,
     secret_from_env,
@@ -92,8 +93,10 @@ class AzureStore(Store):
         read_timeout: float = 10.0,
         retry_total: int = 2,
         retry_backoff: float = 0.5,
+        budget: PartBudget | None = None,
     ) -> None:
         self.name = name
+        self.budget = budget or SHARED
         self.container = container
         self.block_size = block_size
         options: dict[str, Any] = dict(
@@ -138,10 +141,16 @@ class AzureStore(Store):
             block_size = max(self.block_size, -(-size // _MAX_BLOCKS))
             upload = os.urandom(8).hex()  # our blocks never mix with a concurrent writer's
             blocks, md5 = [], _md5()
-            for number, data in enumerate(iter_parts(src, size, block_size)):
+            for number, offset in enumerate(range(0, size, block_size)):
+                n = min(block_size, size - offset)
                 block_id = f"{upload}-{number:06d}"
-                blob.stage_block(block_id, data, length=len(data))
-                md5.update(data)
+                data = first_buffer(self.budget, src, block_size, n)  # one at a time
+                try:
+                    fill(src, data, n)
+                    blob.stage_block(block_id, data, length=n)
+                    md5.update(data)
+                finally:
+                    self.budget.give(data, block_size)
                 blocks.append(BlobBlock(block_id=block_id))
             blob.commit_block_list(blocks, if_none_match="*",
                                    content_settings=ContentSettings(content_md5=md5.digest()))

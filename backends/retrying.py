@@ -174,3 +174,11 @@ class _Counting:
         data = self.src.read(n)
         self.taken = self.taken or bool(data)
         return data
+
+    def readinto(self, buf) -> int:
+        n = self.src.readinto(buf)
+        self.taken = self.taken or bool(n)
+        return n
+
+    def __getattr__(self, name: str):  # live, ready (backends/budget.py)
+        return getattr(self.src, name)

@@ -2,8 +2,10 @@
 
 Conditional create is `If-None-Match: *` on PutObject and on CompleteMultipartUpload, so
 the server needs conditional writes (AWS since 2024, MinIO, Ceph Squid, R2). Large objects
-go up as multipart uploads, one part in memory at a time; a failed upload is aborted so no
-parts linger (and none is ever visible: an uncompleted upload is not an object).
+go up as multipart uploads, their parts in buffers from the process's part budget
+(`budget.SHARED`); a failed upload is aborted so no parts linger (and none is ever
+visible: an uncompleted upload is not an object). Bodies are handed to botocore as
+bytearrays: it appends a `bytes` body to the request head, a copy of every part.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from .budget import SHARED, PartBudget, fill, first_buffer, wait_ready
 from .base import (
     AlreadyExists,
     Denied,
@@ -31,7 +34,6 @@ from .base import (
     check_key,
     check_range,
     classify_status,
-    iter_parts,
     link_seconds,
     read_exact,
     secret_from_env,
@@ -40,6 +42,8 @@ from .base import (
 
 _MAX_PARTS = 10_000
 _READ_CHUNK = 1 << 20
+#: Single-request bodies from this size on are read into a budget buffer (no copies).
+_BUFFERED_PUT = 1 << 20
 _UNAVAILABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                       "ServiceUnavailable", "InternalError", "ConditionalRequestConflict"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -109,8 +113,10 @@ class S3Store(Store):
         connect_timeout: float = 2.0,
         read_timeout: float = 10.0,
         max_attempts: int = 2,
+        budget: PartBudget | None = None,
     ) -> None:
         self.name = name
+        self.budget = budget or SHARED
         self.bucket = bucket
         self.part_size = part_size
         self.concurrency = max(1, concurrency)
@@ -157,21 +163,34 @@ class S3Store(Store):
     def put(self, key: str, src: BinaryIO, size: int) -> ObjectInfo:
         check_key(key)
         with self._errors(f"put {key!r}"):
-            if size <= self.part_size:
-                body = read_exact(src, size)
-                resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
-                                           **self._checksum)
-                return ObjectInfo(key, size, self._sums(resp))
-            return self._put_multipart(key, src, size)
+            if size > self.part_size:
+                return self._put_multipart(key, src, size)
+            if size < _BUFFERED_PUT:
+                return self._put_one(key, read_exact(src, size), size)
+            buf = self._first_buffer(src, size, size)
+            try:
+                fill(src, buf, size)
+                return self._put_one(key, buf, size)
+            finally:
+                self.budget.give(buf)
+
+    def _first_buffer(self, src: BinaryIO, size: int, n: int) -> bytearray:
+        return first_buffer(self.budget, src, size, n)
+
+    def _put_one(self, key: str, body: bytes | bytearray, size: int) -> ObjectInfo:
+        resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
+                                   **self._checksum)
+        return ObjectInfo(key, size, self._sums(resp))
 
     def _put_multipart(self, key: str, src: BinaryIO, size: int) -> ObjectInfo:
-        """Parts are read in order and up to `concurrency` of them upload at once, so
-        memory stays at concurrency x part_size whatever the object's size."""
+        """Parts are read in order into buffers from the budget (backends/budget.py): up
+        to `concurrency` of them upload at once, any beyond the first only while the
+        process's parts fit the budget (else the oldest is waited for first)."""
         part_size = max(self.part_size, -(-size // _MAX_PARTS))
         where = {"Bucket": self.bucket, "Key": key}
         upload_id = self._s3.create_multipart_upload(**where, **self._part_checksum)["UploadId"]
 
-        def send(number: int, body: bytes) -> dict[str, Any]:
+        def send(number: int, body: bytearray) -> dict[str, Any]:
             resp = self._s3.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=body,
                                         **self._part_checksum)
             part = {"PartNumber": number, "ETag": resp["ETag"]}
@@ -179,22 +198,49 @@ class S3Store(Store):
                 part["ChecksumCRC32"] = resp["ChecksumCRC32"]
             return part
 
+        budget = self.budget
+        parts: list[dict[str, Any]] = []
+        inflight: deque[tuple[Future[dict[str, Any]], bytearray]] = deque()
+        spare: list[bytearray] = []  # taken, not (or no longer) sent
+
+        def settle_oldest() -> None:
+            fut, buf = inflight.popleft()
+            spare.append(buf)  # given back even if the part failed
+            parts.append(fut.result())
+            budget.give(spare.pop(), part_size)
+
         try:
-            parts: list[dict[str, Any]] = []
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                inflight: deque[Future[dict[str, Any]]] = deque()
-                for number, body in enumerate(iter_parts(src, size, part_size), start=1):
-                    if len(inflight) >= self.concurrency:
-                        parts.append(inflight.popleft().result())
-                    inflight.append(pool.submit(send, number, body))
-                while inflight:
-                    parts.append(inflight.popleft().result())
+                try:
+                    for number, offset in enumerate(range(0, size, part_size), start=1):
+                        n = min(part_size, size - offset)
+                        buf = None
+                        while buf is None:
+                            if not inflight:
+                                buf = self._first_buffer(src, part_size, n)
+                            elif len(inflight) < self.concurrency:
+                                wait_ready(src, n)
+                                buf = budget.take(part_size, False, n)
+                            if buf is None:
+                                settle_oldest()
+                        spare.append(buf)
+                        fill(src, buf, n)
+                        spare.pop()
+                        inflight.append((pool.submit(send, number, buf), buf))
+                    while inflight:
+                        settle_oldest()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
             resp = self._s3.complete_multipart_upload(**where, UploadId=upload_id, IfNoneMatch="*",
                                                       MultipartUpload={"Parts": parts})
         except BaseException:
             with suppress(Exception):  # best effort: a lifecycle rule should sweep what this misses
                 self._s3.abort_multipart_upload(**where, UploadId=upload_id)
             raise
+        finally:  # the pool has finished with every buffer by now
+            for buf in spare + [b for _, b in inflight]:
+                budget.give(buf, part_size)
         return ObjectInfo(key, size, self._sums(resp))
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:

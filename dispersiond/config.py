@@ -384,6 +384,9 @@ class Config(_Strict):
     quarantine_dir: str | None = None
     min_free_space: str | int = "64MiB"
     upload_workers: int = Field(default=4, ge=1, le=64)
+    #: Part buffers of all uploads together (backends/budget.py): each upload always has
+    #: one part in flight; more only while all parts fit in this.
+    upload_memory: str | int = "16MiB"
     schedule: Schedule = Schedule()
     recipients: list[Recipient] = Field(default_factory=list)
     grants: list[Grant] = Field(default_factory=list)
@@ -437,6 +440,13 @@ class Config(_Strict):
     @classmethod
     def _free(cls, v: str | int) -> str | int:
         parse_size(v)
+        return v
+
+    @field_validator("upload_memory")
+    @classmethod
+    def _upload_memory(cls, v: str | int) -> str | int:
+        if parse_size(v) < 0:
+            raise ValueError("upload_memory must not be negative")
         return v
 
     def store(self, name: str) -> StoreConfig:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from backends import Store, open_store
+from backends.budget import SHARED as PART_BUDGET
 from backends.prefixed import PrefixedStore
 
 from .config import Config, StoreConfig
 from .traffic import CountingStore
+from .units import parse_size
 
 __all__ = ["PrefixedStore", "Stores", "open_configured"]
 
@@ -25,6 +27,7 @@ class Stores:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._open: dict[str, Store] = {}
+        PART_BUDGET.set_limit(parse_size(cfg.upload_memory))  # one budget per process
 
     def __getitem__(self, name: str) -> Store:
         if name not in self._open:

@@ -124,6 +124,26 @@ class TapReader(Reader):
         self.pos += n
         return data
 
+    def ready(self, n: int) -> None:
+        """Wait until `n` more bytes (or the rest) are on disk, so a part buffer taken
+        now fills at once (backends/budget.py)."""
+        n = min(n, self.tap.size - self.pos)
+        if n > 0:
+            self._wait(self.pos + n)
+
+    def readinto(self, buf) -> int:
+        """Straight into the caller's buffer (a multipart upload's part): no copy between."""
+        out = memoryview(buf).cast("B")
+        n = min(len(out), self.tap.size - self.pos)
+        if n <= 0:
+            return 0
+        fd = self._wait(self.pos + n)
+        got = os.preadv(fd, [out[:n]], self.pos)
+        if got != n:
+            raise SourceError("the staged object is shorter on disk than its writer reported")
+        self.pos += n
+        return n
+
 
 class DirectUploadFailed(Exception):
     """An upload fed from a Pipe failed: there is no staged copy to retry it from."""
@@ -133,14 +153,20 @@ class DirectUploadFailed(Exception):
         self.store, self.cause = store, cause
 
 
+#: What may wait in a Pipe for its upload: a few of the encoder's writes. The upload
+#: copies them straight into its part buffers (backends/budget.py), which hold the rest.
+PIPE_CAP = 2 << 20
+
+
 class Pipe(_Feed):
     """Writer side: `put` each piece (it is copied), then `finish` or `fail`. An upload
     that gives up calls `broken` with what the writer's next `put` is to raise."""
 
-    def __init__(self, size: int, store: str, cap: int = 16 << 20) -> None:
+    def __init__(self, size: int, store: str, cap: int = PIPE_CAP) -> None:
         super().__init__(size)
         self.store, self.cap = store, cap
         self.chunks: deque[bytes] = deque()
+        self.head_off = 0  # bytes of chunks[0] already read
         self.buffered = 0
         self.reader_error: BaseException | None = None  # the upload's
 
@@ -163,13 +189,13 @@ class Pipe(_Feed):
         with self.cond:
             self.reader_error = exc
             self.chunks.clear()
-            self.buffered = 0
+            self.head_off = self.buffered = 0
             self.cond.notify_all()
 
     def close(self) -> None:
         with self.cond:
             self.chunks.clear()
-            self.buffered = 0
+            self.head_off = self.buffered = 0
 
     def reader(self) -> "PipeReader":
         return PipeReader(self)
@@ -178,18 +204,22 @@ class Pipe(_Feed):
 class PipeReader(Reader):
     """File-like over a Pipe: read(n) returns what is there, up to n bytes (at least one
     until `size`), waiting for the writer as needed; SourceError if the writer failed or
-    wrote a different number of bytes than planned."""
+    wrote a different number of bytes than planned. `readinto` copies the pieces straight
+    into the caller's buffer (a multipart upload's part), with no joined copy between."""
+
+    #: Fed by the encoder as it runs: an upload may always hold one part for it
+    #: (backends/budget.py), or the encoder could wait on an upload that waits on it.
+    live = True
 
     def __init__(self, pipe: Pipe) -> None:
         self.pipe = pipe
         self.pos = 0
 
-    def read(self, n: int = -1) -> bytes:
+    def _take(self, out: memoryview | None, n: int) -> list[memoryview]:
+        """Up to n bytes, at least one (n > 0): copied into `out` if given, else returned
+        as views of the pieces."""
         p = self.pipe
-        left = p.size - self.pos
-        n = left if n is None or n < 0 else min(n, left)
-        if n <= 0:
-            return b""
+        got, views = 0, []
         with p.cond:
             while not p.chunks:
                 if p.error is not None:
@@ -199,16 +229,40 @@ class PipeReader(Reader):
                     raise SourceError(f"the encoder wrote {p.written} bytes; {p.size} were "
                                       "planned")
                 p.cond.wait(1.0)
-            out: list[bytes] = []
-            got = 0
             while p.chunks and got < n:
-                piece = p.chunks.popleft()
-                if got + len(piece) > n:
-                    p.chunks.appendleft(piece[n - got:])
-                    piece = piece[: n - got]
-                out.append(piece)
-                got += len(piece)
+                head = p.chunks[0]
+                k = min(len(head) - p.head_off, n - got)
+                piece = memoryview(head)[p.head_off:p.head_off + k]
+                if out is not None:
+                    out[got:got + k] = piece
+                else:
+                    views.append(piece)
+                got += k
+                p.head_off += k
+                if p.head_off == len(head):
+                    p.chunks.popleft()
+                    p.head_off = 0
             p.buffered -= got
             p.cond.notify_all()
         self.pos += got
-        return out[0] if len(out) == 1 else b"".join(out)
+        return views
+
+    def _want(self, n: int | None) -> int:
+        left = self.pipe.size - self.pos
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._want(n)
+        if n <= 0:
+            return b""
+        views = self._take(None, n)
+        return views[0].tobytes() if len(views) == 1 else b"".join(views)
+
+    def readinto(self, buf) -> int:
+        out = memoryview(buf).cast("B")
+        n = self._want(len(out))
+        if n <= 0:
+            return 0
+        before = self.pos
+        self._take(out, n)
+        return self.pos - before

@@ -66,21 +66,65 @@ class Cancelled(Exception):
 
 
 class UploadReader(Reader):
-    """File-like handed to a store's put: exact size, optional throttle and progress."""
+    """File-like handed to a store's put: exact size, optional throttle and progress.
+
+    `ready(n)` (asked before a part buffer is taken, backends/budget.py) also waits out
+    the throttle for those n bytes, in the same 64 KiB slices, so a part's buffer is not
+    held through the pacing: filled at once, it goes out at once."""
+
+    SLICE = 64 << 10
 
     def __init__(self, f: BinaryIO, throttle: Throttle, progress: Progress | None) -> None:
         self.f, self.throttle, self.progress = f, throttle, progress
+        self.prepaid = 0  # bytes the throttle has let through ahead of the reads
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = 1 << 20
+        data = self.f.read(self._slice(n))
+        self._took(len(data))
+        return data
+
+    def readinto(self, buf) -> int:
+        """Straight into the caller's buffer where the source can (files, Taps, Pipes)."""
+        into = getattr(self.f, "readinto", None)
+        if into is None:
+            return super().readinto(buf)
+        out = memoryview(buf).cast("B")
+        got = into(out[: self._slice(len(out))])
+        self._took(got or 0)
+        return got or 0
+
+    @property
+    def live(self) -> bool:
+        """Is the source fed by a running encoder (backends/budget.py)?"""
+        return bool(getattr(self.f, "live", False))
+
+    def ready(self, n: int) -> None:
+        """Wait until `n` more bytes of the source can be read at once, and the throttle
+        lets them through."""
+        ready = getattr(self.f, "ready", None)
+        if ready is not None:
+            ready(n)
+        if self.throttle.rate:
+            while self.prepaid < n:
+                k = min(self.SLICE, n - self.prepaid)
+                self.throttle.take(k)
+                self.prepaid += k
+
+    def _slice(self, n: int) -> int:
         # Under a cap, small slices: every transfer then waits its turn in slices of
         # 64 KiB, so a small file is not held up behind megabytes of a large one.
-        data = self.f.read(min(n, 64 << 10) if self.throttle.rate else n)
-        self.throttle.take(len(data))
-        if self.progress and data:
-            self.progress(len(data))
-        return data
+        if not self.throttle.rate or self.prepaid >= n:
+            return n
+        return max(self.prepaid, min(n, self.SLICE))
+
+    def _took(self, n: int) -> None:
+        paid = min(n, self.prepaid)
+        self.prepaid -= paid
+        self.throttle.take(n - paid)
+        if self.progress and n:
+            self.progress(n)
 
 
 @dataclass(frozen=True)
