@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import atomic_output, fsync_dir
+from .fsutil import atomic_output, sync_batch
 
 #: Bytes of public fragments held at most (a process-wide budget; past it, small files
 #: are staged on disk as before). The daemon flushes a pack buffer at half of it, so a
@@ -92,10 +92,12 @@ class Held:
             self.used = max(0, self.used - e.reserved)
 
     def spill(self, work: Path, fids: set[str]) -> list[str]:
-        """Write the held fragments of `fids` out as staged copies (`work/<fid>/<name>`,
-        each fsynced with its folder) and stop holding them; returns the files spilled.
-        A file whose write fails stays held (OSError is raised after the others)."""
-        done: list[str] = []
+        """Write the held fragments of `fids` out as staged copies (`work/<fid>/<name>`),
+        then make them durable with one barrier (every file, each folder), and only then
+        stop holding them; returns the files spilled. If a write or the barrier fails,
+        OSError is raised and what was not made durable stays held."""
+        written: list[str] = []
+        files: list[Path] = []
         first: OSError | None = None
         for fid in sorted(fids):
             with self._lock:
@@ -107,15 +109,17 @@ class Held:
             try:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
                 for name, data in parts.items():
-                    with atomic_output(folder / name, sync_dir=False) as f:
+                    with atomic_output(folder / name, sync=False) as f:
                         f.write(data)
-                fsync_dir(folder)
-                fsync_dir(work)
+                    files.append(folder / name)
             except OSError as exc:
                 first = first or exc
                 continue
-            self.drop(fid)
-            done.append(fid)
+            written.append(fid)
+        if written:
+            sync_batch(files, [*(work / fid for fid in written), work])
+            for fid in written:
+                self.drop(fid)
         if first is not None:
             raise first
-        return done
+        return written

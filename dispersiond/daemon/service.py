@@ -39,7 +39,7 @@ from ..errors import ConfigError, DispersiondError
 from ..logs import event, log
 from ..ops.encode import abandon_planned
 from ..ops.held_recovery import encode_lost_again
-from ..ops.packing import PackJob, packable, send_pack, waiting_for_public
+from ..ops.packing import PackJob, packable, send_pack, spill_held, waiting_for_public
 from ..ops.upload import Cancelled, Throttle, upload_one
 from ..metrics import Exporter
 from ..sdnotify import Notifier, hang_if_asked
@@ -214,6 +214,7 @@ class Daemon:
             while self._busy() and time.monotonic() < deadline:
                 self._wait_and_handle(deadline - time.monotonic())
         self.cancel.set()
+        spill_held(self.v, self.v.held.files())  # what waits for a pack: kept, not re-encoded
         stuck = len(self.uploader.in_flight) + len(self.encoder.encoding)
         final = self._status_doc("stopped")
         self.status.offer(final, force=True)
