@@ -22,7 +22,7 @@ from .fsutil import atomic_output, sync_batch
 #: Bytes of public fragments held at most (a process-wide budget; past it, small files
 #: are staged on disk as before). The daemon flushes a pack buffer at half of it, so a
 #: pack goes up while the next half is encoded.
-HOLD_BYTES = 8 << 20
+HOLD_BYTES = 6 << 20
 
 
 @dataclass

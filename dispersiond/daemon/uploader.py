@@ -50,9 +50,15 @@ class PackBuffer:
         self.touched = 0.0  # ... and the newest
         self.gap: float | None = None  # seconds between the last two arrivals
 
-    def add(self, obj: ObjectRow, now: float) -> None:
+    def add(self, obj: ObjectRow, now: float, *, arrival: bool = True) -> None:
+        """`arrival`=False: a member that was already encoded and waited elsewhere (a
+        parked container): it starts the max_wait clock of an empty buffer but is no
+        arrival, so it neither delays a quiet flush nor looks like a trickle."""
         if not self.objs:
             self.since = now
+        if not arrival:
+            self.objs[obj.id] = obj
+            return
         if obj.id not in self.objs and self.touched:
             self.gap = max(0.0, now - self.touched)
         self.objs[obj.id] = obj
@@ -326,8 +332,8 @@ class Uploader:
         now = time.monotonic() if now is None else now
         for oid, obj in list(self.parked.items()):
             if obj.file_id in fids and not (self.waits and self.waits(obj)):
-                del self.parked[oid]  # due as soon as nothing more is on the way: it
-                self.buffers[obj.store].add(obj, now - LINGER)  # waited for its public ones
+                del self.parked[oid]  # due as soon as nothing more is on the way
+                self.buffers[obj.store].add(obj, now, arrival=False)
 
     def store_failed(self, store: str, started: float, exc: BaseException) -> None:
         """A request to `store` that began at `started` failed: back off."""

@@ -299,6 +299,7 @@ REMOVERS = 4
 def remove_stages(v: Archive, fids: list[str]) -> None:
     """The staged copies of files that no longer need them, several folders at a time
     (one at a time, a batch of small files spent most of its commit here)."""
+    fids = [fid for fid in fids if os.path.isdir(v.work_dir(fid))]  # held: none made
     if len(fids) < 2:
         for fid in fids:
             shutil.rmtree(v.work_dir(fid), ignore_errors=True)
