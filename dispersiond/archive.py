@@ -23,6 +23,7 @@ from backends import NotFound, Store, StoreError
 from . import audit, scratch
 from .config import Config
 from .errors import DispersiondError
+from .held import Held
 from .keys import load_master_key
 from .logs import log
 from .state import FileRow, FileState, StateDB
@@ -47,6 +48,8 @@ class Archive:
         self.stores = Stores(cfg)
         self._lock_fd: int | None = None
         self._stores_lock = threading.Lock()
+        #: Small files' public fragments between their encode and their pack (held.py).
+        self.held = Held()
         #: Stores that answered Unavailable in this process: tried last, not waited on again.
         self.down: set[str] = set()
 

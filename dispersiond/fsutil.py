@@ -6,6 +6,8 @@ import io
 import os
 import stat
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -60,15 +62,40 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+#: fsyncs of one barrier in flight at once. Each fsync waits for the disk to flush its
+#: cache; concurrent ones share the journal's commit and that flush (BENCHMARKS.md,
+#: "Held fragments"), one after the other each pays for its own.
+SYNCERS = 16
+_syncers: ThreadPoolExecutor | None = None
+_syncers_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _syncers
+    with _syncers_lock:
+        if _syncers is None:
+            _syncers = ThreadPoolExecutor(SYNCERS, thread_name_prefix="fsync")
+        return _syncers
+
+
 def sync_batch(files: Iterable[Path], dirs: Iterable[Path]) -> None:
     """One durability barrier for many files written without their own fsyncs: each
     file's data and inode, then each folder once (new entries, renames).
 
     Written first and synced after, the files share the filesystem's journal commits:
     the first fsync commits the metadata of all of them, so a batch costs far less than
-    a file-by-file fsync and folder fsync (BENCHMARKS.md, "Batched encode")."""
-    for path in files:
-        fsync_path(path)
+    a file-by-file fsync and folder fsync (BENCHMARKS.md, "Batched encode"). The files'
+    fsyncs run side by side (SYNCERS at once); the first error is raised once all are
+    through. The folders follow, once all the files are."""
+    files = list(files)
+    if len(files) > 1:
+        futs = [_pool().submit(fsync_path, p) for p in files]
+        errors = [e for fut in futs if (e := fut.exception()) is not None]
+        if errors:
+            raise errors[0]
+    else:
+        for path in files:
+            fsync_path(path)
     for path in dict.fromkeys(dirs):  # each once, in the order given
         fsync_dir(path)
 

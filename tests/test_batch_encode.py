@@ -14,6 +14,7 @@ from dispersiond import digests
 from dispersiond.config import load_config
 from dispersiond.archive import open_archive
 from dispersiond.ops.encode import BATCH_FILE_MAX
+from dispersiond.ops.packing import staged_name
 from dispersiond.ops.protect import (Cancelled, SourceGone, admit, commit_many, encode,
                                      encode_many, upload)
 from dispersiond.ops.restore import restore
@@ -55,12 +56,18 @@ def _restores(v, fid: str, original: Path, out: Path) -> None:
     assert out.read_bytes() == original.read_bytes()
 
 
+@pytest.mark.parametrize("held", [True, False], ids=["held", "staged"])
 @pytest.mark.parametrize("mode", ["erasure", "replicate"])
 def test_a_batch_is_made_durable_by_one_barrier_then_recorded_by_one_transaction(
-        tmp_path: Path, monkeypatch, mode: str) -> None:
+        tmp_path: Path, monkeypatch, mode: str, held: bool) -> None:
+    """Held (the default for small files): only the containers and their folder are
+    synced, the public fragments are in memory; staged (no memory budget left): every
+    staged file too, and each folder once."""
     cfg = load_config(local_config(tmp_path, mode))
     files = _records(tmp_path / "in")
     with open_archive(cfg, exclusive=True) as v:
+        if not held:
+            v.held.limit = 0
         fids = [admit(v, p) for p in files]
         synced: list[tuple[str, str]] = []  # (path, the file's state when it was synced)
         real_fsync = os.fsync
@@ -77,13 +84,17 @@ def test_a_batch_is_made_durable_by_one_barrier_then_recorded_by_one_transaction
         monkeypatch.setattr(os, "fsync", real_fsync)
         assert outcomes == dict.fromkeys(fids)  # every file encoded, in the order given
         assert tx[0] == 1  # one transaction for the batch
-        staged = [str(v.staged_path(o.file_id, o.role, o.shard)) for o in v.db.objects()]
+        staged = [str(v.staged_path(o.file_id, o.role, o.shard)) for o in v.db.objects()
+                  if not held or o.role == "private"]
         paths = [p for p, _ in synced]
         # Each staged file and container once, each folder once: no fsync of a file's
         # folder per file (the batch's barrier), nothing synced twice.
-        folders = ({str(v.work_dir(fid)) for fid in fids}
+        folders = ({str(v.root / "prf")} if held else
+                   {str(v.work_dir(fid)) for fid in fids}
                    | {str(v.root / "prf"), str(v.root / "work")})
         assert sorted(paths) == sorted(set(staged) | folders)
+        assert held == (v.held.files() == set(fids))
+        assert held != any(v.work_dir(fid).exists() for fid in fids)
         assert len(paths) == len(set(paths))
         # The barrier came first: every file was still only claimed when it was synced.
         assert {state for _, state in synced} <= {FileState.CLAIMED.value, "-"}
@@ -92,7 +103,8 @@ def test_a_batch_is_made_durable_by_one_barrier_then_recorded_by_one_transaction
             assert f.state == FileState.ENCODED and f.size == src.stat().st_size
             for o in v.db.objects(fid):
                 assert o.state == "pending"
-                data = v.staged_path(fid, o.role, o.shard).read_bytes()
+                data = (v.held.part(fid, staged_name(o)) if held and o.role == "public"
+                        else v.staged_path(fid, o.role, o.shard).read_bytes())
                 assert len(data) == o.object_size and digests.of(
                     f.digest_alg, data) == o.digest
         for fid in fids:

@@ -570,14 +570,19 @@ def test_upload_window_holds_uploads_but_encodes_at_once(tmp_path):
         assert all(not (tmp_path / f"cloud-{c}").exists() or not any(
             (tmp_path / f"cloud-{c}").iterdir()) for c in "abc")
         assert "uploads held" in cli(cfg, "status")[1]
+        # small records: their public fragments wait in memory, nothing is staged ...
+        assert not list((tmp_path / "state" / "work").glob("*/shard-*"))
     finally:
         assert d.terminate()[0] == 0
+    # ... until the stop writes them out as staged copies: the next start resumes them
+    assert len(list((tmp_path / "state" / "work").glob("*/shard-*"))) == 3 * 3
     edit_config(cfg, schedule={"upload_window": f"{now:%H:%M}-{(now + dt.timedelta(hours=1)):%H:%M}"})
     d = DaemonProc(cfg, tmp_path / "daemon2.log").start()
     try:
         wait_until(lambda: status(cfg)["files"]["done"] == 3, 30, "uploaded in the window", d)
     finally:
         d.terminate()
+    assert not [x for x in d.lines() if x.get("encoded_again")]  # none encoded again
     restore_and_compare(cfg, data, tmp_path / "out")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemonctl import DaemonProc, daemon_config, drop, sha, status, wait_until
+from daemonctl import DaemonProc, daemon_config, drop, log_events, sha, status, wait_until
 from dsp import ROOT
 
 from backends import open_store
@@ -108,6 +108,9 @@ def test_sigkill_inside_a_batch_encode_loses_and_duplicates_nothing(tmp_path: Pa
     finally:
         d.kill()
     assert code == 0
+    if point == "after-commit":  # recorded with their public fragments held in memory,
+        reconciled = log_events(tmp_path / "daemon.log", "reconciled interrupted steps")
+        assert reconciled[-1]["encoded_again"] == 12  # which died: each encoded again
     _check_everything_once(c, cfg, originals, moved, tmp_path / "out")
 
 

@@ -282,3 +282,48 @@ def test_a_record_dropped_alone_is_done_within_max_wait_plus_2s(tmp_path):
     assert len(took) == 3
     for name, seconds in took.items():
         assert c.stable_seconds <= seconds <= bound, (name, seconds)
+
+
+def test_sigkill_with_held_fragments_landed_on_some_stores_only(tmp_path):
+    """Small records' public fragments are held in memory, not staged (FORMAT.md §8). A
+    real daemon is stopped before its second pack commit: one cloud's public pack is
+    committed, another's is uploaded but not committed, and no private container has
+    been packed (each waits for its file's public fragments to land). The SIGKILL loses
+    the held fragments: after the restart each record is claimed and encoded again
+    (new keys), the public packs of the first attempt are deleted from their stores
+    (no row points into them), and every record is done exactly once."""
+    rng = random.Random(11)
+    moved = tmp_path / "protected"
+    cfg = daemon_config(tmp_path, after="move", after_move_to=str(moved), stable_seconds=0.1,
+                        upload_workers=4)
+    originals = {f"obs-{i:02d}.json": rng.randbytes(rng.randrange(1, 48 << 10))
+                 for i in range(12)}
+    for name, data in originals.items():
+        drop(tmp_path / "inbox", name, data)
+    child = Stopped(cfg, ["--log-format", "json", "run"], when="before", nth=2,
+                    at="dispersiond.state.packs:PacksMixin.commit_pack")
+    vault = "vault"
+    try:
+        child.wait(90)
+        committed = wait_until(lambda: p if len(p := _stored_packs(cfg)) >= 1 else None, 30,
+                               "the first pack committed")
+        time.sleep(0.5)  # the other clouds' threads go on: let them settle
+        committed = _stored_packs(cfg)
+        assert committed and all(s != vault for s, _ in committed)  # public packs only
+        kinds = state_rows(cfg, "SELECT DISTINCT role, state FROM objects")
+        assert ("private", "uploaded") not in kinds  # every container still waits
+        assert ("public", "pending") in kinds  # and some cloud's fragments never landed
+        assert not any((tmp_path / "state" / "work").glob("*/puf"))  # nothing staged
+        assert not any((tmp_path / "state" / "work").glob("*/shard-*"))
+    finally:
+        child.kill()
+
+    log = tmp_path / "daemon.log"
+    report = _finish(cfg, log, originals, tmp_path / "out", moved)
+    reconciled = log_events(log, "reconciled interrupted steps")[-1]
+    assert reconciled["encoded_again"] == len(originals)
+    after = _stored_packs(cfg)
+    for store, name in committed:  # the first attempt's packs: nobody refers to them
+        assert (store, name) not in after
+        assert name not in _listed(cfg, store)
+    assert report["packed"] == report["objects"]

@@ -258,3 +258,32 @@ def test_the_spacing_survives_flushes_and_reloads_and_clumps() -> None:
         c.add(_row(30 + i), 10.6)
     c.add(_row(99), 11.2)
     assert abs(c.spacing - 0.6) < 1e-9 and abs(c.linger(pol) - 1.2) < 1e-9
+
+
+def test_containers_of_held_files_are_parked_until_their_public_pack_has_landed(
+        tmp_path: Path) -> None:
+    """A private container whose file still has public fragments held in memory only
+    (held.py) waits outside the pack buffers; once the public pack's outcome is booked it
+    joins its buffer and, nothing more being on the way, is due at once (no linger)."""
+    db = StateDB(tmp_path / "state.db")
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    held = {f"{i:032x}" for i in range(3)}
+    up = Uploader(db, ["cloud", "vault"], lambda o: None, q.put, workers=2, retry_base=1.0,
+                  retry_max=2.0, send_pack=lambda job: None, packable=lambda o: True,
+                  pack_policy=PackPolicy(max_wait="5s"),
+                  waits=lambda o: o.role == "private" and o.file_id in held)
+    up.quiet = lambda: False
+    pubs = [_row(i, "cloud", fid=f"{i:032x}") for i in range(3)]
+    prvs = [_row(10 + i, "vault", "private", fid=f"{i:032x}") for i in range(3)]
+    up.enqueue([*pubs, *prvs], now=100.0)
+    assert set(up.parked) == {10, 11, 12} and up.pending() == 6
+    assert not up.buffers["vault"].objs
+    up.reload([*pubs, *prvs])  # the rows decide again: still parked
+    assert set(up.parked) == {10, 11, 12}
+    held.clear()  # the public pack landed (or was written out)
+    up.quiet = lambda: True
+    up.unpark({f"{i:032x}" for i in range(3)}, now=103.0)
+    assert not up.parked and set(up.buffers["vault"].objs) == {10, 11, 12}
+    assert up.buffers["vault"].due_in(up.pack_policy, True, 103.0) == 0.0
+    assert up.buffers["vault"].spacing is None  # not taken for a trickle
+    up.shutdown()

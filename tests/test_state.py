@@ -24,7 +24,8 @@ S = FileState
 #: The moves the pipeline makes, written out independently of the table.
 LEGAL = {(None, S.CLAIMING), (None, S.CLAIMED), (None, S.DONE),
          (S.CLAIMING, S.CLAIMED), (S.CLAIMED, S.ENCODED), (S.CLAIMED, S.FAILED),
-         (S.ENCODED, S.COMMITTED), (S.COMMITTED, S.DONE), (S.COMMITTED, S.COMMITTED),
+         (S.ENCODED, S.COMMITTED), (S.ENCODED, S.CLAIMED),  # held fragments lost
+         (S.COMMITTED, S.DONE), (S.COMMITTED, S.COMMITTED),
          (S.DONE, S.COMMITTED)}
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from ..archive import open_archive
 from ..display import json_fields, shown
 from ..errors import DispersiondError
+from ..ops.held_recovery import encode_lost_again
 from ..ops.protect import abandon_planned, admit_many, transfer_bytes
-from ..ops.protect_batch import BATCH_FILES, protect_batch, put_batches
+from ..ops.protect_batch import BATCH_FILES, PUT_HOLD_BYTES, protect_batch, put_batches
 from ..ops.upload import Throttle
 from ..state import FileState
 from ._common import add_config, add_json, config, emit_json, transfer_progress
@@ -87,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     lines: list[str] = []  # ... and as text
     with open_archive(cfg, exclusive=True) as v:
         abandon_planned(v)  # early uploads of an encode that was killed: to the trash
+        encode_lost_again(v)  # small files whose held fragments died with a put
+        v.held.limit = PUT_HOLD_BYTES  # a batch is encoded whole before it is sent
         todo = [f.file_id for f in v.db.files_in(
             FileState.CLAIMED, FileState.ENCODED, FileState.COMMITTED)] if args.resume else []
         # Every file is admitted before any is encoded (one transaction per batch), so a

@@ -38,7 +38,8 @@ from ..config import Config
 from ..errors import ConfigError, DispersiondError
 from ..logs import event, log
 from ..ops.encode import abandon_planned
-from ..ops.packing import PackJob, packable, send_pack
+from ..ops.held_recovery import encode_lost_again
+from ..ops.packing import PackJob, packable, send_pack, spill_held, waiting_for_public
 from ..ops.upload import Cancelled, Throttle, upload_one
 from ..metrics import Exporter
 from ..sdnotify import Notifier, hang_if_asked
@@ -118,7 +119,9 @@ class Daemon:
                                  retry_max=retry_max, window=sch.window(),
                                  send_pack=self._send_pack,
                                  packable=lambda obj: packable(self.v, obj),
-                                 pack_policy=cfg.pack)
+                                 pack_policy=cfg.pack,
+                                 waits=lambda obj: waiting_for_public(self.v, obj),
+                                 flush_at=max(self.v.held.limit // 2, 1 << 20))
         self.maintenance = ThreadPoolExecutor(1, thread_name_prefix="maintenance")
         self.encoder = Encoder(self.v, self.uploader, self.gate, self.throttle, self.q.put,
                                self._check_cancel, self._quarantine, self.maintenance,
@@ -144,6 +147,7 @@ class Daemon:
         try:
             counts = ib.reconcile(self.v, self.paths.quarantine)
             counts["early_uploads_abandoned"] = abandon_planned(self.v)  # emptied by the sweep
+            counts["encoded_again"] = encode_lost_again(self.v)  # held fragments lost
             if any(counts.values()):
                 event(logging.INFO, "reconciled interrupted steps", **counts)
             self.finisher.advance_all()
@@ -210,6 +214,7 @@ class Daemon:
             while self._busy() and time.monotonic() < deadline:
                 self._wait_and_handle(deadline - time.monotonic())
         self.cancel.set()
+        spill_held(self.v, self.v.held.files())  # what waits for a pack: kept, not re-encoded
         stuck = len(self.uploader.in_flight) + len(self.encoder.encoding)
         final = self._status_doc("stopped")
         self.status.offer(final, force=True)

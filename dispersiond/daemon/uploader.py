@@ -56,11 +56,16 @@ class PackBuffer:
         self.spacing: float | None = None  # recent seconds between arrivals (averaged)
 
     def add(self, obj: ObjectRow, now: float, fresh: bool = True) -> None:
-        """`fresh`: a member just encoded (its arrival teaches the buffer the spacing); a
-        reload re-adds known members with fresh=False and teaches nothing."""
+        """`fresh`=False: a member that is no new arrival (a queue reload re-adding what
+        it knows, a parked container that waited for its public fragments): it starts an
+        empty buffer's max_wait clock but teaches nothing, so it neither delays a quiet
+        flush nor looks like a trickle."""
         if not self.objs:
             self.since = now
-        if fresh and obj.id not in self.objs:
+        if not fresh:
+            self.objs[obj.id] = obj
+            return
+        if obj.id not in self.objs:
             self._arrived(now)
         self.objs[obj.id] = obj
         self.touched = max(self.touched, now)
@@ -88,11 +93,13 @@ class PackBuffer:
             return LINGER
         return max(LINGER, 2 * self.spacing)
 
-    def due_in(self, policy: PackPolicy, quiet: bool, now: float) -> float | None:
-        """Seconds until this buffer should be flushed (0: now); None when empty."""
+    def due_in(self, policy: PackPolicy, quiet: bool, now: float,
+               full: int | None = None) -> float | None:
+        """Seconds until this buffer should be flushed (0: now); None when empty. `full`:
+        the bytes at which it is flushed (default and at most `pack_size`)."""
         if not self.objs:
             return None
-        if self.bytes() >= policy.pack_size:
+        if self.bytes() >= min(policy.pack_size, full or policy.pack_size):
             return 0.0
         due = self.since + policy.max_wait - now
         if quiet:
@@ -108,10 +115,20 @@ class Uploader:
                  retry_max: float, window: Window | None = None,
                  send_pack: SendPack | None = None,
                  packable: Callable[[ObjectRow], bool] | None = None,
-                 pack_policy: PackPolicy | None = None) -> None:
+                 pack_policy: PackPolicy | None = None,
+                 waits: Callable[[ObjectRow], bool] | None = None,
+                 flush_at: int | None = None) -> None:
         self.db, self.send, self.put = db, send, put
         self.workers, self.window = workers, window
         self.send_pack, self.packable = send_pack, packable
+        #: Must this (packable) object wait for its file's held public fragments to
+        #: land (a private container, held.py)? Such rows are parked until they have.
+        self.waits = waits
+        self.parked: dict[int, ObjectRow] = {}
+        #: A buffer is flushed once it holds this many bytes (at most pack_size): what
+        #: keeps the held fragments within their memory budget, a pack going up while
+        #: the next is encoded.
+        self.flush_at = flush_at
         self.pack_policy = pack_policy or PackPolicy()
         #: Is nothing more on the way (no file waiting or being encoded)? Set by the daemon.
         self.quiet: Callable[[], bool] = lambda: True
@@ -143,14 +160,14 @@ class Uploader:
 
     def pending(self) -> int:
         return (sum(len(q) for q in self.queues.values())
-                + sum(len(b.objs) for b in self.buffers.values()))
+                + sum(len(b.objs) for b in self.buffers.values()) + len(self.parked))
 
     def flush_due_in(self, now: float | None = None) -> float | None:
         """Seconds until a pack buffer is due (for the loop's wake-up); None: none waits."""
         now = time.monotonic() if now is None else now
         quiet = self.quiet()
         dues = [d for b in self.buffers.values()
-                if (d := b.due_in(self.pack_policy, quiet, now)) is not None]
+                if (d := b.due_in(self.pack_policy, quiet, now, self.flush_at)) is not None]
         return min(dues, default=None)
 
     # --- queues
@@ -162,7 +179,10 @@ class Uploader:
             if obj.store not in self.queues or obj.id in self.in_flight:
                 continue
             if self.send_pack is not None and self.packable is not None and self.packable(obj):
-                self.buffers[obj.store].add(obj, now, fresh)
+                if self.waits is not None and self.waits(obj):
+                    self.parked[obj.id] = obj
+                else:
+                    self.buffers[obj.store].add(obj, now, fresh)
             else:
                 self.queues[obj.store][obj.id] = obj
 
@@ -175,6 +195,7 @@ class Uploader:
             q.clear()
         for b in self.buffers.values():
             b.objs.clear()
+        self.parked.clear()
         self.enqueue(rows, now, fresh=False)
         for s, (t0, t1) in since.items():
             b = self.buffers[s]
@@ -204,7 +225,7 @@ class Uploader:
             if cap <= 0:
                 break
             buf = self.buffers[store]
-            if buf.due_in(self.pack_policy, quiet, now) == 0.0 \
+            if buf.due_in(self.pack_policy, quiet, now, self.flush_at) == 0.0 \
                     and h.can_send(now, per_store.get(store, 0)):
                 cap -= self._flush(store, buf, 1 if h.failing else cap)
             if not q or not h.can_send(now, per_store.get(store, 0)):
@@ -296,6 +317,7 @@ class Uploader:
         for obj in ev.objs:
             self.in_flight.pop(obj.id, None)
         fids = {obj.file_id for obj in ev.objs}
+        self.unpark(fids)  # landed, or written out by the failed task: containers may go
         h, exc = self.health[ev.store], ev.error
         if exc is None:
             if h.recover():
@@ -321,6 +343,16 @@ class Uploader:
             self.db.note_upload_failure(fid, h.retry_at or time.time(),
                                         f"pack upload to {ev.store} failed: {msg}"[:500])
         return fids
+
+    def unpark(self, fids: set[str], now: float | None = None) -> None:
+        """Parked rows of `fids` that need not wait any more go to their pack buffers."""
+        if not self.parked:
+            return
+        now = time.monotonic() if now is None else now
+        for oid, obj in list(self.parked.items()):
+            if obj.file_id in fids and not (self.waits and self.waits(obj)):
+                del self.parked[oid]  # due as soon as nothing more is on the way
+                self.buffers[obj.store].add(obj, now, fresh=False)
 
     def store_failed(self, store: str, started: float, exc: BaseException) -> None:
         """A request to `store` that began at `started` failed: back off."""

@@ -4,6 +4,8 @@ behind the encoder (or, for a large file, the direct uploads fed from memory). T
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
@@ -72,6 +74,8 @@ class Staged:
     digest: str  # of the original bytes
     paths: dict[str, Path]  # staged file name ("puf", "shard-<i>", "prf") -> path
     sums: dict[str, str]  # staged file name -> digest of its bytes
+    #: The public fragments kept in memory instead of staged (held.py), by staged name.
+    held: dict[str, bytes] | None = None
 
     def complete(self, planned: list[tuple[dict, str]]) -> list[tuple[dict, Path]]:
         """Planned rows with their digests filled in, and the staged file each uploads."""
@@ -94,7 +98,8 @@ class Staged:
     def durable(self) -> tuple[list[Path], list[Path]]:
         """(files, folders) a barrier must fsync for this encode to survive a power cut:
         every staged file written locally and the container, then their folders."""
-        files = [p for p in self.paths.values() if p.exists()]
+        held = self.held or {}
+        files = [p for k, p in self.paths.items() if k not in held and p.exists()]
         return files, list(dict.fromkeys(p.parent for p in files))
 
     def file_fields(self, cfg, key: bytes) -> dict:
@@ -107,7 +112,7 @@ class Staged:
 def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
           progress: Progress | None = None,
           on_layout: Callable[[se2.Layout], Feeds] | None = None, *,
-          sync: bool = True) -> Staged:
+          sync: bool = True, hold: bool = False) -> Staged:
     """Encode `src` with a fresh secret: the container to `container_path` (atomically,
     fsynced), the replica or the n erasure shards (padded, fsynced) into `stage_dir`.
 
@@ -116,7 +121,11 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
     staged file given Pipes instead is not written at all: its bytes go to them.
 
     With sync=False nothing is fsynced: the caller syncs a whole batch at once
-    (`Staged.durable`, then `fsutil.sync_batch`) before it records any of it."""
+    (`Staged.durable`, then `fsutil.sync_batch`) before it records any of it; the
+    container is then written in place (nothing refers to it before that record).
+
+    With hold=True (and sync=False) the public fragments are not written at all: their
+    padded bytes are returned in `Staged.held`, and `stage_dir` is not used."""
     cfg, pol = v.cfg, v.cfg.public
     size = os.fstat(src.fileno()).st_size
     hl = head_len(src.read(PROBE), size, cfg.dicom_header)
@@ -124,7 +133,7 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
     alg = cfg.digest
     # compression (if it pays) runs first, so the sizes are known before any byte is written
     prep = codec.prepare(src, size, head_len=hl, compression=cfg.compression, digest_alg=alg,
-                         spool_dir=stage_dir, progress=progress)
+                         spool_dir=stage_dir.parent if hold else stage_dir, progress=progress)
     layout = prep.layout
     names = ["puf"] if pol.mode == "replicate" else [f"shard-{i}" for i in range(pol.n)]
     outs: list[HashingWriter] = []
@@ -132,11 +141,12 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
         feeds = on_layout(layout) if on_layout else {}
         for name in names:
             feed = feeds.get(name)
-            outs.append(PipeWriter(feed, alg) if isinstance(feed, list)
+            outs.append(HashingWriter(io.BytesIO(), alg) if hold
+                        else PipeWriter(feed, alg) if isinstance(feed, list)
                         else HashingWriter(open(stage_dir / name, "w+b"), alg, feed))
         sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
                                                                    DEFAULT_BLOCK)
-        with atomic_output(container_path, sync=sync) as prf_file:
+        with (atomic_output(container_path) if sync else _in_place(container_path)) as prf_file:
             prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
             prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
             enc = codec.write(prep, v.key, sink, prf)
@@ -146,6 +156,7 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
             o.pad_random(padded(o.n, pol.pad))
             if sync:
                 o.sync()
+        held = {name: o.f.getvalue() for name, o in zip(names, outs)} if hold else None
     finally:
         prep.close()
         for o in outs:
@@ -160,7 +171,22 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
             w.tap.finish()
     return Staged(layout, size, alg, enc.digest,
                   {**{name: stage_dir / name for name in names}, "prf": container_path},
-                  {name: w.hexdigest() for name, w in writers.items()})
+                  {name: w.hexdigest() for name, w in writers.items()}, held)
+
+
+@contextlib.contextmanager
+def _in_place(path: Path) -> Iterator[BinaryIO]:
+    """A new private file written under its final name, unsynced (a batch's barrier
+    syncs it): one create instead of a temporary file and a rename. Only for a file that
+    nothing refers to until the barrier is through (a claimed file's container); a
+    failure removes what was written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 EARLY_UPLOAD_MIN = 16 << 20  # below this a file goes up in one request, which cannot start early

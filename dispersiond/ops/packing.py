@@ -77,13 +77,19 @@ def plan_packs(objs: Iterable[ObjectRow], pack_size: int) -> list[PackJob]:
 def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     """The fragment from its staged copy, checked against the digest the encode recorded
     (the staged copy carries the padding a standalone object would have had)."""
-    path = v.staged_path(obj.file_id, obj.role, obj.shard)
-    data = path.read_bytes()
+    held = None if obj.role == "private" else v.held.part(obj.file_id, staged_name(obj))
+    data = held if held is not None else v.staged_path(obj.file_id, obj.role,
+                                                       obj.shard).read_bytes()
     if len(data) != obj.object_size or digests.of(obj.digest_alg or "", data) != obj.digest:
         raise IntegrityError(f"staged {obj.role} object of file {obj.file_id} does not match "
                              "what its encode recorded (damaged on local disk): the file is "
                              "encoded again")
     return data[:obj.length]
+
+
+def staged_name(obj: ObjectRow) -> str:
+    """The name of a public object's staged copy (or held fragment, held.py)."""
+    return "puf" if obj.shard is None else f"shard-{obj.shard}"
 
 
 _STAGED_PACK = "pack-"  # staging area name prefix of a pack being built or sent
@@ -131,6 +137,8 @@ def send_pack(v: Archive, job: PackJob, throttle: Throttle,
         v.db.commit_pack(row, placed, release)
     except BaseException:
         v.db.abandon_pack(job.store, name)
+        if job.kind == "public":
+            spill_held(v, {obj.file_id for obj in job.objs})
         raise
     finally:
         if path is not None:
@@ -138,9 +146,29 @@ def send_pack(v: Archive, job: PackJob, throttle: Throttle,
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+    if job.kind == "public":
+        for obj in job.objs:
+            v.held.landed(obj.file_id, job.store)
     v.db.store_ok(job.store)
     event(logging.INFO, "pack stored", store=job.store, kind=job.kind, members=len(placed))
     return row
+
+
+def spill_held(v: Archive, fids: set[str]) -> None:
+    """A pack of held fragments did not land: write them out as staged copies (durable)
+    so that they are retried from disk and their containers may follow. If that fails
+    too they stay held (a crash then has them encoded again)."""
+    try:
+        v.held.spill(v.root / "work", fids & v.held.files())
+    except OSError as exc:
+        event(logging.WARNING, "held fragments could not be written out; they stay in "
+              "memory", error=type(exc).__name__)
+
+
+def waiting_for_public(v: Archive, obj: ObjectRow) -> bool:
+    """Must this pending private container wait (a public fragment of its file is held
+    in memory only, not yet in a pack)? See held.py."""
+    return obj.role == "private" and v.held.waiting(obj.file_id)
 
 
 def send_objects(v: Archive, objs: list[ObjectRow], throttle: Throttle | None = None,
@@ -163,7 +191,8 @@ def send_objects(v: Archive, objs: list[ObjectRow], throttle: Throttle | None = 
             failures.append((job.store, exc))
 
     ids = {(o.store, o.name): o.id for o in large}
-    jobs = plan_packs(small, v.cfg.pack.pack_size)
+    later = [o for o in small if waiting_for_public(v, o)]  # after their public packs
+    jobs = plan_packs([o for o in small if not waiting_for_public(v, o)], v.cfg.pack.pack_size)
     with ThreadPoolExecutor(max_workers=max(1, min(v.cfg.upload_workers, len(jobs)))) as ex:
         running = [ex.submit(one_pack, j) for j in jobs]
         failures += send_all(v, [Upload.of_row(v, o) for o in large], throttle, progress,
@@ -171,4 +200,14 @@ def send_objects(v: Archive, objs: list[ObjectRow], throttle: Throttle | None = 
                                  [ids[job.store, job.name]]))
         for fut in running:
             fut.result()
+    if later:  # every held fragment has landed or been written out by now
+        ready = [o for o in later if not waiting_for_public(v, o)]
+        jobs = plan_packs(ready, v.cfg.pack.pack_size)
+        with ThreadPoolExecutor(max_workers=max(1, min(v.cfg.upload_workers,
+                                                       len(jobs)))) as ex:
+            for fut in [ex.submit(one_pack, j) for j in jobs]:
+                fut.result()
+        for store in sorted({o.store for o in later if waiting_for_public(v, o)}):
+            failures.append((store, OSError("a public fragment of the file could not be "
+                                            "stored or written out")))
     return failures

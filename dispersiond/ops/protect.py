@@ -142,12 +142,16 @@ def encode_many(v: Archive, fids: list[str],
     v.db.abandon_planned_of(fids)  # none for a small file; one read to be sure
     outcomes: dict[str, BaseException | None] = {}
     staged: list[tuple[str, Staged]] = []
+    reserved: dict[str, int] = {}  # memory budget taken for a file's held fragments
     try:
         for fid in fids:
             if check is not None:
                 check(0)
             try:
-                staged.append((fid, _stage_one(v, fid, rows.get(fid))))
+                st = _stage_one(v, fid, rows.get(fid), reserved)
+                if not st.held and fid in reserved:
+                    v.held.release(reserved.pop(fid))
+                staged.append((fid, st))
                 outcomes[fid] = None
             except Exception as exc:  # noqa: BLE001 - this file's own outcome
                 if isinstance(exc, _NotClaimed):
@@ -161,15 +165,25 @@ def encode_many(v: Archive, fids: list[str],
             f, d = st.durable()
             files += f
             dirs += d
-        sync_batch(files, [*dirs, v.root / "work"])
+        staged_dirs = any(not st.held for _, st in staged)  # new folders in work/
+        sync_batch(files, [*dirs, *([v.root / "work"] if staged_dirs else [])])
+        planned = [(fid, st, st.rows(v.cfg, fid)) for fid, st in staged]
+        for fid, st, rows_of in planned:  # held before they are recorded: a sender that
+            if st.held:                   # reads the rows finds the bytes
+                v.held.hold(fid, st.held, {row["store"] for row, _ in rows_of
+                                           if row["role"] == "public"}, reserved.pop(fid))
         with v.db.tx() as conn:
-            for fid, st in staged:
-                _record_encoded(v, conn, fid, st,
-                                [dict(row, state="pending") for row, _ in st.rows(v.cfg, fid)])
+            for fid, st, rows_of in planned:
+                _record_encoded(v, conn, fid, st, [dict(row, state="pending")
+                                                   for row, _ in rows_of])
     except BaseException:
         for fid, _ in staged:  # nothing of it was recorded: give the space back
+            v.held.drop(fid)
             _unstage(v, fid)
         raise
+    finally:
+        for n in reserved.values():  # reserved for files that were not held after all
+            v.held.release(n)
     for fid, st in staged:
         _log_encoded(fid, st)
     return outcomes
@@ -185,23 +199,41 @@ def _unstage(v: Archive, fid: str) -> None:
     v.container_path(fid).unlink(missing_ok=True)
 
 
-def _stage_one(v: Archive, fid: str, f: FileRow | None) -> Staged:
-    """One file of a batch, staged without fsyncs (the batch's barrier makes it durable)."""
+def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int]) -> Staged:
+    """One file of a batch, staged without fsyncs (the batch's barrier makes it durable).
+    Its public fragments are held in memory instead when every one of them will be
+    packed and the memory budget allows (`reserved` gets what it took)."""
     if f is None or f.state != FileState.CLAIMED:
         raise _NotClaimed(f"file {fid} is not waiting to be encoded "
                           f"({'no record' if f is None else f'it is {f.state}'})")
     work = v.work_dir(fid)
-    try:
-        os.mkdir(work, 0o700)
-    except FileExistsError:  # a crash mid-encode left a partial stage
-        shutil.rmtree(work, ignore_errors=True)
-        os.mkdir(work, 0o700)
+    need = held_need(v.cfg, f.size)
+    hold = need is not None and v.held.reserve(need)
+    if hold:
+        reserved[fid] = need or 0
+        shutil.rmtree(work, ignore_errors=True)  # a crash mid-encode left a partial stage
+    else:
+        try:
+            os.mkdir(work, 0o700)
+        except FileExistsError:  # a crash mid-encode left a partial stage
+            shutil.rmtree(work, ignore_errors=True)
+            os.mkdir(work, 0o700)
     try:
         src = open(Path(f.source or ""), "rb")
     except OSError as exc:
         raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
     with src:
-        return stage(v, src, work, v.container_path(fid), sync=False)
+        return stage(v, src, work, v.container_path(fid), sync=False, hold=hold)
+
+
+def held_need(cfg, size: int) -> int | None:
+    """Memory a `size`-byte file's public fragments take when held (held.py), or None
+    if one of them would not be packed (it needs a staged copy to upload from). The
+    bound is of the uncompressed layout: compression only makes them smaller."""
+    sizes = staged_sizes(cfg, se2.Layout(se2.DEFAULT_CHUNK_LOG2, size, 0))
+    if max(sizes.values()) * 1.15 + 4096 >= cfg.pack.threshold:  # a margin for the
+        return None                               # headers and padding a real encode adds
+    return sum(n for name, n in sizes.items() if name != "prf")
 
 
 class SourceGone(DispersiondError):
@@ -267,6 +299,7 @@ REMOVERS = 4
 def remove_stages(v: Archive, fids: list[str]) -> None:
     """The staged copies of files that no longer need them, several folders at a time
     (one at a time, a batch of small files spent most of its commit here)."""
+    fids = [fid for fid in fids if os.path.isdir(v.work_dir(fid))]  # held: none made
     if len(fids) < 2:
         for fid in fids:
             shutil.rmtree(v.work_dir(fid), ignore_errors=True)

@@ -29,6 +29,10 @@ from .upload import Throttle
 #: store and kind (more once a pack reaches pack.pack_size).
 BATCH_FILES = 1000
 BATCH_BYTES = 128 << 20
+#: Memory `put` may hold public fragments in (held.py): a batch's small files are all
+#: encoded before any is sent, so a batch of 1,000 records of 16 KiB holds ~16 MiB; past
+#: this, the rest of a batch is staged on disk as before.
+PUT_HOLD_BYTES = 24 << 20
 #: Encodes at once: small files in chunks (`encode_many`: one durability barrier and one
 #: transaction a chunk), medium ones alone. Their cost is mostly fsyncs and file creation,
 #: which overlap (the journal commits them together) while the CPU is free; in flight at

@@ -90,6 +90,29 @@ class FilesMixin(Database):
                 if row is not None:
                     check_transition(fid, row[0], new)  # raises: the move is illegal
 
+    def encode_again(self, file_ids: list[str]) -> list[tuple[str, str]]:
+        """Encoded files whose held public fragments were lost (docs/FORMAT.md §8) back
+        to claimed, in one transaction: their object rows go, and the names of those
+        already uploaded (public pack members: a pack goes to the trash only once no
+        row points into it) and of any planned upload go to the trash. Returns the
+        (store, name) pairs given up. Only encoded files are touched."""
+        with self.tx() as conn:
+            fids = [fid for fid in file_ids if (r := conn.execute(
+                "SELECT state FROM files WHERE file_id=?", (fid,)).fetchone())
+                and r[0] == S.ENCODED.value]
+            names: list[tuple[str, str]] = []
+            for fid in fids:
+                names += [(r[0], r[1]) for r in conn.execute(
+                    "SELECT store, name FROM objects WHERE file_id=? AND state!=?",
+                    (fid, "pending"))]
+                names += [(r[0], r[1]) for r in conn.execute(
+                    "SELECT store, name FROM planned WHERE file_id=?", (fid,))]
+                conn.execute("DELETE FROM objects WHERE file_id=?", (fid,))
+                conn.execute("DELETE FROM planned WHERE file_id=?", (fid,))
+            self.trash_many(list(dict.fromkeys(names)), conn)  # TrashMixin
+            self.set_states(fids, S.CLAIMED, conn, error=None)
+        return names
+
     def claimed_many(self, moved: list[tuple[str, str]], dropped: list[str],
                      updated: float) -> None:
         """One transaction: claims whose rename landed are claimed (with their new source),

@@ -51,11 +51,13 @@ class ObjectState(str, Enum):
 S = FileState
 #: The only legal moves. None: a new row (an inbox claim, a `put`, a `recover`).
 #: committed/done -> committed is a rekey (new objects, not yet in a backup).
+#: encoded -> claimed: a small file whose held public fragments died with the process
+#: (docs/FORMAT.md §8), encoded again; nothing of it was ever restorable.
 TRANSITIONS: dict[FileState | None, frozenset[FileState]] = {
     None: frozenset({S.CLAIMING, S.CLAIMED, S.DONE}),
     S.CLAIMING: frozenset({S.CLAIMED}),
     S.CLAIMED: frozenset({S.ENCODED, S.FAILED}),
-    S.ENCODED: frozenset({S.COMMITTED}),
+    S.ENCODED: frozenset({S.COMMITTED, S.CLAIMED}),
     S.COMMITTED: frozenset({S.DONE, S.COMMITTED}),
     S.DONE: frozenset({S.COMMITTED}),
     S.FAILED: frozenset(),
