@@ -25,7 +25,7 @@ from dsp import ROOT
 from backends import open_store
 
 CHILD = textwrap.dedent('''
-    import os, signal, sys
+    import itertools, os, signal, sys
     from pathlib import Path
     from dispersiond import codec, fsutil, inbox as ib
     from dispersiond.archive import open_archive
@@ -38,14 +38,15 @@ CHILD = textwrap.dedent('''
         os.kill(os.getpid(), signal.SIGKILL)
 
     def after(n, real, before=False):
-        """`real`, but the process dies at its n-th call (before or after it runs)."""
-        calls = [0]
+        """`real`, but the process dies at its n-th call (before or after it runs). The
+        barrier's fsyncs run on several threads: each call takes its number atomically."""
+        calls = itertools.count(1)
         def wrapped(*args, **kwargs):
-            calls[0] += 1
-            if before and calls[0] == n:
+            k = next(calls)
+            if before and k == n:
                 die()
             out = real(*args, **kwargs)
-            if calls[0] == n:
+            if k == n:
                 die()
             return out
         return wrapped
