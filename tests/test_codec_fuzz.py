@@ -12,7 +12,6 @@ import os
 import struct
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

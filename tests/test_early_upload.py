@@ -22,7 +22,7 @@ import yaml
 from backends import SourceError, open_store
 from dispersiond import digests
 from dispersiond.config import load_config
-from dispersiond.ops.protect import (EARLY_UPLOAD_MIN, EarlyUploads, Throttle, abandon_planned, admit,
+from dispersiond.ops.protect import (EARLY_UPLOAD_MIN, EarlyUploads, Throttle, admit,
                                       encode)
 from dispersiond.state import peek
 from dispersiond.tap import DirectUploadFailed, Pipe, Tap

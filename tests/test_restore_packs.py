@@ -165,7 +165,8 @@ def test_a_lost_pack_fails_its_files_and_marks_them_missing(tmp_path):
     assert gets_since(before) == {"cloud-a": 1}  # the pack was asked for once, not per file
     assert sum(1 for line in err.splitlines() if "missing" in line) == 6
     with open_archive(load_config(cfg)) as v:
-        assert {o.state for o in v.db.objects(None, role="public")} == {"missing"}
+        public = v.db.objects(None, role="public")
+        assert {o.state for o in public} == {"missing"} and {o.file_id for o in public} == set(ids)
         assert v.db.pack("cloud-a", pack).state == "missing"
     assert list(out.iterdir()) == []
 

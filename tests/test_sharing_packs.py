@@ -26,7 +26,7 @@ from dispersiond.share import LinkExpired, ObjectGone, open_bundle
 from dispersiond.share import copies as share_copies
 from backends import Unavailable
 from backends.memory import MemoryStore
-from dsp import cli, cli_json, real_files
+from dsp import cli_json, real_files
 from memory_archive import every_object, memory_archive, pack_together
 from test_sharing import (_payload, cloud_setup, doctor, local_setup, sha, share_cli,  # noqa: F401
                           store_of)
