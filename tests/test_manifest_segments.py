@@ -370,3 +370,15 @@ def test_the_scale_bench_measures_whole_generations(tmp_path: Path) -> None:
     # each record pays its delta and a bounded share of checkpoints (FORMAT.md §4)
     assert r["delta_bytes"] < r["amortised_bytes"] < 4 * r["delta_bytes"]
     assert r["recover_segments"] >= 7 and r["recover_objects"] > r["recover_segments"]
+
+
+def test_the_daemons_sweep_counts_segments_as_recorded(tmp_path: Path) -> None:
+    """The daemon deletes manifest objects the state does not record (a crash's): the
+    segments of a landed checkpoint are recorded, a dead backup's are not."""
+    from dispersiond.ops.backup import _backups
+
+    cfg = local_config(tmp_path, "replicate")
+    put(cfg, *records(tmp_path, 4))
+    with open_archive(load_config(cfg)) as v:
+        recorded = {n for _, n in _backups(v, "vault")}
+        assert recorded == set(v.store("vault").list(manifest.PREFIX)) and len(recorded) == 3
