@@ -78,7 +78,8 @@ def _segment_gap(root: Found, by_digest: dict[str, Found]) -> str | None:
     swapped: none on any store has the digest its root lists), or None."""
     for ref in root.doc.get("segments") or []:
         got = by_digest.get(ref["digest"])
-        if got is None or got.doc["kind"] != "segment" or got.doc["index"] != ref["index"]:
+        if got is None or got.doc["kind"] != "segment" or got.doc["index"] != ref["index"] \
+                or len(got.doc["files"]) != ref["files"]:
             return (f"checkpoint #{root.seq} lists segment {ref['index']}, which is on no "
                     "store (missing, or replaced by another)")
     return None
