@@ -28,9 +28,10 @@ from .state import PROTECTED, FileRow, StateDB, dumps
 
 MAGIC = b"DSPM"
 VERSION = 1  # of the sealed envelope
-FORMAT = 5  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key;
+FORMAT = 6  # of the JSON inside: 2 named every digest's algorithm; 3 adds sender_key;
 #            4: checkpoints and deltas, chained; name_b64 (a name that is not valid UTF-8);
-#            5: pack_digest on an object entry of a packed member (docs/FORMAT.md §8.4)
+#            5: pack_digest on an object entry of a packed member (docs/FORMAT.md §8.4);
+#            6: segmented checkpoints (a root listing sealed segments, §4.1)
 PREFIX = "manifest/"
 KEEP_BACKUPS = 3  # generations (a checkpoint and the deltas on it) kept on each store
 #: A new checkpoint once the deltas since the last one would exceed this share of its
@@ -38,6 +39,9 @@ KEEP_BACKUPS = 3  # generations (a checkpoint and the deltas on it) kept on each
 CHECKPOINT_FRACTION = 0.5
 #: ... or once this many deltas build on it (bounds what recover fetches).
 CHECKPOINT_EVERY = 1000
+#: Files per checkpoint segment: new files fill the last one, so a checkpoint re-seals
+#: the few segments that changed, and its root lists N / SEGMENT_FILES of them.
+SEGMENT_FILES = 1000
 
 FILE_FIELDS = ("file_id", "name", "size", "digest", "digest_alg", "mtime", "scheme", "head_len",
                "chunk_log2", "puf_len", "prf_len", "prf_digest", "key_id", "public_mode", "k",
@@ -67,6 +71,52 @@ def _object(o) -> dict:
     if o.pack_digest is not None:  # only on packed members: others read as before
         out["pack_digest"] = o.pack_digest
     return out
+
+
+def entries(db: StateDB, file_ids: list[str]) -> list[dict]:
+    """The entries of those of `file_ids` still protected, in that order (a few reads)."""
+    rows = db.files_by_id(file_ids)
+    objects: dict[str, list] = {}
+    for o in db.objects_of([fid for fid, f in rows.items() if f.state in PROTECTED]):
+        objects.setdefault(o.file_id, []).append(o)
+    return [_entry(f, objects.get(fid, [])) for fid, f in rows.items() if f.state in PROTECTED]
+
+
+def segment(seq: int, index: int, files: list[dict]) -> dict:
+    """One segment of checkpoint `seq`: the entries of the files it holds."""
+    return {"format": FORMAT, "kind": "segment", "seq": seq, "index": index, "files": files}
+
+
+def root(db: StateDB, seq: int, refs: list[dict], sender_seed: bytes | None = None,
+         prev: dict | None = None) -> dict:
+    """A segmented checkpoint: every audit entry and the list of its segments
+    ({index, name, digest, files} each), not the entries themselves."""
+    doc = _doc("checkpoint", seq, seq, prev, db, [dict(r) for r in db.audit_rows()], [], [],
+               sender_seed)
+    doc["segments"] = refs
+    return doc
+
+
+def segment_name(blob: bytes) -> str:
+    """Content-addressed (the same on every store): 32 hex digits of the sealed bytes'
+    SHA-256, as opaque as a random name."""
+    return PREFIX + blob_digest(blob)[:32]
+
+
+def expand(doc: dict, segments: list[dict], where: str = "(backup)") -> dict:
+    """A segmented checkpoint with its segments' entries in `files`, for replay: each
+    segment must be the one listed (index and count; the digest matched already), no
+    file twice."""
+    files = list(doc["files"])
+    for ref, seg in zip(doc["segments"], segments, strict=True):
+        if seg["index"] != ref["index"] or len(seg["files"]) != ref["files"]:
+            raise IntegrityError(f"manifest backup {where}: segment {ref['index']} is not the "
+                                 "one its root lists (the backup is not used)")
+        files += seg["files"]
+    if len({e["file_id"] for e in files}) != len(files):
+        raise IntegrityError(f"manifest backup {where}: a file is in two segments (the "
+                             "backup is not used)")
+    return {**doc, "files": files}
 
 
 def snapshot(db: StateDB, seq: int, sender_seed: bytes | None = None,
@@ -144,7 +194,7 @@ def open_sealed(master_key: bytes, blob: bytes) -> dict:
 
 
 def read(master_key: bytes, blob: bytes, where: str) -> dict:
-    """Open, upgrade and check one backup: a format-4 document, or a one-line
+    """Open, upgrade and check one backup (a checkpoint, delta or segment): a format-6 document, or a one-line
     IntegrityError/WrongKey naming `where`."""
     try:
         doc = open_sealed(master_key, blob)
@@ -166,7 +216,7 @@ def upgrade(doc: object, where: str = "(backup)") -> object:
     fmt = doc.get("format")
     if fmt == FORMAT or fmt is None:
         return doc
-    if fmt == 4:  # format 5 only adds an optional key
+    if fmt in (4, 5):  # 5 only adds an optional key, 6 an optional list (segments)
         return {**doc, "format": FORMAT}
     if fmt not in (1, 2, 3):
         raise IntegrityError(f"manifest format {fmt!r} is not read by this build (backup "

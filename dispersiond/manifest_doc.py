@@ -128,9 +128,25 @@ class Prev(_Strict):
     digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+class SegmentRef(_Strict):
+    index: Count
+    name: Annotated[str, AfterValidator(_object_name)]
+    digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    files: Count
+
+
+class Segment(_Strict):
+    """One segment of a segmented checkpoint (format 6)."""
+    format: Literal[6]
+    kind: Literal["segment"]
+    seq: Seq
+    index: Count
+    files: list[FileEntry]
+
+
 class Document(_Strict):
-    """Format 5 (older formats are upgraded to it first)."""
-    format: Literal[5]
+    """Format 6 (older formats are upgraded to it first)."""
+    format: Literal[6]
     kind: Literal["checkpoint", "delta"]
     seq: Seq
     base: Seq
@@ -141,12 +157,16 @@ class Document(_Strict):
     files: list[FileEntry]
     removed: list[FileId]
     sender_key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    segments: list[SegmentRef] | None = None  # a segmented checkpoint (format 6)
 
 
 def check(doc: object, where: str) -> dict:
-    """`doc` if it is a well-formed format-5 document; IntegrityError naming `where` and
-    the first problem otherwise."""
+    """`doc` if it is a well-formed format-6 document (a checkpoint, a delta or a
+    segment); IntegrityError naming `where` and the first problem otherwise."""
     try:
+        if isinstance(doc, dict) and doc.get("kind") == "segment":
+            Segment.model_validate(doc)
+            return doc
         d = Document.model_validate(doc)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -159,6 +179,10 @@ def check(doc: object, where: str) -> dict:
     if d.kind == "checkpoint" and (d.base != d.seq or d.removed):
         raise IntegrityError(f"manifest backup {where} is malformed: a checkpoint is its "
                              "own base and removes nothing (the backup is not used)")
+    if d.segments is not None and (d.kind != "checkpoint" or [r.index for r in d.segments]
+                                   != sorted({r.index for r in d.segments})):
+        raise IntegrityError(f"manifest backup {where} is malformed: only a checkpoint lists "
+                             "segments, each once, in order (the backup is not used)")
     if d.prev is not None and d.prev.seq >= d.seq:
         raise IntegrityError(f"manifest backup {where} is malformed: its predecessor "
                              f"#{d.prev.seq} is not older than it (#{d.seq})")

@@ -85,3 +85,33 @@ def restores(cfg: Path, fid: str, original: Path, out: Path) -> None:
     """`dispersiond restore` must give back the original's bytes."""
     cli(cfg, "restore", fid, "--to", str(out))
     assert out.read_bytes() == original.read_bytes()
+
+
+def manifest_objects(cfg: Path, store: str = "vault") -> tuple[list[tuple[dict, bytes, str]],
+                                                                dict[str, tuple[dict, bytes]]]:
+    """The manifest backups on `store` by seq ((document, sealed bytes, name): a
+    segmented checkpoint's document with its segments' entries in `files`), and its
+    checkpoint segments by digest ((document, sealed bytes))."""
+    from dispersiond import manifest
+    from dispersiond.archive import open_archive
+    from dispersiond.config import load_config
+
+    with open_archive(load_config(cfg)) as v:
+        s = v.store(store)
+        got = [(manifest.read(v.key, b, n), b, n)
+               for b, n in ((s.get_bytes(n), n) for n in s.list(manifest.PREFIX))]
+    segments = {manifest.blob_digest(b): (d, b) for d, b, _ in got if d["kind"] == "segment"}
+    out = []
+    for d, b, n in got:
+        if d["kind"] == "segment":
+            continue
+        if d.get("segments") is not None and all(r["digest"] in segments
+                                                 for r in d["segments"]):
+            d = manifest.expand(d, [segments[r["digest"]][0] for r in d["segments"]])
+        out.append((d, b, n))
+    return sorted(out, key=lambda t: t[0]["seq"]), segments
+
+
+def whole(doc: dict) -> dict:
+    """A checkpoint as a build before segments wrote it: its entries inline."""
+    return {k: v for k, v in doc.items() if k != "segments"}

@@ -92,6 +92,7 @@ def unaccounted(v: Archive) -> dict[str, set[str]]:
         listed = set(v.store(sc.name).list(""))
         named = {o.name for o in v.db.objects() if o.store == sc.name}
         named |= {n for _, n in v.db.backups(sc.name)}
+        named |= {n for n, _, _ in v.db.segment_objects(sc.name)}  # checkpoint segments
         diff = (listed - named) | {f"-{n}" for n in named - listed}
         if diff:
             out[sc.name] = diff

@@ -34,7 +34,8 @@ def setup(tmp: Path) -> tuple[Path, str]:
 def newest_backup(cfg: Path) -> dict:
     with open_archive(load_config(cfg)) as v:
         s = v.store("vault")
-        return max((manifest.read(v.key, s.get_bytes(n), n) for n in s.list(manifest.PREFIX)),
+        return max((d for d in (manifest.read(v.key, s.get_bytes(n), n)
+                                for n in s.list(manifest.PREFIX)) if d["kind"] != "segment"),
                    key=lambda d: d["seq"])
 
 

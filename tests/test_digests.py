@@ -19,7 +19,7 @@ from dispersiond.identity import load_identity
 from dispersiond.placement import new_object_name
 from dispersiond.state import dumps
 from dispersiond.archive import open_archive
-from dsp import cli, cli_json, local_config, put, real_files, restores
+from dsp import cli, cli_json, local_config, manifest_objects, put, real_files, restores, whole
 
 # Independent of dispersiond.digests: what each algorithm's own library says.
 REFERENCE = {"blake3": lambda b: blake3.blake3(b).hexdigest(),
@@ -86,9 +86,11 @@ def test_a_format_1_manifest_backup_is_recovered(tmp_path: Path) -> None:
     with open_archive(load_config(cfg)) as v:
         vault = v.store("vault")
         names = list(vault.list(manifest.PREFIX))
-        docs = [manifest.open_sealed(v.key, vault.get_bytes(n)) for n in names]
-        newest = max(docs, key=lambda d: d["seq"])
-        assert newest["format"] == manifest.FORMAT == 5  # 5: pack_digest on packed members
+    (newest, _, _) = manifest_objects(cfg)[0][-1]
+    newest = whole(newest)
+    with open_archive(load_config(cfg)) as v:
+        vault = v.store("vault")
+        assert newest["format"] == manifest.FORMAT == 6  # 6: segmented checkpoints
         old = manifest.seal(v.key, _as_format_1(newest))
         for n in names:
             vault.delete(n)

@@ -178,7 +178,7 @@ def test_backup_keeps_a_non_utf8_name_and_format_3_backups_still_load(tmp_path):
     key = os.urandom(32)
     doc = manifest.open_sealed(key, manifest.seal(key, manifest.snapshot(db, 7)))
     db.close()
-    assert doc["format"] == 5
+    assert doc["format"] == 6
     (e,) = doc["files"]
     assert e["name"] == "bad\\xff.txt" and base64.b64decode(e["name_b64"]) == BAD
     fresh = StateDB(tmp_path / "fresh.db")
@@ -210,7 +210,7 @@ def test_a_schema_3_database_is_migrated_and_keeps_its_names(tmp_path):
         raw.execute("UPDATE meta SET value='3' WHERE key='schema'")
     raw.close()
     db = StateDB(path)
-    assert db.get_meta("schema") == str(SCHEMA_VERSION) == "5"
+    assert db.get_meta("schema") == str(SCHEMA_VERSION) == "6"
     (f,) = db.files()
     assert (f.name, f.source) == ("kept name.txt", "/somewhere/kept name.txt")
     db.add_file(file_id="cd" * 16, name=os.fsdecode(BAD), size=1, mtime=0.0, scheme="se2",

@@ -14,7 +14,7 @@ from dispersiond.config import load_config
 from dispersiond.placement import new_object_name
 from dispersiond.state.schema import ENTRY_COLUMNS, OBJECT_COLUMNS
 from dispersiond.archive import open_archive
-from dsp import cli, cli_json, local_config, put, restores
+from dsp import cli, cli_json, local_config, manifest_objects, put, restores, whole
 
 
 def records(tmp: Path, count: int, start: int = 0) -> list[Path]:
@@ -30,12 +30,16 @@ def records(tmp: Path, count: int, start: int = 0) -> list[Path]:
 
 
 def backups(cfg: Path, store: str = "vault") -> list[tuple[dict, bytes, str]]:
-    """(document, sealed bytes, name) of every backup on `store`, by seq."""
-    with open_archive(load_config(cfg)) as v:
-        s = v.store(store)
-        got = [(s.get_bytes(n), n) for n in s.list(manifest.PREFIX)]
-        return sorted(((manifest.read(v.key, b, n), b, n) for b, n in got),
-                      key=lambda t: t[0]["seq"])
+    """(document, sealed bytes, name) of every backup on `store`, by seq (a segmented
+    checkpoint with its segments' entries)."""
+    return manifest_objects(cfg, store)[0]
+
+
+def cost(cfg: Path, doc: dict, blob: bytes, store: str = "vault") -> int:
+    """What a checkpoint uploaded: its root and the segments it sealed."""
+    segments = manifest_objects(cfg, store)[1]
+    return len(blob) + sum(len(segments[r["digest"]][1]) for r in doc.get("segments") or []
+                           if segments[r["digest"]][0]["seq"] == doc["seq"])
 
 
 @pytest.fixture
@@ -64,10 +68,11 @@ def test_each_backup_is_a_delta_of_its_batch_chained_to_the_one_before(
         assert doc["base"] == got[0][0]["seq"] and len(doc["files"]) == 1
     # a one-record delta does not grow with the archive; a checkpoint does
     sizes = [len(b) for _, b, _ in got[1:]]
-    assert max(sizes) < 1.2 * min(sizes) and max(sizes) < len(got[0][1]) / 3
+    first = cost(cfg, got[0][0], got[0][1])
+    assert max(sizes) < 1.2 * min(sizes) and max(sizes) < first / 3
     with open_archive(load_config(cfg)) as v:
         assert v.db.manifest_changes() == ([], 0)
-        assert len(manifest.seal(v.key, manifest.snapshot(v.db, 99))) > 1.3 * len(got[0][1])
+        assert len(manifest.seal(v.key, manifest.snapshot(v.db, 99))) > 1.1 * first
     shutil.rmtree(tmp_path / "state")
     res = cli_json(cfg, "recover")
     assert res["files"] == 24 and res["chain"] == [d["seq"] for d, _, _ in got]
@@ -125,10 +130,12 @@ def test_a_checkpoint_follows_once_the_deltas_outgrow_a_share_of_it(tmp_path: Pa
     got = backups(cfg)
     ckpt = [d["seq"] for d, _, _ in got if d["kind"] == "checkpoint"]
     assert len(ckpt) >= 2  # 8 one-record deltas exceed half of a 10-record checkpoint
-    last = max(ckpt)
-    chain = [len(b) for d, b, _ in got if d["base"] == last and d["seq"] > last]
-    ck_size = next(len(b) for d, b, _ in got if d["seq"] == last)
-    assert sum(chain) <= manifest.CHECKPOINT_FRACTION * ck_size
+    # the deltas between two checkpoints stay under a share of what the second uploaded
+    # (its root and the segments it re-sealed); one more would have gone over
+    for a, b in zip(ckpt, ckpt[1:]):
+        chain = [len(blob) for d, blob, _ in got if d["base"] == a and d["seq"] > a]
+        second = next((d, blob) for d, blob, _ in got if d["seq"] == b)
+        assert 0 < sum(chain) <= 1.1 * manifest.CHECKPOINT_FRACTION * cost(cfg, *second)
 
 
 def _older(doc: dict, fmt: int) -> dict:
@@ -157,7 +164,7 @@ def test_every_older_format_still_recovers(tmp_path: Path, fmt: int) -> None:
         for n in list(vault.list(manifest.PREFIX)):
             vault.delete(n)
         vault.put_bytes(f"{manifest.PREFIX}{new_object_name()}",
-                        manifest.seal(v.key, _older(doc, fmt)))
+                        manifest.seal(v.key, _older(whole(doc), fmt)))
     shutil.rmtree(tmp_path / "state")
     res = cli_json(cfg, "recover")
     assert res["files"] == 3 and res["warnings"] == []
@@ -185,7 +192,7 @@ def test_a_schema_3_database_is_migrated_and_keeps_backing_up(tmp_path: Path) ->
         db.execute("UPDATE meta SET value='3' WHERE key='schema'")
     db.close()
     with open_archive(load_config(cfg)) as v:
-        assert v.db.get_meta("schema") == "5" and v.db.chain_tip() is None
+        assert v.db.get_meta("schema") == "6" and v.db.chain_tip() is None
         assert v.db.get_meta("audit_head").endswith(":legacy")
         assert [(b, s) for b, s, _ in v.db.backup_generations("vault")] == [(1, 1), (2, 2)]
     assert cli_json(cfg, "audit", "verify")["ok"]  # a head from before heads had a MAC

@@ -133,3 +133,87 @@ def test_sealed_bytes_that_are_not_json_end_in_one_line(body: bytes) -> None:
     nonce = os.urandom(12)
     for plain in (body, zlib.compress(body)):
         _holds(header + nonce + AESGCM(subkey(KEY, "manifest")).encrypt(nonce, plain, header))
+
+
+# --- segmented checkpoints (format 6): the root and its segments
+
+ROOT_DOC = {"format": 6, "kind": "checkpoint", "seq": 9, "base": 9,
+            "prev": {"seq": 8, "digest": "9" * 64}, "created": 1.7e9,
+            "audit_head": None, "audit": [], "files": [], "removed": [],
+            "segments": [{"index": 0, "name": "manifest/" + "a" * 32, "digest": "b" * 64,
+                          "files": 2}]}
+SEGMENT_DOC = {"format": 6, "kind": "segment", "seq": 9, "index": 0,
+               "files": [_entry(1), _entry(2)]}
+
+
+def _mutate(draw, valid: dict) -> dict:
+    doc = copy.deepcopy(valid)
+    paths = _paths(valid)[1:]
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(paths))
+        parent = doc
+        try:
+            for p in path[:-1]:
+                parent = parent[p]
+            if draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = draw(JSON)
+        except (KeyError, IndexError, TypeError):
+            continue
+    return doc
+
+
+def _expands(root: object, segment: object) -> None:
+    """Open both; then the root with the segment expands, or one line says why not."""
+    try:
+        r = manifest.read(KEY, manifest.seal(KEY, root), "fuzz/root")
+        s = manifest.read(KEY, manifest.seal(KEY, segment), "fuzz/segment")
+        if r["kind"] != "checkpoint" or s["kind"] != "segment" or not r.get("segments"):
+            return
+        doc = manifest.expand(r, [s] * len(r["segments"]), "fuzz/root")
+    except DispersiondError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    state = manifest.replay([doc])
+    manifest.rows_of(state)
+    assert all(FILE_ID.fullmatch(e["file_id"]) for e in state.files.values())
+
+
+def test_the_valid_root_and_segment_expand() -> None:
+    doc = manifest.expand(manifest.read(KEY, manifest.seal(KEY, ROOT_DOC), "r"),
+                          [manifest.read(KEY, manifest.seal(KEY, SEGMENT_DOC), "s")])
+    assert len(manifest.replay([doc]).files) == 2
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_roots_and_segments_end_in_a_document_or_one_line(data) -> None:
+    _expands(_mutate(data.draw, ROOT_DOC), SEGMENT_DOC)
+    _expands(ROOT_DOC, _mutate(data.draw, SEGMENT_DOC))
+
+
+@FUZZ
+@given(JSON, JSON)
+def test_any_sealed_json_as_root_or_segment_ends_in_one_line(a, b) -> None:
+    _expands(a, SEGMENT_DOC)
+    _expands(ROOT_DOC, b)
+    _expands({**ROOT_DOC, "segments": a}, SEGMENT_DOC)
+    _expands(ROOT_DOC, {**SEGMENT_DOC, "files": b})
+
+
+ENTRY = st.builds(_entry, st.integers(0, 2**48))
+
+
+@FUZZ
+@given(st.lists(ENTRY, max_size=5, unique_by=lambda e: e["file_id"]), st.integers(0, 2**20),
+       st.integers(1, 2**40))
+def test_segments_and_roots_round_trip(files, index, seq) -> None:
+    seg = manifest.segment(seq, index, files)
+    blob = manifest.seal(KEY, seg)
+    assert manifest.read(KEY, blob, "s") == seg
+    ref = {"index": index, "name": manifest.segment_name(blob),
+           "digest": manifest.blob_digest(blob), "files": len(files)}
+    root = {**ROOT_DOC, "seq": seq + 1, "base": seq + 1, "prev": None, "segments": [ref]}
+    assert manifest.read(KEY, manifest.seal(KEY, root), "r") == root
+    assert manifest.expand(root, [seg])["files"] == files

@@ -15,7 +15,8 @@ from dispersiond.ops.recover import Found, choose
 from dispersiond.placement import new_object_name
 from dispersiond.state import StateDB
 from dispersiond.archive import open_archive
-from dsp import cli, cli_json, local_config, put, restores, write_config
+from dsp import (cli, cli_json, local_config, manifest_objects, put, restores, whole,
+                 write_config)
 
 
 def records(tmp: Path, count: int, start: int = 0) -> list[Path]:
@@ -146,9 +147,8 @@ def test_a_sealed_backup_with_a_bad_entry_is_refused_in_one_line(
         tmp_path: Path, where: str, value, needle: str) -> None:
     cfg = local_config(tmp_path, "replicate")
     put(cfg, records(tmp_path, 1)[0])
-    with open_archive(load_config(cfg)) as v:
-        s = v.store("vault")
-        (doc,) = [manifest.read(v.key, s.get_bytes(n), n) for n in s.list(manifest.PREFIX)]
+    ((doc, _, _),), _ = manifest_objects(cfg)
+    doc = whole(doc)  # a checkpoint with its entries inline (format 5), tampered
     doc["files"][0][where] = value
     _replace_with(cfg, doc)
     shutil.rmtree(tmp_path / "state")
@@ -166,9 +166,8 @@ def test_a_sealed_backup_with_a_bad_entry_is_refused_in_one_line(
 def test_a_malformed_document_is_refused_in_one_line(tmp_path: Path, change, needle) -> None:
     cfg = local_config(tmp_path, "replicate")
     put(cfg, records(tmp_path, 1)[0])
-    with open_archive(load_config(cfg)) as v:
-        s = v.store("vault")
-        (doc,) = [manifest.read(v.key, s.get_bytes(n), n) for n in s.list(manifest.PREFIX)]
+    ((doc, _, _),), _ = manifest_objects(cfg)
+    doc = whole(doc)
     change(doc)
     _replace_with(cfg, doc)
     shutil.rmtree(tmp_path / "state")

@@ -32,7 +32,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
     (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("5",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("6",)
     algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
     db.close()
     assert algs == {old_id: "sha256", new_id: "blake3"}
@@ -74,7 +74,7 @@ def test_a_schema_4_database_gains_packs_and_keeps_its_objects(tmp_path: Path) -
     _to_schema_4(db_path)
     restores(cfg, old_id, old, tmp_path / "old")  # opening it migrates
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("5",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("6",)
     assert db.execute("SELECT id, store, name, digest FROM objects ORDER BY id").fetchall() \
         == before
     assert db.execute("SELECT COUNT(*) FROM objects WHERE pack_digest IS NOT NULL"

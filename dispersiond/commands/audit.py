@@ -102,6 +102,10 @@ def _backup_anchor(v, notes: list[str]) -> tuple[str | None, int | None]:
         return None, None
     choice = choose(found, list(v.cfg.private.stores))
     notes += choice.warnings if choice else []
+    found = [f for f in found if f.doc["kind"] != "segment"]  # a checkpoint's entries
+    if not found:
+        notes.append("no manifest backup found: only the local chain was checked")
+        return None, None
     newest = max(found, key=lambda f: f.seq).doc
     backed = max(_newest_entry(f.doc) for f in found)
     return newest.get("audit_head"), backed or None

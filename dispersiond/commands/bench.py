@@ -169,18 +169,21 @@ def _scale(args: argparse.Namespace) -> int:
     if any(n < 1 for n in sizes):
         raise DispersiondError("--records must be at least 1")
     if not args.json:
-        print(f"one more record, median of {args.runs} backups; {describe()}")
-        print("| records | checkpoint | one more record: uploaded | backup | "
-              "recover (checkpoint + deltas) | deltas per checkpoint | amortised per record "
-              "(computed) |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"records one at a time over whole generations (at least {sb.MEASURED}); "
+              f"{describe()}")
+        print("| records | first checkpoint (whole) | delta | checkpoint (root + changed "
+              "segments) | records per checkpoint | amortised per record | recover | objects "
+              "recover reads |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def row(r: dict) -> None:
         if not args.json:
-            print(f"| {r['records']:,} | {human_size(r['checkpoint_bytes'])} | "
-                  f"{r['one_more_bytes']:,.0f} B ({r['one_more_kind']}) | "
-                  f"{r['one_more_backup_ms']:.1f} ms | {r['recover_s']:.2f} s | "
-                  f"{r['deltas_per_checkpoint']:,} | {r['amortised_bytes']:,} B |", flush=True)
+            print(f"| {r['records']:,} | {human_size(r['first_checkpoint_bytes'])} | "
+                  f"{r['delta_bytes']:,.0f} B, {r['delta_ms']:.1f} ms | "
+                  f"{human_size(r['checkpoint_bytes'])} (root {human_size(r['root_bytes'])}), "
+                  f"{r['checkpoint_ms']:.1f} ms | {r['records_per_checkpoint']:,} | "
+                  f"{r['amortised_bytes']:,} B, {r['amortised_ms']:.2f} ms | "
+                  f"{r['recover_s']:.2f} s | {r['recover_objects']:,} |", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dispersiond-scale-") as tmp:
         res = sb.run(sizes, Path(tmp), args.runs, on_size=row)

@@ -1,7 +1,8 @@
-"""Manifest backups: a delta of what changed since the last one (or a checkpoint of
-everything, when the chain needs one), sealed and put on every private store, each
-naming its predecessor; pruning keeps whole generations so recover always finds a
-checkpoint and every delta after it."""
+"""Manifest backups: a delta of what changed since the last one (or a checkpoint, when
+the chain needs one: a root listing sealed segments, only the changed ones re-sealed),
+put on every private store, each naming its predecessor; pruning keeps whole
+generations (and every segment a kept root lists) so recover always finds a checkpoint
+and every delta after it."""
 from __future__ import annotations
 
 import io
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from backends import StoreError
 
 from .. import audit, manifest
+from . import checkpoint
 from ..logs import event, log
 from ..placement import new_object_name
 from ..state import ChainTip
@@ -102,40 +104,65 @@ def _head_row(v: Archive) -> list[dict]:
 def _backup(v: Archive, force: bool) -> int:
     from ..share import device
 
+    if v.db.stale_manifest_objects():  # a backup that never landed: what it put goes
+        v.db.sweep_manifest_plans()
     seq = v.db.manifest_seq() + 1
     seed = device.seed_for_backup(v.root, v.key)
     tip = v.db.chain_tip()
     changed, upto = v.db.manifest_changes()
     prev = {"seq": tip.seq, "digest": tip.digest} if tip else None
-    blob, doc = b"", None
+    blob, doc, plan = b"", None, None
     if tip is not None and not force and not _stores_behind(v, tip) \
             and tip.deltas < manifest.CHECKPOINT_EVERY:
         doc = manifest.delta(v.db, seq, tip.base, prev, changed, tip.audit_seq, seed)
         blob = manifest.seal(v.key, doc)
-        if tip.delta_bytes + len(blob) > manifest.CHECKPOINT_FRACTION * tip.base_bytes:
-            doc = None  # the deltas outgrow their checkpoint: time for a new one
+        if tip.delta_bytes + len(blob) > manifest.CHECKPOINT_FRACTION * checkpoint.next_cost(
+                v, tip.base_bytes, changed):
+            doc = None  # the deltas outgrow the next checkpoint: time for it
     if doc is None:
-        doc = manifest.snapshot(v.db, seq, seed, prev)
+        plan = checkpoint.plan(v, seq, changed)
+        doc = manifest.root(v.db, seq, plan.refs(), seed, prev)
         blob = manifest.seal(v.key, doc)
-    ok = 0
-    for store in v.cfg.private.stores:
-        name = f"{manifest.PREFIX}{new_object_name()}"
+    segments = plan.blobs if plan else {}
+    names = {store: f"{manifest.PREFIX}{new_object_name()}" for store in v.cfg.private.stores}
+    v.db.plan_manifest_objects([(store, n) for store, name in names.items()
+                                for n in (*segments, name)])
+    landed: dict[str, str] = {}
+    for store, name in names.items():
+        put = _put_all(v, store, segments)
+        if plan is not None:
+            plan.landing.put[store] = put
+        if len(put) == len(segments) and _put_all(v, store, {name: blob}):
+            landed[store] = name
+    if landed:
+        held_ids = [e["file_id"] for e in doc["files"]] if plan is None else sorted(
+            set(changed) | {f for f, s in plan.landing.moved.items() if s is not None})
+        v.db.manifest_backed_up(seq, held_ids,
+                                _next_tip(tip, doc, blob), upto, landed, doc["base"],
+                                plan.landing if plan else None,
+                                changed if plan is None else ())
+        for store in landed:
+            _prune_backups(v, store)
+        event(logging.INFO, "manifest backed up", seq=seq, stores=len(landed), kind=doc["kind"],
+              files=len(doc["files"]), segments=len(segments),
+              bytes=len(blob) + sum(len(b) for b in segments.values()))
+    return len(landed)
+
+
+def _put_all(v: Archive, store: str, blobs: dict[str, bytes]) -> list[str]:
+    """Put `blobs` on `store` until one fails; the names that landed."""
+    done = []
+    for name, data in blobs.items():
         try:
-            v.store(store).put(name, io.BytesIO(blob), len(blob))
+            v.store(store).put(name, io.BytesIO(data), len(data))
         except StoreError as exc:
             v.db.store_error(store, str(exc))
             log.warning("manifest backup to store %s failed: %s", store, exc)
-            continue
-        ok += 1
+            return done
+        done.append(name)
+    if blobs:
         v.db.store_ok(store)
-        v.db.record_backup(store, seq, name, doc["base"])
-        _prune_backups(v, store)
-    if ok:
-        v.db.manifest_backed_up(seq, [e["file_id"] for e in doc["files"]],
-                                _next_tip(tip, doc, blob), upto)
-        event(logging.INFO, "manifest backed up", seq=seq, stores=ok, kind=doc["kind"],
-              files=len(doc["files"]), bytes=len(blob))
-    return ok
+    return done
 
 
 def _next_tip(tip: ChainTip | None, doc: dict, blob: bytes) -> ChainTip:
@@ -155,7 +182,8 @@ def _stores_behind(v: Archive, tip: ChainTip) -> bool:
 
 
 def _backups(v: Archive, store: str) -> list[tuple[int, str]]:
-    return v.db.backups(store)
+    """(seq, name) of every manifest object recorded on `store`: backups and segments."""
+    return v.db.backups(store) + [(born, name) for name, born, _ in v.db.segment_objects(store)]
 
 
 def _prune_backups(v: Archive, store: str, keep: int = manifest.KEEP_BACKUPS) -> None:
@@ -168,6 +196,11 @@ def _prune_backups(v: Archive, store: str, keep: int = manifest.KEEP_BACKUPS) ->
             v.discard(store, name)
     v.db.set_backups(store, [(seq, name, base) for base, seq, name in items
                              if base in kept_bases])
+    # a segment object is listed by the roots of checkpoints born..died-1 (shared by
+    # generations): it goes once no kept one lists it
+    v.db.drop_segment_objects(store, [
+        name for name, born, died in v.db.segment_objects(store, retired_only=True)
+        if not any(born <= b < died for b in kept_bases)])
     v.empty_trash()
 
 

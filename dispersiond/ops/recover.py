@@ -19,7 +19,8 @@ from ..errors import DispersiondError
 from ..logs import log
 from .packread import PackWindows
 from .restore import failing_stores, first_intact, preferred
-from ..state import ChainTip, ObjectRow
+from . import checkpoint
+from ..state import ChainTip, ObjectRow, SegmentLanding, SegmentRow
 from ..archive import Progress, Archive
 
 
@@ -43,6 +44,16 @@ class Choice:
     newest_seen: int
     warnings: list[str] = field(default_factory=list)
     refusal: str | None = None  # why loading `chain` would silently go back in time
+    segments: list[Found] = field(default_factory=list)  # the checkpoint's, in its order
+
+    def docs(self) -> list[dict]:
+        """The chain's documents, a segmented checkpoint with its segments' entries."""
+        docs = [f.doc for f in self.chain]
+        if docs and docs[0].get("segments") is not None:
+            c = self.chain[0]
+            docs[0] = manifest.expand(docs[0], [f.doc for f in self.segments],
+                                      f"{c.store}/{c.name}")
+        return docs
 
 
 class Rollback(DispersiondError):
@@ -55,17 +66,40 @@ def _walk(tip: Found, by_digest: dict[str, Found]) -> tuple[list[Found], str | N
     while chain[-1].doc["kind"] == "delta":
         prev = chain[-1].doc["prev"]
         got = by_digest.get(prev["digest"])
-        if got is None or got.seq != prev["seq"]:
+        if got is None or got.seq != prev["seq"] or got.doc["kind"] == "segment":
             return [], (f"backup #{chain[-1].seq} needs #{prev['seq']}, which is on no store "
                         "(missing, or replaced by another with that number)")
         chain.append(got)
-    return chain[::-1], None
+    return chain[::-1], _segment_gap(chain[-1], by_digest)
+
+
+def _segment_gap(root: Found, by_digest: dict[str, Found]) -> str | None:
+    """Why a segmented checkpoint cannot be loaded (a segment missing, rolled back or
+    swapped: none on any store has the digest its root lists), or None."""
+    for ref in root.doc.get("segments") or []:
+        got = by_digest.get(ref["digest"])
+        if got is None or got.doc["kind"] != "segment" or got.doc["index"] != ref["index"] \
+                or len(got.doc["files"]) != ref["files"]:
+            return (f"checkpoint #{root.seq} lists segment {ref['index']}, which is on no "
+                    "store (missing, or replaced by another)")
+    return None
+
+
+def _segments_of(root: Found, by_digest: dict[str, Found]) -> list[Found]:
+    return [by_digest[r["digest"]] for r in root.doc.get("segments") or []]
 
 
 def choose(found: list[Found], stores: list[str], known_seq: int = 0) -> Choice | None:
     """The newest complete chain among `found`, and what is wrong around it; None if
     there is no complete chain at all."""
+    choice = survey_chains(found, stores, known_seq)
+    return choice if choice.chain else None
+
+
+def survey_chains(found: list[Found], stores: list[str], known_seq: int = 0) -> Choice:
+    """`choose`, with an empty chain (and every gap in `warnings`) when none is complete."""
     by_digest = {f.digest: f for f in found}
+    found = [f for f in found if f.doc["kind"] != "segment"]
     newest = max((f.seq for f in found), default=0)
     warnings = []
     per_store = {s: max((f.seq for f in found if f.store == s), default=0) for s in stores}
@@ -83,15 +117,18 @@ def choose(found: list[Found], stores: list[str], known_seq: int = 0) -> Choice 
                 warnings.append(f"backup #{f.seq} on store {f.store} names #{prev['seq']} "
                                 "with another digest than the one stored (a backup replaced)")
     chain: list[Found] = []
-    for tip in sorted(by_digest.values(), key=lambda f: f.seq, reverse=True):
+    for tip in sorted({f.digest: f for f in found}.values(), key=lambda f: f.seq,
+                      reverse=True):
         chain, gap = _walk(tip, by_digest)
-        if chain:
+        if not gap:
             break
+        chain = []
         warnings.append(f"store {tip.store}: {gap}")
     if not chain:
-        return None
+        return Choice([], newest, list(dict.fromkeys(warnings)))
     top = chain[-1].seq
-    choice = Choice(chain, newest, list(dict.fromkeys(warnings)))
+    choice = Choice(chain, newest, list(dict.fromkeys(warnings)),
+                    segments=_segments_of(chain[0], by_digest))
     if top < newest:
         choice.refusal = (f"the newest manifest backup is #{newest} but it cannot be loaded "
                           f"(a gap in its chain); the newest complete chain ends at #{top}")
@@ -132,10 +169,11 @@ def recover(v: Archive, progress: Progress | None = None, accept_older: bool = F
         raise DispersiondError(f"the state database in {v.root} already holds files; recover "
                                "only into an empty state directory")
     found, errors = survey(v)
-    choice = choose(found, list(v.cfg.private.stores), v.db.manifest_seq())
-    if choice is None:
+    choice = survey_chains(found, list(v.cfg.private.stores), v.db.manifest_seq())
+    if not choice.chain:
+        why = errors + choice.warnings
         raise DispersiondError("no readable manifest backup on any private store"
-                               + (f" ({'; '.join(errors)})" if errors else ""))
+                               + (f" ({'; '.join(why)})" if why else ""))
     for w in choice.warnings:
         log.warning("recover: %s", w)
     if choice.refusal and not accept_older:
@@ -144,11 +182,11 @@ def recover(v: Archive, progress: Progress | None = None, accept_older: bool = F
                        "load the older state and lose what came after")
     if choice.refusal:
         log.warning("recover: loading an older state on request: %s", choice.refusal)
-    state = manifest.replay([f.doc for f in choice.chain])
+    state = manifest.replay(choice.docs())
     missing, fetched = _fetch_containers(v, state, progress)
     tip = _tip(choice.chain, state)
-    kept = {s: sorted({(f.seq, f.name, f.doc["base"]) for f in found if f.store == s})
-            for s in v.cfg.private.stores}
+    kept = {s: sorted({(f.seq, f.name, f.doc["base"]) for f in found if f.store == s
+                       and f.doc["kind"] != "segment"}) for s in v.cfg.private.stores}
     from ..share import device
 
     device.restore_from_backup(v.root, v.key, state.as_backup_doc())
@@ -156,7 +194,8 @@ def recover(v: Archive, progress: Progress | None = None, accept_older: bool = F
     # every backup seen, so the unloaded newer ones never look like its successors.
     v.db.load_recovered(manifest.rows_of(state), [state.audit[s] for s in sorted(state.audit)],
                         state.audit_head, max(choice.newest_seen, tip.seq),
-                        None if choice.refusal else tip, kept)
+                        None if choice.refusal else tip, kept,
+                        None if choice.refusal else segment_state(v, choice, found))
     audit.seal_head(v.db, v.key)  # the backup was authenticated: its head is ours
     v.audit("recover", None, files=len(state.files), manifest_seq=state.seq)
     newest = choice.chain[-1]
@@ -165,6 +204,37 @@ def recover(v: Archive, progress: Progress | None = None, accept_older: bool = F
             "warnings": choice.warnings + ([choice.refusal] if choice.refusal else []),
             "private_containers_fetched": fetched,
             "missing_containers": missing, "unreadable_backups": errors}
+
+
+def segment_state(v: Archive, choice: Choice, found: list[Found]) -> SegmentLanding | None:
+    """What the next checkpoint builds on: the loaded root's segments, their members, the
+    files the deltas after it changed, and for every segment object on each store the
+    checkpoints that list it (pruning's rule). None for a whole (older) checkpoint: the
+    next checkpoint is then full."""
+    root = choice.chain[0]
+    if root.doc.get("segments") is None:
+        return None
+    rows = [SegmentRow(r["index"], r["name"], r["digest"], r["files"], f.size)
+            for r, f in zip(root.doc["segments"], choice.segments)]
+    moved: dict[str, int | None] = {e["file_id"]: f.doc["index"] for f in choice.segments
+                                    for e in f.doc["files"]}
+    touched = sorted({e["file_id"] for d in choice.chain[1:] for e in d.doc["files"]}
+                     | {fid for d in choice.chain[1:] for fid in d.doc["removed"]})
+    listed: dict[str, list[int]] = {}  # segment digest -> seqs of the roots listing it
+    for f in {f.digest: f for f in found}.values():
+        for r in f.doc.get("segments") or []:
+            listed.setdefault(r["digest"], []).append(f.seq)
+    live = {r.digest for r in rows}
+    landing = SegmentLanding(root.seq, checkpoint.key_id(v), rows, moved, {}, full=True,
+                             touched=touched)
+    for f in found:
+        if f.doc["kind"] != "segment" or f.digest not in listed:
+            continue  # listed by no root: the daemon's sweep deletes it
+        landing.put.setdefault(f.store, []).append(f.name)
+        landing.born[f.name] = min(listed[f.digest])
+        if f.digest not in live:
+            landing.died[f.name] = max(listed[f.digest]) + 1
+    return landing
 
 
 def _tip(chain: list[Found], state: manifest.Replayed) -> ChainTip:

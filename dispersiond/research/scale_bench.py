@@ -2,11 +2,13 @@
 
 For each N, an archive of N synthetic done files (two public replicas and a private
 container each, as `replicate` mode makes them) is written straight into a fresh state
-database through the state package, and a checkpoint backup is put on a local private
-store. Then one more record arrives: the bytes that backup uploads and its time are
-measured, and a blank device recovers the state from checkpoint + delta (the manifest
-part of recover: list, authenticate, check, replay, load; no private container is
-fetched, the synthetic ones do not exist).
+database through the state package, and a first checkpoint is put on a local private
+store. Then records arrive one at a time, a backup each, over whole generations (a
+checkpoint and the deltas on it): what each record costs in uploaded bytes and backup
+time, checkpoints included, and a blank device recovers the state from the newest
+checkpoint (root + segments) + deltas (the manifest part of recover: list,
+authenticate, check, replay, load; no private container is fetched, the synthetic
+ones do not exist).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import yaml
 
 SIZES = (10**3, 10**4, 10**5)
-LARGE = 10**6  # opt-in: a few minutes and ~2 GB of memory for the checkpoint
+LARGE = 10**6  # opt-in: a quarter of an hour, most of it the first checkpoint and recover
 
 
 def _config(root: Path) -> Path:
@@ -56,17 +58,42 @@ def _record(i: int) -> tuple[dict, list[dict]]:
 
 def _stored(root: Path) -> dict[str, int]:
     d = root / "vault" / "manifest"
-    return {p.name: p.stat().st_size for p in d.iterdir()} if d.exists() else {}
+    return {p.name: p.stat().st_size for p in os.scandir(d)} if d.exists() else {}
 
 
-def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000) -> dict:
-    """`runs` more records, one backup each: the median bytes and time of those."""
+#: Records added one at a time (one backup each) over whole generations, at least.
+MEASURED = 300
+CAP = 5000  # records: a rule that never checkpoints ends the measure here
+
+
+def _one_more(v, root: Path, i: int) -> tuple[int, float, bool]:
+    """One record arrives and is backed up: (bytes uploaded, seconds, a checkpoint?)."""
+    from ..errors import DispersiondError
+    from ..ops.backup import backup_manifest
+
+    before = _stored(root)
+    v.db.add_done_files([_record(i)])
+    v.db.mark_manifest_dirty()
+    t0 = time.perf_counter()
+    if backup_manifest(v) != 1:
+        raise DispersiondError("the benchmark's backup did not land on its store")
+    took = time.perf_counter() - t0
+    tip = v.db.chain_tip()
+    return (sum(sz for k, sz in _stored(root).items() if k not in before), took,
+            bool(tip and tip.base == tip.seq))
+
+
+def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000,
+               measured: int = MEASURED) -> dict:
+    """N records, a first (whole) checkpoint; then records one at a time, one backup
+    each: until a checkpoint lands (warm-up), then over whole generations of at least
+    `measured` records (so every delta's share of its checkpoint is counted). `runs`:
+    recover is timed once; the per-backup figures are medians over the measure."""
     from ..config import load_config
     from ..ops import recover as rec
     from ..ops.backup import backup_manifest
     from ..archive import open_archive
     from .. import manifest
-    from ..errors import DispersiondError
 
     root = work / f"n{n}"
     root.mkdir(parents=True)
@@ -78,41 +105,46 @@ def bench_size(n: int, work: Path, runs: int = 5, batch: int = 50_000) -> dict:
         build = time.perf_counter() - t0
         t0 = time.perf_counter()
         backup_manifest(v, force=True)
-        checkpoint_time = time.perf_counter() - t0
-        checkpoint_bytes = sum(_stored(root).values())
-        sizes, times, kinds = [], [], set()
-        for i in range(runs):
-            before = _stored(root)
-            v.db.add_done_files([_record(n + i)])  # one more record arrives
-            v.db.mark_manifest_dirty()
-            t0 = time.perf_counter()
-            if backup_manifest(v) != 1:
-                raise DispersiondError("the benchmark's backup did not land on its store")
-            times.append(time.perf_counter() - t0)
-            sizes.append(sum(s for k, s in _stored(root).items() if k not in before))
-            tip = v.db.chain_tip()
-            kinds.add("delta" if tip and tip.base != tip.seq else "checkpoint")
+        first_s = time.perf_counter() - t0
+        first_bytes = sum(_stored(root).values())
+        i = n
+        while i < n + CAP:  # warm-up: up to the first checkpoint on the new records
+            i += 1
+            if _one_more(v, root, i)[2]:
+                break
+        rows: list[tuple[int, float, bool]] = []
+        while len(rows) < CAP and (len(rows) < measured or not rows[-1][2]):
+            i += 1
+            rows.append(_one_more(v, root, i))
+        root_bytes = v.db.chain_tip().base_bytes
+    deltas = [r for r in rows if not r[2]]
+    checkpoints = [r for r in rows if r[2]]
     # a blank device: the same config and key, an empty state directory
     (root / "state").rename(root / "state.old")
     with open_archive(cfg) as v:
         t0 = time.perf_counter()
         found, _ = rec.survey(v)
         choice = rec.choose(found, list(cfg.private.stores))
-        state = manifest.replay([f.doc for f in choice.chain])
+        state = manifest.replay(choice.docs())
         v.db.load_recovered(manifest.rows_of(state), list(state.audit.values()),
-                            state.audit_head, state.seq, rec._tip(choice.chain, state), {})
+                            state.audit_head, state.seq, rec._tip(choice.chain, state), {},
+                            rec.segment_state(v, choice, found))
         recover_time = time.perf_counter() - t0
         recovered = len(state.files)
-    per_generation = max(1, min(manifest.CHECKPOINT_EVERY, int(
-        manifest.CHECKPOINT_FRACTION * checkpoint_bytes / max(1, statistics.median(sizes)))))
-    return {"records": n, "build_s": round(build, 2), "checkpoint_bytes": checkpoint_bytes,
-            "deltas_per_checkpoint": per_generation,
-            "amortised_bytes": round(statistics.median(sizes) + checkpoint_bytes / per_generation),
-            "checkpoint_s": round(checkpoint_time, 3), "one_more_kind": "+".join(sorted(kinds)),
-            "one_more_bytes": statistics.median(sizes),
-            "one_more_backup_ms": round(statistics.median(times) * 1e3, 2),
+    med = lambda xs: statistics.median(xs) if xs else 0  # noqa: E731
+    return {"records": n, "build_s": round(build, 2), "first_checkpoint_bytes": first_bytes,
+            "first_checkpoint_s": round(first_s, 3), "root_bytes": root_bytes,
+            "measured_records": len(rows), "checkpoints": len(checkpoints),
+            "records_per_checkpoint": round(len(rows) / max(1, len(checkpoints)), 1),
+            "delta_bytes": med([r[0] for r in deltas]),
+            "delta_ms": round(med([r[1] for r in deltas]) * 1e3, 2),
+            "checkpoint_bytes": med([r[0] for r in checkpoints]),
+            "checkpoint_ms": round(med([r[1] for r in checkpoints]) * 1e3, 2),
+            "amortised_bytes": round(sum(r[0] for r in rows) / len(rows)),
+            "amortised_ms": round(sum(r[1] for r in rows) / len(rows) * 1e3, 2),
             "recover_s": round(recover_time, 3), "recovered": recovered,
-            "chain": [f.seq for f in choice.chain]}
+            "recover_objects": len(found), "chain": [f.seq for f in choice.chain],
+            "recover_segments": len(choice.segments)}
 
 
 def run(sizes: tuple[int, ...], work: Path, runs: int = 5, on_size=lambda r: None) -> list[dict]:

@@ -25,13 +25,14 @@ from .rekey_rows import RekeyMixin
 from .request_rows import RequestsMixin
 from .share_copies import ShareCopiesMixin, ShareCopy
 from .schema import SCHEMA_VERSION
+from .segments import SegmentLanding, SegmentRow, SegmentsMixin
 from .stores import StoresMixin
 from .trash import TrashMixin
 
 
 class StateDB(FilesMixin, ObjectsMixin, TrashMixin, BackupsMixin, RekeyMixin, AuditMixin,
               StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin, PruneMixin,
-              ShareCopiesMixin):
+              ShareCopiesMixin, SegmentsMixin):
     """A thread-safe handle on the state database (one connection, one lock)."""
 
 
@@ -42,6 +43,6 @@ def dumps(obj: Any) -> str:
 
 __all__ = ["FINISHABLE", "PROTECTED", "SCHEMA_VERSION", "STATES", "TRANSITIONS", "ChainTip", "Conn",
            "FileRow", "FileState", "IllegalTransition", "MovedMember", "ObjectRow", "ObjectState",
-           "PACK_PLAN", "PackRow", "PlacedMember", "ShareCopy", "StateDB",
+           "PACK_PLAN", "PackRow", "PlacedMember", "SegmentLanding", "SegmentRow", "ShareCopy", "StateDB",
            "check_transition", "dumps", "peek", "peek_counts", "peek_done", "peek_planned",
            "read_status"]

@@ -40,9 +40,14 @@ class BackupsMixin(Database):
         self.set_meta("manifest_seq", str(seq), db)
 
     def manifest_backed_up(self, seq: int, file_ids: Iterable[str],
-                           tip: ChainTip | None = None, changes_upto: int | None = None) -> None:
+                           tip: ChainTip | None = None, changes_upto: int | None = None,
+                           landed: dict[str, str] | None = None, base: int | None = None,
+                           segments=None, touched: Iterable[str] = ()) -> None:
         """Backup `seq` landed and holds `file_ids`; it is the new chain tip and the
-        changes it carried (log rows up to `changes_upto`) are done: one transaction."""
+        changes it carried (log rows up to `changes_upto`) are done: one transaction.
+        `landed`: store -> the object it took (on `base`); `segments`: the segment state
+        a checkpoint leaves (a SegmentLanding); `touched`: files a delta carried (their
+        segments are re-sealed by the next checkpoint)."""
         with self.tx() as conn:
             self.set_manifest_seq(seq, conn)
             self.mark_manifest_clean(conn)
@@ -51,6 +56,14 @@ class BackupsMixin(Database):
                 self.set_chain_tip(tip, conn)
             if changes_upto is not None:
                 conn.execute("DELETE FROM manifest_changes WHERE n<=?", (changes_upto,))
+            conn.executemany("INSERT OR REPLACE INTO manifest_backups (store, seq, name, base) "
+                             "VALUES (?, ?, ?, ?)",
+                             [(store, seq, name, seq if base is None else base)
+                              for store, name in (landed or {}).items()])
+            if segments is not None:
+                self.land_segments(segments, conn)  # SegmentsMixin
+            self.touch_since_checkpoint(touched, conn)  # SegmentsMixin
+            conn.execute("DELETE FROM manifest_planned")
 
     # --- the change log and the chain
     def manifest_changes(self) -> tuple[list[str], int]:

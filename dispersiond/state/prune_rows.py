@@ -93,7 +93,7 @@ class PruneMixin(Database):
         """Every name on `store` the state accounts for: objects and packs, the trash,
         planned uploads, manifest backups, a rekey's planned and retired objects."""
         tables = ("objects", "packs", "trash", "planned", "manifest_backups", "rekey_plan",
-                  "rekey_retire")
+                  "rekey_retire", "manifest_segment_objects", "manifest_planned")
         sql = " UNION ".join(f"SELECT name FROM {t} WHERE store=?" for t in tables)
         return {r[0] for r in self.query(sql, (store,) * len(tables))}
 

@@ -45,12 +45,14 @@ class RecoveryMixin(Database):
 
     def load_recovered(self, files: list[tuple[dict, list[dict]]], audit: list[dict],
                        audit_head: str | None, seq: int, tip: ChainTip | None,
-                       backups: dict[str, list[tuple[int, str, int]]]) -> None:
+                       backups: dict[str, list[tuple[int, str, int]]],
+                       segments=None) -> None:
         """All of recover's writes in one transaction, so a failed recover leaves a blank
         state and the next one starts afresh: the rows, the chain to continue, the
         backups each store holds ((seq, name, base) each); the change log is empty (the
         chain holds everything) and every file is backed up. `seq`: the number the next
-        backup follows (above `tip` when newer backups exist that were not loaded)."""
+        backup follows (above `tip` when newer backups exist that were not loaded);
+        `segments`: the loaded checkpoint's segment state (a SegmentLanding), if any."""
         with self.tx() as conn:
             self.load_backup(files, audit, audit_head, seq, conn)
             self.set_chain_tip(tip, conn)  # BackupsMixin
@@ -59,6 +61,8 @@ class RecoveryMixin(Database):
                 conn.executemany("INSERT INTO manifest_backups (store, seq, name, base) "
                                  "VALUES (?, ?, ?, ?)",
                                  [(store, seq, name, base) for seq, name, base in kept])
+            if segments is not None:
+                self.land_segments(segments, conn)  # SegmentsMixin
             self.clear_manifest_changes(conn)
             self.mark_manifest_clean(conn)
             self.mark_backed_up(None, conn)  # FilesMixin

@@ -11,10 +11,11 @@ import sqlite3
 
 from .. import digests
 
-SCHEMA_VERSION = 5  # 2: digests named for their algorithm; 3: no structured data in meta;
+SCHEMA_VERSION = 6  # 2: digests named for their algorithm; 3: no structured data in meta;
 #                     4: exact bytes of names and paths that are not valid UTF-8, and
 #                     incremental manifest backups (change log, chain, generations);
-#                     5: pack objects (the `packs` table, objects.pack_digest)
+#                     5: pack objects (the `packs` table, objects.pack_digest);
+#                     6: segmented manifest checkpoints (the manifest_segment* tables)
 
 #: The columns a manifest entry is made of (manifest.FILE_FIELDS / OBJECT_FIELDS by their
 #: row names): a change to one of them is a change the next backup carries.
@@ -180,6 +181,33 @@ CREATE TABLE IF NOT EXISTS share_copies (   -- standalone copies of packed membe
     expires REAL NOT NULL,                  -- still go once their links have expired
     PRIMARY KEY (store, name)
 );
+CREATE TABLE IF NOT EXISTS manifest_members ( -- the segment of the newest checkpoint that
+    file_id TEXT PRIMARY KEY,               -- holds a file (docs/FORMAT.md section 4.1)
+    seg     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS manifest_members_seg ON manifest_members(seg);
+CREATE TABLE IF NOT EXISTS manifest_segments ( -- the segments the newest checkpoint lists
+    seg    INTEGER PRIMARY KEY,
+    name   TEXT NOT NULL,                   -- the object's name (the same on every store)
+    digest TEXT NOT NULL,                   -- SHA-256 of its sealed bytes
+    files  INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL                 -- sealed size
+);
+CREATE TABLE IF NOT EXISTS manifest_segment_objects ( -- segment objects on each private store
+    store TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    born  INTEGER NOT NULL,                 -- seq of the first checkpoint listing it
+    died  INTEGER,                          -- of the first that does not (NULL: the newest does)
+    PRIMARY KEY (store, name)
+);
+CREATE TABLE IF NOT EXISTS manifest_touched ( -- files changed since the newest checkpoint:
+    file_id TEXT PRIMARY KEY                -- their segments are what the next one re-seals
+);
+CREATE TABLE IF NOT EXISTS manifest_planned ( -- objects a manifest backup puts before it
+    store TEXT NOT NULL,                    -- lands: a crash leaves them for the next one
+    name  TEXT NOT NULL,                    -- to delete
+    PRIMARY KEY (store, name)
+);
 CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     salt   TEXT,                            -- the new salt, until the config carries it
@@ -199,6 +227,8 @@ def migrate(db: sqlite3.Connection, version: int) -> None:
         _v3_to_v4(db)
     if version < 5:
         _v4_to_v5(db)
+    if version < 6:
+        _v5_to_v6(db)
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
@@ -268,6 +298,15 @@ def _v4_to_v5(db: sqlite3.Connection) -> None:
     db.execute(f"INSERT INTO objects ({keep}) SELECT {keep} FROM objects_v4")
     db.execute("DROP TABLE objects_v4")
     db.execute("CREATE INDEX IF NOT EXISTS objects_file ON objects(file_id)")
+
+
+def _v5_to_v6(db: sqlite3.Connection) -> None:
+    """Schema 5's checkpoints were whole: the segment tables (made by SCHEMA) start
+    empty, and with no segment state the next checkpoint writes every segment (one
+    full upload, as a checkpoint was before). Segment objects already recorded stay
+    recorded, so pruning still deletes them."""
+    db.execute("DELETE FROM meta WHERE key IN ('manifest_segmented', 'manifest_segment_key')")
+    db.execute("DELETE FROM manifest_touched")
 
 
 #: Indexes on columns an older schema lacks: made after any migration.
