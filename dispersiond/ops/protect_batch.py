@@ -37,9 +37,10 @@ BATCH_BYTES = 128 << 20
 #: stores), the rest of a batch is staged on disk as before.
 PUT_HOLD_BYTES = 24 << 20
 #: Small files encoded (original bytes) whose packs are sent at once, while the next
-#: chunks encode: each group costs one pack per store and kind (a request each), and the
-#: last one is the tail no encode overlaps.
-SEND_BYTES = 2 << 20
+#: chunks encode: each group costs one pack per store and kind (a request, a pack file
+#: built and a commit each), and the last one is the tail no encode overlaps. 1,000 x
+#: 16 KiB: two groups (2 MiB groups cost more CPU than they overlapped, BENCHMARKS.md).
+SEND_BYTES = 8 << 20
 #: Groups in flight at once: one's private pack goes up beside the next one's public
 #: pack (a file's container follows its own public fragments, held.py).
 SENDERS = 2
