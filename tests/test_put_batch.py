@@ -144,6 +144,69 @@ def test_put_dir_restores_bit_exact_and_small_files_share_packs(tmp_path):
     assert any(line.endswith("bad\\xff.dcm") for line in again)
 
 
+# ------------------------------------------------------------------ sending while encoding
+
+def test_a_batch_s_packs_go_up_while_the_rest_of_it_is_encoded(tmp_path, monkeypatch):
+    """The last chunk of a batch waits, inside its encode, until a pack of the batch has
+    landed: a put that sent nothing before every encode was done would never get there.
+    Each file's private container still goes up only after its public fragments."""
+    import threading
+
+    from dispersiond.ops import packing, protect_batch
+
+    cfg = local_config(tmp_path, "replicate")
+    folder = tmp_path / "records"
+    folder.mkdir()
+    rng = random.Random(7)
+    originals = {f"rec-{i:03d}.hl7": rng.randbytes(8 << 10) for i in range(256)}
+    for name, data in originals.items():
+        (folder / name).write_bytes(data)
+    chunks = -(-len(originals) // 64)  # encode_many's chunks of 64 files
+    monkeypatch.setattr(protect_batch, "SEND_BYTES", 64 << 10)
+    landed = threading.Event()
+    order: list[tuple[str, set[str]]] = []  # (kind, its files) of each pack, as it landed
+    lock = threading.Lock()
+    real_pack, real_encode = packing.send_pack, protect_batch.encode_many
+
+    def pack_spy(v, job, *args, **kwargs):
+        row = real_pack(v, job, *args, **kwargs)
+        with lock:
+            order.append((job.kind, {o.file_id for o in job.objs}))
+        landed.set()
+        return row
+
+    calls = [0]
+    waited: list[bool] = []
+
+    def encode_spy(v, fids, *args, **kwargs):
+        with lock:
+            calls[0] += 1
+            last = calls[0] == chunks
+        if last:
+            waited.append(landed.wait(60))
+        return real_encode(v, fids, *args, **kwargs)
+
+    monkeypatch.setattr(packing, "send_pack", pack_spy)
+    monkeypatch.setattr(protect_batch, "encode_many", encode_spy)
+    res = cli_json(cfg, "put", str(folder))
+    assert waited == [True]  # a pack landed while the last chunk was still to encode
+    assert res["errors"] == [] and {f["state"] for f in res["files"]} == {"done"}
+    fids = {f["file_id"] for f in res["files"]}
+    for fid in fids:  # every file's container after its public fragment, on each cloud
+        public = [i for i, (kind, members) in enumerate(order)
+                  if kind == "public" and fid in members]
+        private = [i for i, (kind, members) in enumerate(order)
+                   if kind == "private" and fid in members]
+        assert len(public) == 2 and len(private) == 1 and max(public) < private[0], fid
+    assert len(order) > 3  # more than one group: (cloud-a, cloud-b, vault) per group
+    assert stored_names(cfg) == recorded_names(cfg)
+    out = tmp_path / "out"
+    out.mkdir()
+    for f in list(res["files"])[:5]:
+        cli(cfg, "restore", f["file_id"], "--to", str(out / f["name"]))
+        assert (out / f["name"]).read_bytes() == originals[f["name"]]
+
+
 # ------------------------------------------------------------------ one bad file
 
 def test_a_bad_file_is_reported_and_the_others_are_protected(tmp_path):
