@@ -382,3 +382,29 @@ def test_the_daemons_sweep_counts_segments_as_recorded(tmp_path: Path) -> None:
     with open_archive(load_config(cfg)) as v:
         recorded = {n for _, n in _backups(v, "vault")}
         assert recorded == set(v.store("vault").list(manifest.PREFIX)) and len(recorded) == 3
+
+
+def test_a_burst_too_large_for_a_delta_goes_straight_to_a_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta of a burst would be thrown away for the checkpoint it outgrows: it is
+    not built (its rows, entries and text were the backup's peak memory)."""
+    monkeypatch.setattr(manifest, "SEGMENT_FILES", 1000)
+    cfg = local_config(tmp_path, "replicate")
+    put(cfg, *records(tmp_path, 300))  # the first checkpoint
+    built: list[int] = []
+    real = manifest.delta
+
+    def delta(db, seq, base, prev, changed, *rest):
+        built.append(len(changed))
+        return real(db, seq, base, prev, changed, *rest)
+
+    monkeypatch.setattr(manifest, "delta", delta)
+    put(cfg, *records(tmp_path, 1, start=300))  # one more record: a delta, as always
+    assert built == [1] and [d["kind"] for d, _, _ in manifest_objects(cfg)[0]][-1] == "delta"
+    burst = records(tmp_path, 600, start=301)
+    ids = put(cfg, *burst)  # a burst twice the archive
+    assert built == [1]  # no delta was built for the burst ...
+    newest = manifest_objects(cfg)[0][-1][0]
+    assert newest["kind"] == "checkpoint"  # ... the checkpoint was, and holds them all
+    assert set(ids) <= {e["file_id"] for e in newest["files"]}
+    restores(cfg, ids[-1], burst[-1], tmp_path / "out.csv")

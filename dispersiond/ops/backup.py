@@ -114,11 +114,16 @@ def _backup(v: Archive, force: bool) -> int:
     blob, doc, plan = b"", None, None
     if tip is not None and not force and not _stores_behind(v, tip) \
             and tip.deltas < manifest.CHECKPOINT_EVERY:
-        doc = manifest.delta(v.db, seq, tip.base, prev, changed, tip.audit_seq, seed)
-        blob = manifest.seal(v.key, doc)
-        if tip.delta_bytes + len(blob) > manifest.CHECKPOINT_FRACTION * checkpoint.next_cost(
-                v, tip.base_bytes, changed):
-            doc = None  # the deltas outgrow the next checkpoint: time for it
+        budget = manifest.CHECKPOINT_FRACTION * checkpoint.next_cost(v, tip.base_bytes, changed)
+        # A burst's delta can be as large as a checkpoint: when its likely size (its
+        # entries at what the newest segment's take) overflows, it is not built at all
+        # (its rows, entries and text would be the backup's peak memory and a second of
+        # CPU, then thrown away). A wrong guess costs an early checkpoint, nothing else.
+        if tip.delta_bytes + len(changed) * checkpoint.entry_bytes(v) <= budget:
+            doc = manifest.delta(v.db, seq, tip.base, prev, changed, tip.audit_seq, seed)
+            blob = manifest.seal(v.key, doc)
+            if tip.delta_bytes + len(blob) > budget:
+                doc = None  # the deltas outgrow the next checkpoint: time for it
     if doc is None:
         plan = checkpoint.plan(v, seq, changed)
         doc = manifest.root(v.db, seq, plan.refs(), seed, prev)

@@ -30,6 +30,16 @@ def _dirty_files(v: Archive, changed: list[str]) -> list[str]:
     return sorted(set(v.db.touched_since_checkpoint()) | set(changed))
 
 
+#: Sealed bytes per entry assumed before any segment exists.
+ENTRY_BYTES = 300
+
+
+def entry_bytes(v: Archive) -> float:
+    """Sealed bytes an entry takes, as the newest segment shows."""
+    last = v.db.last_segment()
+    return last.bytes / max(1, last.files) if last else ENTRY_BYTES
+
+
 def next_cost(v: Archive, base_bytes: int, changed: list[str]) -> int:
     """Sealed bytes the next checkpoint would upload: the root (about the last one's
     size) and every segment it would re-seal; the whole archive while there is no
@@ -43,7 +53,7 @@ def next_cost(v: Archive, base_bytes: int, changed: list[str]) -> int:
     new = len(dirty) - len(seg_of)
     if new and last is not None:
         segs.add(last.seg)
-    per_file = last.bytes / max(1, last.files) if last else 300
+    per_file = last.bytes / max(1, last.files) if last else ENTRY_BYTES
     return base_bytes + sum(r.bytes for r in v.db.segment_rows(segs)) + int(new * per_file)
 
 
