@@ -60,7 +60,7 @@ CHILD = textwrap.dedent('''
     elif point == "in-commit":  # the transaction open, three files written into it
         protect._record_encoded = after(4, protect._record_encoded, before=True)
     elif point == "after-commit":  # recorded, not yet logged or reported
-        protect._log_encoded = after(1, protect._log_encoded, before=True)
+        protect._log_encoded_many = after(1, protect._log_encoded_many, before=True)
     with open_archive(cfg, exclusive=True) as v:
         inbox = Path(cfg.inbox)
         items = [(p, p.stat()) for p in sorted(inbox.iterdir()) if not p.name.startswith(".")]

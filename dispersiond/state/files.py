@@ -22,6 +22,10 @@ check_transition("-", S.COMMITTED, S.DONE)  # what FINISHABLE moves
 CHUNK = 500
 
 
+class _Refused(Exception):
+    """A batch statement touched fewer rows than asked: undo it, go one by one."""
+
+
 def chunks(items: list, size: int = CHUNK) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -117,7 +121,23 @@ class FilesMixin(Database):
                      updated: float) -> None:
         """One transaction: claims whose rename landed are claimed (with their new source),
         the others' rows go."""
-        with self.tx() as conn:
+        guard, sources = _in(sources_of(S.CLAIMED))
+        cols = [(fid, file_columns({"source": source, "updated": updated}))
+                for fid, source in moved]
+        try:
+            with self.tx() as conn:  # one statement for the batch
+                if cols:
+                    sets = ", ".join(f"{k}=?" for k in cols[0][1])
+                    cur = conn.executemany(
+                        f"UPDATE files SET state=?, {sets} WHERE file_id=? AND {guard}",
+                        [(S.CLAIMED.value, *c.values(), fid, *sources) for fid, c in cols])
+                    if cur.rowcount != len(cols):
+                        raise _Refused  # undone; looked at one by one below
+                self.drop_claiming(dropped, conn)
+            return
+        except _Refused:
+            pass
+        with self.tx() as conn:  # a row gone is left alone, an illegal move raises
             for fid, source in moved:
                 self.set_state(fid, S.CLAIMED, conn, source=source, updated=updated)
             self.drop_claiming(dropped, conn)

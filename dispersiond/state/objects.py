@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from .db import Conn, Database
 from .files import chunks
-from .model import FileState, ObjectRow, ObjectState
+from .model import FileState, ObjectRow, ObjectState, row_dict
 
 O = ObjectState
 #: Objects that repair rebuilds.
@@ -46,7 +46,7 @@ class ObjectsMixin(Database):
         where, args = f"({where}) AND {extra}", (*args, *extra_args)
         if file_id is not None:
             where, args = f"file_id=? AND {where}", (file_id, *args)
-        return [ObjectRow(**dict(r)) for r in self.query(
+        return [ObjectRow(**row_dict(r)) for r in self.query(
             "SELECT *, (SELECT digest_alg FROM files f WHERE f.file_id=objects.file_id) AS "
             f"digest_alg FROM objects WHERE {where} ORDER BY role, shard, id", args)]
 
@@ -57,10 +57,36 @@ class ObjectsMixin(Database):
         out: list[ObjectRow] = []
         for part in chunks(list(file_ids)):
             marks = ", ".join("?" for _ in part)
-            out += [ObjectRow(**dict(r)) for r in self.query(
+            out += [ObjectRow(**row_dict(r)) for r in self.query(
                 "SELECT *, (SELECT digest_alg FROM files f WHERE f.file_id=objects.file_id) AS "
                 f"digest_alg FROM objects WHERE file_id IN ({marks}) AND {extra} "
                 "ORDER BY file_id, role, shard, id", (*part, *extra_args))]
+        return out
+
+    def upload_counts(self, file_ids: Iterable[str]) -> dict[str, tuple[int, int, int, int]]:
+        """Per file with objects: (public uploaded, private uploaded, uploaded, all), what
+        a commit decides on, counted by the database rather than read row by row."""
+        up = O.UPLOADED.value
+        out: dict[str, tuple[int, int, int, int]] = {}
+        for part in chunks(list(file_ids)):
+            marks = ", ".join("?" for _ in part)
+            for r in self.query(
+                    "SELECT file_id, SUM(role='public' AND state=?), SUM(role='private' AND "
+                    f"state=?), SUM(state=?), COUNT(*) FROM objects WHERE file_id IN ({marks}) "
+                    "GROUP BY file_id", (up, up, up, *part)):
+                out[r[0]] = (r[1], r[2], r[3], r[4])
+        return out
+
+    def files_with_objects_in(self, file_ids: Iterable[str],
+                              states: Iterable[str]) -> set[str]:
+        """Those of `file_ids` with an object in one of `states` (ids only: a batch)."""
+        extra, extra_args = _filters(None, states, None)
+        out: set[str] = set()
+        for part in chunks(list(file_ids)):
+            marks = ", ".join("?" for _ in part)
+            out.update(r[0] for r in self.query(
+                f"SELECT DISTINCT file_id FROM objects WHERE file_id IN ({marks}) AND {extra}",
+                (*part, *extra_args)))
         return out
 
     def objects_by_file(self) -> dict[str, list[ObjectRow]]:
@@ -68,7 +94,7 @@ class ObjectsMixin(Database):
         out: dict[str, list[ObjectRow]] = {}
         for r in self.query("SELECT o.*, f.digest_alg FROM objects o JOIN files f ON "
                             "f.file_id=o.file_id ORDER BY o.file_id, o.role, o.shard, o.id"):
-            out.setdefault(r["file_id"], []).append(ObjectRow(**dict(r)))
+            out.setdefault(r["file_id"], []).append(ObjectRow(**row_dict(r)))
         return out
 
     def objects_grouped(self, file_ids: Iterable[str]) -> dict[str, list[ObjectRow]]:
@@ -80,7 +106,7 @@ class ObjectsMixin(Database):
 
     def upload_queue(self) -> list[ObjectRow]:
         """Pending objects of files being uploaded, oldest file first."""
-        return [ObjectRow(**dict(r)) for r in self.query(
+        return [ObjectRow(**row_dict(r)) for r in self.query(
             "SELECT o.*, f.digest_alg FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
             "o.state=? AND f.state IN (?, ?) ORDER BY f.created, o.id",
             (O.PENDING.value, FileState.ENCODED.value, FileState.COMMITTED.value))]
