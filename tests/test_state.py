@@ -133,6 +133,43 @@ def test_upload_counts_say_what_a_commit_needs_in_one_read(tmp_path: Path) -> No
     db.close()
 
 
+def test_a_batch_with_fields_of_its_own_is_checked_before_anything_is_written(
+        tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    for fid in ("a" * 32, "b" * 32, "c" * 32):
+        _add(db, fid)
+    db.set_state("c" * 32, S.FAILED)
+    with pytest.raises(IllegalTransition, match=f"file {'c' * 32}: .* from failed to encoded"):
+        with db.tx() as conn:
+            db.set_states_each([("a" * 32, {"puf_len": 1}), ("c" * 32, {"puf_len": 3})],
+                               S.ENCODED, conn)
+    assert db.file("a" * 32).state is S.CLAIMED and db.file("a" * 32).puf_len is None
+    with db.tx() as conn:  # a file with no row is left alone
+        db.set_states_each([("a" * 32, {"puf_len": 1, "error": None}),
+                            ("b" * 32, {"puf_len": 2, "error": None}),
+                            ("d" * 32, {"puf_len": 4, "error": None})], S.ENCODED, conn)
+    assert [(f.state, f.puf_len) for f in (db.file("a" * 32), db.file("b" * 32))] == [
+        (S.ENCODED, 1), (S.ENCODED, 2)]
+    assert db.file("d" * 32) is None
+    db.close()
+
+
+def test_object_rows_keep_the_order_given_whatever_their_columns(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    _add(db, "a" * 32)
+    base = {"file_id": "a" * 32, "role": "public", "shard": None, "offset": 0, "length": 1,
+            "object_size": 1, "digest": "0" * 64, "state": "pending"}
+    rows = [dict(base, store="s1", name="n1"), dict(base, store="s2", name="n2"),
+            dict(base, store="s3", name="n3", pack_digest="1" * 64),
+            dict(base, store="s4", name="n4")]
+    with db.tx() as conn:
+        db.add_objects(conn, rows)
+    got = db.objects("a" * 32)
+    assert [o.store for o in got] == ["s1", "s2", "s3", "s4"]  # by id: as given
+    assert [o.pack_digest for o in got] == [None, None, "1" * 64, None]
+    db.close()
+
+
 def test_a_batch_of_state_changes_stops_at_the_first_illegal_one(tmp_path: Path) -> None:
     db = _db(tmp_path)
     for fid in ("a" * 32, "b" * 32):

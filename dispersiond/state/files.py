@@ -94,6 +94,30 @@ class FilesMixin(Database):
                 if row is not None:
                     check_transition(fid, row[0], new)  # raises: the move is illegal
 
+    def set_states_each(self, items: list[tuple[str, dict[str, Any]]], new: FileState,
+                        db: Conn) -> None:
+        """`set_state` for a batch whose files each have fields of their own (the same
+        columns), inside the caller's transaction: every move checked first (one read),
+        then one statement; an illegal one raises before anything is written."""
+        new = FileState(new)
+        found: dict[str, str] = {}
+        for part in chunks([fid for fid, _ in items]):
+            marks = ", ".join("?" for _ in part)
+            found.update((r[0], r[1]) for r in db.execute(
+                f"SELECT file_id, state FROM files WHERE file_id IN ({marks})", tuple(part)))
+        for fid, _ in items:
+            if fid in found:
+                check_transition(fid, found[fid], new)  # raises: the move is illegal
+        now = time.time()
+        by_cols: dict[tuple[str, ...], list[tuple]] = {}
+        for fid, fields in items:
+            if fid in found:  # a file with no row is left alone
+                cols = file_columns({**fields, "updated": fields.get("updated", now)})
+                by_cols.setdefault(tuple(cols), []).append((new.value, *cols.values(), fid))
+        for cols, values in by_cols.items():
+            sets = ", ".join(f"{k}=?" for k in cols)
+            db.executemany(f"UPDATE files SET state=?, {sets} WHERE file_id=?", values)
+
     def encode_again(self, file_ids: list[str]) -> list[tuple[str, str]]:
         """Encoded files whose held public fragments were lost (docs/FORMAT.md §8) back
         to claimed, in one transaction: their object rows go, and the names of those

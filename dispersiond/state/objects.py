@@ -32,10 +32,17 @@ def _filters(role: str | None, states: Iterable[str] | None,
 
 class ObjectsMixin(Database):
     def add_objects(self, db: Conn, rows: list[dict[str, Any]]) -> None:
+        """Object rows in the order given (their ids follow it), one statement for each
+        run of rows with the same columns (a batch has one)."""
+        runs: list[tuple[tuple[str, ...], list[tuple]]] = []
         for r in rows:
-            cols = ", ".join(r)
-            db.execute(f"INSERT INTO objects ({cols}) VALUES ({', '.join('?' for _ in r)})",
-                       tuple(r.values()))
+            cols = tuple(r)
+            if not runs or runs[-1][0] != cols:
+                runs.append((cols, []))
+            runs[-1][1].append(tuple(r.values()))
+        for cols, values in runs:
+            db.executemany(f"INSERT INTO objects ({', '.join(cols)}) VALUES "
+                           f"({', '.join('?' for _ in cols)})", values)
 
     def objects(self, file_id: str | None = None, where: str = "1", args: tuple = (), *,
                 role: str | None = None, states: Iterable[str] | None = None,
@@ -140,6 +147,11 @@ class ObjectsMixin(Database):
         with self.tx() as conn:
             conn.execute(f"UPDATE objects SET {sets} WHERE id=?", (*args, obj.id))
             self.trash(obj.store, obj.name, conn)
+
+    def drop_pending_objects_of(self, file_ids: Iterable[str], db: Conn) -> None:
+        """`drop_objects(pending_only=True)` for a batch, in one statement."""
+        db.executemany("DELETE FROM objects WHERE file_id=? AND state=?",
+                       [(fid, O.PENDING.value) for fid in file_ids])
 
     def drop_objects(self, file_id: str, db: Conn, pending_only: bool = False) -> None:
         """A file's object rows (only those never uploaded: `pending_only`)."""
