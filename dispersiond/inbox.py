@@ -50,7 +50,7 @@ from pathlib import Path
 from . import digests
 from .display import shown
 from .fsutil import PRIVATE_FILE, fsync_dir, private_dir, restrict
-from .logs import event
+from .logs import batch_event, event
 from .state import FileRow, FileState
 from .archive import Archive
 
@@ -249,8 +249,8 @@ def claim(v: Archive, items: list[tuple[Path, os.stat_result]],
         done = {fid for fid, _, _ in moved}
         v.db.claimed_many([(fid, str(cdir / fid)) for fid, _, _ in moved],
                           [fid for fid, _, _ in rows if fid not in done], now)
-    for fid, _, st in moved:
-        event(logging.INFO, "file claimed", file_id=fid, size=st.st_size)
+    batch_event(logging.INFO, "file claimed", "files claimed",
+                [{"file_id": fid, "size": st.st_size} for fid, _, st in moved])
     return [(fid, st.st_size) for fid, _, st in moved], failed
 
 

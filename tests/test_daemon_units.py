@@ -1,6 +1,7 @@
 """The daemon's pieces, constructed directly: no subprocess, real SQLite, memory stores."""
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -18,7 +19,7 @@ from dispersiond.config import load_config
 from dispersiond.daemon import Daemon, StoreHealth
 from dispersiond.daemon.events import (BackupNow, PathSeen, Rescan, Uploaded, Verified,
                                        VerifyNow, Wake, drain)
-from dispersiond.daemon.intake import SpaceGate, Watcher
+from dispersiond.daemon.intake import CHECK_EVERY, SpaceGate, Watcher
 from dispersiond.daemon.status import StatusWriter
 from dispersiond.daemon.uploader import Uploader
 from dispersiond.inbox import Stability
@@ -189,6 +190,20 @@ def test_space_gate_pauses_below_the_minimum_and_resumes(tmp_path: Path, caplog)
     assert gate.paused is not None and "to encode" not in gate.paused
 
 
+def test_the_loop_looks_at_free_space_every_so_often_unless_paused(tmp_path: Path) -> None:
+    free, looks = [500], []
+    gate = SpaceGate(tmp_path, 100, free=lambda: looks.append(1) or free[0])
+    gate.tick(10.0)
+    free[0] = 50
+    gate.tick(10.0 + CHECK_EVERY / 2)  # too soon: not looked at
+    assert gate.paused is None and len(looks) == 1
+    gate.tick(10.0 + CHECK_EVERY)
+    assert gate.paused is not None and len(looks) == 2
+    free[0] = 600
+    gate.tick(10.0 + CHECK_EVERY + 0.001)  # paused: every turn looks
+    assert gate.paused is None and len(looks) == 3
+
+
 # --------------------------------------------------------------- the uploader
 
 def _encoded_file(db: StateDB, fid: str, stores: list[str], size: int = 64) -> None:
@@ -224,10 +239,13 @@ def test_a_store_going_down_backs_off_and_the_others_keep_moving(tmp_path: Path,
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             up.dispatch()
+            flying = collections.Counter(o.file_id for o in up.in_flight.values())
+            assert all(up.sending(f) == (flying[f] > 0) for f in fids)  # kept, not scanned
             events = drain(q, 0.02)
             up.record([e for e in events if isinstance(e, Uploaded)])
             for e in events:
                 up.on_uploaded(e, cancelling=False)
+            assert up.flying == collections.Counter(o.file_id for o in up.in_flight.values())
 
     try:
         with caplog.at_level(logging.INFO, logger="dispersiond"):

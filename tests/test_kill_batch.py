@@ -57,10 +57,10 @@ CHILD = textwrap.dedent('''
         fsutil.fsync_path = after(5, fsutil.fsync_path)
     elif point == "before-commit":  # everything durable, nothing recorded
         protect.sync_batch = after(1, protect.sync_batch)
-    elif point == "in-commit":  # the transaction open, three files written into it
-        protect._record_encoded = after(4, protect._record_encoded, before=True)
+    elif point == "in-commit":  # the transaction open, the batch's rows written into it
+        protect._record_encoded_many = after(1, protect._record_encoded_many)
     elif point == "after-commit":  # recorded, not yet logged or reported
-        protect._log_encoded = after(1, protect._log_encoded, before=True)
+        protect._log_encoded_many = after(1, protect._log_encoded_many, before=True)
     with open_archive(cfg, exclusive=True) as v:
         inbox = Path(cfg.inbox)
         items = [(p, p.stat()) for p in sorted(inbox.iterdir()) if not p.name.startswith(".")]

@@ -86,6 +86,25 @@ def test_sizes_are_kept_for_debug_level(journal):
     assert journal()["SIZE"] == "12345"
 
 
+def test_a_batch_logs_one_summary_at_info_and_its_files_at_debug(journal):
+    logs.batch_event(logging.INFO, "file claimed", "files claimed",
+                     [{"file_id": "c" * 32, "size": 1}])
+    e = journal()  # a lone file: its own line, as ever
+    assert e["MESSAGE"].startswith("file claimed") and e["FILE_ID"] == "c" * 32
+    assert e["PRIORITY"] == "6" and "SIZE" not in e
+    items = [{"file_id": c * 32, "size": 5} for c in "abc"]
+    logs.batch_event(logging.INFO, "file claimed", "files claimed", items)
+    each = [journal() for _ in items]
+    assert [x["FILE_ID"] for x in each] == ["a" * 32, "b" * 32, "c" * 32]
+    assert {x["PRIORITY"] for x in each} == {"7"}
+    summary = journal()
+    assert summary["MESSAGE"].startswith("files claimed") and summary["COUNT"] == "3"
+    assert summary["PRIORITY"] == "6" and "FILE_ID" not in summary
+    logging.getLogger("dispersiond").setLevel(logging.INFO)
+    logs.batch_event(logging.INFO, "file claimed", "files claimed", items)
+    assert journal()["COUNT"] == "3"  # no debug lines came first
+
+
 def test_reserved_journal_names_are_not_taken():
     assert logs.field_name("file_id") == "FILE_ID"
     assert logs.field_name("message") == "DISPERSIOND_MESSAGE"

@@ -89,6 +89,87 @@ def test_an_illegal_state_change_is_refused_and_writes_nothing(tmp_path: Path) -
     db.close()
 
 
+def test_claims_land_in_one_statement_and_an_illegal_one_undoes_the_batch(
+        tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    now = time.time()
+    ids = ["a" * 32, "b" * 32, "c" * 32]
+    odd = "/claimed/\udcff" + "d" * 32  # a path that is not UTF-8 keeps its bytes
+    db.add_claims([(fid, f"{fid[:2]}.dcm", 1, now, "se2", f"/inbox/{fid}") for fid in ids],
+                  now)
+    db.claimed_many([(ids[0], f"/claimed/{ids[0]}"), (ids[1], odd), ("e" * 32, "/gone")],
+                    [ids[2]], now)  # a row that is not there is left alone
+    assert db.file(ids[0]).state is S.CLAIMED and db.file(ids[0]).source == f"/claimed/{ids[0]}"
+    assert db.file(ids[1]).source == odd and db.file(ids[2]) is None
+    db.add_claims([("f" * 32, "f.dcm", 1, now, "se2", "/inbox/f")], now)
+    with pytest.raises(IllegalTransition, match=f"file {'a' * 32}: .* from claimed to claimed"):
+        db.claimed_many([("f" * 32, "/claimed/f"), (ids[0], "/claimed/again")], [], now)
+    assert db.file("f" * 32).state is S.CLAIMING  # the whole batch rolled back
+    assert db.file(ids[0]).source == f"/claimed/{ids[0]}"
+    db.close()
+
+
+def test_upload_counts_say_what_a_commit_needs_in_one_read(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    for fid in ("a" * 32, "b" * 32, "c" * 32):
+        _add(db, fid)
+
+    def obj(fid: str, role: str, store: str, state: str) -> dict:
+        return {"file_id": fid, "role": role, "shard": None, "store": store,
+                "name": f"{store}-{fid}-{role}", "offset": 0, "length": 1,
+                "object_size": 1, "digest": "0" * 64, "state": state}
+
+    with db.tx() as conn:
+        db.add_objects(conn, [obj("a" * 32, "public", "x", "uploaded"),
+                              obj("a" * 32, "public", "y", "pending"),
+                              obj("a" * 32, "private", "v", "uploaded"),
+                              obj("b" * 32, "public", "x", "uploaded"),
+                              obj("b" * 32, "private", "v", "missing")])
+    counts = db.upload_counts(["a" * 32, "b" * 32, "c" * 32, "d" * 32])
+    assert counts == {"a" * 32: (1, 1, 2, 3), "b" * 32: (1, 0, 1, 2)}  # none: not there
+    assert db.files_with_objects_in(["a" * 32, "b" * 32, "c" * 32],
+                                    ["pending", "missing"]) == {"a" * 32, "b" * 32}
+    assert db.files_with_objects_in(["b" * 32], ["pending"]) == set()
+    db.close()
+
+
+def test_a_batch_with_fields_of_its_own_is_checked_before_anything_is_written(
+        tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    for fid in ("a" * 32, "b" * 32, "c" * 32):
+        _add(db, fid)
+    db.set_state("c" * 32, S.FAILED)
+    with pytest.raises(IllegalTransition, match=f"file {'c' * 32}: .* from failed to encoded"):
+        with db.tx() as conn:
+            db.set_states_each([("a" * 32, {"puf_len": 1}), ("c" * 32, {"puf_len": 3})],
+                               S.ENCODED, conn)
+    assert db.file("a" * 32).state is S.CLAIMED and db.file("a" * 32).puf_len is None
+    with db.tx() as conn:  # a file with no row is left alone
+        db.set_states_each([("a" * 32, {"puf_len": 1, "error": None}),
+                            ("b" * 32, {"puf_len": 2, "error": None}),
+                            ("d" * 32, {"puf_len": 4, "error": None})], S.ENCODED, conn)
+    assert [(f.state, f.puf_len) for f in (db.file("a" * 32), db.file("b" * 32))] == [
+        (S.ENCODED, 1), (S.ENCODED, 2)]
+    assert db.file("d" * 32) is None
+    db.close()
+
+
+def test_object_rows_keep_the_order_given_whatever_their_columns(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    _add(db, "a" * 32)
+    base = {"file_id": "a" * 32, "role": "public", "shard": None, "offset": 0, "length": 1,
+            "object_size": 1, "digest": "0" * 64, "state": "pending"}
+    rows = [dict(base, store="s1", name="n1"), dict(base, store="s2", name="n2"),
+            dict(base, store="s3", name="n3", pack_digest="1" * 64),
+            dict(base, store="s4", name="n4")]
+    with db.tx() as conn:
+        db.add_objects(conn, rows)
+    got = db.objects("a" * 32)
+    assert [o.store for o in got] == ["s1", "s2", "s3", "s4"]  # by id: as given
+    assert [o.pack_digest for o in got] == [None, None, "1" * 64, None]
+    db.close()
+
+
 def test_a_batch_of_state_changes_stops_at_the_first_illegal_one(tmp_path: Path) -> None:
     db = _db(tmp_path)
     for fid in ("a" * 32, "b" * 32):

@@ -14,6 +14,10 @@ from ..units import human_size
 from ..archive import Archive
 from .events import Event, PathSeen
 
+#: Seconds between the main loop's looks at free space while intake runs (paused, it
+#: looks at every turn): each look is a syscall, and a syscall on the loop waits for the
+#: GIL the encoder threads hold, a few ms each, at every turn of a busy loop.
+CHECK_EVERY = 0.25
 #: Claims per transaction: keeps a burst of small files cheap without one huge batch.
 CLAIM_BATCH = 256
 #: What watchdog logs when an emitter is stopped between two reads: a race inside its own
@@ -31,6 +35,7 @@ class SpaceGate:
         self.free = free or (lambda: shutil.disk_usage(root).free)
         self.paused: str | None = None  # why, while paused
         self.need = 0  # bytes the next encode needs beyond min_free
+        self.checked = -1e9  # monotonic: the last look (`tick`)
 
     def allows(self, need: int) -> bool:
         """Is there room for an encode that stages `need` bytes?"""
@@ -40,6 +45,13 @@ class SpaceGate:
         """The next encode needs `need` bytes: pause until they are there."""
         self.need = need
         self.check()
+
+    def tick(self, now: float) -> None:
+        """The loop's look: at most every CHECK_EVERY seconds unless paused (each encode
+        asks `allows` for its own space all the same)."""
+        if self.paused is not None or now >= self.checked + CHECK_EVERY:
+            self.checked = now
+            self.check()
 
     def check(self) -> None:
         free = self.free()

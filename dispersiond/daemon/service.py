@@ -240,7 +240,7 @@ class Daemon:
         self._wait_and_handle(self._next_wake())
         if self.stop.is_set():
             return
-        self.gate.check()
+        self.gate.tick(time.monotonic())
         if time.monotonic() >= self.reload_at:
             self._reload_queues()
         for fid, size in self.intake.claim(self.stop):

@@ -137,6 +137,9 @@ class Uploader:
             s: collections.OrderedDict() for s in self.health}
         self.buffers = {s: PackBuffer() for s in self.health}
         self.in_flight: dict[int, ObjectRow] = {}
+        #: In-flight uploads per file: `sending` is asked once per outcome, and a scan of
+        #: `in_flight` each time made a burst of small files quadratic.
+        self.flying: collections.Counter[str] = collections.Counter()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="upload")
         self.held_logged = False
 
@@ -156,7 +159,7 @@ class Uploader:
 
     def sending(self, fid: str) -> bool:
         """Is an upload of one of `fid`'s objects still in flight?"""
-        return any(o.file_id == fid for o in self.in_flight.values())
+        return self.flying[fid] > 0
 
     def pending(self) -> int:
         return (sum(len(q) for q in self.queues.values())
@@ -233,10 +236,21 @@ class Uploader:
             limit = 1 if h.failing else cap  # a failing store gets one probe
             while q and limit > 0:
                 _, obj = q.popitem(last=False)
-                self.in_flight[obj.id] = obj
+                self._fly(obj)
                 self.pool.submit(self._task, obj)
                 limit -= 1
                 cap -= 1
+
+    def _fly(self, obj: ObjectRow) -> None:
+        if obj.id not in self.in_flight:
+            self.flying[obj.file_id] += 1
+        self.in_flight[obj.id] = obj
+
+    def _land(self, obj: ObjectRow) -> None:
+        if self.in_flight.pop(obj.id, None) is not None:
+            self.flying[obj.file_id] -= 1
+            if self.flying[obj.file_id] <= 0:
+                del self.flying[obj.file_id]
 
     def _flush(self, store: str, buf: PackBuffer, limit: int) -> int:
         """Start up to `limit` packs from `store`'s buffer; returns how many started."""
@@ -246,7 +260,7 @@ class Uploader:
                 break
             for obj in job.objs:
                 del buf.objs[obj.id]
-                self.in_flight[obj.id] = obj
+                self._fly(obj)
             self.pool.submit(self._pack_task, job)
             started += 1
         if buf.objs:  # what is left waits its turn, due at once
@@ -287,7 +301,7 @@ class Uploader:
         """Book one outcome; returns the file to look at once its uploads settle (None:
         the upload was cancelled by a stop and resumes at the next start)."""
         obj, exc = ev.obj, ev.error
-        self.in_flight.pop(obj.id, None)
+        self._land(obj)
         h = self.health[obj.store]
         if exc is None:
             if h.recover():
@@ -315,7 +329,7 @@ class Uploader:
         """Book one pack's outcome (its rows were committed by the task); returns the
         files to look at."""
         for obj in ev.objs:
-            self.in_flight.pop(obj.id, None)
+            self._land(obj)
         fids = {obj.file_id for obj in ev.objs}
         self.unpark(fids)  # landed, or written out by the failed task: containers may go
         h, exc = self.health[ev.store], ev.error

@@ -15,13 +15,13 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..codec import se2
 from ..errors import DispersiondError
 from ..layout import Layout
-from ..logs import event, log
-from ..state import FileRow, FileState, ObjectRow, ObjectState
+from ..logs import batch_event, event, log
+from ..state import FileRow, FileState, ObjectState
 from ..tap import DirectUploadFailed
 from ..archive import Progress, Archive
 from ..fsutil import sync_batch
@@ -62,8 +62,8 @@ def admit_many(v: Archive, sources: list[tuple[Path, str | None]]) -> list[str |
         rows.append(dict(_admission(v, source, name, st), created=now + len(rows) * 1e-6))
         out.append(rows[-1]["file_id"])
     v.db.add_files(rows)
-    for row in rows:
-        event(logging.INFO, "file admitted", file_id=row["file_id"], size=row["size"])
+    batch_event(logging.INFO, "file admitted", "files admitted",
+                [{"file_id": row["file_id"], "size": row["size"]} for row in rows])
     return out
 
 
@@ -119,9 +119,30 @@ def _record_encoded(v: Archive, conn, fid: str, st: Staged, rows: list[dict]) ->
     v.db.set_state(fid, FileState.ENCODED, conn, error=None, **st.file_fields(v.cfg, v.key))
 
 
+def _record_encoded_many(v: Archive, conn, batch: list[tuple[str, Staged, list[dict]]]
+                         ) -> None:
+    """`_record_encoded` for a batch, a statement per step rather than four a file (the
+    encoder threads share the GIL with everything else)."""
+    fids = [fid for fid, _, _ in batch]
+    v.db.drop_pending_objects_of(fids, conn)
+    v.db.drop_planned_of(fids, conn)
+    v.db.add_objects(conn, [row for _, _, rows in batch for row in rows])
+    v.db.set_states_each([(fid, {"error": None, **st.file_fields(v.cfg, v.key)})
+                          for fid, st, _ in batch], FileState.ENCODED, conn)
+
+
 def _log_encoded(fid: str, st: Staged, sent_early: int = 0) -> None:
-    event(logging.INFO, "file encoded", file_id=fid, size=st.size,
-          public_bytes=st.layout.puf_len, private_bytes=st.layout.prf_len, sent_early=sent_early)
+    event(logging.INFO, "file encoded", **_encoded_fields(fid, st, sent_early))
+
+
+def _log_encoded_many(staged: list[tuple[str, Staged]]) -> None:
+    batch_event(logging.INFO, "file encoded", "files encoded",
+                [_encoded_fields(fid, st) for fid, st in staged])
+
+
+def _encoded_fields(fid: str, st: Staged, sent_early: int = 0) -> dict[str, Any]:
+    return {"file_id": fid, "size": st.size, "public_bytes": st.layout.puf_len,
+            "private_bytes": st.layout.prf_len, "sent_early": sent_early}
 
 
 def encode_many(v: Archive, fids: list[str],
@@ -173,9 +194,9 @@ def encode_many(v: Archive, fids: list[str],
                 v.held.hold(fid, st.held, {row["store"] for row, _ in rows_of
                                            if row["role"] == "public"}, reserved.pop(fid))
         with v.db.tx() as conn:
-            for fid, st, rows_of in planned:
-                _record_encoded(v, conn, fid, st, [dict(row, state="pending")
-                                                   for row, _ in rows_of])
+            _record_encoded_many(v, conn, [(fid, st, [dict(row, state="pending")
+                                                      for row, _ in rows_of])
+                                           for fid, st, rows_of in planned])
     except BaseException:
         for fid, _ in staged:  # nothing of it was recorded: give the space back
             v.held.drop(fid)
@@ -184,8 +205,7 @@ def encode_many(v: Archive, fids: list[str],
     finally:
         for n in reserved.values():  # reserved for files that were not held after all
             v.held.release(n)
-    for fid, st in staged:
-        _log_encoded(fid, st)
+    _log_encoded_many(staged)
     return outcomes
 
 
@@ -253,14 +273,13 @@ def transfer_bytes(cfg, size: int) -> int:
     return size + sum(row["object_size"] for row, _ in rows)
 
 
-def _readiness(f: FileRow, objs: list[ObjectRow]) -> tuple[bool, bool]:
-    """(restorable from its confirmed uploads, every upload confirmed), from the file's
-    objects."""
-    up = [o for o in objs if o.state == "uploaded"]
-    need = Layout.of_row(f).need
-    restorable = (sum(1 for o in up if o.role == "public") >= need
-                  and any(o.role == "private" for o in up))
-    return restorable, len(up) == len(objs)
+def _readiness(f: FileRow, counts: tuple[int, int, int, int] | None) -> tuple[bool, bool]:
+    """(restorable from its confirmed uploads, every upload confirmed), from the counts
+    of the file's objects (`upload_counts`)."""
+    if counts is None:  # no objects at all
+        return False, True
+    public_up, private_up, up, total = counts
+    return public_up >= Layout.of_row(f).need and private_up > 0, up == total
 
 
 def commit(v: Archive, fid: str) -> str:
@@ -275,9 +294,9 @@ def commit_many(v: Archive, files: list[FileRow]) -> list[str]:
     files settles many at a time). Returns the ids committed."""
     ready: list[tuple[str, bool]] = []
     encoded = [f for f in files if f.state == FileState.ENCODED]
-    objs = _by_file(v.db.objects_of([f.file_id for f in encoded])) if encoded else {}
+    counts = v.db.upload_counts([f.file_id for f in encoded]) if encoded else {}
     for f in encoded:
-        restorable, complete = _readiness(f, objs.get(f.file_id, []))
+        restorable, complete = _readiness(f, counts.get(f.file_id))
         if restorable:
             ready.append((f.file_id, complete))
     if not ready:
@@ -286,8 +305,8 @@ def commit_many(v: Archive, files: list[FileRow]) -> list[str]:
         v.db.set_states([fid for fid, _ in ready], FileState.COMMITTED, conn, error=None)
         v.db.mark_manifest_dirty(conn)
     remove_stages(v, [fid for fid, complete in ready if complete])
-    for fid, complete in ready:
-        event(logging.INFO, "file committed", file_id=fid, complete=complete)
+    batch_event(logging.INFO, "file committed", "files committed",
+                [{"file_id": fid, "complete": complete} for fid, complete in ready])
     return [fid for fid, _ in ready]
 
 
@@ -308,20 +327,13 @@ def remove_stages(v: Archive, fids: list[str]) -> None:
         list(pool.map(lambda fid: shutil.rmtree(v.work_dir(fid), ignore_errors=True), fids))
 
 
-def _by_file(objs: list[ObjectRow]) -> dict[str, list[ObjectRow]]:
-    out: dict[str, list[ObjectRow]] = {}
-    for o in objs:
-        out.setdefault(o.file_id, []).append(o)
-    return out
-
-
 def all_uploaded(v: Archive, fid: str) -> bool:
     return not v.db.objects(fid, not_state="uploaded")
 
 
 def all_uploaded_of(v: Archive, fids: list[str]) -> set[str]:
     """Those of `fids` whose every object is confirmed (one read for the lot)."""
-    waiting = {o.file_id for o in v.db.objects_of(fids, states=_NOT_UPLOADED)}
+    waiting = v.db.files_with_objects_in(fids, _NOT_UPLOADED)
     return {fid for fid in fids if fid not in waiting}
 
 

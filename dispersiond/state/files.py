@@ -22,6 +22,10 @@ check_transition("-", S.COMMITTED, S.DONE)  # what FINISHABLE moves
 CHUNK = 500
 
 
+class _Refused(Exception):
+    """A batch statement touched fewer rows than asked: undo it, go one by one."""
+
+
 def chunks(items: list, size: int = CHUNK) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -90,6 +94,30 @@ class FilesMixin(Database):
                 if row is not None:
                     check_transition(fid, row[0], new)  # raises: the move is illegal
 
+    def set_states_each(self, items: list[tuple[str, dict[str, Any]]], new: FileState,
+                        db: Conn) -> None:
+        """`set_state` for a batch whose files each have fields of their own (the same
+        columns), inside the caller's transaction: every move checked first (one read),
+        then one statement; an illegal one raises before anything is written."""
+        new = FileState(new)
+        found: dict[str, str] = {}
+        for part in chunks([fid for fid, _ in items]):
+            marks = ", ".join("?" for _ in part)
+            found.update((r[0], r[1]) for r in db.execute(
+                f"SELECT file_id, state FROM files WHERE file_id IN ({marks})", tuple(part)))
+        for fid, _ in items:
+            if fid in found:
+                check_transition(fid, found[fid], new)  # raises: the move is illegal
+        now = time.time()
+        by_cols: dict[tuple[str, ...], list[tuple]] = {}
+        for fid, fields in items:
+            if fid in found:  # a file with no row is left alone
+                cols = file_columns({**fields, "updated": fields.get("updated", now)})
+                by_cols.setdefault(tuple(cols), []).append((new.value, *cols.values(), fid))
+        for cols, values in by_cols.items():
+            sets = ", ".join(f"{k}=?" for k in cols)
+            db.executemany(f"UPDATE files SET state=?, {sets} WHERE file_id=?", values)
+
     def encode_again(self, file_ids: list[str]) -> list[tuple[str, str]]:
         """Encoded files whose held public fragments were lost (docs/FORMAT.md §8) back
         to claimed, in one transaction: their object rows go, and the names of those
@@ -117,7 +145,23 @@ class FilesMixin(Database):
                      updated: float) -> None:
         """One transaction: claims whose rename landed are claimed (with their new source),
         the others' rows go."""
-        with self.tx() as conn:
+        guard, sources = _in(sources_of(S.CLAIMED))
+        cols = [(fid, file_columns({"source": source, "updated": updated}))
+                for fid, source in moved]
+        try:
+            with self.tx() as conn:  # one statement for the batch
+                if cols:
+                    sets = ", ".join(f"{k}=?" for k in cols[0][1])
+                    cur = conn.executemany(
+                        f"UPDATE files SET state=?, {sets} WHERE file_id=? AND {guard}",
+                        [(S.CLAIMED.value, *c.values(), fid, *sources) for fid, c in cols])
+                    if cur.rowcount != len(cols):
+                        raise _Refused  # undone; looked at one by one below
+                self.drop_claiming(dropped, conn)
+            return
+        except _Refused:
+            pass
+        with self.tx() as conn:  # a row gone is left alone, an illegal move raises
             for fid, source in moved:
                 self.set_state(fid, S.CLAIMED, conn, source=source, updated=updated)
             self.drop_claiming(dropped, conn)

@@ -2,6 +2,7 @@
 and one row of `files` and of `objects`."""
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -122,10 +123,16 @@ class FileRow:
     @classmethod
     def from_db(cls, row: Any) -> "FileRow":
         """A row as read (name and source back to their exact bytes, see `file_columns`)."""
-        d = dict(row)
+        d = row_dict(row)
         for col in RAW_COLUMNS:
             d[col] = from_stored(d[col], d.pop(f"{col}_raw", None))
         return cls(**d)
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """A row as a dict: zipped with its keys, ~3x quicker than dict() of an sqlite3.Row
+    (a batch reads thousands of rows on the loop the encoders share the GIL with)."""
+    return dict(zip(row.keys(), row)) if isinstance(row, sqlite3.Row) else dict(row)
 
 
 #: Columns of `files` whose values may be names that are not valid UTF-8 (os.fsdecode's

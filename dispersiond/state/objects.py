@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from .db import Conn, Database
 from .files import chunks
-from .model import FileState, ObjectRow, ObjectState
+from .model import FileState, ObjectRow, ObjectState, row_dict
 
 O = ObjectState
 #: Objects that repair rebuilds.
@@ -32,10 +32,17 @@ def _filters(role: str | None, states: Iterable[str] | None,
 
 class ObjectsMixin(Database):
     def add_objects(self, db: Conn, rows: list[dict[str, Any]]) -> None:
+        """Object rows in the order given (their ids follow it), one statement for each
+        run of rows with the same columns (a batch has one)."""
+        runs: list[tuple[tuple[str, ...], list[tuple]]] = []
         for r in rows:
-            cols = ", ".join(r)
-            db.execute(f"INSERT INTO objects ({cols}) VALUES ({', '.join('?' for _ in r)})",
-                       tuple(r.values()))
+            cols = tuple(r)
+            if not runs or runs[-1][0] != cols:
+                runs.append((cols, []))
+            runs[-1][1].append(tuple(r.values()))
+        for cols, values in runs:
+            db.executemany(f"INSERT INTO objects ({', '.join(cols)}) VALUES "
+                           f"({', '.join('?' for _ in cols)})", values)
 
     def objects(self, file_id: str | None = None, where: str = "1", args: tuple = (), *,
                 role: str | None = None, states: Iterable[str] | None = None,
@@ -46,7 +53,7 @@ class ObjectsMixin(Database):
         where, args = f"({where}) AND {extra}", (*args, *extra_args)
         if file_id is not None:
             where, args = f"file_id=? AND {where}", (file_id, *args)
-        return [ObjectRow(**dict(r)) for r in self.query(
+        return [ObjectRow(**row_dict(r)) for r in self.query(
             "SELECT *, (SELECT digest_alg FROM files f WHERE f.file_id=objects.file_id) AS "
             f"digest_alg FROM objects WHERE {where} ORDER BY role, shard, id", args)]
 
@@ -57,10 +64,36 @@ class ObjectsMixin(Database):
         out: list[ObjectRow] = []
         for part in chunks(list(file_ids)):
             marks = ", ".join("?" for _ in part)
-            out += [ObjectRow(**dict(r)) for r in self.query(
+            out += [ObjectRow(**row_dict(r)) for r in self.query(
                 "SELECT *, (SELECT digest_alg FROM files f WHERE f.file_id=objects.file_id) AS "
                 f"digest_alg FROM objects WHERE file_id IN ({marks}) AND {extra} "
                 "ORDER BY file_id, role, shard, id", (*part, *extra_args))]
+        return out
+
+    def upload_counts(self, file_ids: Iterable[str]) -> dict[str, tuple[int, int, int, int]]:
+        """Per file with objects: (public uploaded, private uploaded, uploaded, all), what
+        a commit decides on, counted by the database rather than read row by row."""
+        up = O.UPLOADED.value
+        out: dict[str, tuple[int, int, int, int]] = {}
+        for part in chunks(list(file_ids)):
+            marks = ", ".join("?" for _ in part)
+            for r in self.query(
+                    "SELECT file_id, SUM(role='public' AND state=?), SUM(role='private' AND "
+                    f"state=?), SUM(state=?), COUNT(*) FROM objects WHERE file_id IN ({marks}) "
+                    "GROUP BY file_id", (up, up, up, *part)):
+                out[r[0]] = (r[1], r[2], r[3], r[4])
+        return out
+
+    def files_with_objects_in(self, file_ids: Iterable[str],
+                              states: Iterable[str]) -> set[str]:
+        """Those of `file_ids` with an object in one of `states` (ids only: a batch)."""
+        extra, extra_args = _filters(None, states, None)
+        out: set[str] = set()
+        for part in chunks(list(file_ids)):
+            marks = ", ".join("?" for _ in part)
+            out.update(r[0] for r in self.query(
+                f"SELECT DISTINCT file_id FROM objects WHERE file_id IN ({marks}) AND {extra}",
+                (*part, *extra_args)))
         return out
 
     def objects_by_file(self) -> dict[str, list[ObjectRow]]:
@@ -68,7 +101,7 @@ class ObjectsMixin(Database):
         out: dict[str, list[ObjectRow]] = {}
         for r in self.query("SELECT o.*, f.digest_alg FROM objects o JOIN files f ON "
                             "f.file_id=o.file_id ORDER BY o.file_id, o.role, o.shard, o.id"):
-            out.setdefault(r["file_id"], []).append(ObjectRow(**dict(r)))
+            out.setdefault(r["file_id"], []).append(ObjectRow(**row_dict(r)))
         return out
 
     def objects_grouped(self, file_ids: Iterable[str]) -> dict[str, list[ObjectRow]]:
@@ -80,7 +113,7 @@ class ObjectsMixin(Database):
 
     def upload_queue(self) -> list[ObjectRow]:
         """Pending objects of files being uploaded, oldest file first."""
-        return [ObjectRow(**dict(r)) for r in self.query(
+        return [ObjectRow(**row_dict(r)) for r in self.query(
             "SELECT o.*, f.digest_alg FROM objects o JOIN files f ON f.file_id=o.file_id WHERE "
             "o.state=? AND f.state IN (?, ?) ORDER BY f.created, o.id",
             (O.PENDING.value, FileState.ENCODED.value, FileState.COMMITTED.value))]
@@ -114,6 +147,11 @@ class ObjectsMixin(Database):
         with self.tx() as conn:
             conn.execute(f"UPDATE objects SET {sets} WHERE id=?", (*args, obj.id))
             self.trash(obj.store, obj.name, conn)
+
+    def drop_pending_objects_of(self, file_ids: Iterable[str], db: Conn) -> None:
+        """`drop_objects(pending_only=True)` for a batch, in one statement."""
+        db.executemany("DELETE FROM objects WHERE file_id=? AND state=?",
+                       [(fid, O.PENDING.value) for fid in file_ids])
 
     def drop_objects(self, file_id: str, db: Conn, pending_only: bool = False) -> None:
         """A file's object rows (only those never uploaded: `pending_only`)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .db import Conn, Database
-from .model import ObjectRow, ObjectState, PackRow
+from .model import ObjectRow, ObjectState, PackRow, row_dict
 
 #: `planned.file_id` of a pack name recorded before its upload (a pack has no one file).
 PACK_PLAN = ""
@@ -85,7 +85,7 @@ class PacksMixin(Database):
 
     def pack_members(self, store: str, name: str) -> list[ObjectRow]:
         """The object rows that point into one pack, in pack order."""
-        return [ObjectRow(**dict(r)) for r in self.query(
+        return [ObjectRow(**row_dict(r)) for r in self.query(
             "SELECT o.*, f.digest_alg FROM objects o JOIN files f ON f.file_id=o.file_id "
             "WHERE o.store=? AND o.name=? AND o.pack_digest IS NOT NULL ORDER BY o.offset, o.id",
             (store, name))]

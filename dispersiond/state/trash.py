@@ -63,3 +63,7 @@ class TrashMixin(Database):
     def drop_planned(self, file_id: str, db: Conn) -> None:
         """The planned names became object rows (the encode committed)."""
         db.execute("DELETE FROM planned WHERE file_id=?", (file_id,))
+
+    def drop_planned_of(self, file_ids: Iterable[str], db: Conn) -> None:
+        """`drop_planned` for a batch, in one statement."""
+        db.executemany("DELETE FROM planned WHERE file_id=?", [(fid,) for fid in file_ids])
