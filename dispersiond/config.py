@@ -386,7 +386,7 @@ class Config(_Strict):
     upload_workers: int = Field(default=4, ge=1, le=64)
     #: Part buffers of all uploads together (backends/budget.py): each upload always has
     #: one part in flight; more only while all parts fit in this.
-    upload_memory: str | int = "16MiB"
+    upload_memory: str | int = "32MiB"
     schedule: Schedule = Schedule()
     recipients: list[Recipient] = Field(default_factory=list)
     grants: list[Grant] = Field(default_factory=list)

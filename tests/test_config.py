@@ -12,7 +12,7 @@ def test_example_config_is_valid():
     cfg = load_config(ROOT / "config" / "dispersiond.example.yaml")
     assert cfg.public.mode == "erasure" and cfg.public.k == 2 and cfg.public.n == 3
     assert cfg.private.stores == ["vault"]
-    assert cfg.upload_memory == "16MiB"
+    assert cfg.upload_memory == "32MiB"
 
 
 def test_upload_memory_sets_the_process_part_budget(tmp_path):
