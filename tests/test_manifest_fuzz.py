@@ -61,25 +61,9 @@ def _paths(doc, at=()) -> list[tuple]:
     return out
 
 
-PATHS = _paths(VALID)[1:]
-
-
 @st.composite
 def mutated(draw) -> dict:
-    doc = copy.deepcopy(VALID)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(PATHS))
-        parent = doc
-        try:
-            for p in path[:-1]:
-                parent = parent[p]
-            if draw(st.booleans()) and isinstance(parent, dict):
-                parent.pop(path[-1], None)
-            else:
-                parent[path[-1]] = draw(JSON)
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation removed the way there
-    return doc
+    return _mutate(draw, VALID)
 
 
 def _holds(blob: bytes) -> None:

@@ -23,6 +23,7 @@ from dispersiond.config import load_config
 from dispersiond.errors import WrongKey
 from dsp import ROOT, cli, cli_json, local_config, manifest_objects, put, restores
 from packed import unaccounted
+from test_manifest_chain import records
 
 SEG = 3  # files per segment in these tests (1,000 in use)
 #: The last build whose manifest backups were format 5 (whole checkpoints), schema 5.
@@ -43,17 +44,6 @@ def checkpoints_only(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def deltas_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest, "CHECKPOINT_FRACTION", 1e9)
-
-
-def records(tmp: Path, count: int, start: int = 0) -> list[Path]:
-    d = tmp / "records"
-    d.mkdir(exist_ok=True)
-    out = []
-    for i in range(start, start + count):
-        p = d / f"lab-{i:05d}.csv"
-        p.write_bytes(f"patient,{i}\n".encode() + os.urandom(1500))
-        out.append(p)
-    return out
 
 
 def roots(cfg: Path) -> list[dict]:
