@@ -18,11 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
-from daemonctl import DaemonProc, daemon_config, drop, log_events, sha, status, wait_until
+from daemonctl import DaemonProc, check_archive, daemon_config, drop, log_events, status, wait_until
 from dsp import ROOT
-
-from backends import open_store
 
 CHILD = textwrap.dedent('''
     import itertools, os, signal, sys
@@ -112,39 +109,5 @@ def test_sigkill_inside_a_batch_encode_loses_and_duplicates_nothing(tmp_path: Pa
     if point == "after-commit":  # recorded with their public fragments held in memory,
         reconciled = log_events(tmp_path / "daemon.log", "reconciled interrupted steps")
         assert reconciled[-1]["encoded_again"] == 12  # which died: each encoded again
-    _check_everything_once(c, cfg, originals, moved, tmp_path / "out")
+    check_archive(cfg, originals, tmp_path / "out", moved)  # each done once, nothing left
 
-
-def _check_everything_once(c, cfg: Path, originals: dict[str, bytes], moved: Path,
-                           out: Path) -> None:
-    from dispersiond.archive import open_archive
-    from dispersiond.ops.backup import _backups
-    from dispersiond.ops.restore import restore
-
-    with open_archive(c) as v:
-        assert v.db.counts() == {"done": len(originals)}
-        assert v.db.integrity_check() == "ok"
-        rows = v.db.files()
-        assert sorted(f.name for f in rows) == sorted(originals)  # each once
-        out.mkdir()
-        for f in rows:
-            restore(v, f.file_id, out / f.name)
-            assert sha((out / f.name).read_bytes()) == sha(originals[f.name]), f.name
-        assert {p.name: p.read_bytes() for p in moved.iterdir()} == originals  # moved once
-        for sub in ("claimed", "work"):
-            assert not any((c.state_path / sub).iterdir()), sub
-        assert sorted(p.name for p in (c.state_path / "prf").iterdir()) == sorted(
-            f"{f.file_id}.prf" for f in rows)
-        assert not v.db.query("SELECT * FROM trash")
-        assert not v.db.query("SELECT * FROM planned")
-        objects = collections.defaultdict(set)
-        for o in v.db.objects():
-            assert o.state == "uploaded"
-            objects[o.store].add(o.name)
-        for s in yaml.safe_load(cfg.read_text())["stores"]:
-            with open_store(s["type"], s["name"], path=s["path"]) as store:
-                listed = set(store.list(""))
-            expected = objects[s["name"]]
-            if s["name"] in c.private.stores:
-                expected = expected | {n for _, n in _backups(v, s["name"])}
-            assert listed == expected, s["name"]

@@ -14,6 +14,7 @@ from dispersiond.config import load_config
 from dispersiond.ops import restore as restore_mod
 from dispersiond.ops.restore import IN_MEMORY_MAX
 from dsp import cli, local_config, put
+from test_restore_stream import flip
 
 
 @pytest.fixture
@@ -41,16 +42,6 @@ def protected(tmp: Path, size: int = 3 * IN_MEMORY_MAX + 12345) -> tuple[Path, P
 def shards(cfg: Path, fid: str):
     with open_archive(load_config(cfg)) as v:
         return sorted(v.db.objects(fid, role="public"), key=lambda o: o.shard)
-
-
-def flip(cfg: Path, store: str, name: str, at: int) -> None:
-    with open_archive(load_config(cfg)) as v:
-        path = v.store(store).inner._path(name)
-    with open(path, "r+b") as f:
-        f.seek(at)
-        b = f.read(1)
-        f.seek(at)
-        f.write(bytes([b[0] ^ 0x01]))
 
 
 def restored(cfg: Path, fid: str, tmp: Path, expect: int = 0) -> Path:

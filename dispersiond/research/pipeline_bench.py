@@ -226,20 +226,8 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
     a server); the daemon's CPU seconds in that span are appended to `cpu` if given
     (what a loaded machine moves least)."""
     cfg = _daemon_config(root, server, pub, prv, setup, stores)
-    nice = setup.nice
-    sock_path = root / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(60)
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), _KEY_ENV: "bench",
-           _SECRET_ENV: "bench", "AWS_EC2_METADATA_DISABLED": "true"}
-    with open(root / "daemon.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dispersiond", "-c", str(cfg), "run"],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    proc, sock = _start_daemon(root, cfg, setup)
     try:
-        while b"READY=1" not in sock.recv(4096):
-            pass
         time.sleep(1.0)  # start-up backup and stale-backup sweep are not part of the run
         before = server.requests() if server else 0
         inbox = root / "inbox"
@@ -260,12 +248,7 @@ def _pipeline(server: S3Server | None, files: list[Path], root: Path, pub: str, 
             cpu.append(used)
         requests = server.requests() - before if server else 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        sock.close()
+        _stop_daemon(proc, sock)
     return took, requests
 
 
