@@ -93,11 +93,17 @@ class Stability:
         now = time.monotonic()
         return max(0.0, min(s.since + self.stable_seconds - now for s in self.seen.values()))
 
-    def ready(self) -> list[tuple[Path, os.stat_result]]:
-        """Candidates unchanged for long enough, oldest first; forgets vanished ones."""
+    def ready(self, limit: int | None = None) -> list[tuple[Path, os.stat_result]]:
+        """Candidates unchanged for long enough, oldest first; forgets vanished ones.
+
+        With `limit`, at most that many, of those noted first: the others get their
+        first look (so their stable time runs meanwhile) but no stat is kept for them, so
+        a burst of 10,000 files is not held as 10,000 stats at once."""
         now = time.monotonic()
         out = []
         for path, seen in list(self.seen.items()):
+            if limit is not None and len(out) >= limit and seen.key[0] >= 0:
+                continue  # looked at before: its time runs on without a new look
             try:
                 st = os.lstat(path)
             except OSError:
@@ -114,7 +120,7 @@ class Stability:
                 seen.key, seen.since = key, now
                 if self.stable_seconds > 0:
                     continue
-            if now - seen.since >= self.stable_seconds:
+            if now - seen.since >= self.stable_seconds and (limit is None or len(out) < limit):
                 out.append((seen.since, path, st))
         out.sort(key=lambda t: t[0])
         return [(p, st) for _, p, st in out]

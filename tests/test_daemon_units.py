@@ -105,6 +105,56 @@ def test_stability_forgets_vanished_and_skips_refused_files(tmp_path: Path) -> N
     assert [p for p, _ in s.ready()] == [refused]  # changed: tried again
 
 
+def test_stability_with_a_limit_hands_out_the_oldest_and_starts_every_clock(
+        tmp_path: Path) -> None:
+    """A burst is claimed a slice at a time; the files beyond the slice get their first
+    look all the same, so their stable time runs while they wait their turn."""
+    paths = [tmp_path / f"r{i:02d}.dcm" for i in range(10)]
+    for p in paths:
+        p.write_bytes(b"x")
+    s = Stability(0.2)
+    for p in paths:
+        s.note(p)
+    assert s.ready(3) == []  # first look for all ten
+    time.sleep(0.25)
+    first = s.ready(3)
+    assert [p for p, _ in first] == paths[:3]  # the oldest, in order
+    for p, _ in first:
+        s.taken(p)
+    with open(paths[9], "ab") as f:
+        f.write(b"more")  # still changing: seen at its next look, its clock restarts
+    assert [p for p, _ in s.ready(4)] == paths[3:7]  # no new wait for those looked at
+    for p in paths[3:7]:
+        s.taken(p)
+    assert [p for p, _ in s.ready()] == paths[7:9]
+    time.sleep(0.25)
+    assert [p for p, _ in s.ready(5)] == paths[7:]
+
+
+def test_the_loop_claims_a_burst_a_slice_at_a_time(daemon: Daemon, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    from dispersiond.daemon import service
+
+    monkeypatch.setattr(service, "CLAIM_AHEAD", 4)
+    daemon.encoder.start = lambda stopping: None  # nothing leaves the backlog
+    for i in range(10):
+        (tmp_path / "inbox" / f"r{i}.dcm").write_bytes(b"r" * (i + 1))
+    daemon.intake.rescan()
+    daemon.intake.claim(threading.Event(), 0)  # room for none: nothing is even looked at
+    assert daemon.intake.waiting() == 10
+    daemon.intake.claim(threading.Event())  # first look (stable_seconds of the config)
+    time.sleep(0.35)
+    daemon._tick()
+    assert len(daemon.encoder.waiting) == 4 and daemon.intake.waiting() == 6
+    daemon._tick()
+    assert len(daemon.encoder.waiting) == 4  # no room: the rest stays in the inbox
+    daemon.encoder.waiting.clear()
+    daemon._tick()
+    daemon.encoder.waiting.clear()
+    daemon._tick()
+    assert daemon.intake.waiting() == 0 and len(daemon.v.db.files_in(FileState.CLAIMED)) == 10
+
+
 # --------------------------------------------------------------- the row planner
 
 @pytest.mark.parametrize("mode", ["erasure", "replicate"])
@@ -606,3 +656,39 @@ def test_an_after_policy_cut_short_is_finished_by_the_next_look(daemon: Daemon,
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == files
     assert ib.apply_after_many(v, list(v.db.files_by_id(ids.values()).values())) == (
         dict.fromkeys(ids.values(), "untouched"), [])  # done: nothing more to do
+
+
+def test_a_burst_is_committed_and_finished_a_slice_at_a_time(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """The finisher reads a pack's settled files FINISH_BATCH at a time (one transaction
+    each): every file of a burst larger than a slice still becomes done, once."""
+    from dispersiond.daemon import finisher
+
+    monkeypatch.setattr(finisher, "FINISH_BATCH", 3)
+    seen: list[int] = []
+    real_finish = finisher.finish
+
+    def counting(v, fids, **kw):
+        fids = list(fids)
+        seen.append(len(fids))
+        return real_finish(v, fids, **kw)
+
+    monkeypatch.setattr(finisher, "finish", counting)
+    stop = threading.Event()
+    d = Daemon(load_config(daemon_config(tmp_path, stable_seconds=0)), stop=stop)
+    for i in range(11):
+        (tmp_path / "inbox" / f"r{i:02d}.dcm").write_bytes(os.urandom(200 + i))
+    done: list[str] = []
+
+    def stop_when_done() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(done) < 11:
+            done[:] = [f.name for f in d.v.db.files_in(FileState.DONE)]
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=stop_when_done, daemon=True).start()
+    d.run()  # in this thread: it installs its signal handlers
+    assert seen and max(seen) <= 3 and sum(seen) >= 11
+    assert sorted(done) == [f"r{i:02d}.dcm" for i in range(11)]
+    assert not list((tmp_path / "inbox").iterdir())  # every original deleted, once

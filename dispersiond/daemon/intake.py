@@ -20,6 +20,11 @@ from .events import Event, PathSeen
 CHECK_EVERY = 0.25
 #: Claims per transaction: keeps a burst of small files cheap without one huge batch.
 CLAIM_BATCH = 256
+#: Claimed files the encoder may have waiting: the rest of a burst stays in the inbox
+#: (and in the tracker) until it has room. Claiming a 10,000-file burst at once held
+#: its stats, rows and events together, and Python's allocator kept the arenas they
+#: had spread over (about 18 MiB of a 130 MiB peak) to the end.
+CLAIM_AHEAD = 512
 #: What watchdog logs when an emitter is stopped between two reads: a race inside its own
 #: stop, harmless once we are stopping the watcher ourselves.
 _STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
@@ -144,12 +149,13 @@ class Intake:
     def next_due(self) -> float | None:
         return self.tracker.next_due()
 
-    def claim(self, stop: threading.Event) -> list[tuple[str, int]]:
-        """Claim what is stable, unless the gate is shut; returns [(file_id, size)]."""
-        if self.gate.paused is not None:
+    def claim(self, stop: threading.Event, room: int | None = None) -> list[tuple[str, int]]:
+        """Claim what is stable (at most `room` files), unless the gate is shut; returns
+        [(file_id, size)]."""
+        if self.gate.paused is not None or (room is not None and room <= 0):
             return []
         out: list[tuple[str, int]] = []
-        ready = self.tracker.ready()
+        ready = self.tracker.ready(room)
         for start in range(0, len(ready), CLAIM_BATCH):
             if stop.is_set():
                 break

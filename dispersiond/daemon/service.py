@@ -50,7 +50,7 @@ from .encoder import Encoder, quarantine
 from .events import (BackupNow, Encoded, Event, PackSent, PathSeen, Rescan, Uploaded,
                      Verified, VerifyNow, Wake, drain)
 from .finisher import Finisher
-from .intake import Intake, SpaceGate, Watcher
+from .intake import CLAIM_AHEAD, Intake, SpaceGate, Watcher
 from .paths import check_paths
 from .pruner import Pruner
 from .status import StatusWriter, status_doc, status_line
@@ -243,7 +243,8 @@ class Daemon:
         self.gate.tick(time.monotonic())
         if time.monotonic() >= self.reload_at:
             self._reload_queues()
-        for fid, size in self.intake.claim(self.stop):
+        room = CLAIM_AHEAD - len(self.encoder.waiting)
+        for fid, size in self.intake.claim(self.stop, room):
             self.encoder.add(fid, size)
         self.encoder.start(self.stop.is_set())
         if not self.stop.is_set():
