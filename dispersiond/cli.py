@@ -89,9 +89,6 @@ def _takes_value(a: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .allocator import return_large_blocks
-
-    return_large_blocks()
     argv = sys.argv[1:] if argv is None else list(argv)
     only = None if "_ARGCOMPLETE" in os.environ else command_of(argv)
     parser = build_parser(only)

@@ -29,6 +29,9 @@ def register(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..allocator import return_large_blocks
+
+    return_large_blocks()  # a service's memory over months, not a command's seconds
     # A stop request during start-up (config, key, imports) is honoured as soon as the
     # loop runs, instead of killing the process half-way.
     stop = threading.Event()
