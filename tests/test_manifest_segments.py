@@ -398,3 +398,83 @@ def test_a_burst_too_large_for_a_delta_goes_straight_to_a_checkpoint(
     assert newest["kind"] == "checkpoint"  # ... the checkpoint was, and holds them all
     assert set(ids) <= {e["file_id"] for e in newest["files"]}
     restores(cfg, ids[-1], burst[-1], tmp_path / "out.csv")
+
+
+def test_each_segment_is_put_before_the_next_is_sealed(tmp_path: Path, checkpoints_only,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint holds one sealed segment at a time: a burst's checkpoint of 30
+    segments held 6 MB of them at once."""
+    from dispersiond.ops import backup
+
+    steps: list[str] = []
+    real_seal, real_put_all = manifest.seal, backup._put_all
+
+    def seal(key, doc):
+        steps.append(f"seal {doc['kind']}")
+        return real_seal(key, doc)
+
+    def put_all(v, store, blobs):
+        steps.extend("put" for _ in blobs)
+        return real_put_all(v, store, blobs)
+
+    monkeypatch.setattr(manifest, "seal", seal)
+    monkeypatch.setattr(backup, "_put_all", put_all)
+    cfg = local_config(tmp_path, "replicate")
+    put(cfg, *records(tmp_path, 7))
+    first = steps.index("seal segment")
+    assert steps[first:first + 8] == ["seal segment", "put"] * 3 + ["seal checkpoint", "put"]
+
+
+def test_a_private_store_that_misses_a_segment_gets_no_root_and_catches_up(
+        tmp_path: Path, checkpoints_only, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trusted stores; one refuses the checkpoint's second segment. It is then sent
+    nothing more of that checkpoint, so no root there names a segment it lacks; the
+    next checkpoint seals for it what it lacks, and recover finds every file."""
+    from dispersiond.ops import backup
+    from dsp import write_config
+
+    stores = [{"name": f"cloud-{c}", "type": "local", "trust": "untrusted",
+               "path": str(tmp_path / f"cloud-{c}")} for c in "ab"]
+    stores += [{"name": n, "type": "local", "trust": "trusted", "path": str(tmp_path / n)}
+               for n in ("vault", "vault-b")]
+    cfg = write_config(tmp_path, stores, {"mode": "replicate", "stores": ["cloud-a", "cloud-b"]},
+                       {"min_trust": "trusted", "stores": ["vault", "vault-b"]})
+    real_put_all = backup._put_all
+    refused: list[str] = []
+
+    def put_all(v, store, blobs):
+        kinds = [manifest.open_sealed(v.key, b)["kind"] for b in blobs.values()]
+        if store == "vault-b" and kinds == ["segment"] and not refused:
+            seen = sum(1 for k in sent if k == "segment")
+            sent.append("segment")
+            if seen == 1:  # the second segment of the checkpoint
+                refused.extend(blobs)
+                return []
+        return real_put_all(v, store, blobs)
+
+    sent: list[str] = []
+    monkeypatch.setattr(backup, "_put_all", put_all)
+    ids = put(cfg, *records(tmp_path, 7))
+    assert refused
+
+    def consistent(store: str) -> bool:
+        """Every root on `store` lists only segments `store` holds."""
+        with open_archive(load_config(cfg)) as v:
+            s = v.store(store)
+            docs = [manifest.open_sealed(v.key, s.get_bytes(n)) for n in s.list(manifest.PREFIX)]
+            held = {manifest.blob_digest(s.get_bytes(n)) for n in s.list(manifest.PREFIX)}
+        return all(r["digest"] in held for d in docs if d["kind"] == "checkpoint"
+                   for r in d["segments"])
+
+    assert consistent("vault") and consistent("vault-b")
+    monkeypatch.setattr(backup, "_put_all", real_put_all)
+    ids += put(cfg, *records(tmp_path, 1, start=7))
+    assert consistent("vault") and consistent("vault-b")
+    with open_archive(load_config(cfg)) as v:
+        docs = [manifest.open_sealed(v.key, v.store("vault-b").get_bytes(n))
+                for n in v.store("vault-b").list(manifest.PREFIX)]
+    newest = max((d for d in docs if d["kind"] != "segment"), key=lambda d: d["seq"])
+    assert newest["kind"] == "checkpoint" and sum(r["files"] for r in newest["segments"]) == 8
+    shutil.rmtree(tmp_path / "state")
+    res = cli_json(cfg, "recover")
+    assert res["files"] == 8 and res["warnings"] == []

@@ -124,20 +124,30 @@ def _backup(v: Archive, force: bool) -> int:
             blob = manifest.seal(v.key, doc)
             if tip.delta_bytes + len(blob) > budget:
                 doc = None  # the deltas outgrow the next checkpoint: time for it
+    stores = list(v.cfg.private.stores)
+    put: dict[str, list[str]] = {store: [] for store in stores}
+    failed: set[str] = set()  # a store that missed a segment gets no root either
+
+    def ship(name: str, data: bytes) -> None:
+        v.db.plan_manifest_objects([(store, name) for store in stores])  # before its put
+        for store in stores:
+            if store not in failed:
+                if _put_all(v, store, {name: data}):
+                    put[store].append(name)
+                else:
+                    failed.add(store)
+
     if doc is None:
-        plan = checkpoint.plan(v, seq, changed)
+        plan = checkpoint.plan(v, seq, changed, ship)
         doc = manifest.root(v.db, seq, plan.refs(), seed, prev)
         blob = manifest.seal(v.key, doc)
-    segments = plan.blobs if plan else {}
-    names = {store: f"{manifest.PREFIX}{new_object_name()}" for store in v.cfg.private.stores}
-    v.db.plan_manifest_objects([(store, n) for store, name in names.items()
-                                for n in (*segments, name)])
+        plan.landing.put.update(put)
+    names = {store: f"{manifest.PREFIX}{new_object_name()}" for store in stores
+             if store not in failed}
+    v.db.plan_manifest_objects(list(names.items()))
     landed: dict[str, str] = {}
     for store, name in names.items():
-        put = _put_all(v, store, segments)
-        if plan is not None:
-            plan.landing.put[store] = put
-        if len(put) == len(segments) and _put_all(v, store, {name: blob}):
+        if _put_all(v, store, {name: blob}):
             landed[store] = name
     if landed:
         held_ids = [e["file_id"] for e in doc["files"]] if plan is None else sorted(
@@ -149,8 +159,8 @@ def _backup(v: Archive, force: bool) -> int:
         for store in landed:
             _prune_backups(v, store)
         event(logging.INFO, "manifest backed up", seq=seq, stores=len(landed), kind=doc["kind"],
-              files=len(doc["files"]), segments=len(segments),
-              bytes=len(blob) + sum(len(b) for b in segments.values()))
+              files=len(doc["files"]), segments=plan.sealed if plan else 0,
+              bytes=len(blob) + (plan.sealed_bytes if plan else 0))
     return len(landed)
 
 

@@ -1,21 +1,29 @@
 """Segmented checkpoints (docs/FORMAT.md §4.1): which segments the next checkpoint must
 re-seal (those holding a file changed since the last one, and the last segment when new
 files arrive), what that costs, and the sealed segments themselves. Only dirty segments
-are read and serialized; the root lists N / SEGMENT_FILES of them."""
+are read and serialized, one at a time (each is shipped before the next is built: a
+burst's checkpoint of 30 segments held 6 MB of them at once); the root lists
+N / SEGMENT_FILES of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import manifest
 from ..archive import Archive
 from ..codec import se2
 from ..state import PROTECTED, SegmentLanding, SegmentRow
 
+#: Takes one newly sealed segment (its object name and bytes) to the private stores.
+Ship = Callable[[str, bytes], None]
+
+
 @dataclass
 class CheckpointPlan:
     segments: list[SegmentRow]  # every segment the root lists, by index
-    blobs: dict[str, bytes]  # the newly sealed ones, by object name
     landing: SegmentLanding
+    sealed: int = 0  # segments sealed (and shipped) for this checkpoint
+    sealed_bytes: int = 0
 
     def refs(self) -> list[dict]:
         return [{"index": r.seg, "name": r.name, "digest": r.digest, "files": r.files}
@@ -57,33 +65,37 @@ def next_cost(v: Archive, base_bytes: int, changed: list[str]) -> int:
     return base_bytes + sum(r.bytes for r in v.db.segment_rows(segs)) + int(new * per_file)
 
 
-def plan(v: Archive, seq: int, changed: list[str]) -> CheckpointPlan:
+def plan(v: Archive, seq: int, changed: list[str], ship: Ship) -> CheckpointPlan:
     """Re-seal what changed since the last checkpoint (everything when there is no
     segment state under this key: after an upgrade, a recover from a whole checkpoint,
-    or rotate-key), and any segment a private store lacks."""
+    or rotate-key), and any segment a private store lacks; each sealed segment goes to
+    `ship` as soon as it is sealed."""
     kid = key_id(v)
     full = v.db.segmented_with() != kid
     groups: dict[int, list[str]]
     moved: dict[str, int | None] = {}
     S = manifest.SEGMENT_FILES
     if full:
-        fids = [f.file_id for f in v.db.files_in(*PROTECTED)]
+        fids = v.db.ids_in(*PROTECTED)
         groups = {i // S: fids[i:i + S] for i in range(0, len(fids), S)}
         moved = {fid: i // S for i, fid in enumerate(fids)}
         kept: dict[int, SegmentRow] = {}
     else:
         groups, moved, kept = _dirty_groups(v, _dirty_files(v, changed))
-    blobs: dict[str, bytes] = {}
+    sealed = sealed_bytes = 0
     for index, fids in sorted(groups.items()):
         files = manifest.entries(v.db, fids)
         if not files:
             continue  # every file of it forgotten: the root no longer lists it
         blob = manifest.seal(v.key, manifest.segment(seq, index, files))
         name = manifest.segment_name(blob)
-        blobs[name] = blob
         kept[index] = SegmentRow(index, name, manifest.blob_digest(blob), len(files), len(blob))
+        del files
+        ship(name, blob)
+        sealed, sealed_bytes = sealed + 1, sealed_bytes + len(blob)
     rows = [kept[i] for i in sorted(kept)]
-    return CheckpointPlan(rows, blobs, SegmentLanding(seq, kid, rows, moved, {}, full))
+    return CheckpointPlan(rows, SegmentLanding(seq, kid, rows, moved, {}, full), sealed,
+                          sealed_bytes)
 
 
 def _dirty_groups(v: Archive, dirty: list[str]
@@ -95,7 +107,7 @@ def _dirty_groups(v: Archive, dirty: list[str]
     stores = set(v.cfg.private.stores)
     holders = v.db.segment_holders()
     seg_of = v.db.segments_of(dirty)
-    protected = {fid for fid, f in v.db.files_by_id(dirty).items() if f.state in PROTECTED}
+    protected = {fid for fid, state in v.db.states_of(dirty).items() if state in PROTECTED}
     segs = {seg_of[f] for f in dirty if f in seg_of}
     segs |= {i for i, r in rows.items() if not stores <= holders.get(r.name, set())}
     groups = v.db.members_of(segs)

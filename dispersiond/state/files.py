@@ -260,6 +260,22 @@ class FilesMixin(Database):
         return [r[0] for r in self.query(f"SELECT file_id FROM files WHERE {guard} "
                                          "ORDER BY file_id", args)]
 
+    def ids_in(self, *states: FileState) -> list[str]:
+        """Ids of the files in any of `states`, oldest first (`files_in` without the rows:
+        a checkpoint of the whole archive lists 10^6 of them)."""
+        guard, args = _in(states)
+        return [r[0] for r in self.query(f"SELECT file_id FROM files WHERE {guard} "
+                                         "ORDER BY created, file_id", args)]
+
+    def states_of(self, file_ids: Iterable[str]) -> dict[str, FileState]:
+        """file id -> state, for those of `file_ids` with a row (a batch, a few reads)."""
+        out: dict[str, FileState] = {}
+        for part in chunks(list(file_ids)):
+            marks = ", ".join("?" for _ in part)
+            out.update((r[0], FileState(r[1])) for r in self.query(
+                f"SELECT file_id, state FROM files WHERE file_id IN ({marks})", tuple(part)))
+        return out
+
     def claimed_sizes(self) -> list[tuple[str, int]]:
         """(file_id, size) of the files waiting to be encoded, in arrival order."""
         return [(r[0], r[1]) for r in self.query(
