@@ -658,6 +658,34 @@ def test_an_after_policy_cut_short_is_finished_by_the_next_look(daemon: Daemon,
         dict.fromkeys(ids.values(), "untouched"), [])  # done: nothing more to do
 
 
+def _burst(tmp_path: Path, n: int, **cfg) -> tuple[Daemon, threading.Event]:
+    """An in-process daemon with `n` small files waiting in its inbox."""
+    stop = threading.Event()
+    d = Daemon(load_config(daemon_config(tmp_path, stable_seconds=0, **cfg)), stop=stop)
+    for i in range(n):
+        (tmp_path / "inbox" / f"r{i:02d}.dcm").write_bytes(os.urandom(200 + i))
+    return d, stop
+
+
+def _run_until(d: Daemon, stop: threading.Event, enough, timeout: float) -> list[str]:
+    """Run the daemon in this thread (it installs its signal handlers) until `enough()`
+    or `timeout` seconds; returns the names of the files done by then."""
+    done: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done[:] = [f.name for f in d.v.db.files_in(FileState.DONE)]
+            if enough(done):
+                break
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    d.run()
+    return done
+
+
 def test_a_burst_is_committed_and_finished_a_slice_at_a_time(tmp_path: Path,
                                                               monkeypatch) -> None:
     """The finisher reads a pack's settled files FINISH_BATCH at a time (one transaction
@@ -674,21 +702,35 @@ def test_a_burst_is_committed_and_finished_a_slice_at_a_time(tmp_path: Path,
         return real_finish(v, fids, **kw)
 
     monkeypatch.setattr(finisher, "finish", counting)
-    stop = threading.Event()
-    d = Daemon(load_config(daemon_config(tmp_path, stable_seconds=0)), stop=stop)
-    for i in range(11):
-        (tmp_path / "inbox" / f"r{i:02d}.dcm").write_bytes(os.urandom(200 + i))
-    done: list[str] = []
-
-    def stop_when_done() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(done) < 11:
-            done[:] = [f.name for f in d.v.db.files_in(FileState.DONE)]
-            time.sleep(0.05)
-        stop.set()
-
-    threading.Thread(target=stop_when_done, daemon=True).start()
-    d.run()  # in this thread: it installs its signal handlers
+    d, stop = _burst(tmp_path, 11)
+    done = _run_until(d, stop, lambda done: len(done) >= 11, 60)
     assert seen and max(seen) <= 3 and sum(seen) >= 11
     assert sorted(done) == [f"r{i:02d}.dcm" for i in range(11)]
     assert not list((tmp_path / "inbox").iterdir())  # every original deleted, once
+
+
+@pytest.mark.parametrize("burst_files", [4, 10**9])
+def test_a_daemon_never_idle_backs_up_once_enough_files_committed(
+        tmp_path: Path, monkeypatch, burst_files: int) -> None:
+    """A burst that never lets the daemon idle: with BURST_BACKUP_FILES below the files
+    committed, a backup runs and they become done; above it, the backup waits for the
+    schedule (an hour here) and nothing becomes done."""
+    from dispersiond.daemon import finisher
+
+    monkeypatch.setattr(finisher, "BURST_BACKUP_FILES", burst_files)
+    d, stop = _burst(tmp_path, 6, schedule={"manifest_backup": "1h"})
+    d.finisher.idle = lambda: False
+    d.finisher.last_backup_mono = time.monotonic()  # as if the start-up backup just ran
+
+    all_in: list[float] = []  # when all six were committed
+
+    def enough(done: list[str]) -> bool:
+        if len(done) == 6:
+            return True
+        if not all_in and len(d.v.db.files_in(FileState.COMMITTED, FileState.DONE)) == 6:
+            all_in.append(time.monotonic())
+        return bool(all_in) and time.monotonic() > all_in[0] + 1.5  # a backup had time
+
+    done = _run_until(d, stop, enough, 30)
+    assert len(done) == (6 if burst_files <= 6 else 0)
+    assert all_in or burst_files <= 6

@@ -30,6 +30,11 @@ AFTER_RETRY = 60.0
 #: Files committed or finished per transaction: a burst's rows are read a slice at a
 #: time (10,000 at once held ~11 MB of rows, the daemon's peak).
 FINISH_BATCH = 512
+#: Files committed since the last backup that make the next one due even while the
+#: daemon is busy: a long burst is then backed up (and its files done, their originals
+#: gone) as it goes, not all at its end, when a 30,000-file burst's checkpoint held lists
+#: of all of them at once.
+BURST_BACKUP_FILES = 5000
 #: How often the loop looks for share copies whose links have expired.
 COPIES_EVERY = 60.0
 
@@ -47,6 +52,7 @@ class Finisher:
         self.last_backup: float | None = None  # wall clock
         self.last_backup_mono = time.monotonic()
         self.manifest_dirty = True  # until the database says otherwise
+        self.committed_since_backup = 0
         self.swept = False
         self.sweep_tried = False
         self.finish_due = True
@@ -73,8 +79,10 @@ class Finisher:
         fids = list(fids)
         for start in range(0, len(fids), FINISH_BATCH):
             rows = list(self.v.db.files_by_id(fids[start:start + FINISH_BATCH]).values())
-            if commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED]):
+            newly = commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED])
+            if newly:
                 self.manifest_dirty = True
+                self.committed_since_backup += len(newly)
             committed = [f.file_id for f in rows if f.state == FileState.COMMITTED]
             for fid in all_uploaded_of(self.v, committed) if committed else ():
                 shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
@@ -117,7 +125,8 @@ class Finisher:
             self.manifest_dirty = False
             return
         interval = self.cfg.schedule.seconds("manifest_backup") or 900
-        if not (self.idle() or now - self.last_backup_mono >= interval):
+        if not (self.idle() or now - self.last_backup_mono >= interval
+                or self.committed_since_backup >= BURST_BACKUP_FILES):
             return
         health = self.uploader.health
         if not any(health[s].can_send(now, 0) for s in self.cfg.private.stores):
@@ -127,6 +136,7 @@ class Finisher:
         ok = backup_manifest(self.v)
         self.last_backup_mono = time.monotonic()
         if ok:
+            self.committed_since_backup = 0
             from ..ops.rekey import finish_retirements
 
             finish_retirements(self.v)  # revocations whose backup had not landed yet
