@@ -129,13 +129,13 @@ def _backup(v: Archive, force: bool) -> int:
     failed: set[str] = set()  # a store that missed a segment gets no root either
 
     def ship(name: str, data: bytes) -> None:
-        v.db.plan_manifest_objects([(store, name) for store in stores])  # before its put
-        for store in stores:
-            if store not in failed:
-                if _put_all(v, store, {name: data}):
-                    put[store].append(name)
-                else:
-                    failed.add(store)
+        going = [store for store in stores if store not in failed]
+        v.db.plan_manifest_objects([(store, name) for store in going])  # before its put
+        for store in going:
+            if _put_all(v, store, {name: data}):
+                put[store].append(name)
+            else:
+                failed.add(store)
 
     if doc is None:
         plan = checkpoint.plan(v, seq, changed, ship)
