@@ -297,6 +297,16 @@ def _old_put(build: Path, cfg: Path, *paths: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def _format_5_archive(tmp: Path, n: int) -> tuple[Path, Path, list[Path]]:
+    """An archive whose first three of `n` records the format-5 build put: its package,
+    the config and the records."""
+    build = _format_5_build(tmp)
+    cfg = local_config(tmp, "replicate")
+    files = records(tmp, n)
+    _old_put(build, cfg, *files[:3])
+    return build, cfg, files
+
+
 def _formats(cfg: Path) -> list[tuple[int, str, bool]]:
     with open_archive(load_config(cfg)) as v:
         s = v.store("vault")
@@ -306,10 +316,7 @@ def _formats(cfg: Path) -> list[tuple[int, str, bool]]:
 
 def test_a_format_5_archive_of_the_previous_build_recovers_and_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    build = _format_5_build(tmp_path)
-    cfg = local_config(tmp_path, "replicate")
-    files = records(tmp_path, 5)
-    _old_put(build, cfg, *files[:3])
+    build, cfg, files = _format_5_archive(tmp_path, 5)
     _old_put(build, cfg, files[3])  # a whole checkpoint and a delta, format 5
     assert [(f, s) for f, _, s in _formats(cfg)] == [(5, False), (5, False)]
     shutil.copytree(tmp_path / "state", tmp_path / "state5")  # schema 5
@@ -327,10 +334,7 @@ def test_a_format_5_archive_of_the_previous_build_recovers_and_goes_on(
 
 def test_a_schema_5_state_migrates_and_its_next_checkpoint_is_segmented(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    build = _format_5_build(tmp_path)
-    cfg = local_config(tmp_path, "replicate")
-    files = records(tmp_path, 4)
-    _old_put(build, cfg, *files[:3])
+    _, cfg, files = _format_5_archive(tmp_path, 4)
     db_path = tmp_path / "state" / "state.db"
     db = sqlite3.connect(db_path)
     assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("5",)
@@ -441,39 +445,33 @@ def test_a_private_store_that_misses_a_segment_gets_no_root_and_catches_up(
                        {"min_trust": "trusted", "stores": ["vault", "vault-b"]})
     real_put_all = backup._put_all
     refused: list[str] = []
+    segments_sent = 0
 
     def put_all(v, store, blobs):
-        kinds = [manifest.open_sealed(v.key, b)["kind"] for b in blobs.values()]
-        if store == "vault-b" and kinds == ["segment"] and not refused:
-            seen = sum(1 for k in sent if k == "segment")
-            sent.append("segment")
-            if seen == 1:  # the second segment of the checkpoint
+        nonlocal segments_sent
+        if store == "vault-b" and not refused and [
+                manifest.open_sealed(v.key, b)["kind"] for b in blobs.values()] == ["segment"]:
+            segments_sent += 1
+            if segments_sent == 2:  # the checkpoint's second segment
                 refused.extend(blobs)
                 return []
         return real_put_all(v, store, blobs)
 
-    sent: list[str] = []
     monkeypatch.setattr(backup, "_put_all", put_all)
-    ids = put(cfg, *records(tmp_path, 7))
+    put(cfg, *records(tmp_path, 7))
     assert refused
 
     def consistent(store: str) -> bool:
         """Every root on `store` lists only segments `store` holds."""
-        with open_archive(load_config(cfg)) as v:
-            s = v.store(store)
-            docs = [manifest.open_sealed(v.key, s.get_bytes(n)) for n in s.list(manifest.PREFIX)]
-            held = {manifest.blob_digest(s.get_bytes(n)) for n in s.list(manifest.PREFIX)}
-        return all(r["digest"] in held for d in docs if d["kind"] == "checkpoint"
-                   for r in d["segments"])
+        backups, segments = manifest_objects(cfg, store)
+        return all(r["digest"] in segments for d, _, _ in backups
+                   for r in d.get("segments") or [])
 
     assert consistent("vault") and consistent("vault-b")
     monkeypatch.setattr(backup, "_put_all", real_put_all)
-    ids += put(cfg, *records(tmp_path, 1, start=7))
+    put(cfg, *records(tmp_path, 1, start=7))
     assert consistent("vault") and consistent("vault-b")
-    with open_archive(load_config(cfg)) as v:
-        docs = [manifest.open_sealed(v.key, v.store("vault-b").get_bytes(n))
-                for n in v.store("vault-b").list(manifest.PREFIX)]
-    newest = max((d for d in docs if d["kind"] != "segment"), key=lambda d: d["seq"])
+    newest = max((d for d, _, _ in manifest_objects(cfg, "vault-b")[0]), key=lambda d: d["seq"])
     assert newest["kind"] == "checkpoint" and sum(r["files"] for r in newest["segments"]) == 8
     shutil.rmtree(tmp_path / "state")
     res = cli_json(cfg, "recover")

@@ -44,7 +44,10 @@ ENTRY_BYTES = 300
 
 def entry_bytes(v: Archive) -> float:
     """Sealed bytes an entry takes, as the newest segment shows."""
-    last = v.db.last_segment()
+    return _per_entry(v.db.last_segment())
+
+
+def _per_entry(last: SegmentRow | None) -> float:
     return last.bytes / max(1, last.files) if last else ENTRY_BYTES
 
 
@@ -61,8 +64,7 @@ def next_cost(v: Archive, base_bytes: int, changed: list[str]) -> int:
     new = len(dirty) - len(seg_of)
     if new and last is not None:
         segs.add(last.seg)
-    per_file = last.bytes / max(1, last.files) if last else ENTRY_BYTES
-    return base_bytes + sum(r.bytes for r in v.db.segment_rows(segs)) + int(new * per_file)
+    return base_bytes + sum(r.bytes for r in v.db.segment_rows(segs)) + int(new * _per_entry(last))
 
 
 def plan(v: Archive, seq: int, changed: list[str], ship: Ship) -> CheckpointPlan:

@@ -140,14 +140,13 @@ class SegmentsMixin(Database):
 
     def land_segments(self, landing: SegmentLanding, conn: Conn) -> None:
         """Inside the transaction that records the checkpoint (or the recover)."""
-        live = {n for n in (s.name for s in landing.segments)}
+        live = {s.name for s in landing.segments}
         if landing.full:
             conn.execute("DELETE FROM manifest_members")
-        for fid, seg in landing.moved.items():
-            if seg is None:
-                conn.execute("DELETE FROM manifest_members WHERE file_id=?", (fid,))
-            else:
-                conn.execute("INSERT OR REPLACE INTO manifest_members VALUES (?, ?)", (fid, seg))
+        conn.executemany("DELETE FROM manifest_members WHERE file_id=?",
+                         [(fid,) for fid, seg in landing.moved.items() if seg is None])
+        conn.executemany("INSERT OR REPLACE INTO manifest_members VALUES (?, ?)",
+                         [(fid, seg) for fid, seg in landing.moved.items() if seg is not None])
         conn.execute("DELETE FROM manifest_segments")
         conn.executemany("INSERT INTO manifest_segments VALUES (?, ?, ?, ?, ?)",
                          [(s.seg, s.name, s.digest, s.files, s.bytes) for s in landing.segments])
