@@ -62,6 +62,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_all(paths: list[Path]) -> None:
+    """fsync each path; the first error is raised after the others are synced."""
+    first: OSError | None = None
+    for path in paths:
+        try:
+            fsync_path(path)
+        except OSError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
 #: fsyncs of one barrier in flight at once. Each fsync waits for the disk to flush its
 #: cache; concurrent ones share the journal's commit and that flush (BENCHMARKS.md,
 #: "Held fragments"), one after the other each pays for its own.
@@ -86,10 +98,14 @@ def sync_batch(files: Iterable[Path], dirs: Iterable[Path]) -> None:
     the first fsync commits the metadata of all of them, so a batch costs far less than
     a file-by-file fsync and folder fsync (BENCHMARKS.md, "Batched encode"). The files'
     fsyncs run side by side (SYNCERS at once); the first error is raised once all are
-    through. The folders follow, once all the files are."""
+    through. The folders follow, once all the files are.
+
+    Each of the SYNCERS tasks syncs its share of the files one after the other: a task
+    (a future, a hand-off and a wake-up) per file cost more CPU than the fsyncs did."""
     files = list(files)
     if len(files) > 1:
-        futs = [_pool().submit(fsync_path, p) for p in files]
+        shares = [files[i::SYNCERS] for i in range(min(SYNCERS, len(files)))]
+        futs = [_pool().submit(_fsync_all, share) for share in shares]
         errors = [e for fut in futs if (e := fut.exception()) is not None]
         if errors:
             raise errors[0]

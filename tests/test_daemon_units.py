@@ -19,7 +19,7 @@ from dispersiond.config import load_config
 from dispersiond.daemon import Daemon, StoreHealth
 from dispersiond.daemon.events import (BackupNow, PathSeen, Rescan, Uploaded, Verified,
                                        VerifyNow, Wake, drain)
-from dispersiond.daemon.intake import CHECK_EVERY, SpaceGate, Watcher
+from dispersiond.daemon.intake import CHECK_EVERY, SpaceGate
 from dispersiond.daemon.status import StatusWriter
 from dispersiond.daemon.uploader import Uploader
 from dispersiond.inbox import Stability
@@ -361,9 +361,8 @@ def daemon(tmp_path: Path):
 
 def test_the_loop_dispatches_each_event_by_its_type(daemon: Daemon, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
-    daemon.handle(PathSeen(inbox / "a.dcm"))
-    daemon.handle(PathSeen(tmp_path / "elsewhere.dcm"))  # not in the inbox: ignored
-    assert daemon.intake.waiting() == 1
+    daemon.handle(PathSeen((inbox / "a.dcm", str(tmp_path / "elsewhere.dcm"))))
+    assert daemon.intake.waiting() == 1  # the one elsewhere is not in the inbox: ignored
     (inbox / "b.dcm").write_bytes(b"b")
     daemon.handle(Rescan())
     assert daemon.intake.waiting() == 2
@@ -403,35 +402,6 @@ def test_intake_claims_nothing_while_the_gate_is_shut(daemon: Daemon, tmp_path: 
     claimed = daemon.intake.claim(stop)
     assert [size for _, size in claimed] == [100]
     assert daemon.v.db.file(claimed[0][0]).state == FileState.CLAIMED
-
-
-# --------------------------------------------------------------- the watcher's clean stop
-
-def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path,
-                                                                caplog) -> None:
-    """watchdog logs an ERROR when its emitter is stopped between two reads; stopping the
-    daemon's watcher while the inbox is busy must not."""
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    with caplog.at_level(logging.WARNING):
-        for _ in range(40):
-            w = Watcher(tmp_path, q.put)
-            w.start()
-            done = threading.Event()
-
-            def churn() -> None:
-                i = 0
-                while not done.is_set():
-                    (tmp_path / f".f{i % 5}.part").write_bytes(b"x")
-                    i += 1
-
-            t = threading.Thread(target=churn)
-            t.start()
-            time.sleep(0.05)
-            w.stop()
-            done.set()
-            t.join()
-    assert not q.empty()  # it did watch
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_a_failing_encode_backs_off_then_goes_to_quarantine(daemon: Daemon,

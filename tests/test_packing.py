@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dispersiond import manifest
 from dispersiond.daemon.events import PackSent
-from dispersiond.daemon.uploader import LINGER, PackBuffer, Uploader
+from dispersiond.daemon.uploader import LINGER, TRICKLE_MEMBERS, PackBuffer, Uploader
 from dispersiond.ops import packing
 from dispersiond.ops.protect import admit, commit_many, encode, upload
 from dispersiond.ops.restore import restore
@@ -258,6 +258,27 @@ def test_the_spacing_survives_flushes_and_reloads_and_clumps() -> None:
         c.add(_row(30 + i), 10.6)
     c.add(_row(99), 11.2)
     assert abs(c.spacing - 0.6) < 1e-9 and abs(c.linger(pol) - 1.2) < 1e-9
+
+
+def test_a_burst_of_batches_does_not_linger_after_its_last_batch() -> None:
+    """Batches of an encoded burst arrive ~150 ms apart, as a trickle's records might:
+    but each holds many members, so once nothing more is on the way the buffer waits
+    only LINGER, not twice their spacing; a trickle after the burst lingers again."""
+    pol = PackPolicy(max_wait="5s")
+    b = PackBuffer()
+    t, oid = 100.0, 0
+    for _ in range(6):
+        for _ in range(64):
+            b.add(_row(oid), t)
+            oid += 1
+        t += 0.15
+    last = t - 0.15
+    assert b.spacing is None
+    assert abs(b.due_in(pol, True, last) - LINGER) < 1e-9
+    for i in range(4):  # then single records, 300 ms apart: a trickle
+        b.add(_row(1000 + i), last + 0.3 * (i + 1))
+    assert b.linger(pol) > 0.5
+    assert TRICKLE_MEMBERS < 64
 
 
 def test_containers_of_held_files_are_parked_until_their_public_pack_has_landed(

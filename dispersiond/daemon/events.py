@@ -16,9 +16,10 @@ from ..state import ObjectRow
 
 @dataclass(frozen=True)
 class PathSeen:
-    """The inbox watcher saw something happen to `path` (text, as the watcher has it)."""
+    """The inbox watcher saw something happen to these paths (text, as the watcher has
+    them): the names of one read of its events, in one message."""
 
-    path: str | Path
+    paths: tuple[str | Path, ...]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Taking files in: the inbox watcher, stability, claiming, and the free-space gate."""
+"""Taking files in: stability, claiming, and the free-space gate (the watcher that
+sees files arrive is in watcher.py)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,6 @@ from .. import inbox as ib
 from ..logs import event, log
 from ..units import human_size
 from ..archive import Archive
-from .events import Event, PathSeen
 
 #: Seconds between the main loop's looks at free space while intake runs (paused, it
 #: looks at every turn): each look is a syscall, and a syscall on the loop waits for the
@@ -26,11 +26,6 @@ CLAIM_BATCH = 256
 #: 10,000-file burst claimed at once left 59 of Python's 1 MiB arenas allocated to the
 #: end; claimed 512 ahead, 54.
 CLAIM_AHEAD = 512
-#: What watchdog logs when an emitter is stopped between two reads: a race inside its own
-#: stop, harmless once we are stopping the watcher ourselves.
-_STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
-
-
 class SpaceGate:
     """Pauses intake below min_free_space (plus what the next encode needs) and resumes
     it when space returns; uploads go on meanwhile and free the staged copies."""
@@ -72,61 +67,6 @@ class SpaceGate:
         elif self.paused is not None:
             event(logging.INFO, "intake resumed", free=free)
             self.paused, self.need = None, 0
-
-
-class _StopRaceFilter(logging.Filter):
-    def __init__(self, stopping: threading.Event) -> None:
-        super().__init__()
-        self.stopping = stopping
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (self.stopping.is_set() and record.getMessage() == _STOP_RACE)
-
-
-class Watcher:
-    """Inotify events from the inbox, as PathSeen events; the periodic rescan covers
-    whatever this misses (or everything, if inotify cannot be used)."""
-
-    def __init__(self, inbox: Path, put: Callable[[Event], None]) -> None:
-        self.inbox, self.put = inbox, put
-        self.observer = None
-        self.stopping = threading.Event()
-        self._filter = _StopRaceFilter(self.stopping)
-
-    def start(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        put = self.put
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, ev) -> None:  # created, modified, moved, closed
-                if ev.is_directory:
-                    return
-                path = getattr(ev, "dest_path", "") or ev.src_path
-                if path:
-                    put(PathSeen(os.fsdecode(path)))
-
-        logging.getLogger("watchdog.observers.inotify").addFilter(self._filter)
-        try:
-            self.observer = Observer()
-            self.observer.schedule(Handler(), str(self.inbox), recursive=False)
-            self.observer.daemon = True
-            self.observer.start()
-        except OSError as exc:  # e.g. inotify limits: the periodic rescan still finds files
-            self.observer = None
-            log.warning("cannot watch the inbox for events (%s); relying on the periodic "
-                        "rescan (schedule.rescan)", exc)
-
-    def stop(self) -> None:
-        """Stop the observer and wait for its threads, so none logs after a clean stop."""
-        if self.observer is None:
-            return
-        self.stopping.set()
-        self.observer.unschedule_all()  # emitters stopped and joined first
-        self.observer.stop()
-        self.observer.join(1.0)
-        self.observer = None
 
 
 class Intake:

@@ -50,7 +50,8 @@ from .encoder import Encoder, quarantine
 from .events import (BackupNow, Encoded, Event, PackSent, PathSeen, Rescan, Uploaded,
                      Verified, VerifyNow, Wake, drain)
 from .finisher import Finisher
-from .intake import CLAIM_AHEAD, Intake, SpaceGate, Watcher
+from .intake import CLAIM_AHEAD, Intake, SpaceGate
+from .watcher import Watcher
 from .paths import check_paths
 from .pruner import Pruner
 from .status import StatusWriter, status_doc, status_line
@@ -280,7 +281,8 @@ class Daemon:
         """One event from the queue, on the main thread."""
         cancelling = self.cancel.is_set()
         if isinstance(ev, PathSeen):
-            self.intake.seen(ev.path)
+            for path in ev.paths:
+                self.intake.seen(path)
         elif isinstance(ev, Rescan):
             self.intake.rescan()
         elif isinstance(ev, Uploaded):
