@@ -18,7 +18,7 @@ from ..errors import DispersiondError
 from ..logs import event, log
 from ..ops.backup import backup_manifest
 from ..ops.finalize import AfterPolicyFailed, finish
-from ..ops.protect import all_uploaded_of, commit_many
+from ..ops.protect import commit_many
 from ..state import FileState
 from ..archive import Archive
 from .uploader import Uploader
@@ -78,15 +78,25 @@ class Finisher:
         FINISH_BATCH files at a time: a private pack can settle thousands at once."""
         fids = list(fids)
         for start in range(0, len(fids), FINISH_BATCH):
-            rows = list(self.v.db.files_by_id(fids[start:start + FINISH_BATCH]).values())
-            newly = commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED])
+            part = fids[start:start + FINISH_BATCH]
+            # Counted first: a file none of whose private containers has landed can be
+            # neither committed nor finished, and is not read (a public pack settles
+            # hundreds of those, each read for nothing).
+            counts = self.v.db.upload_counts(part)
+            part = [fid for fid in part if (c := counts.get(fid)) is None or c[1] > 0]
+            if not part:
+                continue
+            rows = list(self.v.db.files_by_id(part).values())
+            newly = commit_many(self.v, [f for f in rows if f.state == FileState.ENCODED],
+                                counts)
             if newly:
                 self.manifest_dirty = True
                 self.committed_since_backup += len(newly)
-            committed = [f.file_id for f in rows if f.state == FileState.COMMITTED]
-            for fid in all_uploaded_of(self.v, committed) if committed else ():
-                shutil.rmtree(self.v.work_dir(fid), ignore_errors=True)
-                self.finish_due = True
+            for f in rows:
+                c = counts.get(f.file_id)
+                if f.state == FileState.COMMITTED and (c is None or c[2] == c[3]):
+                    shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
+                    self.finish_due = True
 
     def advance_all(self) -> None:
         """At start-up: files a crash left between steps (uploads done, commit not)."""

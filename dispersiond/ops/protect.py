@@ -21,7 +21,7 @@ from ..codec import se2
 from ..errors import DispersiondError
 from ..layout import Layout
 from ..logs import batch_event, event, log
-from ..state import FileRow, FileState, ObjectState
+from ..state import FileRow, FileState
 from ..tap import DirectUploadFailed
 from ..archive import Progress, Archive
 from ..fsutil import sync_batch
@@ -33,7 +33,7 @@ from .upload import Cancelled, Throttle, upload_one
 
 __all__ = ["BATCH_FILE_MAX", "EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone",
            "Staged", "Throttle", "abandon_planned", "admit", "admit_many", "all_uploaded",
-           "all_uploaded_of", "batches", "commit", "commit_many", "encode", "encode_early",
+           "batches", "commit", "commit_many", "encode", "encode_early",
            "encode_many", "finish", "plan_rows", "protect_file", "remove_stages", "resume",
            "stage", "staged_sizes", "transfer_bytes", "upload", "upload_failed", "upload_one"]
 
@@ -288,13 +288,16 @@ def commit(v: Archive, fid: str) -> str:
     return v.db.file(fid).state
 
 
-def commit_many(v: Archive, files: list[FileRow]) -> list[str]:
+def commit_many(v: Archive, files: list[FileRow],
+                counts: dict[str, tuple[int, int, int, int]] | None = None) -> list[str]:
     """Commit every encoded file among `files` that its confirmed uploads make
     restorable, all in one transaction (one fsync, however many files: a stream of small
-    files settles many at a time). Returns the ids committed."""
+    files settles many at a time). Returns the ids committed. `counts`: the files'
+    `upload_counts`, if the caller has them already."""
     ready: list[tuple[str, bool]] = []
     encoded = [f for f in files if f.state == FileState.ENCODED]
-    counts = v.db.upload_counts([f.file_id for f in encoded]) if encoded else {}
+    if counts is None:
+        counts = v.db.upload_counts([f.file_id for f in encoded]) if encoded else {}
     for f in encoded:
         restorable, complete = _readiness(f, counts.get(f.file_id))
         if restorable:
@@ -329,15 +332,6 @@ def remove_stages(v: Archive, fids: list[str]) -> None:
 
 def all_uploaded(v: Archive, fid: str) -> bool:
     return not v.db.objects(fid, not_state="uploaded")
-
-
-def all_uploaded_of(v: Archive, fids: list[str]) -> set[str]:
-    """Those of `fids` whose every object is confirmed (one read for the lot)."""
-    waiting = v.db.files_with_objects_in(fids, _NOT_UPLOADED)
-    return {fid for fid in fids if fid not in waiting}
-
-
-_NOT_UPLOADED = tuple(s.value for s in ObjectState if s != ObjectState.UPLOADED)
 
 
 def protect_file(v: Archive, path: Path, name: str | None = None,
