@@ -500,14 +500,15 @@ def test_small_files_are_encoded_as_one_batch_and_booked_at_once(daemon: Daemon,
     enc = daemon.encoder
     assert len(enc.waiting) == 10
     enc.start(stopping=False)
-    assert enc.tasks == 2 and len(enc.encoding) == 10 and not enc.waiting  # a batch, a file
+    assert (enc.batches, enc.tasks) == (1, 1)  # a batch on its thread, a file on the pool
+    assert len(enc.encoding) == 10 and not enc.waiting
     events = [_next_encoded(daemon), _next_encoded(daemon)]
     batch = next(ev for ev in events if len(ev.outcomes) > 1)
     assert sorted(batch.fids) == sorted(ids[n] for n in small)  # the large one alone
     assert all(exc is None for _, exc in batch.outcomes)
     for ev in events:
         assert daemon.encoder.on_encoded(ev, cancelling=False) == []  # no early uploads
-    assert enc.tasks == 0 and not enc.encoding
+    assert enc.tasks == 0 and enc.batches == 0 and not enc.encoding
     assert {f.state for f in daemon.v.db.files()} == {FileState.ENCODED}
     per_file = len(daemon.v.db.objects(ids["lab-0.json"]))
     assert per_file == 4 and daemon.uploader.pending() == 10 * per_file  # queued at once
@@ -543,16 +544,16 @@ def test_a_failed_batch_backs_off_each_file(daemon: Daemon, tmp_path: Path) -> N
     for fid in fids:
         del enc.waiting[fid]
         enc.encoding.add(fid)
-    enc.tasks = 1
+    enc.batches = 1
     err = OSError(5, "Input/output error")
-    daemon.handle(Encoded(tuple((fid, err) for fid in fids), time.monotonic()))
-    assert enc.tasks == 0 and not enc.encoding and set(enc.waiting) == set(ids.values())
+    daemon.handle(Encoded(tuple((fid, err) for fid in fids), time.monotonic(), batch=True))
+    assert enc.batches == 0 and not enc.encoding and set(enc.waiting) == set(ids.values())
     for fid in fids:
         f = daemon.v.db.file(fid)
         assert f.state == FileState.CLAIMED and f.attempts == 1 and "Input/output" in f.error
         assert enc.retry[fid].wait(time.monotonic()) > 0
     enc.start(stopping=False)
-    assert enc.tasks == 0  # backing off: nothing started
+    assert enc.batches == 0 and enc.tasks == 0  # backing off: nothing started
 
 
 # --------------------------------------------------------------- the after-policy of a batch

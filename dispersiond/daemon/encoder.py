@@ -30,8 +30,14 @@ from .events import Encoded, Event
 from .intake import SpaceGate
 from .uploader import Uploader
 
-#: Encodes at once: CPU and local disk bound.
+#: Files encoded alone (1 MiB and up) at once: CPU and local disk bound.
 ENCODERS = max(1, min(2, os.cpu_count() or 1))
+#: Batches of small files go to a thread of their own, at most this many in flight (one
+#: encoding, one queued behind it, so the thread never waits for the loop). A small
+#: file's encode is Python holding the GIL: two batch threads only took it from each
+#: other and from the upload threads (1,000 x 16 KiB through the daemon, five runs each:
+#: 2.98 s and 3.06 s of CPU with two, 2.77 s and 2.73 s with one; BENCHMARKS.md).
+BATCHES_AHEAD = 2
 #: Encode attempts before a file that keeps failing (not for lack of space) is quarantined.
 ENCODE_ATTEMPTS = 3
 #: Room asked for beyond the estimate after an encode ran out of space.
@@ -68,8 +74,10 @@ class Encoder:
         self.encoding: set[str] = set()
         self.early: set[str] = set()  # of those, the one uploading while it is encoded
         self.retry: dict[str, Backoff] = {}  # files whose last encode failed
-        self.tasks = 0  # on the pool, running or queued: single files and batches
+        self.tasks = 0  # on the pool, running or queued: files encoded alone
+        self.batches = 0  # on the batch thread, running or queued
         self.pool = ThreadPoolExecutor(ENCODERS, thread_name_prefix="encode")
+        self.batch_pool = ThreadPoolExecutor(1, thread_name_prefix="encode-batch")
         self.early_pool = ThreadPoolExecutor(1, thread_name_prefix="early-upload")
         self.maintenance = maintenance  # the daemon's one background housekeeping thread
 
@@ -92,7 +100,7 @@ class Encoder:
         by the pool and uploaded after."""
         if stopping or not self.waiting:
             return
-        if self.tasks > ENCODERS and self.early:
+        if self.tasks > ENCODERS and self.early and self.batches >= BATCHES_AHEAD:
             return  # every thread busy: nothing can start
         now = time.monotonic()
         ready = ((fid, size) for fid, size in list(self.waiting.items())
@@ -124,7 +132,7 @@ class Encoder:
     def _start_batch(self, batch: list[tuple[str, int]]) -> bool:
         """Hand a batch of small files to the pool; False if it cannot take it now (busy,
         or too little space: the gate then waits for it)."""
-        if self.tasks > ENCODERS:
+        if self.batches >= BATCHES_AHEAD:
             return False
         need = batch_need(self.v.cfg.public, [size for _, size in batch])
         if not self.gate.allows(need):
@@ -134,8 +142,8 @@ class Encoder:
         for fid in fids:
             del self.waiting[fid]
             self.encoding.add(fid)
-        self.tasks += 1
-        self.pool.submit(self._batch_task, fids)
+        self.batches += 1
+        self.batch_pool.submit(self._batch_task, fids)
         return True
 
     def _early(self) -> EarlyUploads | None:
@@ -161,7 +169,7 @@ class Encoder:
             outcomes = encode_many(self.v, fids, self.check_cancel)
         except BaseException as exc:  # noqa: BLE001 - the whole batch: nothing recorded
             outcomes = dict.fromkeys(fids, exc)
-        self.put(Encoded(tuple(outcomes.items()), started))
+        self.put(Encoded(tuple(outcomes.items()), started, batch=True))
 
     def _again(self, fid: str) -> Backoff:
         """Back the file off (the one policy, no jitter: one device, one file)."""
@@ -175,7 +183,9 @@ class Encoder:
         """Book the outcomes of one task (main thread: one file, or a batch); returns the
         files whose uploads may be done already (early uploads), worth a look."""
         early = [fid for fid in ev.fids if fid in self.early]
-        if not early:
+        if ev.batch:
+            self.batches = max(0, self.batches - 1)
+        elif not early:
             self.tasks = max(0, self.tasks - 1)  # a pool task (else the early-upload one)
         ok: list[str] = []
         failed: list[tuple[str, BaseException]] = []
@@ -229,7 +239,7 @@ class Encoder:
               retry_in=round(b.wait(time.monotonic()), 1))
 
     def shutdown(self) -> None:
-        for pool in (self.pool, self.early_pool):
+        for pool in (self.pool, self.batch_pool, self.early_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -70,6 +70,7 @@ class Encoded:
 
     outcomes: tuple[tuple[str, BaseException | None], ...]
     started: float  # monotonic
+    batch: bool = False  # from the batch thread (else the pool or the early-upload one)
 
     @classmethod
     def one(cls, fid: str, started: float, error: BaseException | None = None) -> "Encoded":

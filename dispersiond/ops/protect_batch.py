@@ -45,11 +45,13 @@ SEND_BYTES = 8 << 20
 #: pack (a file's container follows its own public fragments, held.py).
 SENDERS = 2
 #: Encodes at once: small files in chunks (`encode_many`: one durability barrier and one
-#: transaction a chunk), medium ones alone. Their cost is mostly fsyncs and file creation,
-#: which overlap (the journal commits them together) while the CPU is free; in flight at
-#: most ENCODERS chunks (8 MiB) or medium files (below EARLY_UPLOAD_MIN), plus the one
+#: transaction a chunk), medium ones alone. Two: one chunk's barrier waits on its fsyncs
+#: while the other encodes; more only share the GIL, and starve the pack senders of it
+#: (1,000 x 16 KiB, warm, three runs each: 4 encoders 2.54-2.71 s and 2.9-3.1 s of CPU,
+#: 2 encoders 2.20-2.39 s and 2.5-2.6 s, 1 encoder 2.24-2.42 s; BENCHMARKS.md). In flight
+#: at most ENCODERS chunks (8 MiB) or medium files (below EARLY_UPLOAD_MIN), plus the one
 #: large file encoded beside them.
-ENCODERS = 4
+ENCODERS = 2
 
 
 def put_batches(sizes: Iterable[tuple[str, int]], files: int = BATCH_FILES,
