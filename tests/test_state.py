@@ -127,9 +127,6 @@ def test_upload_counts_say_what_a_commit_needs_in_one_read(tmp_path: Path) -> No
                               obj("b" * 32, "private", "v", "missing")])
     counts = db.upload_counts(["a" * 32, "b" * 32, "c" * 32, "d" * 32])
     assert counts == {"a" * 32: (1, 1, 2, 3), "b" * 32: (1, 0, 1, 2)}  # none: not there
-    assert db.files_with_objects_in(["a" * 32, "b" * 32, "c" * 32],
-                                    ["pending", "missing"]) == {"a" * 32, "b" * 32}
-    assert db.files_with_objects_in(["b" * 32], ["pending"]) == set()
     db.close()
 
 

@@ -35,8 +35,8 @@ ENCODERS = max(1, min(2, os.cpu_count() or 1))
 #: Batches of small files go to a thread of their own, at most this many in flight (one
 #: encoding, one queued behind it, so the thread never waits for the loop). A small
 #: file's encode is Python holding the GIL: two batch threads only took it from each
-#: other and from the upload threads (1,000 x 16 KiB through the daemon, five runs each:
-#: 2.98 s and 3.06 s of CPU with two, 2.77 s and 2.73 s with one; BENCHMARKS.md).
+#: other and from the upload threads (1,000 x 16 KiB through the daemon, medians of five
+#: runs: 2.77 s and 2.92 s of CPU with two, 2.46 s and 2.49 s with one; BENCHMARKS.md).
 BATCHES_AHEAD = 2
 #: Encode attempts before a file that keeps failing (not for lack of space) is quarantined.
 ENCODE_ATTEMPTS = 3

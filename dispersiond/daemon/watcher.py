@@ -3,10 +3,10 @@ the main loop as PathSeen messages. The periodic rescan covers whatever it misse
 
 On Linux it reads inotify itself (inotify_simple: a thin ctypes wrapper): one read takes
 every queued event, names are collected per read, and each read becomes one message.
-A burst of 1,000 records through watchdog cost ~0.3-0.45 s of the daemon's CPU (an
-object, a dispatch and a queue hand-off per kernel event, a move-pairing queue for the
-renames that claims make); this reads the same events for a few per cent of that
-(BENCHMARKS.md, "The inbox watcher"). Elsewhere watchdog watches, as before.
+A burst of 1,000 records through watchdog cost ~0.3-0.45 s of the daemon's ~3.5 s of
+CPU (an object, a dispatch and a queue hand-off per kernel event, a move-pairing queue
+for the renames that claims make; BENCHMARKS.md, "the inbox watcher", in issue #14's
+GIL round). Elsewhere watchdog watches, as before.
 """
 from __future__ import annotations
 

@@ -84,18 +84,6 @@ class ObjectsMixin(Database):
                 out[r[0]] = (r[1], r[2], r[3], r[4])
         return out
 
-    def files_with_objects_in(self, file_ids: Iterable[str],
-                              states: Iterable[str]) -> set[str]:
-        """Those of `file_ids` with an object in one of `states` (ids only: a batch)."""
-        extra, extra_args = _filters(None, states, None)
-        out: set[str] = set()
-        for part in chunks(list(file_ids)):
-            marks = ", ".join("?" for _ in part)
-            out.update(r[0] for r in self.query(
-                f"SELECT DISTINCT file_id FROM objects WHERE file_id IN ({marks}) AND {extra}",
-                (*part, *extra_args)))
-        return out
-
     def objects_by_file(self) -> dict[str, list[ObjectRow]]:
         """Every object, grouped by file (in `objects`' order): one query for a checkpoint."""
         out: dict[str, list[ObjectRow]] = {}
