@@ -178,3 +178,23 @@ def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path, c
             assert stopped_in < 1.5
     assert not q.empty()  # it did watch
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_failing_read_ends_the_watcher_with_a_warning_not_a_traceback(inbox: Path,
+                                                                        caplog) -> None:
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    w = Watcher(inbox, q.put, "inotify")
+    with caplog.at_level(logging.WARNING, logger="dispersiond"):
+        w.start()
+        impl = w._impl
+
+        def broken(timeout=None):
+            raise OSError(5, "Input/output error")
+
+        impl.fd.read = broken
+        (inbox / "a.hl7").write_bytes(b"MSH|")
+        impl.thread.join(5.0)
+        assert not impl.thread.is_alive()
+        w.stop()
+    assert any("watcher stopped (OSError" in r.getMessage() and "rescan" in r.getMessage()
+               for r in caplog.records)

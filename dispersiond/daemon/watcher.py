@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,13 +107,19 @@ class _Inotify:
         self.thread = None
 
     def _run(self) -> None:
-        while True:
-            ready, _, _ = select.select([self.fd, self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
-            select.select([self._wake_r], [], [], GATHER_MS / 1000)  # let the burst gather
-            if not self.handle(self.fd.read(timeout=0)):
-                return
+        poller = select.poll()  # not select(): no limit on the descriptors' numbers
+        poller.register(self.fd.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while True:
+                if any(fd == self._wake_r for fd, _ in poller.poll()):
+                    return
+                time.sleep(GATHER_MS / 1000)  # let the rest of a burst gather
+                if not self.handle(self.fd.read(timeout=0)):
+                    return
+        except Exception as exc:  # noqa: BLE001 - the rescan still finds every file
+            log.warning("the inbox watcher stopped (%s: %s); relying on the periodic rescan "
+                        "(schedule.rescan)", type(exc).__name__, exc)
 
     def handle(self, events) -> bool:
         """Send what one read saw to the loop; False once the inbox is gone (moved,
