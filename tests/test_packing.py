@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from dispersiond import manifest
 from dispersiond.daemon.events import PackSent
-from dispersiond.daemon.uploader import LINGER, TRICKLE_MEMBERS, PackBuffer, Uploader
+from dispersiond.daemon.uploader import (LINGER, PRIVATE_PACK_FILES, TRICKLE_MEMBERS,
+                                         PackBuffer, Uploader)
 from dispersiond.ops import packing
 from dispersiond.ops.protect import admit, commit_many, encode, upload
 from dispersiond.ops.restore import restore
@@ -279,6 +280,20 @@ def test_a_burst_of_batches_does_not_linger_after_its_last_batch() -> None:
         b.add(_row(1000 + i), last + 0.3 * (i + 1))
     assert b.linger(pol) > 0.5
     assert TRICKLE_MEMBERS < 64
+
+
+def test_a_buffer_of_enough_private_containers_is_due_while_busy() -> None:
+    """A burst's containers leave in packs of PRIVATE_PACK_FILES as their public packs
+    land, so its files commit as it goes; public members alone never count."""
+    pol = PackPolicy(max_wait="5s")
+    b = PackBuffer()
+    for i in range(PRIVATE_PACK_FILES - 1):
+        b.add(_row(i, "vault", "private", fid=f"{i:032x}"), 10.0, fresh=False)
+    for i in range(PRIVATE_PACK_FILES):
+        b.add(_row(10_000 + i, "vault", "public", fid=f"{10_000 + i:032x}"), 10.0)
+    assert b.due_in(pol, False, 10.0) == 5.0  # busy, one container short: max_wait
+    b.add(_row(9_999, "vault", "private", fid=f"{9_999:032x}"), 10.1, fresh=False)
+    assert b.due_in(pol, False, 10.1) == 0.0
 
 
 def test_containers_of_held_files_are_parked_until_their_public_pack_has_landed(

@@ -6,9 +6,10 @@ as Uploaded events; the main loop records them (`record`, one transaction a batc
 hands each to `on_uploaded`.
 
 Small fragments wait in a per-store pack buffer instead (docs/FORMAT.md §8): it is
-flushed, as one pack per kind, once it holds `pack_size` bytes, once its oldest member
-has waited `max_wait`, or once nothing more is on the way (`quiet`) and no member has
-arrived for LINGER seconds; a pack reports back as one PackSent event.
+flushed, as one pack per kind, once it holds `pack_size` bytes or PRIVATE_PACK_FILES
+private containers, once its oldest member has waited `max_wait`, or once nothing more
+is on the way (`quiet`) and no member has arrived for LINGER seconds; a pack reports
+back as one PackSent event.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ OBJECT_RETRY = 10.0
 #: With nothing more on the way, how long a pack buffer waits for one more member (at
 #: least; a trickle's buffer waits twice its records' recent spacing).
 LINGER = 0.05
+#: A buffer holding this many private containers is due at once, busy or not: the files
+#: of a burst then commit (and become restorable) as it goes, a private pack after each
+#: public one, instead of all of them after a single private pack at the burst's end.
+PRIVATE_PACK_FILES = 256
 #: An arrival of more members than this is a burst's batch, not a trickle's record: it
 #: ends the trickle, so the buffer does not linger after the burst's last batch (it did,
 #: twice the batches' spacing, 0.3-1.8 s at the end of a 1,000-record burst).
@@ -110,6 +115,9 @@ class PackBuffer:
         if not self.objs:
             return None
         if self.bytes() >= min(policy.pack_size, full or policy.pack_size):
+            return 0.0
+        if len(self.objs) >= PRIVATE_PACK_FILES and sum(
+                o.role == "private" for o in self.objs.values()) >= PRIVATE_PACK_FILES:
             return 0.0
         due = self.since + policy.max_wait - now
         if quiet:
