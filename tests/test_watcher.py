@@ -108,18 +108,32 @@ def test_an_overflowed_queue_asks_for_a_rescan() -> None:
     assert q.empty()
 
 
-def test_an_inbox_removed_under_the_watcher_stops_it_with_a_warning(inbox: Path,
-                                                                      caplog) -> None:
+def _remove_inbox(impl, inbox: Path) -> None:
+    shutil.rmtree(inbox)
+
+
+def _break_reads(impl, inbox: Path) -> None:
+    def broken(timeout=None):
+        raise OSError(5, "Input/output error")
+
+    impl.fd.read = broken
+    (inbox / "a.hl7").write_bytes(b"MSH|")
+
+
+@pytest.mark.parametrize("breaks, says", [(_remove_inbox, "no longer watching"),
+                                          (_break_reads, "watcher stopped (OSError")])
+def test_the_watcher_ends_with_a_warning_when_the_inbox_goes_or_a_read_fails(
+        inbox: Path, caplog, breaks, says: str) -> None:
     q: queue.SimpleQueue = queue.SimpleQueue()
     w = Watcher(inbox, q.put, "inotify")
     with caplog.at_level(logging.WARNING, logger="dispersiond"):
         w.start()
-        thread = w._impl.thread
-        shutil.rmtree(inbox)
-        thread.join(5.0)
-        assert not thread.is_alive()
+        impl = w._impl
+        breaks(impl, inbox)
+        impl.thread.join(5.0)
+        assert not impl.thread.is_alive()
         w.stop()  # still a clean stop
-    assert any("no longer watching" in r.getMessage() for r in caplog.records)
+    assert any(says in r.getMessage() and "rescan" in r.getMessage() for r in caplog.records)
 
 
 def test_without_inotify_watchdog_watches(inbox: Path, monkeypatch) -> None:
@@ -178,23 +192,3 @@ def test_stopping_the_watcher_while_files_change_logs_no_error(tmp_path: Path, c
             assert stopped_in < 1.5
     assert not q.empty()  # it did watch
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-
-
-def test_a_failing_read_ends_the_watcher_with_a_warning_not_a_traceback(inbox: Path,
-                                                                        caplog) -> None:
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    w = Watcher(inbox, q.put, "inotify")
-    with caplog.at_level(logging.WARNING, logger="dispersiond"):
-        w.start()
-        impl = w._impl
-
-        def broken(timeout=None):
-            raise OSError(5, "Input/output error")
-
-        impl.fd.read = broken
-        (inbox / "a.hl7").write_bytes(b"MSH|")
-        impl.thread.join(5.0)
-        assert not impl.thread.is_alive()
-        w.stop()
-    assert any("watcher stopped (OSError" in r.getMessage() and "rescan" in r.getMessage()
-               for r in caplog.records)

@@ -130,8 +130,8 @@ class Encoder:
                 self.pool.submit(self._task, fid, None)
 
     def _start_batch(self, batch: list[tuple[str, int]]) -> bool:
-        """Hand a batch of small files to the pool; False if it cannot take it now (busy,
-        or too little space: the gate then waits for it)."""
+        """Hand a batch of small files to the batch thread; False if it cannot take it now
+        (busy, or too little space: the gate then waits for it)."""
         if self.batches >= BATCHES_AHEAD:
             return False
         need = batch_need(self.v.cfg.public, [size for _, size in batch])
