@@ -18,7 +18,7 @@ from ..errors import DispersiondError
 from ..logs import event, log
 from ..ops.backup import backup_manifest
 from ..ops.finalize import AfterPolicyFailed, finish
-from ..ops.protect import commit_many
+from ..ops.protect import all_confirmed, commit_many
 from ..state import FileState
 from ..archive import Archive
 from .uploader import Uploader
@@ -93,8 +93,7 @@ class Finisher:
                 self.manifest_dirty = True
                 self.committed_since_backup += len(newly)
             for f in rows:
-                c = counts.get(f.file_id)
-                if f.state == FileState.COMMITTED and (c is None or c[2] == c[3]):
+                if f.state == FileState.COMMITTED and all_confirmed(counts.get(f.file_id)):
                     shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
                     self.finish_due = True
 

@@ -26,6 +26,8 @@ CLAIM_BATCH = 256
 #: 10,000-file burst claimed at once left 59 of Python's 1 MiB arenas allocated to the
 #: end; claimed 512 ahead, 54.
 CLAIM_AHEAD = 512
+
+
 class SpaceGate:
     """Pauses intake below min_free_space (plus what the next encode needs) and resumes
     it when space returns; uploads go on meanwhile and free the staged copies."""

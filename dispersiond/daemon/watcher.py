@@ -75,6 +75,7 @@ class _Inotify:
 
     def __init__(self, inbox: Path, put: Callable[[Event], None], ino) -> None:
         self.inbox, self.put, self.ino = inbox, put, ino
+        self.prefix = os.path.join(os.fspath(inbox), "")  # the events give bare names
         f = ino.flags
         self.mask = f.CREATE | f.MOVED_TO | f.CLOSE_WRITE | f.ATTRIB | f.DELETE_SELF \
             | f.MOVE_SELF | f.ONLYDIR
@@ -124,7 +125,6 @@ class _Inotify:
     def handle(self, events) -> bool:
         """Send what one read saw to the loop; False once the inbox is gone (moved,
         removed, unmounted): there is nothing left to watch."""
-        prefix = os.path.join(os.fspath(self.inbox), "")
         names: dict[str, None] = {}
         watching = True
         for ev in events:
@@ -137,7 +137,7 @@ class _Inotify:
                 watching = False
                 break
             elif ev.name and not ev.mask & self.isdir:
-                names[prefix + ev.name] = None
+                names[self.prefix + ev.name] = None
         if names:
             self.put(PathSeen(tuple(names)))
         return watching

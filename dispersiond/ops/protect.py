@@ -32,8 +32,8 @@ from .packing import send_objects
 from .upload import Cancelled, Throttle, upload_one
 
 __all__ = ["BATCH_FILE_MAX", "EARLY_UPLOAD_MIN", "Cancelled", "EarlyUploads", "SourceGone",
-           "Staged", "Throttle", "abandon_planned", "admit", "admit_many", "all_uploaded",
-           "batches", "commit", "commit_many", "encode", "encode_early",
+           "Staged", "Throttle", "abandon_planned", "admit", "admit_many", "all_confirmed",
+           "all_uploaded", "batches", "commit", "commit_many", "encode", "encode_early",
            "encode_many", "finish", "plan_rows", "protect_file", "remove_stages", "resume",
            "stage", "staged_sizes", "transfer_bytes", "upload", "upload_failed", "upload_one"]
 
@@ -278,8 +278,13 @@ def _readiness(f: FileRow, counts: tuple[int, int, int, int] | None) -> tuple[bo
     of the file's objects (`upload_counts`)."""
     if counts is None:  # no objects at all
         return False, True
-    public_up, private_up, up, total = counts
-    return public_up >= Layout.of_row(f).need and private_up > 0, up == total
+    public_up, private_up, _, _ = counts
+    return public_up >= Layout.of_row(f).need and private_up > 0, all_confirmed(counts)
+
+
+def all_confirmed(counts: tuple[int, int, int, int] | None) -> bool:
+    """Is every object of a file confirmed, by its `upload_counts` (None: it has none)?"""
+    return counts is None or counts[2] == counts[3]
 
 
 def commit(v: Archive, fid: str) -> str:
