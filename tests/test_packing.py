@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -323,3 +326,34 @@ def test_containers_of_held_files_are_parked_until_their_public_pack_has_landed(
     assert up.buffers["vault"].due_in(up.pack_policy, True, 103.0) == 0.0
     assert up.buffers["vault"].spacing is None  # not taken for a trickle
     up.shutdown()
+
+
+def test_a_lingering_pack_keeps_the_daemon_from_idling_unless_its_store_is_down(
+        tmp_path: Path) -> None:
+    """A backup taken while a burst's last pack waits in its buffer misses that pack's
+    files; theirs then waits out the backups' spacing."""
+    db = StateDB(tmp_path / "state.db")
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    up = Uploader(db, ["a", "b"], lambda o: None, q.put, workers=2, retry_base=1.0,
+                  retry_max=2.0, send_pack=lambda job: None, packable=lambda o: o.length < 500,
+                  pack_policy=PackPolicy(max_wait="5s"))
+    assert not up.about_to_send()
+    up.enqueue([_row(1, "a", length=100)], now=100.0)
+    assert up.about_to_send()  # buffered for a pack
+    up.store_failed("a", time.monotonic(), OSError("down"))
+    assert not up.about_to_send()  # its store backs off: nothing to wait for
+    up.enqueue([_row(2, "b", length=900)], now=100.0)
+    assert up.about_to_send()  # queued for an object of its own
+    up.shutdown()
+
+
+def test_a_backup_held_back_by_the_spacing_sets_the_loops_wake_up(tmp_path: Path) -> None:
+    from dispersiond.daemon import finisher as fin_mod
+
+    fin = fin_mod.Finisher(SimpleNamespace(cfg=None), None, threading.Event(), lambda: True,
+                           retry_base=1, retry_max=1)
+    fin.manifest_dirty, fin.backup_due = False, 50.0
+    assert fin.backup_due_in(now=10.0) is None  # nothing to back up
+    fin.manifest_dirty = True
+    assert fin.backup_due_in(now=10.0) == 40.0
+    assert fin.backup_due_in(now=50.0) is None  # due: the next event's turn takes it

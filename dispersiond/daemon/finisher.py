@@ -125,6 +125,15 @@ class Finisher:
         if self.v.db.trash_expired_copies(time.time()):
             self.v.empty_trash()
 
+    def backup_due_in(self, now: float | None = None) -> float | None:
+        """Seconds until a backup the spacing holds back may go (for the loop's wake-up):
+        without it the loop slept its full second first. None when none waits for the
+        spacing (one that waits for the daemon to go idle is woken by that event)."""
+        now = time.monotonic() if now is None else now
+        if not self.manifest_dirty or now >= self.backup_due:
+            return None
+        return self.backup_due - now
+
     def maybe_backup(self) -> None:
         self.expire_share_copies()
         now = time.monotonic()

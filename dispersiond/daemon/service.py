@@ -263,6 +263,9 @@ class Daemon:
         flush = self.uploader.flush_due_in()
         if flush is not None:
             t = min(t, max(flush, 0.01))
+        backup = self.finisher.backup_due_in()
+        if backup is not None:
+            t = min(t, max(backup, 0.01))
         ping = self.notifier.watchdog_due_in()
         if ping is not None:
             t = min(t, max(ping, 0.01))
@@ -315,7 +318,8 @@ class Daemon:
         self.finisher.advance_settled()
 
     def _idle(self) -> bool:
-        return not (self._busy() or self.intake.waiting() or self.encoder.waiting)
+        return not (self._busy() or self.intake.waiting() or self.encoder.waiting
+                    or self.uploader.about_to_send())
 
     # ----------------------------------------------------------------- workers' helpers
 

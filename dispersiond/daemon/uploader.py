@@ -183,6 +183,17 @@ class Uploader:
         return (sum(len(q) for q in self.queues.values())
                 + sum(len(b.objs) for b in self.buffers.values()) + len(self.parked))
 
+    def about_to_send(self, now: float | None = None) -> bool:
+        """Is anything queued or in a pack buffer that a store will take soon (its store
+        not backing off, the window open)? A manifest backup waits for it: one taken
+        while a burst's last pack lingers misses that pack's files, and theirs then
+        waits out the backups' spacing (up to 1.7 s more at the end of a burst)."""
+        if not self.is_open():
+            return False
+        now = time.monotonic() if now is None else now
+        return any((self.queues[s] or self.buffers[s].objs) and not h.failing
+                   for s, h in self.health.items())
+
     def flush_due_in(self, now: float | None = None) -> float | None:
         """Seconds until a pack buffer is due (for the loop's wake-up); None: none waits."""
         now = time.monotonic() if now is None else now
