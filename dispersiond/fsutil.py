@@ -44,7 +44,7 @@ def create_private(path: Path) -> None:
     restrict(path)  # os.open's mode is cut by the umask only, never widened: make sure
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -52,7 +52,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: str | Path) -> None:
     """fsync a file by its name, after it was written and closed. On Linux any descriptor
     of the inode will do, and a write-back error not yet seen is reported to it."""
     fd = os.open(path, os.O_RDONLY)
@@ -62,7 +62,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_all(paths: list[Path]) -> None:
+def _fsync_all(paths: list[str | Path]) -> None:
     """fsync each path; the first error is raised after the others are synced."""
     first: OSError | None = None
     for path in paths:
@@ -90,7 +90,7 @@ def _pool() -> ThreadPoolExecutor:
         return _syncers
 
 
-def sync_batch(files: Iterable[Path], dirs: Iterable[Path]) -> None:
+def sync_batch(files: Iterable[str | Path], dirs: Iterable[str | Path]) -> None:
     """One durability barrier for many files written without their own fsyncs: each
     file's data and inode, then each folder once (new entries, renames).
 

@@ -362,3 +362,23 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     code, _, err = cli(cfg, "ls", expect=2)
     assert "written by a newer dispersiond" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_row_read_back_is_the_row_written_or_a_clear_error(tmp_path: Path) -> None:
+    """Rows are built without `__init__` once their columns are known: the result must
+    be the dataclass the keyword call makes, and a row of other columns must still fail."""
+    from dispersiond.state.model import FileRow
+
+    db = _db(tmp_path)
+    name = "r\udce9sultat.hl7"  # a name that is not UTF-8 keeps its exact bytes
+    db.add_file(file_id="a" * 32, name=name, size=7, mtime=1.5, scheme="se2", state=S.CLAIMED)
+    for _ in range(2):  # the first read checks the columns, the second takes the quick way
+        f = db.file("a" * 32)
+        assert f == FileRow(**vars(f)) and f.state is S.CLAIMED and f.name == name
+        assert (f.size, f.mtime, f.scheme) == (7, 1.5, "se2")
+    row = dict(vars(f), state="claimed", name_raw=None, source_raw=None)
+    assert FileRow.from_db(row) == f
+    with pytest.raises(TypeError):
+        FileRow.from_db({**row, "surplus": 1})
+    with pytest.raises(ValueError):
+        FileRow.from_db({**row, "state": "lost"})

@@ -95,12 +95,14 @@ class Staged:
                       k=pol.k if erasure else None, n=pol.n,
                       block=DEFAULT_BLOCK if erasure else None)
 
-    def durable(self) -> tuple[list[Path], list[Path]]:
+    def durable(self) -> tuple[list[Path], list[str]]:
         """(files, folders) a barrier must fsync for this encode to survive a power cut:
-        every staged file written locally and the container, then their folders."""
+        every staged file written locally and the container, then their folders. The
+        folders as text: a batch dedupes them, and a Path's hash costs ten times a str's."""
         held = self.held or {}
-        files = [p for k, p in self.paths.items() if k not in held and p.exists()]
-        return files, list(dict.fromkeys(p.parent for p in files))
+        files = [p for k, p in self.paths.items()
+                 if k not in held and (k == "prf" or p.exists())]  # the container is written
+        return files, list(dict.fromkeys(os.path.dirname(p) for p in files))
 
     def file_fields(self, cfg, key: bytes) -> dict:
         """State columns to record (the scheme was recorded at admission)."""

@@ -181,13 +181,14 @@ def encode_many(v: Archive, fids: list[str],
                 _unstage(v, fid)
                 outcomes[fid] = exc
         files: list[Path] = []
-        dirs: list[Path] = []
+        dirs: dict[str, None] = {}
         for _, st in staged:
             f, d = st.durable()
             files += f
-            dirs += d
-        staged_dirs = any(not st.held for _, st in staged)  # new folders in work/
-        sync_batch(files, [*dirs, *([v.root / "work"] if staged_dirs else [])])
+            dirs.update(dict.fromkeys(d))
+        if any(not st.held for _, st in staged):  # new folders in work/
+            dirs[os.fspath(v.root / "work")] = None
+        sync_batch(files, dirs)
         planned = [(fid, st, st.rows(v.cfg, fid)) for fid, st in staged]
         for fid, st, rows_of in planned:  # held before they are recorded: a sender that
             if st.held:                   # reads the rows finds the bytes
