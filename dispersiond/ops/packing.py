@@ -19,6 +19,7 @@ from backends import StoreError
 
 from .. import digests
 from ..errors import IntegrityError
+from ..fsutil import read_whole
 from ..logs import event
 from ..placement import new_object_name
 from ..state import ObjectRow, PackRow, PlacedMember
@@ -78,8 +79,8 @@ def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     """The fragment from its staged copy, checked against the digest the encode recorded
     (the staged copy carries the padding a standalone object would have had)."""
     held = None if obj.role == "private" else v.held.part(obj.file_id, staged_name(obj))
-    data = held if held is not None else v.staged_path(obj.file_id, obj.role,
-                                                       obj.shard).read_bytes()
+    data = held if held is not None else read_whole(v.staged_path(obj.file_id, obj.role,
+                                                                  obj.shard))
     if len(data) != obj.object_size or digests.of(obj.digest_alg or "", data) != obj.digest:
         raise IntegrityError(f"staged {obj.role} object of file {obj.file_id} does not match "
                              "what its encode recorded (damaged on local disk): the file is "

@@ -9,6 +9,7 @@ in ops/encode.py, sending in ops/upload.py, what follows the uploads in ops/fina
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ from ..logs import batch_event, event, log
 from ..state import FileRow, FileState
 from ..tap import DirectUploadFailed
 from ..archive import Progress, Archive
-from ..fsutil import sync_batch
+from ..fsutil import read_whole, sync_batch
 from .encode import (BATCH_FILE_MAX, EARLY_UPLOAD_MIN, EarlyUploadRun, EarlyUploads, Staged,
                      abandon_planned, batches, plan_rows, stage, staged_sizes)
 from .finalize import finish
@@ -232,7 +233,8 @@ def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int]
     hold = need is not None and v.held.reserve(need)
     if hold:
         reserved[fid] = need or 0
-        shutil.rmtree(work, ignore_errors=True)  # a crash mid-encode left a partial stage
+        if os.path.lexists(work):  # a crash mid-encode left a partial stage
+            shutil.rmtree(work, ignore_errors=True)
     else:
         try:
             os.mkdir(work, 0o700)
@@ -240,11 +242,11 @@ def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int]
             shutil.rmtree(work, ignore_errors=True)
             os.mkdir(work, 0o700)
     try:
-        src = open(Path(f.source or ""), "rb")
+        data = read_whole(f.source or "")  # small: read whole, in four system calls
     except OSError as exc:
         raise SourceGone(f"cannot read the file to protect ({exc.strerror})") from exc
-    with src:
-        return stage(v, src, work, v.container_path(fid), sync=False, hold=hold)
+    return stage(v, io.BytesIO(data), work, v.container_path(fid), sync=False, hold=hold,
+                 size=len(data))
 
 
 def held_need(cfg, size: int) -> int | None:
