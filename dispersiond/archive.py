@@ -62,6 +62,14 @@ class Archive:
     def work_dir(self, fid: str) -> Path:
         return self._work / fid
 
+    def staged_dirs(self) -> set[str]:
+        """Names in the staging area (files' folders, packs being built): one listing
+        for a batch instead of a stat per file, where small files stage nothing (held.py)."""
+        try:
+            return set(os.listdir(self._work))
+        except FileNotFoundError:
+            return set()
+
     def staged_path(self, fid: str, role: str, shard: int | None) -> Path:
         if role == "private":
             return self.container_path(fid)

@@ -240,7 +240,8 @@ def claim(v: Archive, items: list[tuple[Path, os.stat_result]],
     Returns ([(file_id, size)] claimed, [(path, stat, error)] that could not be moved).
     Files that vanished meanwhile are in neither list.
     """
-    rows = [(os.urandom(16).hex(), path, st) for path, st in items]
+    ids = os.urandom(16 * len(items))  # one call for the batch
+    rows = [(ids[16 * i:16 * i + 16].hex(), path, st) for i, (path, st) in enumerate(items)]
     now = time.time()
     rows, failed = _record_claims(v, rows, now)
     cdir = claimed_dir(v)
@@ -420,8 +421,18 @@ def apply_after_many(v: Archive, files: list[FileRow]
     done: dict[str, str] = {}
     failed: list[tuple[FileRow, OSError]] = []
     todo: list[tuple[FileRow, Path]] = []
+    delete = v.cfg.after == "delete"
     for f in files:
         src = Path(f.source) if f.source else None
+        if delete and src is not None and src.parent == cdir:
+            try:  # unlinked without a look first: a stat a record saved
+                src.unlink()  # no fsync: should a power cut undo it, reconcile deletes it again
+                done[f.file_id] = "deleted"
+            except FileNotFoundError:
+                done[f.file_id] = "untouched"
+            except OSError as exc:
+                failed.append((f, exc))
+            continue
         if src is not None and src.parent == cdir and src.exists():
             todo.append((f, src))
             continue
@@ -436,15 +447,7 @@ def apply_after_many(v: Archive, files: list[FileRow]
                 failed.append((f, exc))
                 continue
         done[f.file_id] = "untouched"
-    if v.cfg.after == "delete":
-        for f, src in todo:
-            try:
-                src.unlink()  # no fsync: should a power cut undo it, reconcile deletes it again
-                done[f.file_id] = "deleted"
-            except OSError as exc:
-                failed.append((f, exc))
-        return done, failed
-    if not todo:
+    if delete or not todo:
         return done, failed
     folder = (v.cfg.path(v.cfg.after_move_to or "") if v.cfg.after == "move"
               else private_dir(v.root / "kept"))

@@ -58,3 +58,41 @@ def test_no_single_erasure_shard_holds_the_whole_fragment():
     w.write(data)
     w.close()
     assert all(o.n < 0.55 * len(data) for o in outs)
+
+
+def test_object_names_are_unique_across_threads_and_a_forked_child() -> None:
+    """Names are cut from a per-thread pool of random bytes: no two threads, and no
+    forked child and its parent, may ever cut the same one."""
+    import os
+    import re
+    import threading
+
+    from dispersiond.placement import NAMES_AT_ONCE, new_object_name
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        got = [new_object_name() for _ in range(3 * NAMES_AT_ONCE)]
+        with lock:
+            seen.extend(got)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == len(seen) == 12 * NAMES_AT_ONCE
+    assert all(re.fullmatch(r"[0-9a-f]{32}", n) for n in seen)
+    new_object_name()  # the pool is part used: a child must not go on with it
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, "".join(new_object_name() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child = os.read(r, 4096).decode()
+    os.close(r)
+    parent = "".join(new_object_name() for _ in range(4))
+    assert len(child) == len(parent) == 128 and child != parent

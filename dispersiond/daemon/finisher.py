@@ -92,9 +92,12 @@ class Finisher:
             if newly:
                 self.manifest_dirty = True
                 self.committed_since_backup += len(newly)
+            present: set[str] | None = None  # listed once, if any file needs it
             for f in rows:
                 if f.state == FileState.COMMITTED and all_confirmed(counts.get(f.file_id)):
-                    shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
+                    present = self.v.staged_dirs() if present is None else present
+                    if f.file_id in present:
+                        shutil.rmtree(self.v.work_dir(f.file_id), ignore_errors=True)
                     self.finish_due = True
 
     def advance_all(self) -> None:

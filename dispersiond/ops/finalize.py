@@ -88,8 +88,9 @@ def finish(v: Archive, fids: Iterable[str], *, grant_errors: list[str] | None = 
             for f, exc in failed:
                 v.db.update_file(f.file_id, error=f"after-policy failed: {exc}")
                 failure = failure or AfterPolicyFailed(f.file_id, exc)
+        present = v.staged_dirs() if handled else set()
         for fid in handled:
-            if fid not in staged:  # the staged copies are still needed else
+            if fid not in staged and fid in present:  # the staged copies are needed else
                 shutil.rmtree(v.work_dir(fid), ignore_errors=True)
     finally:  # one transaction for the lot (a crash before it: the steps are redone)
         done = set(finalize_many(v, handled))

@@ -165,12 +165,13 @@ def encode_many(v: Archive, fids: list[str],
     outcomes: dict[str, BaseException | None] = {}
     staged: list[tuple[str, Staged]] = []
     reserved: dict[str, int] = {}  # memory budget taken for a file's held fragments
+    present = v.staged_dirs()  # what a crash mid-encode left
     try:
         for fid in fids:
             if check is not None:
                 check(0)
             try:
-                st = _stage_one(v, fid, rows.get(fid), reserved)
+                st = _stage_one(v, fid, rows.get(fid), reserved, fid in present)
                 if not st.held and fid in reserved:
                     v.held.release(reserved.pop(fid))
                 staged.append((fid, st))
@@ -221,10 +222,12 @@ def _unstage(v: Archive, fid: str) -> None:
     v.container_path(fid).unlink(missing_ok=True)
 
 
-def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int]) -> Staged:
+def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int],
+               left: bool) -> Staged:
     """One file of a batch, staged without fsyncs (the batch's barrier makes it durable).
     Its public fragments are held in memory instead when every one of them will be
-    packed and the memory budget allows (`reserved` gets what it took)."""
+    packed and the memory budget allows (`reserved` gets what it took). `left`: a crash
+    mid-encode left a stage folder for it."""
     if f is None or f.state != FileState.CLAIMED:
         raise _NotClaimed(f"file {fid} is not waiting to be encoded "
                           f"({'no record' if f is None else f'it is {f.state}'})")
@@ -233,7 +236,7 @@ def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int]
     hold = need is not None and v.held.reserve(need)
     if hold:
         reserved[fid] = need or 0
-        if os.path.lexists(work):  # a crash mid-encode left a partial stage
+        if left:  # a crash mid-encode left a partial stage
             shutil.rmtree(work, ignore_errors=True)
     else:
         try:
@@ -329,7 +332,8 @@ REMOVERS = 4
 def remove_stages(v: Archive, fids: list[str]) -> None:
     """The staged copies of files that no longer need them, several folders at a time
     (one at a time, a batch of small files spent most of its commit here)."""
-    fids = [fid for fid in fids if os.path.isdir(v.work_dir(fid))]  # held: none made
+    present = v.staged_dirs()
+    fids = [fid for fid in fids if fid in present]  # held: none made
     if len(fids) < 2:
         for fid in fids:
             shutil.rmtree(v.work_dir(fid), ignore_errors=True)
