@@ -24,36 +24,44 @@ DEFAULT_BLOCK = 1 << 18  # 256 KiB per block per shard
 
 
 def new_object_name() -> str:
-    """128 random bits: says nothing about the file, its type or its owner.
-
-    Cut from 64 names' worth of os.urandom at a time (per thread, dropped in a forked
-    child so that two processes never share one): a small record takes two to four
-    names, and each os.urandom call lets the GIL go to another thread."""
-    names = _names
-    if names.at >= len(names.pool):
-        names.pool, names.at = os.urandom(16 * NAMES_AT_ONCE), 0
-    at = names.at
-    names.at = at + 16
-    return names.pool[at:at + 16].hex()
+    """128 random bits: says nothing about the file, its type or its owner."""
+    return public_random(16).hex()
 
 
-NAMES_AT_ONCE = 64
+#: Random bytes drawn from the OS at a time for `public_random`, and the most it serves
+#: from them (larger asks go to the OS directly).
+RANDOM_POOL, RANDOM_POOL_SERVES = 4096, 512
 
 
-class _NamePool(threading.local):
-    pool = b""
+def public_random(n: int) -> bytes:
+    """`n` random bytes for what is public anyway (object names, padding), never for a
+    key or a nonce: cut from a per-thread pool of os.urandom output, dropped in a forked
+    child so that two processes never share one. A small record takes two to four
+    names and a padding; each os.urandom call lets the GIL go to another thread."""
+    if n > RANDOM_POOL_SERVES:
+        return os.urandom(n)
+    pool = _pool
+    if pool.at + n > len(pool.data):
+        pool.data, pool.at = os.urandom(RANDOM_POOL), 0
+    at = pool.at
+    pool.at = at + n
+    return pool.data[at:at + n]
+
+
+class _RandomPool(threading.local):
+    data = b""
     at = 0
 
 
-_names = _NamePool()
+_pool = _RandomPool()
 
 
-def _forget_names() -> None:
-    global _names
-    _names = _NamePool()
+def _forget_pool() -> None:
+    global _pool
+    _pool = _RandomPool()
 
 
-os.register_at_fork(after_in_child=_forget_names)
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def padme(length: int) -> int:
@@ -109,7 +117,7 @@ class HashingWriter:
     def pad_random(self, target: int) -> None:
         """Fill up to `target` bytes with random bytes (indistinguishable from ciphertext)."""
         while self.n < target:
-            self.write(os.urandom(min(target - self.n, 1 << 20)))
+            self.write(public_random(min(target - self.n, 1 << 20)))
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()

@@ -67,7 +67,9 @@ def test_object_names_are_unique_across_threads_and_a_forked_child() -> None:
     import re
     import threading
 
-    from dispersiond.placement import NAMES_AT_ONCE, new_object_name
+    from dispersiond.placement import RANDOM_POOL, new_object_name
+
+    NAMES_AT_ONCE = RANDOM_POOL // 16
 
     seen: list[str] = []
     lock = threading.Lock()

@@ -30,13 +30,18 @@ class BuiltPack:
                       resumable=False)
 
 
+#: A pack's staged file is written through a buffer this large: a write a member (256
+#: a pack of 16 KiB records) was a system call each, and each one a GIL hand-off.
+PACK_WRITE_BUFFER = 1 << 20
+
+
 def write_pack(key: bytes, store: str, name: str, kind: str, digest_alg: str, pad: str,
                members: Iterable[tuple[str, bytes]], path: Path) -> BuiltPack:
     """Pack `members` ((file id, bytes), one per file) under `key` into `path`; the pack's
     digest is made as it is written."""
     w = PackWriter(key, name, kind=kind, digest_alg=digest_alg, pad=pad)
     h = digests.new(digest_alg)
-    with open(path, "wb") as out:
+    with open(path, "wb", buffering=PACK_WRITE_BUFFER) as out:
         for file_id, data in members:
             w.add(bytes.fromhex(file_id), data)
             chunk = w.drain()
