@@ -328,22 +328,27 @@ def test_containers_of_held_files_are_parked_until_their_public_pack_has_landed(
     up.shutdown()
 
 
-def test_a_lingering_pack_keeps_the_daemon_from_idling_unless_its_store_is_down(
+def test_a_pack_about_to_leave_keeps_the_daemon_from_idling_a_waiting_one_does_not(
         tmp_path: Path) -> None:
-    """A backup taken while a burst's last pack waits in its buffer misses that pack's
-    files; theirs then waits out the backups' spacing."""
+    """A backup taken while a burst's last pack lingers misses that pack's files; theirs
+    then waits out the backups' spacing. A buffer that waits longer (busy, or a
+    trickle's) must not hold the backups back: under a steady trickle they starved."""
     db = StateDB(tmp_path / "state.db")
     q: queue.SimpleQueue = queue.SimpleQueue()
     up = Uploader(db, ["a", "b"], lambda o: None, q.put, workers=2, retry_base=1.0,
                   retry_max=2.0, send_pack=lambda job: None, packable=lambda o: o.length < 500,
                   pack_policy=PackPolicy(max_wait="5s"))
-    assert not up.about_to_send()
+    assert not up.about_to_send(now=100.0)
     up.enqueue([_row(1, "a", length=100)], now=100.0)
-    assert up.about_to_send()  # buffered for a pack
+    assert up.about_to_send(now=100.0)  # quiet: it leaves after a short linger
+    up.quiet = lambda: False
+    assert not up.about_to_send(now=100.0)  # busy: it waits up to max_wait (5 s)
+    assert up.about_to_send(now=104.95)  # ... which is nearly over
+    up.quiet = lambda: True
     up.store_failed("a", time.monotonic(), OSError("down"))
-    assert not up.about_to_send()  # its store backs off: nothing to wait for
+    assert not up.about_to_send(now=100.0)  # its store backs off: nothing to wait for
     up.enqueue([_row(2, "b", length=900)], now=100.0)
-    assert up.about_to_send()  # queued for an object of its own
+    assert up.about_to_send(now=100.0)  # queued for an object of its own
     up.shutdown()
 
 

@@ -48,6 +48,8 @@ PRIVATE_PACK_FILES = 256
 #: ends the trickle, so the buffer does not linger after the burst's last batch (it did,
 #: twice the batches' spacing, 0.3-1.8 s at the end of a 1,000-record burst).
 TRICKLE_MEMBERS = 8
+#: A pack buffer due within this many seconds holds a manifest backup back (`about_to_send`).
+SOON = 0.1
 #: The arrival spacing is a moving average: this weight for the newest gap, and no gap
 #: counted as longer than SPACING_CAP seconds.
 SPACING_WEIGHT = 0.3
@@ -184,15 +186,23 @@ class Uploader:
                 + sum(len(b.objs) for b in self.buffers.values()) + len(self.parked))
 
     def about_to_send(self, now: float | None = None) -> bool:
-        """Is anything queued or in a pack buffer that a store will take soon (its store
-        not backing off, the window open)? A manifest backup waits for it: one taken
-        while a burst's last pack lingers misses that pack's files, and theirs then
-        waits out the backups' spacing (up to 1.7 s more at the end of a burst)."""
+        """Is anything queued, or in a pack buffer due within SOON seconds, for a store
+        that will take it (not backing off, the window open)? A manifest backup waits
+        for it: one taken while a burst's last pack lingers misses that pack's files,
+        and theirs then waits out the backups' spacing (up to 1.7 s more at the end of a
+        burst). A buffer that waits longer (a trickle's) does not hold the backup back:
+        under a steady trickle some buffer always waits, and the backups would starve."""
         if not self.is_open():
             return False
         now = time.monotonic() if now is None else now
-        return any((self.queues[s] or self.buffers[s].objs) and not h.failing
-                   for s, h in self.health.items())
+        quiet = self.quiet()
+        for store, h in self.health.items():
+            if h.failing:
+                continue
+            due = self.buffers[store].due_in(self.pack_policy, quiet, now, self.flush_at)
+            if self.queues[store] or (due is not None and due <= SOON):
+                return True
+        return False
 
     def flush_due_in(self, now: float | None = None) -> float | None:
         """Seconds until a pack buffer is due (for the loop's wake-up); None: none waits."""
