@@ -437,7 +437,7 @@ def apply_after_many(v: Archive, files: list[FileRow]
             todo.append((f, src))
             continue
         left = cdir / f.file_id  # moved and recorded; the original not yet removed
-        if v.cfg.after != "delete" and src is not None and src != left and left.exists():
+        if not delete and src is not None and src != left and left.exists():
             if not src.exists():
                 todo.append((f, left))  # its new place is gone: move it there again
                 continue
@@ -447,7 +447,7 @@ def apply_after_many(v: Archive, files: list[FileRow]
                 failed.append((f, exc))
                 continue
         done[f.file_id] = "untouched"
-    if delete or not todo:
+    if not todo:  # always so under delete: the first branch took every original
         return done, failed
     folder = (v.cfg.path(v.cfg.after_move_to or "") if v.cfg.after == "move"
               else private_dir(v.root / "kept"))
