@@ -2,8 +2,9 @@
 alike: config, master key, state database, stores, and the lock on the state directory.
 
 Layout of the state directory:
-  state.db              SQLite (WAL): files, objects, audit log, trash
-  prf/<file_id>.prf     the device's own copy of each private container
+  state.db              SQLite (WAL): files, objects, audit log, trash, and the
+                        device's own copy of each small file's private container
+  prf/<file_id>.prf     ... and of each larger file's
   work/<file_id>/       staged public objects until every upload is confirmed
   claimed/<file_id>     originals the daemon took from the inbox
   lock                  held by whoever changes state (the daemon, put, forget, ...)
@@ -23,6 +24,7 @@ from backends import NotFound, Store, StoreError
 from . import audit, scratch
 from .config import Config
 from .errors import DispersiondError
+from .fsutil import atomic_output, read_whole
 from .held import Held
 from .keys import load_master_key
 from .logs import log
@@ -55,9 +57,49 @@ class Archive:
         #: Stores that answered Unavailable in this process: tried last, not waited on again.
         self.down: set[str] = set()
 
-    # --- paths
+    # --- the device's own copy of each private container: a small file's in the state
+    #     database (state/containers.py), a larger one's in prf/
     def container_path(self, fid: str) -> Path:
+        """Where a larger file's container is kept (see `container` for any file's)."""
         return self._prf / f"{fid}.prf"
+
+    def container(self, fid: str) -> bytes | None:
+        """The file's own container, wherever it is kept; None if the device has none."""
+        data = self.db.container(fid)
+        if data is not None:
+            return data
+        try:
+            return read_whole(self.container_path(fid))
+        except FileNotFoundError:
+            return None
+
+    def container_file(self, fid: str) -> Path:
+        """A file holding the container, for a reader that needs one (an upload of its
+        own): a small file's is first written out of the database."""
+        path = self.container_path(fid)
+        if not path.exists() and (data := self.db.container(fid)) is not None:
+            with atomic_output(path) as out:
+                out.write(data)
+        return path
+
+    def has_container(self, fid: str) -> bool:
+        return self.db.has_container(fid) or self.container_path(fid).exists()
+
+    def keep_container(self, fid: str, data: bytes) -> None:
+        """Replace the file's container where it is kept (the database for a small file)."""
+        if self.db.has_container(fid):
+            with self.db.tx() as conn:
+                self.db.put_containers(conn, [(fid, data)])
+            return
+        with atomic_output(self.container_path(fid)) as out:
+            out.write(data)
+
+    def drop_container(self, fid: str) -> None:
+        """The device's copy, wherever it is kept (gone: the database overwrites it)."""
+        self.db.drop_containers([fid])
+        self.container_path(fid).unlink(missing_ok=True)
+
+    # --- paths
 
     def work_dir(self, fid: str) -> Path:
         return self._work / fid
@@ -72,7 +114,7 @@ class Archive:
 
     def staged_path(self, fid: str, role: str, shard: int | None) -> Path:
         if role == "private":
-            return self.container_path(fid)
+            return self.container_file(fid)
         return self.work_dir(fid) / ("puf" if shard is None else f"shard-{shard}")
 
     def store(self, name: str) -> Store:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dsp import ROOT, local_config
+from dsp import ROOT, kept_containers, local_config
 
 FAST_SCHEDULE = {"rescan": "1s", "manifest_backup": "2s", "verify": "1h",
                  "retry_base": "0.3s", "retry_max": "2s"}
@@ -220,8 +220,7 @@ def check_archive(cfg: Path, originals: dict[str, bytes], out: Path,
         assert inbox is None or not any(inbox.iterdir())
         for sub in ("claimed", "work"):
             assert not any((c.state_path / sub).iterdir()), sub
-        assert sorted(p.name for p in (c.state_path / "prf").iterdir()) == sorted(
-            f"{f.file_id}.prf" for f in rows)
+        assert sorted(kept_containers(c.state_path)) == sorted(f.file_id for f in rows)
         assert not v.db.query("SELECT * FROM trash")
         assert not v.db.query("SELECT * FROM planned")
         # One row per fragment and store; every file has all of them.

@@ -115,3 +115,19 @@ def manifest_objects(cfg: Path, store: str = "vault") -> tuple[list[tuple[dict, 
 def whole(doc: dict) -> dict:
     """A checkpoint as a build before segments wrote it: its entries inline."""
     return {k: v for k, v in doc.items() if k != "segments"}
+
+
+def kept_containers(state: Path) -> dict[str, bytes]:
+    """The device's own private containers by file id, read from outside the program:
+    small files' rows in the state database, then the files under prf/."""
+    import sqlite3
+
+    db = sqlite3.connect(state / "state.db")
+    try:
+        out = {fid: bytes(data) for fid, data in db.execute("SELECT file_id, data FROM containers")}
+    finally:
+        db.close()
+    for p in (state / "prf").iterdir():
+        if p.suffix == ".prf":
+            out.setdefault(p.stem, p.read_bytes())
+    return out

@@ -79,9 +79,9 @@ def holders(v: Archive, pieces: list[bytes]) -> set[tuple[str, str]]:
 
 def container_pieces(v: Archive, fid: str) -> list[bytes]:
     """What identifies file `fid`'s private container among every other file's."""
-    others = [v.container_path(f.file_id).read_bytes() for f in v.db.files()
-              if f.file_id != fid and v.container_path(f.file_id).exists()]
-    return own_pieces(v.container_path(fid).read_bytes(), others)
+    others = [v.container(f.file_id) for f in v.db.files()
+              if f.file_id != fid and v.has_container(f.file_id)]
+    return own_pieces(v.container(fid), others)
 
 
 def unaccounted(v: Archive) -> dict[str, set[str]]:

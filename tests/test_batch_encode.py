@@ -84,16 +84,18 @@ def test_a_batch_is_made_durable_by_one_barrier_then_recorded_by_one_transaction
         monkeypatch.setattr(os, "fsync", real_fsync)
         assert outcomes == dict.fromkeys(fids)  # every file encoded, in the order given
         assert tx[0] == 1  # one transaction for the batch
-        staged = [str(v.staged_path(o.file_id, o.role, o.shard)) for o in v.db.objects()
-                  if not held or o.role == "private"]
+        staged = [] if held else [str(v.staged_path(o.file_id, o.role, o.shard))
+                                  for o in v.db.objects()]
         paths = [p for p, _ in synced]
         # Each staged file and container once, each folder once: no fsync of a file's
-        # folder per file (the batch's barrier), nothing synced twice.
-        folders = ({str(v.root / "prf")} if held else
-                   {str(v.work_dir(fid)) for fid in fids}
+        # folder per file (the batch's barrier), nothing synced twice. Held files write
+        # nothing: their containers are in the batch's transaction.
+        folders = (set() if held else {str(v.work_dir(fid)) for fid in fids}
                    | {str(v.root / "prf"), str(v.root / "work")})
         assert sorted(paths) == sorted(set(staged) | folders)
         assert held == (v.held.files() == set(fids))
+        assert held == all(v.db.has_container(fid) and not v.container_path(fid).exists()
+                           for fid in fids)
         assert held != any(v.work_dir(fid).exists() for fid in fids)
         assert len(paths) == len(set(paths))
         # The barrier came first: every file was still only claimed when it was synced.
@@ -142,7 +144,7 @@ def test_one_bad_file_does_not_stop_the_others(tmp_path: Path) -> None:
         assert [fid for fid, exc in outcomes.items() if exc is None] == fids
         for fid in (vanished, unreadable):  # still claimed, and nothing of it left behind
             assert v.db.file(fid).state == FileState.CLAIMED and not v.db.objects(fid)
-            assert not v.work_dir(fid).exists() and not v.container_path(fid).exists()
+            assert not v.work_dir(fid).exists() and not v.has_container(fid)
         assert v.db.file(done_before).state == FileState.ENCODED  # untouched
         assert v.db.objects(done_before) == objects_before
         assert v.work_dir(done_before).exists()
@@ -173,6 +175,7 @@ def test_a_stopped_batch_records_nothing_and_runs_again_from_scratch(tmp_path: P
         assert not v.db.objects()
         assert not any((v.root / "work").iterdir())  # the staged copies given back
         assert not any((v.root / "prf").iterdir())
+        assert not any(v.has_container(fid) for fid in fids)
         assert encode_many(v, fids) == dict.fromkeys(fids)
         for fid, src in zip(fids, files):
             assert upload(v, fid) == []
@@ -186,7 +189,9 @@ def test_a_failing_barrier_records_nothing(tmp_path: Path, monkeypatch) -> None:
     files would be encoded on the strength of bytes that may not be on the disk)."""
     import errno
 
-    cfg = load_config(local_config(tmp_path, "replicate"))
+    # nothing packed, so nothing held: staged files and containers the barrier syncs
+    # (held files have nothing to sync: their containers are in the transaction)
+    cfg = load_config(local_config(tmp_path, "replicate", pack={"threshold": 1}))
     files = _records(tmp_path / "in")[:4]
     with open_archive(cfg, exclusive=True) as v:
         fids = [admit(v, p) for p in files]

@@ -12,7 +12,7 @@ import yaml
 from backends import open_store
 from dispersiond.config import parse_config
 from dispersiond.errors import ConfigError
-from dsp import cli, cli_json, local_config, real_files, write_config
+from dsp import cli, cli_json, kept_containers, local_config, real_files, write_config
 
 
 def sha(p: Path) -> str:
@@ -60,7 +60,7 @@ def test_dicom_header_goes_into_the_private_container(tmp_path):
     db = StateDB(load_config(cfg).state_path / "state.db")
     row = db.file(fid)
     assert 132 < row.head_len < 1024  # preamble + DICM + group 0002
-    prf = (load_config(cfg).state_path / "prf" / f"{fid}.prf").read_bytes()
+    prf = kept_containers(load_config(cfg).state_path)[fid]
     assert len(prf) >= row.head_len + row.size // 8
 
 
@@ -151,7 +151,7 @@ def test_forget_is_crypto_erasure(tmp_path):
     prf_a = [d["object"] for d in res["deleted"] if d["store"] == "vault"]
     assert not any(n.startswith(prf_a[0]) for n in vault_after)
     assert vault_after != vault_before
-    assert not (tmp_path / "state" / "prf" / f"{ids[a.name]}.prf").exists()
+    assert ids[a.name] not in kept_containers(tmp_path / "state")
     cli(cfg, "restore", ids[b.name], "--to", str(tmp_path / "b"))
     shutil.rmtree(tmp_path / "state")
     assert cli_json(cfg, "recover")["files"] == 1  # the forgotten file is in no backup
@@ -491,7 +491,7 @@ def test_a_write_failure_mid_encode_is_clear_and_resumes(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("dispersiond: error:")
     assert not any((tmp_path / "state" / "work").iterdir())  # the partial stage is gone
-    assert not any((tmp_path / "state" / "prf").iterdir())  # no half-written container
+    assert not kept_containers(tmp_path / "state")  # no half-written container
     assert [f["state"] for f in cli_json(cfg, "ls", "--all")] == ["claimed"]
     res = cli_json(cfg, "put", "--resume")  # the limit is gone: it finishes
     assert [f["state"] for f in res["files"]] == ["done"]

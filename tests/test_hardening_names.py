@@ -210,7 +210,7 @@ def test_a_schema_3_database_is_migrated_and_keeps_its_names(tmp_path):
         raw.execute("UPDATE meta SET value='3' WHERE key='schema'")
     raw.close()
     db = StateDB(path)
-    assert db.get_meta("schema") == str(SCHEMA_VERSION) == "6"
+    assert db.get_meta("schema") == str(SCHEMA_VERSION) == "7"
     (f,) = db.files()
     assert (f.name, f.source) == ("kept name.txt", "/somewhere/kept name.txt")
     db.add_file(file_id="cd" * 16, name=os.fsdecode(BAD), size=1, mtime=0.0, scheme="se2",

@@ -94,20 +94,20 @@ def test_files_whose_held_fragments_died_are_encoded_again(tmp_path: Path) -> No
         first = [o for o in _pending(v, fids) if o.store == v.cfg.public.stores[0]]
         (job,) = packing.plan_packs(first, v.cfg.pack.pack_size)
         row = packing.send_pack(v, job, packing.Throttle(None))
-        old_containers = {fid: v.container_path(fid).read_bytes() for fid in fids}
+        old_containers = {fid: v.container(fid) for fid in fids}
         v.held = Held()  # ... and the process died: what it held is gone
         assert lost_held(v) == sorted(fids)
         assert encode_lost_again(v) == 3
         assert {f.state for f in v.db.files_by_id(fids).values()} == {FileState.CLAIMED}
         assert not v.db.objects_of(fids)
-        assert not any(v.container_path(fid).exists() for fid in fids)
+        assert not any(v.has_container(fid) for fid in fids)
         assert (row.store, row.name) in v.db.trashed() and v.db.pack(row.store, row.name) is None
         assert lost_held(v) == [] and encode_lost_again(v) == 0  # once only
         assert encode_many(v, fids) == dict.fromkeys(fids)
         assert packing.send_objects(v, _pending(v, fids)) == []
         assert commit_many(v, list(v.db.files_by_id(fids).values())) == fids
         for fid in fids:  # new keys: another container
-            assert v.container_path(fid).read_bytes() != old_containers[fid]
+            assert v.container(fid) != old_containers[fid]
         v.empty_trash()
         assert row.name not in every_object(v)[row.store]
         _restores(v, fids, paths, tmp_path / "out")

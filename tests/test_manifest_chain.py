@@ -192,7 +192,7 @@ def test_a_schema_3_database_is_migrated_and_keeps_backing_up(tmp_path: Path) ->
         db.execute("UPDATE meta SET value='3' WHERE key='schema'")
     db.close()
     with open_archive(load_config(cfg)) as v:
-        assert v.db.get_meta("schema") == "6" and v.db.chain_tip() is None
+        assert v.db.get_meta("schema") == "7" and v.db.chain_tip() is None
         assert v.db.get_meta("audit_head").endswith(":legacy")
         assert [(b, s) for b, s, _ in v.db.backup_generations("vault")] == [(1, 1), (2, 2)]
     assert cli_json(cfg, "audit", "verify")["ok"]  # a head from before heads had a MAC

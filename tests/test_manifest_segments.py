@@ -342,7 +342,7 @@ def test_a_schema_5_state_migrates_and_its_next_checkpoint_is_segmented(
                           ).fetchall()
     db.close()
     with open_archive(load_config(cfg)) as v:  # opening it migrates
-        assert v.db.get_meta("schema") == "6" and v.db.segmented_with() is None
+        assert v.db.get_meta("schema") == "7" and v.db.segmented_with() is None
         assert v.db.chain_tip() is not None and v.db.segment_rows() == []
     monkeypatch.setattr(manifest, "CHECKPOINT_FRACTION", 0.0)
     put(cfg, files[3])

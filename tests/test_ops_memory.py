@@ -4,7 +4,6 @@ process. The subprocess and emulator tests elsewhere cover the same paths over r
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -118,7 +117,7 @@ def test_forget_removes_every_copy(tmp_path):
         assert {d["role"] for d in res["deleted"]} == {"public", "private"}
         stored = every_object(v)
         assert not any(name in stored[store] for store, name in names)
-        assert v.db.file(fid) is None and not v.container_path(fid).exists()
+        assert v.db.file(fid) is None and not v.has_container(fid)
         # no manifest backup left names the file
         for name in stored["vault"]:
             doc = manifest.open_sealed(v.key, v.store("vault").get_bytes(name))
@@ -132,7 +131,7 @@ def test_rekey_replaces_every_object_and_still_restores(tmp_path):
     with memory_archive(tmp_path) as v:
         fid = _protected(v, src)
         before = {(o.store, o.name) for o in v.db.objects(fid)}
-        container = v.container_path(fid).read_bytes()
+        container = v.container(fid)
         res = rekey(v, fid)
         assert res["old_deleted"] and res["new_objects"] == len(before)
         # a small file: the new version's fragments go into new packs (one per store)
@@ -142,7 +141,7 @@ def test_rekey_replaces_every_object_and_still_restores(tmp_path):
         stored = every_object(v)
         assert all(name in stored[s] for s, name in after)
         assert not any(name in stored[s] for s, name in before)
-        assert v.container_path(fid).read_bytes() != container  # a fresh secret
+        assert v.container(fid) != container  # a fresh secret
         assert not list((v.root / "work").iterdir())  # no plaintext left behind
         assert _restored(v, fid, tmp_path / "out") == src.read_bytes()
 
@@ -170,7 +169,7 @@ def test_rotate_key_rewraps_containers_and_leaves_public_objects(tmp_path):
         new_private = {o.name for o in v.db.objects(fid, role="private")}
         assert not new_private & private
         assert not private & every_object(v)["vault"]  # the old wraps are gone
-        os.unlink(v.container_path(fid))  # restore from the re-wrapped backup on the vault
+        v.drop_container(fid)  # restore from the re-wrapped backup on the vault
         assert _restored(v, fid, tmp_path / "out") == src.read_bytes()
 
 
@@ -213,7 +212,7 @@ def test_rotate_key_writes_shared_packs_again_and_resumes_after_a_store_failure(
         on = {(s, n) for s, ns in every_object(v).items() for n in ns}
         assert not old_packs & on and new_packs <= on
         for fid, src in zip(fids, srcs):
-            os.unlink(v.container_path(fid))  # from the re-wrapped container in the pack
+            v.drop_container(fid)  # from the re-wrapped container in the pack
             assert _restored(v, fid, tmp_path / "out") == src.read_bytes()
 
 

@@ -76,7 +76,7 @@ def test_forget_of_a_packed_file_leaves_no_byte_of_its_container_on_any_store(tm
         res = forget(v, victim)
 
         assert holders(v, container) == set()  # no byte of it left anywhere, masked or not
-        assert not v.container_path(victim).exists()
+        assert not v.has_container(victim)
         notes = {(d["store"], d["object"]): d.get("note", "") for d in res["deleted"]}
         assert all("rewritten into" in notes[p] for p in private)
         assert {(d["store"], d["object"]) for d in res["in_packs"]} == public  # dead bytes
@@ -131,7 +131,7 @@ def test_forget_with_the_private_store_down_changes_nothing_and_runs_again(tmp_p
         with pytest.raises(DispersiondError, match="Nothing was forgotten"):
             forget(v, fids[1])
         assert {o.id: o for o in v.db.objects()} == rows  # no row moved, none gone
-        assert v.container_path(fids[1]).exists()
+        assert v.has_container(fids[1])
         v.store("vault").down = False
         all_restore(v, fids, paths, tmp_path / "out")
         forget(v, fids[1])  # the planned name of the failed rewrite goes with the trash

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from daemonctl import drop_privileges_like_the_unit
-from dsp import ROOT, cli, cli_json, local_config, real_files
+from dsp import ROOT, cli, cli_json, kept_containers, local_config, real_files
 
 from backends import open_store
 from dispersiond.commands.put import walk
@@ -353,8 +353,7 @@ def test_sigkill_in_a_batched_put_then_resume_protects_each_file_once(tmp_path, 
     assert stored_names(cfg) == recorded_names(cfg)  # nothing the manifest does not name
     state = load_config(cfg).state_path
     assert not any((state / "work").iterdir())
-    assert sorted(p.name for p in (state / "prf").iterdir()) == sorted(
-        f"{fid}.prf" for fid, _, _ in rows)
+    assert sorted(kept_containers(state)) == sorted(fid for fid, _, _ in rows)
     by_name = {Path(p).name: data for p, data in originals.items()}
     out = tmp_path / "out"
     out.mkdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from dispersiond.ops.packread import PackWindows
 from dispersiond.ops.restore import first_choices, restore_many
 from dispersiond.pack import Span, plan_spans
 from dispersiond.traffic import TRAFFIC
-from dsp import cli, cli_json, local_config, write_config
+from dsp import cli, cli_json, kept_containers, local_config, write_config
 from packed import archive, protect_together
 
 
@@ -102,6 +103,9 @@ def test_without_the_local_containers_the_private_pack_is_read_once(tmp_path):
     protect_batch(cfg, files)
     shutil.rmtree(tmp_path / "state" / "prf")
     (tmp_path / "state" / "prf").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "state.db") as db:  # and any kept in the database
+        db.execute("DELETE FROM containers")
+    assert not kept_containers(tmp_path / "state")
     out = tmp_path / "out"
     out.mkdir()
     before = gets()

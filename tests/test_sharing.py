@@ -29,7 +29,7 @@ from dispersiond.share import (BundleFormatError, BundleTampered, LinkExpired, O
                                WrongIdentity, open_bundle)
 from dispersiond.state import dumps
 from dispersiond.archive import open_archive
-from dsp import cli, cli_json, local_config, real_files, run_cli, write_config
+from dsp import cli, cli_json, kept_containers, local_config, real_files, run_cli, write_config
 
 CT = real_files()[0]  # a real DICOM file (CT_small.dcm): header split, several chunks
 
@@ -293,7 +293,7 @@ def test_rekey_revokes_an_earlier_bundle(tmp_path: Path, make_store_settings, do
     ident = load_identity(doctor[0])
     assert sha(open_bundle(old_bundle, ident, tmp_path / "before.bin").path) == sha(CT)
     old_objs = objects(cfg, fid) + objects(cfg, fid, "private")
-    old_prf = (tmp_path / "state" / "prf" / f"{fid}.prf").read_bytes()
+    old_prf = kept_containers(tmp_path / "state")[fid]
     copies = linked(cfg, fid)  # the bundle's links: standalone copies of packed shards
     assert len(copies) == 3
 
@@ -310,7 +310,7 @@ def test_rekey_revokes_an_earlier_bundle(tmp_path: Path, make_store_settings, do
             assert o["name"] not in set(st.list("")), o["store"]
     new_objs = objects(cfg, fid) + objects(cfg, fid, "private")
     assert {o["name"] for o in new_objs}.isdisjoint({o["name"] for o in old_objs})
-    new_prf = (tmp_path / "state" / "prf" / f"{fid}.prf").read_bytes()
+    new_prf = kept_containers(tmp_path / "state")[fid]
     assert new_prf[104:] != old_prf[104:] and len(new_prf) == len(old_prf)
 
     with pytest.raises(ObjectGone, match="re-keyed or erased"):

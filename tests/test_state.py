@@ -322,7 +322,7 @@ def test_a_schema_2_database_is_migrated_in_place(tmp_path: Path) -> None:
     _to_schema_2(db_path, plans, retires, ("ab" * 16, "cd" * 8))
     with open_archive(load_config(cfg)) as v:  # opening it migrates
         db = v.db
-        assert db.get_meta("schema") == "6" and SCHEMA_VERSION == 6
+        assert db.get_meta("schema") == "7" and SCHEMA_VERSION == 7
         assert db.backups("vault") == backups
         assert db.rekey_plan(ids[0]) == sorted(map(tuple, plans[ids[0]]))
         assert db.retirements() == {ids[1]: [tuple(retires[ids[1]][0])]}

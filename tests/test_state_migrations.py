@@ -32,7 +32,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("digest: sha256", "digest: blake3"))
     (new_id,) = put(cfg, new)  # opening it migrates; new files take the configured hash
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("6",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("7",)
     algs = dict(db.execute("SELECT file_id, digest_alg FROM files"))
     db.close()
     assert algs == {old_id: "sha256", new_id: "blake3"}
@@ -74,7 +74,7 @@ def test_a_schema_4_database_gains_packs_and_keeps_its_objects(tmp_path: Path) -
     _to_schema_4(db_path)
     restores(cfg, old_id, old, tmp_path / "old")  # opening it migrates
     db = sqlite3.connect(db_path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("6",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("7",)
     assert db.execute("SELECT id, store, name, digest FROM objects ORDER BY id").fetchall() \
         == before
     assert db.execute("SELECT COUNT(*) FROM objects WHERE pack_digest IS NOT NULL"
@@ -91,3 +91,40 @@ def test_a_schema_4_database_gains_packs_and_keeps_its_objects(tmp_path: Path) -
         raise AssertionError("a second standalone object under a taken name was accepted")
     db.close()
     assert cli_json(cfg, "verify", "--deep")["problems"] == []
+
+
+def _to_schema_6(state: Path) -> list[str]:
+    """Turn a fresh state into what schema 6 kept: every container a file in prf/, no
+    `containers` table. Returns the file ids moved."""
+    db = sqlite3.connect(state / "state.db")
+    with db:
+        rows = db.execute("SELECT file_id, data FROM containers").fetchall()
+        for fid, data in rows:
+            (state / "prf" / f"{fid}.prf").write_bytes(data)
+        db.execute("DROP TABLE containers")
+        db.execute("UPDATE meta SET value='6' WHERE key='schema'")
+    db.close()
+    return [fid for fid, _ in rows]
+
+
+def test_a_schema_6_archive_keeps_its_containers_as_files(tmp_path: Path) -> None:
+    cfg = local_config(tmp_path, "erasure")
+    files = real_files()[:3]
+    ids = [put(cfg, p)[0] for p in files]
+    state = load_config(cfg).state_path
+    assert sorted(_to_schema_6(state)) == sorted(ids)  # small files: all were in the table
+    for fid, path in zip(ids, files):  # opening it migrates; the files are read as before
+        restores(cfg, fid, path, tmp_path / f"out-{fid}")
+    db = sqlite3.connect(state / "state.db")
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("7",)
+    assert db.execute("SELECT COUNT(*) FROM containers").fetchone() == (0,)
+    db.close()
+    assert cli_json(cfg, "verify", "--deep")["problems"] == []
+    cli_json(cfg, "forget", ids[0])  # a file's container is gone from prf/ too
+    assert sorted(p.stem for p in (state / "prf").iterdir()) == sorted(ids[1:])
+    (new,) = put(cfg, real_files()[3])  # a new small file's goes into the table
+    assert not (state / "prf" / f"{new}.prf").exists()
+    db = sqlite3.connect(state / "state.db")
+    assert db.execute("SELECT file_id FROM containers").fetchall() == [(new,)]
+    db.close()
+

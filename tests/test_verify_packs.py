@@ -248,7 +248,7 @@ def test_repair_of_a_deleted_private_pack_uses_the_local_containers(tmp_path):
         (name,) = {member(v, fid, "vault").name for fid in fids}
         assert name != old.name and old.name not in set(v.store("vault").list())
         for fid in fids:  # the device's own copies gone: only the rebuilt pack is left
-            v.container_path(fid).unlink()
+            v.drop_container(fid)
         for fid, src in zip(fids, files):
             assert restored(v, fid, tmp_path / "out") == src.read_bytes()
 

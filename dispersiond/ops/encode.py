@@ -76,6 +76,9 @@ class Staged:
     sums: dict[str, str]  # staged file name -> digest of its bytes
     #: The public fragments kept in memory instead of staged (held.py), by staged name.
     held: dict[str, bytes] | None = None
+    #: With them, the container, not written out: the batch's transaction keeps it in the
+    #: state database (state/containers.py).
+    container: bytes | None = None
 
     def complete(self, planned: list[tuple[dict, str]]) -> list[tuple[dict, Path]]:
         """Planned rows with their digests filled in, and the staged file each uploads."""
@@ -100,8 +103,8 @@ class Staged:
         every staged file written locally and the container, then their folders. The
         folders as text: a batch dedupes them, and a Path's hash costs ten times a str's."""
         held = self.held or {}
-        files = [p for k, p in self.paths.items()
-                 if k not in held and (k == "prf" or p.exists())]  # the container is written
+        files = [p for k, p in self.paths.items() if k not in held and (
+            self.container is None if k == "prf" else p.exists())]  # a written container
         return files, list(dict.fromkeys(os.path.dirname(p) for p in files))
 
     def file_fields(self, cfg, key: bytes) -> dict:
@@ -126,8 +129,9 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
     (`Staged.durable`, then `fsutil.sync_batch`) before it records any of it; the
     container is then written in place (nothing refers to it before that record).
 
-    With hold=True (and sync=False) the public fragments are not written at all: their
-    padded bytes are returned in `Staged.held`, and `stage_dir` is not used.
+    With hold=True (and sync=False) nothing is written at all: the public fragments'
+    padded bytes are returned in `Staged.held`, the container in `Staged.container`
+    (for the caller's transaction to keep), and `stage_dir` is not used.
 
     `size`: the length of `src` if it is no file (a small record read whole)."""
     cfg, pol = v.cfg, v.cfg.public
@@ -151,7 +155,9 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
                         else HashingWriter(open(stage_dir / name, "w+b"), alg, feed))
         sink = outs[0] if pol.mode == "replicate" else ShardWriter(pol.k, pol.n, outs,
                                                                    DEFAULT_BLOCK)
-        with (atomic_output(container_path) if sync else _in_place(container_path)) as prf_file:
+        kept = io.BytesIO() if hold else None
+        with (contextlib.nullcontext(kept) if kept is not None else atomic_output(container_path)
+              if sync else _in_place(container_path)) as prf_file:
             prf_feed = feeds.get("prf")  # private: always staged (it is kept), so a Tap
             prf = HashingWriter(prf_file, alg, prf_feed if isinstance(prf_feed, Tap) else None)
             enc = codec.write(prep, v.key, sink, prf)
@@ -176,7 +182,8 @@ def stage(v: Archive, src: BinaryIO, stage_dir: Path, container_path: Path,
             w.tap.finish()
     return Staged(layout, size, alg, enc.digest,
                   {**{name: stage_dir / name for name in names}, "prf": container_path},
-                  {name: w.hexdigest() for name, w in writers.items()}, held)
+                  {name: w.hexdigest() for name, w in writers.items()}, held,
+                  kept.getvalue() if kept is not None else None)
 
 
 @contextlib.contextmanager

@@ -54,6 +54,10 @@ def forget(v: Archive, ref: str, keep_public: bool = False) -> dict:
             + "; ".join(f"{x['store']}: {x['error']}" for x in failed if x["role"] == "private")
             + ". Nothing was forgotten locally; run forget again when the store answers")
     local = v.container_path(f.file_id)
+    if v.db.has_container(f.file_id):  # overwritten in the database (secure_delete),
+        v.db.drop_containers([f.file_id])  # and out of its write-ahead log below
+        deleted.append({"store": "(this device)", "role": "private",
+                        "object": f"{v.db.path} (containers)"})
     if local.exists():
         local.unlink()
         deleted.append({"store": "(this device)", "role": "private", "object": str(local)})
@@ -69,6 +73,7 @@ def forget(v: Archive, ref: str, keep_public: bool = False) -> dict:
     backup_manifest(v, force=True)
     drop_all_backups_but_newest(v)
     gone, waiting = release(v)  # the packs left without a member, once backed up
+    v.db.purge_freed()  # the container's bytes, overwritten in the database, leave its log
     packs = private_packs + public_packs
     deleted += _pack_report([p for p in packs if _in(p, gone)], new)
     failed += [{"store": p.store, "role": p.kind, "object": p.name,

@@ -38,6 +38,6 @@ def encode_lost_again(v: Archive) -> int:
         return 0
     v.db.encode_again(fids)
     for fid in fids:
-        v.container_path(fid).unlink(missing_ok=True)  # the next encode writes a new one
+        v.drop_container(fid)  # the next encode makes a new one
         event(logging.INFO, "file encoded again: its held fragments were lost", file_id=fid)
     return len(fids)

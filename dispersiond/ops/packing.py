@@ -78,9 +78,15 @@ def plan_packs(objs: Iterable[ObjectRow], pack_size: int) -> list[PackJob]:
 def _member_bytes(v: Archive, obj: ObjectRow) -> bytes:
     """The fragment from its staged copy, checked against the digest the encode recorded
     (the staged copy carries the padding a standalone object would have had)."""
-    held = None if obj.role == "private" else v.held.part(obj.file_id, staged_name(obj))
-    data = held if held is not None else read_whole(v.staged_path(obj.file_id, obj.role,
-                                                                  obj.shard))
+    if obj.role == "private":
+        data = v.container(obj.file_id)
+        if data is None:
+            raise FileNotFoundError(f"the private container of file {obj.file_id} is not on "
+                                    "this device")
+    else:
+        held = v.held.part(obj.file_id, staged_name(obj))
+        data = held if held is not None else read_whole(v.staged_path(obj.file_id, obj.role,
+                                                                      obj.shard))
     if len(data) != obj.object_size or digests.of(obj.digest_alg or "", data) != obj.digest:
         raise IntegrityError(f"staged {obj.role} object of file {obj.file_id} does not match "
                              "what its encode recorded (damaged on local disk): the file is "

@@ -113,7 +113,9 @@ def encode(v: Archive, fid: str, progress: Progress | None = None,
 
 
 def _record_encoded(v: Archive, conn, fid: str, st: Staged, rows: list[dict]) -> None:
-    """Inside the caller's transaction: the file's object rows, and the file encoded."""
+    """Inside the caller's transaction: the file's object rows, and the file encoded
+    (its container is the file just written: one an earlier encode kept is dropped)."""
+    v.db.drop_containers([fid], conn)
     v.db.drop_objects(fid, conn, pending_only=True)
     v.db.drop_planned(fid, conn)
     v.db.add_objects(conn, rows)
@@ -197,6 +199,9 @@ def encode_many(v: Archive, fids: list[str],
                 v.held.hold(fid, st.held, {row["store"] for row, _ in rows_of
                                            if row["role"] == "public"}, reserved.pop(fid))
         with v.db.tx() as conn:
+            v.db.put_containers(conn, [(fid, st.container) for fid, st in staged
+                                       if st.container is not None])
+            v.db.drop_containers([fid for fid, st in staged if st.container is None], conn)
             _record_encoded_many(v, conn, [(fid, st, [dict(row, state="pending")
                                                       for row, _ in rows_of])
                                            for fid, st, rows_of in planned])
@@ -219,7 +224,7 @@ class _NotClaimed(DispersiondError):
 def _unstage(v: Archive, fid: str) -> None:
     """What an encode of a still-claimed file left (nothing refers to it yet)."""
     shutil.rmtree(v.work_dir(fid), ignore_errors=True)
-    v.container_path(fid).unlink(missing_ok=True)
+    v.container_path(fid).unlink(missing_ok=True)  # (a held one was never written)
 
 
 def _stage_one(v: Archive, fid: str, f: FileRow | None, reserved: dict[str, int],

@@ -252,8 +252,9 @@ def _fetch_containers(v: Archive, state: manifest.Replayed,
     missing, fetched = [], 0
     todo: list[tuple[dict, list[ObjectRow]]] = []
     for e in state.files.values():
-        dest = v.container_path(e["file_id"])
-        if dest.exists() and digests.of_path(e["digest_alg"], dest) == e["prf_digest"]:
+        dest, kept = v.container_path(e["file_id"]), v.db.container(e["file_id"])
+        if (digests.of(e["digest_alg"], kept) == e["prf_digest"] if kept is not None
+                else dest.exists() and digests.of_path(e["digest_alg"], dest) == e["prf_digest"]):
             continue
         todo.append((e, [ObjectRow(i, e["file_id"], o["role"], o["shard"], o["store"],
                                    o["name"], o["offset"], o["length"], o["object_size"],
@@ -278,6 +279,7 @@ def _fetch_containers(v: Archive, state: manifest.Replayed,
                             "restored until a copy is put back", e["file_id"], reason)
                 missing.append({"file_id": e["file_id"], "error": reason})
                 continue
-            os.replace(got[1], dest)
+            os.replace(got[1], dest)  # a file: the state has no row to keep it by yet
+            v.db.drop_containers([e["file_id"]])  # (a damaged one kept there before)
             fetched += 1
     return missing, fetched

@@ -41,6 +41,7 @@ from ..archive import Progress, Archive
 from .backup import backup_manifest, drop_all_backups_but_newest
 from .encode import stage as stage_file
 from .finalize import finalize
+from .protect import held_need
 from .pack_files import BuiltPack, write_pack
 from .restore import decode_to, private_container, public_fragment
 from .upload import Upload, send_all
@@ -82,7 +83,13 @@ def rekey(v: Archive, ref: str, progress: Progress | None = None) -> dict:
                 f"({failures[0][1]}); nothing changed, the file and earlier shares are as "
                 "before. Run rekey again when the stores answer")
         old = [(o.store, o.name) for o in v.db.objects(fid)]
+        kept = ((stage / "prf").read_bytes()  # a small file's is kept in the database
+                if held_need(v.cfg, f.size) is not None else None)
         with v.db.tx() as conn:
+            if kept is not None:
+                v.db.put_containers(conn, [(fid, kept)])
+            else:
+                v.db.drop_containers([fid], conn)
             v.db.drop_objects(fid, conn)
             v.db.add_packs(conn, packs)
             v.db.add_objects(conn, [{**r, "state": "uploaded"} for r in rows])
@@ -93,8 +100,11 @@ def rekey(v: Archive, ref: str, progress: Progress | None = None) -> dict:
             v.db.mark_manifest_dirty(conn)
         if copies:
             v.empty_trash()  # the earlier bundles' links die now, whatever the backup does
-        os.replace(stage / "prf", v.container_path(fid))
-        fsync_dir(v.container_path(fid).parent)
+        if kept is None:
+            os.replace(stage / "prf", v.container_path(fid))
+            fsync_dir(v.container_path(fid).parent)
+        else:  # the old one, if it was a file
+            v.container_path(fid).unlink(missing_ok=True)
         shutil.rmtree(v.work_dir(fid), ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -55,7 +55,7 @@ class MemberSource:
         v = self.v
         if obj.role == "private":
             try:
-                data = v.container_path(obj.file_id).read_bytes()
+                data = v.container(obj.file_id)
             except OSError:
                 data = None
             if data is not None and len(data) == obj.length \

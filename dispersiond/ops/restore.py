@@ -315,9 +315,20 @@ def private_container(v: Archive, f: FileRow, tmp: Path | None,
                       progress: Progress | None = None,
                       windows: PackWindows | None = None) -> Blob:
     """The local container if intact, else a verified copy from a private store (in
-    memory, the local one too, with no `tmp`)."""
+    memory, the local one too, with no `tmp`; a file in `tmp` or the device's own)."""
+    kept = v.db.container(f.file_id)  # a small file's (state/containers.py)
+    if kept is not None:
+        if digests.of(f.digest_alg, kept) == f.container_digest:
+            if tmp is None:
+                return io.BytesIO(kept)
+            path = tmp / f"{f.file_id}.prf"
+            with atomic_output(path, sync=False) as out:  # a scratch copy
+                out.write(kept)
+            return path
+        event(logging.WARNING, "local private container damaged; using a backup",
+              file_id=f.file_id)
     local = v.container_path(f.file_id)
-    if local.exists():
+    if kept is None and local.exists():
         if tmp is None:
             held = io.BytesIO(local.read_bytes())
             if digests.of(f.digest_alg, held.getbuffer()) == f.container_digest:
@@ -729,7 +740,7 @@ def first_choices(v: Archive, files: list[FileRow],
     out: list[ObjectRow] = []
     for f in files:
         out += preferred(v, known.of(f, "public"), layout_of(f).need, known.failing)
-        if not v.container_path(f.file_id).exists():
+        if not v.has_container(f.file_id):
             out += preferred(v, known.of(f, "private"), 1, known.failing)
     return out
 

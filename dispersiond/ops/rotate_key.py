@@ -99,16 +99,16 @@ def rotate_key(v: Archive, progress: Progress | None = None,
     rewrapped = uploaded = 0
     containers: dict[str, str] = {}  # file id -> digest of its re-wrapped container
     for f in v.db.files_in(FileState.ENCODED, *PROTECTED):
-        local = v.container_path(f.file_id)
-        with scratch.folder(v.root / "work", "rotate") as tmpd:
-            if not local.exists():
+        data = v.container(f.file_id)
+        if data is None:  # the device lost its copy: the trusted store's, kept here again
+            local = v.container_path(f.file_id)
+            with scratch.folder(v.root / "work", "rotate") as tmpd:
                 os.replace(private_container(v, f, Path(tmpd), progress), local)
-        data = local.read_bytes()
+            data = local.read_bytes()
         if data[36:44] != bytes.fromhex(new_id):
             head = se2.rewrap(data[: se2.PRF_HEADER_LEN], old_key, new_key)
             data = head + data[se2.PRF_HEADER_LEN:]
-            with atomic_output(local) as out:
-                out.write(data)
+            v.keep_container(f.file_id, data)
             rewrapped += 1
         digest = digests.of(f.digest_alg, data)
         v.db.update_file(f.file_id, key_id=new_id, container_digest=digest)
@@ -116,7 +116,7 @@ def rotate_key(v: Archive, progress: Progress | None = None,
         for obj in v.db.objects(f.file_id, role="private"):
             if obj.packed or (obj.digest == digest and obj.state == "uploaded"):
                 continue  # packed: below, with the others; else already the new wrap
-            replace_copy(v, obj, local, digest)
+            replace_copy(v, obj, v.container_file(f.file_id), digest)
             uploaded += 1
     uploaded += repack_private(v, new_key, containers)
     with scratch.folder(v.root / "work", "rotate") as tmpd:

@@ -50,8 +50,8 @@ def repack_private(v: Archive, new_key: bytes, containers: dict[str, str]) -> in
         for objs in packs:
             def members(objs=objs) -> Iterator[tuple[ObjectRow, bytes]]:
                 for o in objs:
-                    data = v.container_path(o.file_id).read_bytes()
-                    if digests.of(alg, data) != containers[o.file_id]:
+                    data = v.container(o.file_id)
+                    if data is None or digests.of(alg, data) != containers[o.file_id]:
                         raise DispersiondError(
                             f"file {o.file_id}: its re-wrapped private container changed on "
                             "local disk during the rotation; run rotate-key again")

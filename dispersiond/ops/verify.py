@@ -82,7 +82,7 @@ def verify(v: Archive, deep: bool = False, progress: Progress | None = None,
             rep.findings.append(Finding(f.file_id, obj.store, obj.name, obj.role, obj.shard,
                                         verdict.problem, verdict.detail))
         need = Layout.of_row(f).need
-        local = v.container_path(f.file_id).exists()
+        local = v.has_container(f.file_id)
         if good_pub < need or not (good_prv or local):
             rep.unrestorable.append(f.file_id)
     return rep

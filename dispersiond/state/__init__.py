@@ -12,6 +12,7 @@ from typing import Any
 
 from .audit_rows import AuditMixin
 from .backups import BackupsMixin, ChainTip
+from .containers import ContainersMixin
 from .db import Conn
 from .files import FINISHABLE, FilesMixin
 from .model import (PROTECTED, STATES, TRANSITIONS, FileRow, FileState, IllegalTransition,
@@ -32,7 +33,7 @@ from .trash import TrashMixin
 
 class StateDB(FilesMixin, ObjectsMixin, TrashMixin, BackupsMixin, RekeyMixin, AuditMixin,
               StoresMixin, RecoveryMixin, RequestsMixin, PacksMixin, PruneMixin,
-              ShareCopiesMixin, SegmentsMixin):
+              ShareCopiesMixin, SegmentsMixin, ContainersMixin):
     """A thread-safe handle on the state database (one connection, one lock)."""
 
 

@@ -38,6 +38,9 @@ class Database:
             restrict(path.with_name(path.name + part))
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # What is deleted is overwritten, not left in free space: the table `containers`
+        # holds private containers, and forget must leave none of a file's behind.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)  # creates what is missing; leaves old tables as they are
         with self.tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()

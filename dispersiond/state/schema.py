@@ -1,4 +1,4 @@
-"""The state database's tables (schema 4) and the in-place upgrades from 1, 2 and 3.
+"""The state database's tables (schema 7) and the in-place upgrades from 1 to 6.
 
 Tables added without changing an existing one (`requests`, `sweep_seen`, `pack_release`,
 `share_copies`) need no version step: the CREATE TABLE IF NOT EXISTS below adds them to an
@@ -11,11 +11,12 @@ import sqlite3
 
 from .. import digests
 
-SCHEMA_VERSION = 6  # 2: digests named for their algorithm; 3: no structured data in meta;
+SCHEMA_VERSION = 7  # 2: digests named for their algorithm; 3: no structured data in meta;
 #                     4: exact bytes of names and paths that are not valid UTF-8, and
 #                     incremental manifest backups (change log, chain, generations);
 #                     5: pack objects (the `packs` table, objects.pack_digest);
-#                     6: segmented manifest checkpoints (the manifest_segment* tables)
+#                     6: segmented manifest checkpoints (the manifest_segment* tables);
+#                     7: small files' own private containers in the `containers` table
 
 #: The columns a manifest entry is made of (manifest.FILE_FIELDS / OBJECT_FIELDS by their
 #: row names): a change to one of them is a change the next backup carries.
@@ -208,6 +209,10 @@ CREATE TABLE IF NOT EXISTS manifest_planned ( -- objects a manifest backup puts 
     name  TEXT NOT NULL,                    -- to delete
     PRIMARY KEY (store, name)
 );
+CREATE TABLE IF NOT EXISTS containers (     -- the device's own copy of a small file's private
+    file_id TEXT PRIMARY KEY REFERENCES files(file_id) ON DELETE CASCADE, -- container (a larger
+    data    BLOB NOT NULL                     -- file's is prf/<file_id>.prf): no inode, no fsync
+);                                            -- of its own, durable with its file's encode
 CREATE TABLE IF NOT EXISTS key_rotation (   -- a passphrase rotation under way (at most one row)
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     salt   TEXT,                            -- the new salt, until the config carries it
@@ -229,6 +234,9 @@ def migrate(db: sqlite3.Connection, version: int) -> None:
         _v4_to_v5(db)
     if version < 6:
         _v5_to_v6(db)
+    # 6 -> 7 adds `containers` (SCHEMA makes it, empty: every container of an older
+    # database is a file). A step all the same, so that an older build, which would not
+    # see the containers kept there, refuses the database instead of missing them.
 
 
 def _v1_to_v2(db: sqlite3.Connection) -> None:
