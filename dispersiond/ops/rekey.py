@@ -41,8 +41,8 @@ from ..archive import Progress, Archive
 from .backup import backup_manifest, drop_all_backups_but_newest
 from .encode import stage as stage_file
 from .finalize import finalize
-from .protect import held_need
 from .pack_files import BuiltPack, write_pack
+from .protect import held_need
 from .restore import decode_to, private_container, public_fragment
 from .upload import Upload, send_all
 

@@ -29,7 +29,7 @@ from .. import scratch
 from .. import audit, codec, digests
 from ..errors import CodecError, DispersiondError, FormatError, IntegrityError, WrongKey
 from ..keys import key_id
-from ..fsutil import atomic_output, fsync_dir
+from ..fsutil import atomic_output, fsync_dir, write_new
 from ..layout import Layout
 from ..logs import event
 from ..pack import covering_range, extract
@@ -316,25 +316,19 @@ def private_container(v: Archive, f: FileRow, tmp: Path | None,
                       windows: PackWindows | None = None) -> Blob:
     """The local container if intact, else a verified copy from a private store (in
     memory, the local one too, with no `tmp`; a file in `tmp` or the device's own)."""
+    local = v.container_path(f.file_id)
     kept = v.db.container(f.file_id)  # a small file's (state/containers.py)
-    if kept is not None:
-        if digests.of(f.digest_alg, kept) == f.container_digest:
+    if kept is None and tmp is None and local.exists():
+        kept = local.read_bytes()  # wanted in memory: checked as the kept bytes are
+    if kept is not None or local.exists():
+        if kept is None:  # a larger file's, checked as a stream and used where it is
+            if digests.of_path(f.digest_alg, local) == f.container_digest:
+                return local
+        elif digests.of(f.digest_alg, kept) == f.container_digest:
             if tmp is None:
                 return io.BytesIO(kept)
-            path = tmp / f"{f.file_id}.prf"
-            with atomic_output(path, sync=False) as out:  # a scratch copy
-                out.write(kept)
+            write_new(path := tmp / f"{f.file_id}.prf", kept)  # a scratch copy
             return path
-        event(logging.WARNING, "local private container damaged; using a backup",
-              file_id=f.file_id)
-    local = v.container_path(f.file_id)
-    if kept is None and local.exists():
-        if tmp is None:
-            held = io.BytesIO(local.read_bytes())
-            if digests.of(f.digest_alg, held.getbuffer()) == f.container_digest:
-                return held
-        elif digests.of_path(f.digest_alg, local) == f.container_digest:
-            return local
         event(logging.WARNING, "local private container damaged; using a backup",
               file_id=f.file_id)
     errors: list[str] = []
